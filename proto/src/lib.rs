@@ -1,0 +1,32 @@
+//! Lanyard's wire contract and the small types that both server and agent share.
+
+pub mod claims;
+pub mod jwks;
+pub mod selector;
+pub mod spiffe_id;
+
+pub use claims::{JwtHeader, JwtSvidClaims};
+pub use jwks::{Jwk, Jwks};
+pub use selector::{Selector, SelectorError};
+pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
+
+/// The SPIFFE Workload API (no protobuf package, as the standard requires).
+#[allow(clippy::all, missing_debug_implementations)]
+pub mod workload {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
+/// The Node API between agent and server.
+#[allow(clippy::all, missing_debug_implementations)]
+pub mod node {
+    include!(concat!(env!("OUT_DIR"), "/lanyard.node.v1.rs"));
+}
+
+/// The Admin API between operator and server.
+#[allow(clippy::all, missing_debug_implementations)]
+pub mod admin {
+    include!(concat!(env!("OUT_DIR"), "/lanyard.admin.v1.rs"));
+}
+
+/// Metadata key every Workload API call must carry with the value `true`.
+pub const WORKLOAD_API_HEADER: &str = "workload.spiffe.io";
