@@ -17,7 +17,10 @@ pub struct JwtHeader {
 pub struct JwtSvidClaims {
     pub iss: String,
     pub sub: String,
-    #[serde(serialize_with = "serialize_audience", deserialize_with = "deserialize_audience")]
+    #[serde(
+        serialize_with = "serialize_audience",
+        deserialize_with = "deserialize_audience"
+    )]
     pub aud: Vec<String>,
     pub exp: i64,
     pub iat: i64,
@@ -32,7 +35,9 @@ fn serialize_audience<S: Serializer>(aud: &[String], serializer: S) -> Result<S:
     }
 }
 
-fn deserialize_audience<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+fn deserialize_audience<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -67,8 +72,14 @@ mod tests {
         assert_eq!(one["aud"], serde_json::json!("a"));
         let two = serde_json::to_value(claims(&["a", "b"]))?;
         assert_eq!(two["aud"], serde_json::json!(["a", "b"]));
-        assert_eq!(serde_json::from_value::<JwtSvidClaims>(two)?, claims(&["a", "b"]));
-        assert_eq!(serde_json::from_value::<JwtSvidClaims>(one)?, claims(&["a"]));
+        assert_eq!(
+            serde_json::from_value::<JwtSvidClaims>(two)?,
+            claims(&["a", "b"])
+        );
+        assert_eq!(
+            serde_json::from_value::<JwtSvidClaims>(one)?,
+            claims(&["a"])
+        );
         Ok(())
     }
 }

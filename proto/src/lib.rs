@@ -4,6 +4,7 @@ pub mod claims;
 pub mod jwks;
 pub mod selector;
 pub mod spiffe_id;
+pub mod transport;
 
 pub use claims::{JwtHeader, JwtSvidClaims};
 pub use jwks::{Jwk, Jwks};

@@ -6,6 +6,21 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// The selector type produced by the unix workload attestor.
+pub const UNIX_SELECTOR_TYPE: &str = "unix";
+
+/// The facts the unix attestor can observe: `unix:<key>:<value>`.
+pub const UNIX_SELECTOR_KEYS: [&str; 8] = [
+    "uid",
+    "gid",
+    "user",
+    "group",
+    "supplementary_gid",
+    "supplementary_group",
+    "path",
+    "sha256",
+];
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
     #[error("selector {0:?} is not of the form type:value")]
@@ -16,6 +31,10 @@ pub enum SelectorError {
     EmptyValue(String),
     #[error("selector type {0:?} may only contain lowercase letters, digits, '_' and '-'")]
     BadType(String),
+    #[error(
+        "unknown selector {0:?}: known types are unix:uid, unix:gid, unix:user, unix:group, unix:supplementary_gid, unix:supplementary_group, unix:path, unix:sha256"
+    )]
+    Unknown(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +70,21 @@ impl Selector {
             .split_once(':')
             .ok_or_else(|| SelectorError::MissingSeparator(input.to_owned()))?;
         Self::new(kind, value)
+    }
+
+    /// Parses a selector and checks that an attestor of this release produces it.
+    pub fn parse_known(input: &str) -> Result<Self, SelectorError> {
+        let selector = Self::parse(input)?;
+        let known = selector.kind == UNIX_SELECTOR_TYPE
+            && selector
+                .value
+                .split_once(':')
+                .is_some_and(|(key, v)| UNIX_SELECTOR_KEYS.contains(&key) && !v.is_empty());
+        if known {
+            Ok(selector)
+        } else {
+            Err(SelectorError::Unknown(input.to_owned()))
+        }
     }
 
     /// The attestor that produces it, e.g. `unix`.
@@ -104,9 +138,39 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        assert!(matches!(Selector::parse("unix"), Err(SelectorError::MissingSeparator(_))));
-        assert!(matches!(Selector::parse(":uid:1"), Err(SelectorError::EmptyType(_))));
-        assert!(matches!(Selector::parse("unix:"), Err(SelectorError::EmptyValue(_))));
-        assert!(matches!(Selector::parse("Unix:uid:1"), Err(SelectorError::BadType(_))));
+        assert!(matches!(
+            Selector::parse("unix"),
+            Err(SelectorError::MissingSeparator(_))
+        ));
+        assert!(matches!(
+            Selector::parse(":uid:1"),
+            Err(SelectorError::EmptyType(_))
+        ));
+        assert!(matches!(
+            Selector::parse("unix:"),
+            Err(SelectorError::EmptyValue(_))
+        ));
+        assert!(matches!(
+            Selector::parse("Unix:uid:1"),
+            Err(SelectorError::BadType(_))
+        ));
+    }
+
+    #[test]
+    fn known_selectors_are_the_unix_attestors() {
+        assert!(Selector::parse_known("unix:uid:1000").is_ok());
+        assert!(Selector::parse_known("unix:sha256:ab12").is_ok());
+        assert!(matches!(
+            Selector::parse_known("k8s:ns:default"),
+            Err(SelectorError::Unknown(_))
+        ));
+        assert!(matches!(
+            Selector::parse_known("unix:shoe:9"),
+            Err(SelectorError::Unknown(_))
+        ));
+        assert!(matches!(
+            Selector::parse_known("unix:uid:"),
+            Err(SelectorError::Unknown(_))
+        ));
     }
 }

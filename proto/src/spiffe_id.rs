@@ -28,7 +28,9 @@ pub enum SpiffeIdError {
     Port,
     #[error("trust domain may not contain userinfo")]
     UserInfo,
-    #[error("trust domain may only contain lowercase letters, digits, '.', '-' and '_' (found {0:?})")]
+    #[error(
+        "trust domain may only contain lowercase letters, digits, '.', '-' and '_' (found {0:?})"
+    )]
     BadTrustDomainChar(char),
     #[error("path may not end with a slash")]
     TrailingSlash,
@@ -241,7 +243,11 @@ mod tests {
         let cases = [
             ("spiffe://example.org", "example.org", ""),
             ("spiffe://example.org/workload", "example.org", "/workload"),
-            ("spiffe://a-b_c.9/ns/prod/sa/Web_1.x-y", "a-b_c.9", "/ns/prod/sa/Web_1.x-y"),
+            (
+                "spiffe://a-b_c.9/ns/prod/sa/Web_1.x-y",
+                "a-b_c.9",
+                "/ns/prod/sa/Web_1.x-y",
+            ),
             ("spiffe://td/..a/a../...", "td", "/..a/a../..."),
         ];
         for (input, td, path) in cases {
@@ -256,48 +262,147 @@ mod tests {
     fn each_rule_rejects_its_violation() {
         let long_td = format!("spiffe://{}", "a".repeat(256));
         let max_td = format!("spiffe://{}", "a".repeat(255));
-        let long_id = format!("spiffe://td/{}", "a".repeat(2048 - "spiffe://td/".len() + 1));
+        let long_id = format!(
+            "spiffe://td/{}",
+            "a".repeat(2048 - "spiffe://td/".len() + 1)
+        );
         let cases: Vec<(&str, &str, SpiffeIdError)> = vec![
             ("empty string", "", SpiffeIdError::Empty),
-            ("scheme missing", "example.org/x", SpiffeIdError::WrongScheme),
-            ("other scheme", "https://example.org/x", SpiffeIdError::WrongScheme),
-            ("uppercase scheme", "SPIFFE://example.org", SpiffeIdError::WrongScheme),
-            ("single slash", "spiffe:/example.org", SpiffeIdError::WrongScheme),
-            ("empty trust domain", "spiffe://", SpiffeIdError::EmptyTrustDomain),
-            ("empty trust domain with path", "spiffe:///path", SpiffeIdError::EmptyTrustDomain),
-            ("uppercase trust domain", "spiffe://Example.org", SpiffeIdError::BadTrustDomainChar('E')),
-            ("space in trust domain", "spiffe://exa mple", SpiffeIdError::BadTrustDomainChar(' ')),
-            ("non-ASCII trust domain", "spiffe://exämple.org", SpiffeIdError::BadTrustDomainChar('ä')),
+            (
+                "scheme missing",
+                "example.org/x",
+                SpiffeIdError::WrongScheme,
+            ),
+            (
+                "other scheme",
+                "https://example.org/x",
+                SpiffeIdError::WrongScheme,
+            ),
+            (
+                "uppercase scheme",
+                "SPIFFE://example.org",
+                SpiffeIdError::WrongScheme,
+            ),
+            (
+                "single slash",
+                "spiffe:/example.org",
+                SpiffeIdError::WrongScheme,
+            ),
+            (
+                "empty trust domain",
+                "spiffe://",
+                SpiffeIdError::EmptyTrustDomain,
+            ),
+            (
+                "empty trust domain with path",
+                "spiffe:///path",
+                SpiffeIdError::EmptyTrustDomain,
+            ),
+            (
+                "uppercase trust domain",
+                "spiffe://Example.org",
+                SpiffeIdError::BadTrustDomainChar('E'),
+            ),
+            (
+                "space in trust domain",
+                "spiffe://exa mple",
+                SpiffeIdError::BadTrustDomainChar(' '),
+            ),
+            (
+                "non-ASCII trust domain",
+                "spiffe://exämple.org",
+                SpiffeIdError::BadTrustDomainChar('ä'),
+            ),
             ("port", "spiffe://example.org:8443/x", SpiffeIdError::Port),
-            ("userinfo", "spiffe://user@example.org/x", SpiffeIdError::UserInfo),
-            ("trust domain over 255 bytes", &long_td, SpiffeIdError::TrustDomainTooLong),
-            ("trailing slash after trust domain", "spiffe://example.org/", SpiffeIdError::TrailingSlash),
-            ("trailing slash after path", "spiffe://example.org/a/", SpiffeIdError::TrailingSlash),
-            ("empty segment", "spiffe://example.org/a//b", SpiffeIdError::EmptySegment),
-            ("dot segment", "spiffe://example.org/a/./b", SpiffeIdError::DotSegment),
-            ("dot-dot segment", "spiffe://example.org/a/..", SpiffeIdError::DotSegment),
+            (
+                "userinfo",
+                "spiffe://user@example.org/x",
+                SpiffeIdError::UserInfo,
+            ),
+            (
+                "trust domain over 255 bytes",
+                &long_td,
+                SpiffeIdError::TrustDomainTooLong,
+            ),
+            (
+                "trailing slash after trust domain",
+                "spiffe://example.org/",
+                SpiffeIdError::TrailingSlash,
+            ),
+            (
+                "trailing slash after path",
+                "spiffe://example.org/a/",
+                SpiffeIdError::TrailingSlash,
+            ),
+            (
+                "empty segment",
+                "spiffe://example.org/a//b",
+                SpiffeIdError::EmptySegment,
+            ),
+            (
+                "dot segment",
+                "spiffe://example.org/a/./b",
+                SpiffeIdError::DotSegment,
+            ),
+            (
+                "dot-dot segment",
+                "spiffe://example.org/a/..",
+                SpiffeIdError::DotSegment,
+            ),
             ("query", "spiffe://example.org/a?x=1", SpiffeIdError::Query),
-            ("query on trust domain", "spiffe://example.org?x=1", SpiffeIdError::Query),
-            ("fragment", "spiffe://example.org/a#frag", SpiffeIdError::Fragment),
-            ("percent-encoding", "spiffe://example.org/a%20b", SpiffeIdError::PercentEncoding),
-            ("bad path character", "spiffe://example.org/a b", SpiffeIdError::BadPathChar(' ')),
-            ("non-ASCII path", "spiffe://example.org/ü", SpiffeIdError::BadPathChar('ü')),
+            (
+                "query on trust domain",
+                "spiffe://example.org?x=1",
+                SpiffeIdError::Query,
+            ),
+            (
+                "fragment",
+                "spiffe://example.org/a#frag",
+                SpiffeIdError::Fragment,
+            ),
+            (
+                "percent-encoding",
+                "spiffe://example.org/a%20b",
+                SpiffeIdError::PercentEncoding,
+            ),
+            (
+                "bad path character",
+                "spiffe://example.org/a b",
+                SpiffeIdError::BadPathChar(' '),
+            ),
+            (
+                "non-ASCII path",
+                "spiffe://example.org/ü",
+                SpiffeIdError::BadPathChar('ü'),
+            ),
             ("id over 2048 bytes", &long_id, SpiffeIdError::TooLong),
         ];
         for (rule, input, expected) in cases {
             assert_eq!(SpiffeId::parse(input), Err(expected), "rule: {rule}");
         }
-        assert!(SpiffeId::parse(&max_td).is_ok(), "255-byte trust domain is allowed");
+        assert!(
+            SpiffeId::parse(&max_td).is_ok(),
+            "255-byte trust domain is allowed"
+        );
         let max_id = format!("spiffe://td/{}", "a".repeat(2048 - "spiffe://td/".len()));
         assert!(SpiffeId::parse(&max_id).is_ok(), "2048-byte id is allowed");
     }
 
     #[test]
     fn trust_domain_rules() {
-        assert_eq!(TrustDomain::new("example.org").map(|t| t.id_string()), Ok("spiffe://example.org".into()));
+        assert_eq!(
+            TrustDomain::new("example.org").map(|t| t.id_string()),
+            Ok("spiffe://example.org".into())
+        );
         assert_eq!(TrustDomain::new(""), Err(SpiffeIdError::EmptyTrustDomain));
-        assert_eq!(TrustDomain::new("spiffe://example.org"), Err(SpiffeIdError::Port));
-        assert_eq!(TrustDomain::new("Example"), Err(SpiffeIdError::BadTrustDomainChar('E')));
+        assert_eq!(
+            TrustDomain::new("spiffe://example.org"),
+            Err(SpiffeIdError::Port)
+        );
+        assert_eq!(
+            TrustDomain::new("Example"),
+            Err(SpiffeIdError::BadTrustDomainChar('E'))
+        );
     }
 
     #[test]

@@ -1,1 +1,61 @@
-fn main(){}
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use lanyard_server::cli::{Cli, Command};
+use lanyard_server::config::ServerConfig;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lanyard-server: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::CheckConfig { config } => {
+            ServerConfig::load(&config)?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Run { config } => {
+            let config = ServerConfig::load(&config)?;
+            let mut server = lanyard_server::start(config).await?;
+            tokio::select! {
+                result = server.wait() => result.context("server stopped")?,
+                _ = shutdown_signal() => {
+                    tracing::info!("shutting down");
+                    server.shutdown().await;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

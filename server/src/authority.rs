@@ -1,0 +1,228 @@
+//! The authority: decides which agent may have which identity, and signs it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use lanyard_proto::{Jwks, JwtSvidClaims, SpiffeId, TrustDomain};
+
+use crate::config::Issuer;
+use crate::entries::RegistrationEntry;
+use crate::keys::{JwtSigningKey, KeyError};
+
+/// Longest accepted audience value; cloud audiences are short URLs or ARNs.
+const MAX_AUDIENCE_LEN: usize = 1024;
+/// Most audiences in one token.
+const MAX_AUDIENCES: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// Deliberately the same for "no such entry" and "not yours", so an agent
+    /// cannot probe which entries exist elsewhere.
+    #[error("entry {0:?} is not registered for this agent")]
+    NotAuthorized(String),
+    #[error("audience is required")]
+    EmptyAudience,
+    #[error("audience {0}")]
+    BadAudience(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+#[derive(Debug, Clone)]
+pub struct MintedJwtSvid {
+    pub spiffe_id: SpiffeId,
+    pub token: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug)]
+pub struct Authority {
+    trust_domain: TrustDomain,
+    issuer: Issuer,
+    signing_key: JwtSigningKey,
+    entries: Vec<RegistrationEntry>,
+    max_ttl: Duration,
+    rng: SystemRandom,
+}
+
+impl Authority {
+    pub fn new(
+        trust_domain: TrustDomain,
+        issuer: Issuer,
+        signing_key: JwtSigningKey,
+        entries: Vec<RegistrationEntry>,
+        max_ttl: Duration,
+    ) -> Self {
+        Self {
+            trust_domain,
+            issuer,
+            signing_key,
+            entries,
+            max_ttl,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    pub fn issuer(&self) -> &Issuer {
+        &self.issuer
+    }
+
+    /// The entries `agent` may serve: those parented to it.
+    pub fn entries_for_agent<'a>(
+        &'a self,
+        agent: &'a SpiffeId,
+    ) -> impl Iterator<Item = &'a RegistrationEntry> + 'a {
+        self.entries.iter().filter(move |e| &e.parent_id == agent)
+    }
+
+    /// The public keys of the trust domain.
+    pub fn jwks(&self) -> Jwks {
+        Jwks {
+            keys: vec![self.signing_key.jwk().clone()],
+        }
+    }
+
+    /// Signs a JWT-SVID for `entry_id` on behalf of `agent`, if the entry is the agent's.
+    pub fn mint_jwt_svid(
+        &self,
+        agent: &SpiffeId,
+        entry_id: &str,
+        audience: &[String],
+        now: SystemTime,
+    ) -> Result<MintedJwtSvid, MintError> {
+        validate_audience(audience)?;
+        let entry = self
+            .entries_for_agent(agent)
+            .find(|e| e.id == entry_id)
+            .ok_or_else(|| MintError::NotAuthorized(entry_id.to_owned()))?;
+        let issued_at = unix_seconds(now);
+        let ttl = entry.jwt_svid_ttl.min(self.max_ttl);
+        let expires_at = issued_at.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+        let jti = self.new_jti()?;
+        let claims = JwtSvidClaims {
+            iss: self.issuer.as_str().to_owned(),
+            sub: entry.spiffe_id.to_string(),
+            aud: audience.to_vec(),
+            exp: expires_at,
+            iat: issued_at,
+            jti: Some(jti.clone()),
+        };
+        let token = self.signing_key.sign(&claims)?;
+        tracing::info!(
+            target: "lanyard::audit",
+            agent = %agent,
+            spiffe_id = %entry.spiffe_id,
+            audience = ?audience,
+            kid = self.signing_key.kid(),
+            jti,
+            exp = expires_at,
+            "minted JWT-SVID"
+        );
+        Ok(MintedJwtSvid {
+            spiffe_id: entry.spiffe_id.clone(),
+            token,
+            issued_at,
+            expires_at,
+        })
+    }
+
+    fn new_jti(&self) -> Result<String, KeyError> {
+        let mut bytes = [0u8; 16];
+        self.rng.fill(&mut bytes).map_err(|_| KeyError::Sign)?;
+        Ok(URL_SAFE_NO_PAD.encode(bytes))
+    }
+}
+
+fn validate_audience(audience: &[String]) -> Result<(), MintError> {
+    if audience.is_empty() {
+        return Err(MintError::EmptyAudience);
+    }
+    if audience.len() > MAX_AUDIENCES {
+        return Err(MintError::BadAudience(format!(
+            "has more than {MAX_AUDIENCES} values"
+        )));
+    }
+    for value in audience {
+        if value.is_empty() {
+            return Err(MintError::BadAudience("contains an empty value".into()));
+        }
+        if value.len() > MAX_AUDIENCE_LEN {
+            return Err(MintError::BadAudience(format!(
+                "value is longer than {MAX_AUDIENCE_LEN} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_proto::Selector;
+
+    fn authority(
+        dir: &std::path::Path,
+    ) -> Result<(Authority, SpiffeId, String), Box<dyn std::error::Error>> {
+        let td = TrustDomain::new("example.org")?;
+        let agent = td.id_with_path("/agent/a")?;
+        let entry = RegistrationEntry::new(
+            td.id_with_path("/web")?,
+            agent.clone(),
+            vec![Selector::parse("unix:uid:1000")?],
+            Duration::from_secs(7200),
+        );
+        let id = entry.id.clone();
+        let key = JwtSigningKey::load_or_generate(dir)?;
+        let issuer = Issuer::parse("https://issuer.example.org")?;
+        Ok((
+            Authority::new(td, issuer, key, vec![entry], Duration::from_secs(3600)),
+            agent,
+            id,
+        ))
+    }
+
+    #[test]
+    fn only_the_parent_agent_may_mint() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (authority, agent, entry_id) = authority(dir.path())?;
+        let aud = vec!["sts.amazonaws.com".to_owned()];
+        let now = SystemTime::now();
+        let minted = authority.mint_jwt_svid(&agent, &entry_id, &aud, now)?;
+        assert_eq!(minted.spiffe_id.as_str(), "spiffe://example.org/web");
+        assert_eq!(
+            minted.expires_at - minted.issued_at,
+            3600,
+            "TTL capped at max"
+        );
+        let other = authority.trust_domain().id_with_path("/agent/b")?;
+        assert!(matches!(
+            authority.mint_jwt_svid(&other, &entry_id, &aud, now),
+            Err(MintError::NotAuthorized(_))
+        ));
+        assert!(matches!(
+            authority.mint_jwt_svid(&agent, "nope", &aud, now),
+            Err(MintError::NotAuthorized(_))
+        ));
+        assert!(matches!(
+            authority.mint_jwt_svid(&agent, &entry_id, &[], now),
+            Err(MintError::EmptyAudience)
+        ));
+        assert!(matches!(
+            authority.mint_jwt_svid(&agent, &entry_id, &[String::new()], now),
+            Err(MintError::BadAudience(_))
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,421 @@
+//! `server.toml`: read, typed and validated at load, every error naming its key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lanyard_proto::{Selector, SpiffeId, TrustDomain};
+use serde::Deserialize;
+
+use crate::entries::RegistrationEntry;
+
+const DEFAULT_OIDC_LISTEN: &str = "127.0.0.1:8443";
+const DEFAULT_JWT_TTL_SECONDS: u32 = 300;
+const DEFAULT_JWT_MAX_TTL_SECONDS: u32 = 3600;
+/// GCP refuses tokens whose `exp - iat` exceeds 48 hours; no cloud wants more.
+const JWT_TTL_CEILING_SECONDS: u32 = 48 * 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {origin}, line {line}: {message}")]
+    Parse {
+        origin: String,
+        line: usize,
+        message: String,
+    },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.to_string(),
+    }
+}
+
+/// The OIDC issuer URL, byte for byte as it appears in `iss` and in discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuer {
+    url: String,
+    path_start: usize,
+}
+
+impl Issuer {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or("must be an https:// URL (http:// only behind a TLS-terminating proxy)")?;
+        if url.contains(['?', '#']) {
+            return Err("must not have a query or fragment".into());
+        }
+        if url.ends_with('/') {
+            return Err("must not end with '/' (clouds compare `iss` byte for byte)".into());
+        }
+        let authority_len = rest.find('/').unwrap_or(rest.len());
+        if authority_len == 0 || rest[..authority_len].contains('@') {
+            return Err("must name a host and no userinfo".into());
+        }
+        Ok(Self {
+            url: url.to_owned(),
+            path_start: url.len() - rest.len() + authority_len,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+
+    /// The path prefix under which the documents are served ("" at the root).
+    pub fn path(&self) -> &str {
+        &self.url[self.path_start..]
+    }
+
+    /// The host part, for the names of a self-signed certificate.
+    pub fn host(&self) -> &str {
+        let authority = &self.url[self.url.find("://").map_or(0, |i| i + 3)..self.path_start];
+        match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => authority.split(':').next().unwrap_or(authority),
+        }
+    }
+
+    pub fn discovery_url(&self) -> String {
+        format!("{}/.well-known/openid-configuration", self.url)
+    }
+
+    pub fn jwks_url(&self) -> String {
+        format!("{}/keys", self.url)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    pub listen: SocketAddr,
+    /// Certificate and key to serve; a self-signed pair in the data dir when absent.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeApiConfig {
+    /// Local Unix socket of the Node API; only this server's uid and root may connect.
+    pub socket: PathBuf,
+    /// The SPIFFE ID under which the local agent is known (the parent of its entries).
+    pub agent_id: SpiffeId,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub trust_domain: TrustDomain,
+    pub issuer: Issuer,
+    pub data_dir: PathBuf,
+    pub oidc: OidcConfig,
+    pub node_api: NodeApiConfig,
+    pub jwt: JwtConfig,
+    pub entries: Vec<RegistrationEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    trust_domain: String,
+    issuer: String,
+    data_dir: PathBuf,
+    #[serde(default)]
+    oidc: RawOidc,
+    #[serde(default)]
+    node_api: RawNodeApi,
+    #[serde(default)]
+    jwt: RawJwt,
+    #[serde(default)]
+    entries: Vec<RawEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNodeApi {
+    socket: Option<PathBuf>,
+    agent_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    default_ttl_seconds: Option<u32>,
+    max_ttl_seconds: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    spiffe_id: String,
+    parent_id: Option<String>,
+    selectors: Vec<String>,
+    jwt_svid_ttl_seconds: Option<u32>,
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            line: e
+                .span()
+                .map_or(1, |span| text[..span.start].matches('\n').count() + 1),
+            message: e.message().trim().replace('\n', "; "),
+        })?;
+        raw.validate()
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let trust_domain =
+            TrustDomain::new(&self.trust_domain).map_err(|e| invalid("trust_domain", e))?;
+        let issuer = Issuer::parse(&self.issuer).map_err(|e| invalid("issuer", e))?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let listen = self.oidc.listen.as_deref().unwrap_or(DEFAULT_OIDC_LISTEN);
+        let listen = listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("oidc.listen", format!("{listen:?} is not ip:port ({e})")))?;
+        let tls = match (self.oidc.tls_cert, self.oidc.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid("oidc.tls_key", "is required with oidc.tls_cert"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("oidc.tls_cert", "is required with oidc.tls_key"));
+            }
+        };
+
+        let member = |key: &str, raw: &str| -> Result<SpiffeId, ConfigError> {
+            let id = SpiffeId::parse(raw).map_err(|e| invalid(key, format!("{raw:?}: {e}")))?;
+            if !id.is_member_of(&trust_domain) {
+                return Err(invalid(
+                    key,
+                    format!("{raw:?} is not in trust domain {trust_domain}"),
+                ));
+            }
+            Ok(id)
+        };
+        let agent_id = match &self.node_api.agent_id {
+            Some(raw) => member("node_api.agent_id", raw)?,
+            None => trust_domain
+                .id_with_path("/lanyard/agent/local")
+                .map_err(|e| invalid("node_api.agent_id", e))?,
+        };
+        let node_api = NodeApiConfig {
+            socket: self
+                .node_api
+                .socket
+                .unwrap_or_else(|| self.data_dir.join("node.sock")),
+            agent_id,
+        };
+
+        let max_ttl = self
+            .jwt
+            .max_ttl_seconds
+            .unwrap_or(DEFAULT_JWT_MAX_TTL_SECONDS);
+        if max_ttl == 0 || max_ttl > JWT_TTL_CEILING_SECONDS {
+            return Err(invalid(
+                "jwt.max_ttl_seconds",
+                "must be between 1 and 172800 (48 h)",
+            ));
+        }
+        let default_ttl = self
+            .jwt
+            .default_ttl_seconds
+            .unwrap_or(DEFAULT_JWT_TTL_SECONDS.min(max_ttl));
+        if default_ttl == 0 || default_ttl > max_ttl {
+            return Err(invalid(
+                "jwt.default_ttl_seconds",
+                format!("must be between 1 and jwt.max_ttl_seconds ({max_ttl})"),
+            ));
+        }
+
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for (i, raw) in self.entries.into_iter().enumerate() {
+            let key = |field: &str| format!("entries[{i}].{field}");
+            let spiffe_id = member(&key("spiffe_id"), &raw.spiffe_id)?;
+            let parent_id = match &raw.parent_id {
+                Some(p) => member(&key("parent_id"), p)?,
+                None => node_api.agent_id.clone(),
+            };
+            if raw.selectors.is_empty() {
+                return Err(invalid(key("selectors"), "must name at least one selector"));
+            }
+            let selectors = raw
+                .selectors
+                .iter()
+                .map(|s| Selector::parse_known(s).map_err(|e| invalid(key("selectors"), e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ttl = raw.jwt_svid_ttl_seconds.unwrap_or(default_ttl);
+            if ttl == 0 || ttl > max_ttl {
+                return Err(invalid(
+                    key("jwt_svid_ttl_seconds"),
+                    format!("must be between 1 and jwt.max_ttl_seconds ({max_ttl})"),
+                ));
+            }
+            entries.push(RegistrationEntry::new(
+                spiffe_id,
+                parent_id,
+                selectors,
+                Duration::from_secs(ttl.into()),
+            ));
+        }
+
+        Ok(ServerConfig {
+            trust_domain,
+            issuer,
+            data_dir: self.data_dir,
+            oidc: OidcConfig { listen, tls },
+            node_api,
+            jwt: JwtConfig {
+                default_ttl: Duration::from_secs(default_ttl.into()),
+                max_ttl: Duration::from_secs(max_ttl.into()),
+            },
+            entries,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+trust_domain = "example.org"
+issuer = "https://oidc.example.org/lanyard"
+data_dir = "/var/lib/lanyard"
+
+[[entries]]
+spiffe_id = "spiffe://example.org/web"
+selectors = ["unix:uid:1000"]
+"#;
+
+    fn error_of(text: &str) -> String {
+        match ServerConfig::from_toml(text, "test.toml") {
+            Ok(_) => panic!("config was accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn good_config_gets_defaults() -> Result<(), ConfigError> {
+        let config = ServerConfig::from_toml(GOOD, "test.toml")?;
+        assert_eq!(config.issuer.path(), "/lanyard");
+        assert_eq!(config.issuer.host(), "oidc.example.org");
+        assert_eq!(config.oidc.listen.to_string(), DEFAULT_OIDC_LISTEN);
+        assert_eq!(
+            config.node_api.socket,
+            PathBuf::from("/var/lib/lanyard/node.sock")
+        );
+        assert_eq!(config.entries[0].parent_id, config.node_api.agent_id);
+        assert_eq!(config.entries[0].jwt_svid_ttl, Duration::from_secs(300));
+        Ok(())
+    }
+
+    #[test]
+    fn each_bad_key_is_named() {
+        let cases = [
+            (
+                GOOD.replace("data_dir", "data_directory"),
+                "unknown field `data_directory`",
+            ),
+            (
+                GOOD.replace("example.org\"\nissuer", "Example.org\"\nissuer"),
+                "config key `trust_domain`",
+            ),
+            (
+                GOOD.replace("https://oidc.example.org/lanyard", "ftp://x"),
+                "config key `issuer`",
+            ),
+            (
+                GOOD.replace("https://oidc.example.org/lanyard", "https://x/"),
+                "config key `issuer`",
+            ),
+            (
+                GOOD.replace("unix:uid:1000", "unix:shoe:1"),
+                "config key `entries[0].selectors`",
+            ),
+            (
+                GOOD.replace("spiffe://example.org/web", "spiffe://other.org/web"),
+                "config key `entries[0].spiffe_id`",
+            ),
+            (
+                GOOD.replace("spiffe://example.org/web", "spiffe://example.org/web/"),
+                "config key `entries[0].spiffe_id`",
+            ),
+            (
+                format!("{GOOD}jwt_svid_ttl_seconds = 999999\n"),
+                "config key `entries[0].jwt_svid_ttl_seconds`",
+            ),
+            (
+                format!("{GOOD}[oidc]\nlisten = \"nowhere\"\n"),
+                "config key `oidc.listen`",
+            ),
+            (
+                format!("{GOOD}[oidc]\ntls_cert = \"/c.pem\"\n"),
+                "config key `oidc.tls_key`",
+            ),
+            (
+                "trust_domain = \"example.org\"\n".to_owned(),
+                "missing field `issuer`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = error_of(&text);
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+            assert!(!message.contains('\n'), "one line: {message:?}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_carry_the_line() {
+        let message = error_of(&GOOD.replace("[[entries]]", "[[entries]]\nbogus = 1"));
+        assert!(
+            message.starts_with("config test.toml, line 7:"),
+            "{message}"
+        );
+    }
+}

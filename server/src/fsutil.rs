@@ -1,0 +1,127 @@
+//! Files that hold secrets: created with owner-only modes, replaced atomically,
+//! and refused when someone has loosened their permissions.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} has mode {mode:04o}; it must not be readable by group or others (chmod 600)")]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error("{path} is owned by uid {owner}, not by this process (uid {me})")]
+    WrongOwner { path: PathBuf, owner: u32, me: u32 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FsError + '_ {
+    move |source| FsError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates `dir` (and parents) if needed and makes sure it is ours and mode 0700.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), FsError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))?;
+    let meta = fs::metadata(dir).map_err(io_err(dir))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(FsError::WrongOwner {
+            path: dir.to_owned(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+/// Writes `contents` to `path` with mode 0600: a temporary file in the same
+/// directory, fsynced, then renamed over `path`, so readers see all or nothing.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), FsError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        file.write_all(contents).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, path).map_err(io_err(path))?;
+        // Make the rename itself durable.
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads a secret file, refusing it when group or others may read it.
+/// Returns `Ok(None)` when the file does not exist.
+pub fn read_private_file(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(FsError::TooOpen {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    fs::read(path).map(Some).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_files_round_trip_with_mode_0600() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("secret");
+        assert!(read_private_file(&path)?.is_none());
+        write_private_file(&path, b"one")?;
+        write_private_file(&path, b"two")?;
+        assert_eq!(fs::metadata(&path)?.mode() & 0o777, 0o600);
+        assert_eq!(read_private_file(&path)?.as_deref(), Some(&b"two"[..]));
+        assert_eq!(
+            fs::read_dir(dir.path())?.count(),
+            1,
+            "no temporary file left behind"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn loosened_files_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("secret");
+        write_private_file(&path, b"k")?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+        let err = read_private_file(&path).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("mode 0644")));
+        Ok(())
+    }
+}

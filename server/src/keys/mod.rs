@@ -1,0 +1,5 @@
+//! The trust domain's signing keys.
+
+mod signing_key;
+
+pub use signing_key::{JwtSigningKey, KeyError};

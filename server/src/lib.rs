@@ -1,0 +1,169 @@
+//! lanyard-server: the authority of a trust domain.
+
+pub mod authority;
+pub mod cli;
+pub mod config;
+pub mod entries;
+pub mod fsutil;
+pub mod keys;
+pub mod node_api;
+pub mod oidc;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lanyard_proto::node::node_server::NodeServer;
+use lanyard_proto::transport::{self, SocketError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::authority::Authority;
+use crate::config::ServerConfig;
+use crate::keys::{JwtSigningKey, KeyError};
+use crate::oidc::OidcDocuments;
+use crate::tls::TlsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    DataDir(#[from] fsutil::FsError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error("OIDC listener {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("rendering OIDC documents: {0}")]
+    Documents(#[from] serde_json::Error),
+    #[error("{0} stopped: {1}")]
+    Task(&'static str, String),
+}
+
+/// A started server; dropping it does not stop it, `shutdown` does.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub oidc_addr: SocketAddr,
+    pub node_socket: PathBuf,
+    /// PEM of the certificate the OIDC endpoint presents when self-signed.
+    pub oidc_self_signed_cert: Option<PathBuf>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// Waits until a task stops on its own (an error) or shutdown is asked for.
+    pub async fn wait(&mut self) -> Result<(), ServerError> {
+        match self.tasks.join_next().await {
+            Some(Ok(result)) => result,
+            Some(Err(e)) => Err(ServerError::Task("server task", e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts the server with its OIDC listener bound from the config.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    let addr = config.oidc.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    start_with_listener(config, listener).await
+}
+
+/// Starts the server on an already bound OIDC listener (tests bind port 0).
+pub async fn start_with_listener(
+    config: ServerConfig,
+    oidc_listener: TcpListener,
+) -> Result<RunningServer, ServerError> {
+    fsutil::ensure_private_dir(&config.data_dir)?;
+    let signing_key = JwtSigningKey::load_or_generate(&config.data_dir.join("keys"))?;
+    tracing::info!(kid = signing_key.kid(), "JWT signing key ready");
+    let authority = Arc::new(Authority::new(
+        config.trust_domain.clone(),
+        config.issuer.clone(),
+        signing_key,
+        config.entries.clone(),
+        config.jwt.max_ttl,
+    ));
+
+    let tls_config =
+        tls::server_config(config.oidc.tls.as_ref(), &config.issuer, &config.data_dir)?;
+    let documents = Arc::new(OidcDocuments::new(&config.issuer, &authority.jwks())?);
+    let oidc_addr = oidc_listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.oidc.listen,
+            source,
+        })?;
+
+    let node_listener = transport::bind_unix_socket(&config.node_api.socket, 0o600, 0o700).await?;
+    let node_service =
+        node_api::NodeService::new(authority.clone(), config.node_api.agent_id.clone());
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(
+        oidc::serve(
+            oidc_listener,
+            TlsAcceptor::from(tls_config),
+            documents,
+            shutdown_rx.clone(),
+        )
+        .then_ok(),
+    );
+    let mut node_shutdown = shutdown_rx;
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(NodeServer::new(node_service))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(node_listener), async move {
+                let _ = node_shutdown.changed().await;
+            })
+            .await
+            .map_err(|e| ServerError::Task("Node API", e.to_string()))
+    });
+    tracing::info!(
+        trust_domain = %config.trust_domain,
+        issuer = config.issuer.as_str(),
+        oidc = %oidc_addr,
+        node_socket = %config.node_api.socket.display(),
+        "lanyard-server is serving"
+    );
+    Ok(RunningServer {
+        oidc_addr,
+        node_socket: config.node_api.socket.clone(),
+        oidc_self_signed_cert: config
+            .oidc
+            .tls
+            .is_none()
+            .then(|| config.data_dir.join(tls::SELF_SIGNED_CERT_FILE)),
+        shutdown,
+        tasks,
+    })
+}
+
+/// Lets a task that cannot fail sit in the same `JoinSet` as those that can.
+trait ThenOk: std::future::Future<Output = ()> + Sized {
+    fn then_ok(self) -> impl std::future::Future<Output = Result<(), ServerError>> {
+        async move {
+            self.await;
+            Ok(())
+        }
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> ThenOk for F {}
