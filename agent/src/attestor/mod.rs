@@ -1,0 +1,3 @@
+//! Workload attestation: what the kernel says about a caller, as selectors.
+
+pub mod unix;

@@ -1,0 +1,215 @@
+//! Validation of JWT-SVIDs against the trust bundle, for ValidateJWTSVID.
+//!
+//! Only the algorithms this trust domain signs with are accepted: `none`,
+//! `HS*` and anything else are refused before a key is looked at.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use lanyard_proto::{Jwks, SpiffeId};
+use serde::Deserialize;
+
+/// Tokens larger than this are refused unparsed (AWS caps them at 20,000 chars).
+const MAX_TOKEN_LEN: usize = 20_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("token is not a compact JWS (header.payload.signature)")]
+    Malformed,
+    #[error("token is longer than {MAX_TOKEN_LEN} bytes")]
+    TooLong,
+    #[error("header or claims are not valid base64url JSON: {0}")]
+    BadEncoding(String),
+    #[error("algorithm {0:?} is not allowed")]
+    AlgorithmNotAllowed(String),
+    #[error("typ {0:?} is not JWT or JOSE")]
+    BadType(String),
+    #[error("key {0:?} is not in the trust bundle")]
+    UnknownKey(String),
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("audience {0:?} is not among the token's")]
+    WrongAudience(String),
+    #[error("token expired")]
+    Expired,
+    #[error("sub {0:?} is not a SPIFFE ID")]
+    BadSubject(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct Header {
+    alg: String,
+    kid: Option<String>,
+    typ: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RequiredClaims {
+    sub: String,
+    #[serde(deserialize_with = "one_or_many")]
+    aud: Vec<String>,
+    exp: i64,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(a) => vec![a],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// A validated token: its subject and all of its claims.
+#[derive(Debug, Clone)]
+pub struct ValidatedJwt {
+    pub spiffe_id: SpiffeId,
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+pub fn validate(
+    token: &str,
+    audience: &str,
+    bundle: &Jwks,
+    now: SystemTime,
+) -> Result<ValidatedJwt, ValidationError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(ValidationError::TooLong);
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ValidationError::Malformed);
+    };
+    let header: Header = decode_json(header_b64)?;
+    if header.alg != "ES256" {
+        return Err(ValidationError::AlgorithmNotAllowed(header.alg));
+    }
+    if let Some(typ) = header.typ.filter(|t| t != "JWT" && t != "JOSE") {
+        return Err(ValidationError::BadType(typ));
+    }
+    let kid = header.kid.unwrap_or_default();
+    let jwk = bundle
+        .find(&kid)
+        .filter(|k| k.kty == "EC" && k.crv.as_deref() == Some("P-256"))
+        .ok_or_else(|| ValidationError::UnknownKey(kid.clone()))?;
+    let mut point = vec![0x04];
+    for coordinate in [&jwk.x, &jwk.y] {
+        let bytes = coordinate
+            .as_deref()
+            .and_then(|c| URL_SAFE_NO_PAD.decode(c).ok())
+            .ok_or_else(|| ValidationError::UnknownKey(kid.clone()))?;
+        point.extend(bytes);
+    }
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature_b64)
+        .map_err(|_| ValidationError::BadSignature)?;
+    let signed_len = header_b64.len() + 1 + claims_b64.len();
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+        .verify(&token.as_bytes()[..signed_len], &signature)
+        .map_err(|_| ValidationError::BadSignature)?;
+
+    let claims: serde_json::Map<String, serde_json::Value> = decode_json(claims_b64)?;
+    let required: RequiredClaims =
+        serde_json::from_value(serde_json::Value::Object(claims.clone()))
+            .map_err(|e| ValidationError::BadEncoding(e.to_string()))?;
+    if !required.aud.iter().any(|a| a == audience) {
+        return Err(ValidationError::WrongAudience(audience.to_owned()));
+    }
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if required.exp <= now {
+        return Err(ValidationError::Expired);
+    }
+    let spiffe_id = SpiffeId::parse(&required.sub)
+        .map_err(|_| ValidationError::BadSubject(required.sub.clone()))?;
+    Ok(ValidatedJwt { spiffe_id, claims })
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, ValidationError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|e| ValidationError::BadEncoding(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| ValidationError::BadEncoding(e.to_string()))
+}
+
+/// Converts JSON claims to the protobuf `Struct` the Workload API returns.
+pub fn to_struct(claims: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: claims.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
+    }
+}
+
+fn to_value(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(to_value).collect(),
+        }),
+        serde_json::Value::Object(map) => Kind::StructValue(to_struct(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(json: &str) -> String {
+        URL_SAFE_NO_PAD.encode(json)
+    }
+
+    #[test]
+    fn refuses_disallowed_algorithms_before_looking_at_keys() {
+        let bundle = Jwks::default();
+        for alg in ["none", "HS256", "RS256", "ES384"] {
+            let token = format!(
+                "{}.{}.",
+                b64(&format!(r#"{{"alg":"{alg}","kid":"k"}}"#)),
+                b64("{}")
+            );
+            assert_eq!(
+                validate(&token, "a", &bundle, SystemTime::now()).err(),
+                Some(ValidationError::AlgorithmNotAllowed(alg.into()))
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_unknown_kid_and_malformed_tokens() {
+        let bundle = Jwks::default();
+        let token = format!(
+            "{}.{}.AA",
+            b64(r#"{"alg":"ES256","kid":"nope"}"#),
+            b64("{}")
+        );
+        assert_eq!(
+            validate(&token, "a", &bundle, SystemTime::now()).err(),
+            Some(ValidationError::UnknownKey("nope".into()))
+        );
+        assert_eq!(
+            validate("a.b", "a", &bundle, SystemTime::now()).err(),
+            Some(ValidationError::Malformed)
+        );
+        assert_eq!(
+            validate("a.b.c.d", "a", &bundle, SystemTime::now()).err(),
+            Some(ValidationError::Malformed)
+        );
+        assert!(matches!(
+            validate("!.b.c", "a", &bundle, SystemTime::now()),
+            Err(ValidationError::BadEncoding(_))
+        ));
+    }
+}

@@ -1,0 +1,113 @@
+//! lanyard-agent: serves the SPIFFE Workload API on one node.
+
+pub mod attestor;
+pub mod cli;
+pub mod config;
+pub mod jwt_validate;
+pub mod server_client;
+pub mod state;
+pub mod workload_api;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lanyard_proto::transport::{self, SocketError};
+use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::AgentConfig;
+use crate::server_client::ServerClient;
+use crate::state::SyncedState;
+use crate::workload_api::WorkloadService;
+
+/// Workload API socket mode: every local process may connect; who gets what is
+/// decided per call from the caller's kernel credentials.
+const WORKLOAD_SOCKET_MODE: u32 = 0o666;
+const WORKLOAD_SOCKET_DIR_MODE: u32 = 0o755;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error("Workload API stopped: {0}")]
+    Serve(String),
+}
+
+#[derive(Debug)]
+pub struct RunningAgent {
+    pub socket: PathBuf,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<Result<(), AgentError>>,
+}
+
+impl RunningAgent {
+    /// The socket in the form `SPIFFE_ENDPOINT_SOCKET` takes.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Waits until a task stops on its own (an error) or shutdown is asked for.
+    pub async fn wait(&mut self) -> Result<(), AgentError> {
+        match self.tasks.join_next().await {
+            Some(Ok(result)) => result,
+            Some(Err(e)) => Err(AgentError::Serve(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Syncs once with the server (so a running agent can answer at once), then
+/// serves the Workload API and keeps syncing.
+pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
+    let server = ServerClient::new(&config.server_socket);
+    let state = Arc::new(SyncedState::default());
+    match state.sync_once(&server).await {
+        Ok(count) => tracing::info!(entries = count, "synced with the server"),
+        Err(e) => {
+            tracing::warn!(error = %e, "first sync with the server failed; retrying in the background")
+        }
+    }
+    let listener = transport::bind_unix_socket(
+        &config.socket,
+        WORKLOAD_SOCKET_MODE,
+        WORKLOAD_SOCKET_DIR_MODE,
+    )
+    .await?;
+    let service = WorkloadService::new(state.clone(), server.clone(), config.trust_domain.clone());
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let sync_shutdown = shutdown_rx.clone();
+    let interval = config.sync_interval;
+    tasks.spawn(async move {
+        state.sync_forever(server, interval, sync_shutdown).await;
+        Ok(())
+    });
+    let mut serve_shutdown = shutdown_rx;
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(SpiffeWorkloadApiServer::new(service))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                let _ = serve_shutdown.changed().await;
+            })
+            .await
+            .map_err(|e| AgentError::Serve(e.to_string()))
+    });
+    tracing::info!(
+        "Workload API listening; SPIFFE_ENDPOINT_SOCKET=unix://{}",
+        config.socket.display()
+    );
+    Ok(RunningAgent {
+        socket: config.socket,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,131 @@
+//! What the agent knows from the server: its entries and the trust bundle,
+//! kept fresh by a sync loop.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use lanyard_proto::{Jwks, Selector, SpiffeId};
+use tokio::sync::watch;
+
+use crate::server_client::{ServerClient, ServerClientError};
+
+/// An entry as the agent serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentEntry {
+    pub id: String,
+    pub spiffe_id: SpiffeId,
+    pub selectors: Vec<Selector>,
+}
+
+impl AgentEntry {
+    /// An entry matches a caller when every one of its selectors is among the caller's.
+    pub fn matches(&self, caller: &[Selector]) -> bool {
+        self.selectors.iter().all(|s| caller.contains(s))
+    }
+}
+
+#[derive(Debug)]
+pub struct SyncedState {
+    entries: RwLock<Arc<Vec<AgentEntry>>>,
+    bundle: watch::Sender<Option<Arc<Jwks>>>,
+}
+
+impl Default for SyncedState {
+    fn default() -> Self {
+        Self {
+            entries: RwLock::new(Arc::new(Vec::new())),
+            bundle: watch::channel(None).0,
+        }
+    }
+}
+
+impl SyncedState {
+    /// The identities a caller with `selectors` may have.
+    pub fn identities_for(&self, selectors: &[Selector]) -> Vec<AgentEntry> {
+        let entries = match self.entries.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let mut found: Vec<AgentEntry> = Vec::new();
+        for entry in entries.iter().filter(|e| e.matches(selectors)) {
+            if !found.iter().any(|f| f.spiffe_id == entry.spiffe_id) {
+                found.push(entry.clone());
+            }
+        }
+        found
+    }
+
+    pub fn bundle(&self) -> watch::Receiver<Option<Arc<Jwks>>> {
+        self.bundle.subscribe()
+    }
+
+    fn replace_entries(&self, entries: Vec<AgentEntry>) {
+        let entries = Arc::new(entries);
+        match self.entries.write() {
+            Ok(mut guard) => *guard = entries,
+            Err(poisoned) => *poisoned.into_inner() = entries,
+        }
+    }
+
+    fn replace_bundle(&self, jwks: Jwks) {
+        self.bundle.send_if_modified(|current| {
+            if current.as_deref() == Some(&jwks) {
+                return false;
+            }
+            *current = Some(Arc::new(jwks));
+            true
+        });
+    }
+
+    /// Fetches entries and bundle from the server once.
+    pub async fn sync_once(&self, server: &ServerClient) -> Result<usize, ServerClientError> {
+        let (raw_entries, _revision) = server.sync_entries().await?;
+        let mut entries = Vec::with_capacity(raw_entries.len());
+        for raw in raw_entries {
+            let spiffe_id = SpiffeId::parse(&raw.spiffe_id);
+            let selectors: Result<Vec<Selector>, _> =
+                raw.selectors.iter().map(|s| Selector::parse(s)).collect();
+            match (spiffe_id, selectors) {
+                (Ok(spiffe_id), Ok(selectors)) => entries.push(AgentEntry {
+                    id: raw.id,
+                    spiffe_id,
+                    selectors,
+                }),
+                _ => tracing::warn!(entry = raw.id, "server sent a malformed entry; ignoring it"),
+            }
+        }
+        let count = entries.len();
+        self.replace_entries(entries);
+        self.replace_bundle(server.jwt_bundle().await?);
+        Ok(count)
+    }
+
+    /// Syncs every `interval` until `shutdown` changes; trouble is logged once
+    /// when it starts and once when it ends, not on every attempt.
+    pub async fn sync_forever(
+        &self,
+        server: ServerClient,
+        interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            match self.sync_once(&server).await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("server reachable again; entries synced");
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "entry sync failed; serving what is cached and retrying");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The SPIFFE Workload API, served to local processes on a Unix socket.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::{Stream, StreamExt};
+use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use lanyard_proto::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svidRequest, X509svidResponse,
+};
+use lanyard_proto::{Jwks, SpiffeId, TrustDomain, WORKLOAD_API_HEADER};
+use tokio::sync::watch;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Code, Request, Response, Status};
+
+use crate::attestor::unix::{self, PeerCredentials};
+use crate::jwt_validate;
+use crate::server_client::ServerClient;
+use crate::state::{AgentEntry, SyncedState};
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[derive(Debug)]
+pub struct WorkloadService {
+    state: Arc<SyncedState>,
+    server: ServerClient,
+    trust_domain: TrustDomain,
+}
+
+impl WorkloadService {
+    pub fn new(state: Arc<SyncedState>, server: ServerClient, trust_domain: TrustDomain) -> Self {
+        Self {
+            state,
+            server,
+            trust_domain,
+        }
+    }
+
+    /// The identities of the calling process, from its kernel credentials.
+    fn identities<T>(&self, request: &Request<T>) -> Result<Vec<AgentEntry>, Status> {
+        require_header(request)?;
+        let peer = peer_credentials(request)?;
+        let identities = self.state.identities_for(&unix::selectors(&peer));
+        if identities.is_empty() {
+            tracing::debug!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "caller has no identity");
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        Ok(identities)
+    }
+
+    fn bundles_response(&self, jwks: &Jwks) -> Result<JwtBundlesResponse, Status> {
+        let bytes = serde_json::to_vec(jwks).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(JwtBundlesResponse {
+            bundles: HashMap::from([(self.trust_domain.id_string(), bytes)]),
+        })
+    }
+}
+
+/// Every call must carry `workload.spiffe.io: true`, so that a browser or an
+/// SSRF-prone proxy cannot be tricked into calling the socket.
+fn require_header<T>(request: &Request<T>) -> Result<(), Status> {
+    match request
+        .metadata()
+        .get(WORKLOAD_API_HEADER)
+        .map(|v| v.to_str())
+    {
+        Some(Ok("true")) => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request",
+        )),
+    }
+}
+
+fn peer_credentials<T>(request: &Request<T>) -> Result<PeerCredentials, Status> {
+    let cred = request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .ok_or_else(|| Status::internal("caller credentials unavailable"))?;
+    Ok(PeerCredentials {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid(),
+    })
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadService {
+    type FetchX509SVIDStream = ResponseStream<X509svidResponse>;
+    type FetchX509BundlesStream = ResponseStream<X509BundlesResponse>;
+    type FetchJWTBundlesStream = ResponseStream<JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        require_header(&request)?;
+        Err(Status::unimplemented(
+            "X509-SVIDs are not issued by this agent yet",
+        ))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        require_header(&request)?;
+        Err(Status::unimplemented(
+            "X.509 bundles are not served by this agent yet",
+        ))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        require_header(&request)?;
+        if request.get_ref().audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let mut identities = self.identities(&request)?;
+        let body = request.into_inner();
+        if !body.spiffe_id.is_empty() {
+            let wanted = SpiffeId::parse(&body.spiffe_id).map_err(|e| {
+                Status::invalid_argument(format!("spiffe_id {:?}: {e}", body.spiffe_id))
+            })?;
+            identities.retain(|entry| entry.spiffe_id == wanted);
+            if identities.is_empty() {
+                return Err(Status::permission_denied(format!(
+                    "no identity issued for {wanted}"
+                )));
+            }
+        }
+        let mut svids = Vec::with_capacity(identities.len());
+        for entry in identities {
+            let minted = self
+                .server
+                .mint_jwt_svid(&entry.id, &body.audience)
+                .await
+                .map_err(|status| match status.code() {
+                    Code::InvalidArgument | Code::PermissionDenied => status,
+                    _ => {
+                        tracing::warn!(error = %status, "minting a JWT-SVID failed");
+                        Status::unavailable("the server could not be reached to issue a JWT-SVID")
+                    }
+                })?;
+            svids.push(Jwtsvid {
+                spiffe_id: minted.spiffe_id,
+                svid: minted.token,
+                hint: String::new(),
+            });
+        }
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        self.identities(&request)?;
+        let mut bundle = self.state.bundle();
+        let first = bundle
+            .borrow_and_update()
+            .clone()
+            .ok_or_else(|| Status::unavailable("trust bundle not yet fetched from the server"))?;
+        let first = self.bundles_response(&first)?;
+        let trust_domain = self.trust_domain.clone();
+        let updates =
+            futures::stream::unfold(bundle, move |mut rx: watch::Receiver<Option<Arc<Jwks>>>| {
+                let key = trust_domain.id_string();
+                async move {
+                    loop {
+                        rx.changed().await.ok()?;
+                        let latest = rx.borrow_and_update().clone();
+                        if let Some(jwks) = latest {
+                            let item = serde_json::to_vec(jwks.as_ref())
+                                .map(|bytes| JwtBundlesResponse {
+                                    bundles: HashMap::from([(key.clone(), bytes)]),
+                                })
+                                .map_err(|e| Status::internal(e.to_string()));
+                            return Some((item, rx));
+                        }
+                    }
+                }
+            });
+        let stream = futures::stream::once(async move { Ok(first) }).chain(updates);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        require_header(&request)?;
+        let body = request.into_inner();
+        if body.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if body.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let bundle =
+            self.state.bundle().borrow().clone().ok_or_else(|| {
+                Status::unavailable("trust bundle not yet fetched from the server")
+            })?;
+        let validated =
+            jwt_validate::validate(&body.svid, &body.audience, &bundle, SystemTime::now())
+                .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: validated.spiffe_id.to_string(),
+            claims: Some(jwt_validate::to_struct(validated.claims)),
+        }))
+    }
+}
