@@ -38,14 +38,15 @@ pub async fn bind_unix_socket(
     mode: u32,
     dir_mode: u32,
 ) -> Result<UnixListener, SocketError> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(dir_mode)
-                .create(parent)
-                .map_err(io_err(parent))?;
-        }
+    if let Some(parent) = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(dir_mode)
+            .create(parent)
+            .map_err(io_err(parent))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {

@@ -1,1 +1,114 @@
-//! Helpers shared by the end-to-end tests.
+//! A real trust domain on this machine for end-to-end tests: a server and an
+//! agent in-process, on real sockets, with real TLS and a real data dir.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use lanyard_agent::RunningAgent;
+use lanyard_agent::config::AgentConfig;
+use lanyard_server::RunningServer;
+use lanyard_server::config::ServerConfig;
+use tokio::net::TcpListener;
+
+pub const TRUST_DOMAIN: &str = "example.org";
+
+/// A registration entry to put in the server's config.
+#[derive(Debug, Clone)]
+pub struct EntrySpec {
+    pub spiffe_id: String,
+    pub selectors: Vec<String>,
+}
+
+impl EntrySpec {
+    pub fn new(path: &str, selectors: &[&str]) -> Self {
+        Self {
+            spiffe_id: format!("spiffe://{TRUST_DOMAIN}{path}"),
+            selectors: selectors.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub issuer: String,
+    pub server: RunningServer,
+    pub agent: RunningAgent,
+}
+
+impl World {
+    /// Starts a server whose issuer lives under `issuer_path` (e.g. "/tenant")
+    /// with `entries` parented to the local agent, then the agent.
+    pub async fn start(issuer_path: &str, entries: &[EntrySpec]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        // Workload sockets must be reachable by any uid, so the tree is 0755.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let issuer = format!(
+            "https://127.0.0.1:{}{issuer_path}",
+            listener.local_addr()?.port()
+        );
+        let server_config = server_toml(dir.path(), &issuer, entries);
+        let config = ServerConfig::from_toml(&server_config, "test server.toml")?;
+        let server = lanyard_server::start_with_listener(config, listener).await?;
+        let agent_config = format!(
+            "trust_domain = \"{TRUST_DOMAIN}\"\n[server]\nnode_socket = \"{}\"\n[workload_api]\nsocket = \"{}\"\n",
+            server.node_socket.display(),
+            dir.path().join("agent/api.sock").display(),
+        );
+        let agent =
+            lanyard_agent::start(AgentConfig::from_toml(&agent_config, "test agent.toml")?).await?;
+        Ok(Self {
+            dir,
+            issuer,
+            server,
+            agent,
+        })
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.agent.endpoint()
+    }
+
+    /// An HTTPS client that trusts exactly the server's self-signed certificate.
+    pub fn https_client(&self) -> anyhow::Result<reqwest::Client> {
+        let cert_path = self
+            .server
+            .oidc_self_signed_cert
+            .as_deref()
+            .context("server has no self-signed certificate")?;
+        let pem = std::fs::read(cert_path)?;
+        Ok(reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+            .build()?)
+    }
+
+    pub async fn stop(self) {
+        self.agent.shutdown().await;
+        self.server.shutdown().await;
+    }
+}
+
+fn server_toml(dir: &Path, issuer: &str, entries: &[EntrySpec]) -> String {
+    let data_dir: PathBuf = dir.join("server");
+    let mut text = format!(
+        "trust_domain = \"{TRUST_DOMAIN}\"\nissuer = \"{issuer}\"\ndata_dir = \"{}\"\n",
+        data_dir.display()
+    );
+    for entry in entries {
+        let selectors: Vec<String> = entry.selectors.iter().map(|s| format!("\"{s}\"")).collect();
+        text.push_str(&format!(
+            "\n[[entries]]\nspiffe_id = \"{}\"\nselectors = [{}]\n",
+            entry.spiffe_id,
+            selectors.join(", ")
+        ));
+    }
+    text
+}
+
+/// The effective uid of this process.
+pub fn my_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}

@@ -1,0 +1,40 @@
+//! A workload for tests: asks the Workload API at `SPIFFE_ENDPOINT_SOCKET` for a
+//! JWT-SVID through the `spiffe` crate and prints `ok <spiffe-id>` or
+//! `denied <message>`/`error <message>`. Tests run it under other uids.
+
+use std::process::ExitCode;
+
+use spiffe::{WorkloadApiClient, WorkloadApiError};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let audience = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "probe".to_owned());
+    let endpoint = std::env::var("SPIFFE_ENDPOINT_SOCKET").unwrap_or_default();
+    let client = match WorkloadApiClient::connect_to(&endpoint).await {
+        Ok(client) => client,
+        Err(e) => {
+            println!("error connect: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match client.fetch_jwt_svid([audience.as_str()], None).await {
+        Ok(svid) => {
+            println!("ok {}", svid.spiffe_id());
+            ExitCode::SUCCESS
+        }
+        Err(WorkloadApiError::PermissionDenied(m)) => {
+            println!("denied {m}");
+            ExitCode::from(1)
+        }
+        Err(WorkloadApiError::NoIdentityIssued) => {
+            println!("denied no identity issued");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            println!("error {e}");
+            ExitCode::from(2)
+        }
+    }
+}
