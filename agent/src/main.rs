@@ -34,9 +34,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut agent = lanyard_agent::start(config).await?;
             tokio::select! {
                 result = agent.wait() => result.context("agent stopped")?,
-                _ = tokio::signal::ctrl_c() => {}
+                signal = shutdown_signal() => {
+                    signal.context("listening for signals")?;
+                    tracing::info!("shutting down");
+                    agent.shutdown().await;
+                }
             }
-            agent.shutdown().await;
             Ok(())
         }
         Command::Api(ApiCommand::Fetch(FetchCommand::Jwt {
@@ -77,5 +80,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => Ok(()),
+        interrupted = tokio::signal::ctrl_c() => interrupted,
     }
 }

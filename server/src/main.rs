@@ -35,7 +35,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut server = lanyard_server::start(config).await?;
             tokio::select! {
                 result = server.wait() => result.context("server stopped")?,
-                _ = shutdown_signal() => {
+                signal = shutdown_signal() => {
+                    signal.context("listening for signals")?;
                     tracing::info!("shutting down");
                     server.shutdown().await;
                 }
@@ -45,17 +46,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => Ok(()),
+        interrupted = tokio::signal::ctrl_c() => interrupted,
     }
 }

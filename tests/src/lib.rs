@@ -1,6 +1,8 @@
 //! A real trust domain on this machine for end-to-end tests: a server and an
 //! agent in-process, on real sockets, with real TLS and a real data dir.
 
+pub mod process;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -78,11 +80,7 @@ impl World {
             .oidc_self_signed_cert
             .as_deref()
             .context("server has no self-signed certificate")?;
-        let pem = std::fs::read(cert_path)?;
-        Ok(reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
-            .build()?)
+        https_client_trusting(cert_path)
     }
 
     pub async fn stop(self) {
@@ -106,6 +104,15 @@ fn server_toml(dir: &Path, issuer: &str, entries: &[EntrySpec]) -> String {
         ));
     }
     text
+}
+
+/// An HTTPS client that trusts only the PEM certificate at `cert_path`.
+pub fn https_client_trusting(cert_path: &Path) -> anyhow::Result<reqwest::Client> {
+    let pem = std::fs::read(cert_path)?;
+    Ok(reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+        .build()?)
 }
 
 /// The effective uid of this process.

@@ -1,0 +1,77 @@
+//! Real binaries as child processes, waited on by what they print rather than
+//! by sleeping.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// How long a daemon may take to say it is ready before the test gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running daemon; killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    name: String,
+}
+
+impl Daemon {
+    /// Starts `command` and returns once a line of its stderr contains `ready_marker`.
+    pub fn start(mut command: Command, name: &str, ready_marker: &str) -> anyhow::Result<Self> {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        let stderr = child.stderr.take().context("stderr is piped")?;
+        let (lines_tx, lines_rx) = mpsc::channel();
+        // Keeps draining stderr for the daemon's whole life so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            match lines_rx.recv_timeout(READY_TIMEOUT) {
+                Ok(line) if line.contains(ready_marker) => {
+                    return Ok(Self {
+                        child,
+                        name: name.to_owned(),
+                    });
+                }
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    bail!(
+                        "{name} never printed {ready_marker:?} (exit {status:?}); it said:\n{}",
+                        seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Asks the daemon to stop with SIGTERM and returns whether it exited cleanly.
+    pub fn terminate(mut self) -> anyhow::Result<bool> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let status = self.child.wait()?;
+        Ok(status.success())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            eprintln!("killed {}", self.name);
+        }
+    }
+}
