@@ -10,6 +10,7 @@ use lanyard_proto::{Jwks, JwtSvidClaims, SpiffeId, TrustDomain};
 use crate::config::Issuer;
 use crate::entries::RegistrationEntry;
 use crate::keys::{JwtSigningKey, KeyError};
+use crate::store::{Datastore, EntryChange, StoreError};
 
 /// Longest accepted audience value; cloud audiences are short URLs or ARNs.
 const MAX_AUDIENCE_LEN: usize = 1024;
@@ -28,6 +29,18 @@ pub enum MintError {
     BadAudience(String),
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an agent must change to hold exactly its entries.
+#[derive(Debug, Clone, Default)]
+pub struct AgentEntryUpdate {
+    pub upserts: Vec<RegistrationEntry>,
+    pub deleted_ids: Vec<String>,
+    /// True when `upserts` is the complete set (a first or too old sync).
+    pub full: bool,
+    pub revision: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -43,7 +56,7 @@ pub struct Authority {
     trust_domain: TrustDomain,
     issuer: Issuer,
     signing_key: JwtSigningKey,
-    entries: Vec<RegistrationEntry>,
+    store: Datastore,
     max_ttl: Duration,
     rng: SystemRandom,
 }
@@ -53,14 +66,14 @@ impl Authority {
         trust_domain: TrustDomain,
         issuer: Issuer,
         signing_key: JwtSigningKey,
-        entries: Vec<RegistrationEntry>,
+        store: Datastore,
         max_ttl: Duration,
     ) -> Self {
         Self {
             trust_domain,
             issuer,
             signing_key,
-            entries,
+            store,
             max_ttl,
             rng: SystemRandom::new(),
         }
@@ -74,12 +87,45 @@ impl Authority {
         &self.issuer
     }
 
-    /// The entries `agent` may serve: those parented to it.
-    pub fn entries_for_agent<'a>(
-        &'a self,
-        agent: &'a SpiffeId,
-    ) -> impl Iterator<Item = &'a RegistrationEntry> + 'a {
-        self.entries.iter().filter(move |e| &e.parent_id == agent)
+    pub fn store(&self) -> &Datastore {
+        &self.store
+    }
+
+    /// The entries `agent` may serve (those parented to it) changed since
+    /// `since`; everything when `since` is 0.
+    pub async fn entry_update_for_agent(
+        &self,
+        agent: &SpiffeId,
+        since: u64,
+    ) -> Result<AgentEntryUpdate, StoreError> {
+        if since == 0 {
+            // Read the revision first: a change racing with the list below has a
+            // higher revision, so the next incremental sync picks it up.
+            let revision = self.store.entry_revision().await?;
+            let upserts = self.store.entries_by_parent(agent).await?;
+            return Ok(AgentEntryUpdate {
+                upserts,
+                deleted_ids: Vec::new(),
+                full: true,
+                revision,
+            });
+        }
+        let (changes, revision) = self.store.entry_changes_since(since).await?;
+        let mut update = AgentEntryUpdate {
+            revision,
+            ..AgentEntryUpdate::default()
+        };
+        for change in changes {
+            match change {
+                EntryChange::Upsert(entry) if &entry.parent_id == agent => {
+                    update.upserts.push(entry)
+                }
+                // Moved to another parent: gone as far as this agent is concerned.
+                EntryChange::Upsert(entry) => update.deleted_ids.push(entry.id),
+                EntryChange::Deleted { id, .. } => update.deleted_ids.push(id),
+            }
+        }
+        Ok(update)
     }
 
     /// The public keys of the trust domain.
@@ -90,7 +136,7 @@ impl Authority {
     }
 
     /// Signs a JWT-SVID for `entry_id` on behalf of `agent`, if the entry is the agent's.
-    pub fn mint_jwt_svid(
+    pub async fn mint_jwt_svid(
         &self,
         agent: &SpiffeId,
         entry_id: &str,
@@ -98,10 +144,13 @@ impl Authority {
         now: SystemTime,
     ) -> Result<MintedJwtSvid, MintError> {
         validate_audience(audience)?;
-        let entry = self
-            .entries_for_agent(agent)
-            .find(|e| e.id == entry_id)
-            .ok_or_else(|| MintError::NotAuthorized(entry_id.to_owned()))?;
+        let entry = match self.store.get_entry(entry_id).await {
+            Ok(entry) if &entry.parent_id == agent => entry,
+            Ok(_) | Err(StoreError::NotFound { .. }) => {
+                return Err(MintError::NotAuthorized(entry_id.to_owned()));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let issued_at = unix_seconds(now);
         let ttl = entry.jwt_svid_ttl.min(self.max_ttl);
         let expires_at = issued_at.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
@@ -126,7 +175,7 @@ impl Authority {
             "minted JWT-SVID"
         );
         Ok(MintedJwtSvid {
-            spiffe_id: entry.spiffe_id.clone(),
+            spiffe_id: entry.spiffe_id,
             token,
             issued_at,
             expires_at,
@@ -170,36 +219,40 @@ pub fn unix_seconds(time: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entries::EntrySpec;
     use lanyard_proto::Selector;
 
-    fn authority(
+    async fn authority(
         dir: &std::path::Path,
     ) -> Result<(Authority, SpiffeId, String), Box<dyn std::error::Error>> {
         let td = TrustDomain::new("example.org")?;
         let agent = td.id_with_path("/agent/a")?;
-        let entry = RegistrationEntry::new(
+        let spec = EntrySpec::new(
             td.id_with_path("/web")?,
             agent.clone(),
             vec![Selector::parse("unix:uid:1000")?],
             Duration::from_secs(7200),
         );
-        let id = entry.id.clone();
+        let store = Datastore::open_sqlite(&dir.join("db.sqlite")).await?;
+        store.seed_entry(&spec, 0).await?;
         let key = JwtSigningKey::load_or_generate(dir)?;
         let issuer = Issuer::parse("https://issuer.example.org")?;
         Ok((
-            Authority::new(td, issuer, key, vec![entry], Duration::from_secs(3600)),
+            Authority::new(td, issuer, key, store, Duration::from_secs(3600)),
             agent,
-            id,
+            spec.content_id(),
         ))
     }
 
-    #[test]
-    fn only_the_parent_agent_may_mint() -> Result<(), Box<dyn std::error::Error>> {
+    #[tokio::test]
+    async fn only_the_parent_agent_may_mint() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let (authority, agent, entry_id) = authority(dir.path())?;
+        let (authority, agent, entry_id) = authority(dir.path()).await?;
         let aud = vec!["sts.amazonaws.com".to_owned()];
         let now = SystemTime::now();
-        let minted = authority.mint_jwt_svid(&agent, &entry_id, &aud, now)?;
+        let minted = authority
+            .mint_jwt_svid(&agent, &entry_id, &aud, now)
+            .await?;
         assert_eq!(minted.spiffe_id.as_str(), "spiffe://example.org/web");
         assert_eq!(
             minted.expires_at - minted.issued_at,
@@ -208,19 +261,21 @@ mod tests {
         );
         let other = authority.trust_domain().id_with_path("/agent/b")?;
         assert!(matches!(
-            authority.mint_jwt_svid(&other, &entry_id, &aud, now),
+            authority.mint_jwt_svid(&other, &entry_id, &aud, now).await,
             Err(MintError::NotAuthorized(_))
         ));
         assert!(matches!(
-            authority.mint_jwt_svid(&agent, "nope", &aud, now),
+            authority.mint_jwt_svid(&agent, "nope", &aud, now).await,
             Err(MintError::NotAuthorized(_))
         ));
         assert!(matches!(
-            authority.mint_jwt_svid(&agent, &entry_id, &[], now),
+            authority.mint_jwt_svid(&agent, &entry_id, &[], now).await,
             Err(MintError::EmptyAudience)
         ));
         assert!(matches!(
-            authority.mint_jwt_svid(&agent, &entry_id, &[String::new()], now),
+            authority
+                .mint_jwt_svid(&agent, &entry_id, &[String::new()], now)
+                .await,
             Err(MintError::BadAudience(_))
         ));
         Ok(())

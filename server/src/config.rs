@@ -7,7 +7,7 @@ use std::time::Duration;
 use lanyard_proto::{Selector, SpiffeId, TrustDomain};
 use serde::Deserialize;
 
-use crate::entries::RegistrationEntry;
+use crate::entries::EntrySpec;
 
 const DEFAULT_OIDC_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_JWT_TTL_SECONDS: u32 = 300;
@@ -130,7 +130,10 @@ pub struct ServerConfig {
     pub oidc: OidcConfig,
     pub node_api: NodeApiConfig,
     pub jwt: JwtConfig,
-    pub entries: Vec<RegistrationEntry>,
+    /// Entries from the config file, seeded into the datastore at start.
+    pub entries: Vec<EntrySpec>,
+    /// `sqlite://…` or `postgres://…`.
+    pub datastore_url: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,7 +149,15 @@ struct RawConfig {
     #[serde(default)]
     jwt: RawJwt,
     #[serde(default)]
+    datastore: RawDatastore,
+    #[serde(default)]
     entries: Vec<RawEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatastore {
+    url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,7 +304,7 @@ impl RawConfig {
                     format!("must be between 1 and jwt.max_ttl_seconds ({max_ttl})"),
                 ));
             }
-            entries.push(RegistrationEntry::new(
+            entries.push(EntrySpec::new(
                 spiffe_id,
                 parent_id,
                 selectors,
@@ -301,7 +312,28 @@ impl RawConfig {
             ));
         }
 
+        let datastore_url = match self.datastore.url {
+            Some(url)
+                if url.starts_with("sqlite://")
+                    || url.starts_with("postgres://")
+                    || url.starts_with("postgresql://") =>
+            {
+                url
+            }
+            Some(url) => {
+                let scheme = url.split("://").next().unwrap_or_default();
+                return Err(invalid(
+                    "datastore.url",
+                    format!("scheme {scheme:?} is neither sqlite nor postgres"),
+                ));
+            }
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("datastore.sqlite3").display()
+            ),
+        };
         Ok(ServerConfig {
+            datastore_url,
             trust_domain,
             issuer,
             data_dir: self.data_dir,

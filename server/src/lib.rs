@@ -8,6 +8,7 @@ pub mod fsutil;
 pub mod keys;
 pub mod node_api;
 pub mod oidc;
+pub mod store;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -34,6 +35,8 @@ pub enum ServerError {
     DataDir(#[from] fsutil::FsError),
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -93,11 +96,18 @@ pub async fn start_with_listener(
     fsutil::ensure_private_dir(&config.data_dir)?;
     let signing_key = JwtSigningKey::load_or_generate(&config.data_dir.join("keys"))?;
     tracing::info!(kid = signing_key.kid(), "JWT signing key ready");
+    let store = store::Datastore::open(&config.datastore_url).await?;
+    let now = authority::unix_seconds(std::time::SystemTime::now());
+    for spec in &config.entries {
+        if store.seed_entry(spec, now).await? {
+            tracing::info!(spiffe_id = %spec.spiffe_id, "registered entry from the config file");
+        }
+    }
     let authority = Arc::new(Authority::new(
         config.trust_domain.clone(),
         config.issuer.clone(),
         signing_key,
-        config.entries.clone(),
+        store,
         config.jwt.max_ttl,
     ));
 

@@ -17,9 +17,6 @@ use tonic::{Request, Response, Status};
 
 use crate::authority::{Authority, MintError};
 
-/// Static entries never change while a server runs, so their revision is fixed.
-const STATIC_REVISION: u64 = 1;
-
 #[derive(Debug)]
 pub struct NodeService {
     authority: Arc<Authority>,
@@ -65,14 +62,19 @@ impl Node for NodeService {
         request: Request<SyncEntriesRequest>,
     ) -> Result<Response<SyncEntriesResponse>, Status> {
         let agent = self.caller(&request)?;
-        let entries = self
+        let update = self
             .authority
-            .entries_for_agent(agent)
-            .map(|e| e.to_node())
-            .collect();
+            .entry_update_for_agent(agent, request.get_ref().since_revision)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "entry sync failed");
+                Status::unavailable("datastore unavailable")
+            })?;
         Ok(Response::new(SyncEntriesResponse {
-            entries,
-            revision: STATIC_REVISION,
+            entries: update.upserts.iter().map(|e| e.to_node()).collect(),
+            revision: update.revision,
+            deleted_entry_ids: update.deleted_ids,
+            full: update.full,
         }))
     }
 
@@ -85,6 +87,7 @@ impl Node for NodeService {
         let minted = self
             .authority
             .mint_jwt_svid(&agent, &body.entry_id, &body.audience, SystemTime::now())
+            .await
             .map_err(|e| match e {
                 MintError::NotAuthorized(_) => Status::permission_denied(e.to_string()),
                 MintError::EmptyAudience | MintError::BadAudience(_) => {
@@ -93,6 +96,10 @@ impl Node for NodeService {
                 MintError::Key(_) => {
                     tracing::error!(error = %e, "signing a JWT-SVID failed");
                     Status::internal("signing failed")
+                }
+                MintError::Store(_) => {
+                    tracing::error!(error = %e, "datastore failed while minting");
+                    Status::unavailable("datastore unavailable")
                 }
             })?;
         Ok(Response::new(MintJwtSvidResponse {

@@ -1,0 +1,391 @@
+//! Registration entries, with a monotonically increasing revision so that
+//! agents can sync only what changed. Deletions leave a tombstone carrying the
+//! revision of the delete, so incremental sync sees them too.
+
+use std::time::Duration;
+
+use lanyard_proto::{Selector, SpiffeId};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::{Datastore, StoreError};
+use crate::entries::{EntrySpec, RegistrationEntry};
+
+const COLUMNS: &str = "id, spiffe_id, parent_id, selectors, jwt_svid_ttl_seconds, admin, created_at, updated_at, revision, deleted";
+
+/// A change an agent must apply, in revision order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryChange {
+    Upsert(RegistrationEntry),
+    Deleted { id: String, revision: u64 },
+}
+
+/// Narrows `list_entries`; empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct EntryFilter {
+    pub spiffe_id: Option<SpiffeId>,
+    pub parent_id: Option<SpiffeId>,
+    pub selector: Option<Selector>,
+}
+
+struct Row_ {
+    entry: RegistrationEntry,
+    deleted: bool,
+}
+
+fn decode(row: &AnyRow) -> Result<Row_, StoreError> {
+    let id: String = row.try_get("id")?;
+    let corrupt = |message: String| StoreError::Corrupt {
+        what: "entry",
+        id: id.clone(),
+        message,
+    };
+    let spiffe_id = SpiffeId::parse(&row.try_get::<String, _>("spiffe_id")?)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let parent_id = SpiffeId::parse(&row.try_get::<String, _>("parent_id")?)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let raw_selectors: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("selectors")?)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let selectors = raw_selectors
+        .iter()
+        .map(|s| Selector::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt(e.to_string()))?;
+    let ttl: i64 = row.try_get("jwt_svid_ttl_seconds")?;
+    let revision: i64 = row.try_get("revision")?;
+    Ok(Row_ {
+        entry: RegistrationEntry {
+            spiffe_id,
+            parent_id,
+            selectors,
+            jwt_svid_ttl: Duration::from_secs(u64::try_from(ttl).unwrap_or(0)),
+            admin: row.try_get::<i64, _>("admin")? != 0,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            revision: u64::try_from(revision).unwrap_or(0),
+            id,
+        },
+        deleted: row.try_get::<i64, _>("deleted")? != 0,
+    })
+}
+
+fn selectors_json(spec: &EntrySpec) -> String {
+    let raw: Vec<String> = spec.selectors.iter().map(ToString::to_string).collect();
+    serde_json::Value::from(raw).to_string()
+}
+
+fn ttl_seconds(spec: &EntrySpec) -> i64 {
+    i64::try_from(spec.jwt_svid_ttl.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Takes the next entry revision inside `tx`; concurrent writers serialise on this row.
+async fn next_revision(tx: &mut Transaction<'static, Any>) -> Result<i64, StoreError> {
+    let row =
+        sqlx::query("UPDATE entry_revision SET value = value + 1 WHERE id = 1 RETURNING value")
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(row.try_get("value")?)
+}
+
+impl Datastore {
+    /// Stores a new entry under `id`. An identical live entry (same SPIFFE ID,
+    /// parent and selectors) is a conflict.
+    pub async fn create_entry(
+        &self,
+        id: &str,
+        spec: &EntrySpec,
+        now: i64,
+    ) -> Result<RegistrationEntry, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let selectors = selectors_json(spec);
+        let duplicate = sqlx::query(
+            "SELECT id FROM registration_entries WHERE spiffe_id = $1 AND parent_id = $2 AND selectors = $3 AND deleted = 0",
+        )
+        .bind(spec.spiffe_id.as_str())
+        .bind(spec.parent_id.as_str())
+        .bind(&selectors)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = duplicate {
+            let existing: String = row.try_get("id")?;
+            return Err(StoreError::Conflict(format!(
+                "an entry with this SPIFFE ID, parent and selectors already exists: {existing}"
+            )));
+        }
+        let revision = next_revision(&mut tx).await?;
+        // A tombstone with the same id (a re-created config entry) is replaced.
+        sqlx::query("DELETE FROM registration_entries WHERE id = $1 AND deleted = 1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO registration_entries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)"
+        )))
+        .bind(id)
+        .bind(spec.spiffe_id.as_str())
+        .bind(spec.parent_id.as_str())
+        .bind(&selectors)
+        .bind(ttl_seconds(spec))
+        .bind(i64::from(spec.admin))
+        .bind(now)
+        .bind(now)
+        .bind(revision)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(format!("entry id {id:?} is already taken"))
+            }
+            other => StoreError::Database(other),
+        })?;
+        tx.commit().await?;
+        self.get_entry(id).await
+    }
+
+    /// Makes sure an entry from the config file exists (by its content id).
+    /// Returns true when it had to be created.
+    pub async fn seed_entry(&self, spec: &EntrySpec, now: i64) -> Result<bool, StoreError> {
+        let id = spec.content_id();
+        match self.get_entry(&id).await {
+            Ok(_) => Ok(false),
+            Err(StoreError::NotFound { .. }) => {
+                self.create_entry(&id, spec, now).await.map(|_| true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn get_entry(&self, id: &str) -> Result<RegistrationEntry, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM registration_entries WHERE id = $1 AND deleted = 0"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "entry",
+            id: id.to_owned(),
+        })?;
+        Ok(decode(&row)?.entry)
+    }
+
+    pub async fn list_entries(
+        &self,
+        filter: &EntryFilter,
+    ) -> Result<Vec<RegistrationEntry>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM registration_entries WHERE deleted = 0 \
+             AND ($1 = '' OR spiffe_id = $1) AND ($2 = '' OR parent_id = $2) ORDER BY spiffe_id, id"
+        )))
+        .bind(filter.spiffe_id.as_ref().map_or("", |s| s.as_str()))
+        .bind(filter.parent_id.as_ref().map_or("", |s| s.as_str()))
+        .fetch_all(self.pool())
+        .await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let entry = decode(row)?.entry;
+            if filter
+                .selector
+                .as_ref()
+                .is_none_or(|s| entry.selectors.contains(s))
+            {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Entries whose parent is `parent`.
+    pub async fn entries_by_parent(
+        &self,
+        parent: &SpiffeId,
+    ) -> Result<Vec<RegistrationEntry>, StoreError> {
+        self.list_entries(&EntryFilter {
+            parent_id: Some(parent.clone()),
+            ..EntryFilter::default()
+        })
+        .await
+    }
+
+    pub async fn update_entry(
+        &self,
+        id: &str,
+        spec: &EntrySpec,
+        now: i64,
+    ) -> Result<RegistrationEntry, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let revision = next_revision(&mut tx).await?;
+        let updated = sqlx::query(
+            "UPDATE registration_entries SET spiffe_id = $1, parent_id = $2, selectors = $3, jwt_svid_ttl_seconds = $4, \
+             admin = $5, updated_at = $6, revision = $7 WHERE id = $8 AND deleted = 0",
+        )
+        .bind(spec.spiffe_id.as_str())
+        .bind(spec.parent_id.as_str())
+        .bind(selectors_json(spec))
+        .bind(ttl_seconds(spec))
+        .bind(i64::from(spec.admin))
+        .bind(now)
+        .bind(revision)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "entry",
+                id: id.to_owned(),
+            });
+        }
+        tx.commit().await?;
+        self.get_entry(id).await
+    }
+
+    pub async fn delete_entry(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let revision = next_revision(&mut tx).await?;
+        let deleted = sqlx::query(
+            "UPDATE registration_entries SET deleted = 1, updated_at = $1, revision = $2 WHERE id = $3 AND deleted = 0",
+        )
+        .bind(now)
+        .bind(revision)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "entry",
+                id: id.to_owned(),
+            });
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The current entry revision.
+    pub async fn entry_revision(&self) -> Result<u64, StoreError> {
+        let value: i64 = sqlx::query("SELECT value FROM entry_revision WHERE id = 1")
+            .fetch_one(self.pool())
+            .await?
+            .try_get("value")?;
+        Ok(u64::try_from(value).unwrap_or(0))
+    }
+
+    /// Every change with a revision above `since`, oldest first, and the revision they bring the caller to.
+    pub async fn entry_changes_since(
+        &self,
+        since: u64,
+    ) -> Result<(Vec<EntryChange>, u64), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let current: i64 = sqlx::query("SELECT value FROM entry_revision WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("value")?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM registration_entries WHERE revision > $1 AND revision <= $2 ORDER BY revision"
+        )))
+        .bind(i64::try_from(since).unwrap_or(i64::MAX))
+        .bind(current)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let decoded = decode(row)?;
+            changes.push(if decoded.deleted {
+                EntryChange::Deleted {
+                    revision: decoded.entry.revision,
+                    id: decoded.entry.id,
+                }
+            } else {
+                EntryChange::Upsert(decoded.entry)
+            });
+        }
+        Ok((changes, u64::try_from(current).unwrap_or(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::datastores;
+    use super::*;
+
+    fn spec(path: &str, uid: u32) -> EntrySpec {
+        EntrySpec::new(
+            SpiffeId::parse(&format!("spiffe://example.org{path}")).unwrap(),
+            SpiffeId::parse("spiffe://example.org/agent/a").unwrap(),
+            vec![Selector::parse(&format!("unix:uid:{uid}")).unwrap()],
+            Duration::from_secs(300),
+        )
+    }
+
+    #[tokio::test]
+    async fn crud_round_trips_and_bumps_the_revision() {
+        for (_dir, store) in datastores().await {
+            let created = store
+                .create_entry("e1", &spec("/web", 1000), 10)
+                .await
+                .unwrap();
+            assert_eq!(created.spiffe_id.as_str(), "spiffe://example.org/web");
+            assert_eq!(created.revision, 1);
+            assert!(matches!(
+                store.create_entry("e2", &spec("/web", 1000), 11).await,
+                Err(StoreError::Conflict(_))
+            ));
+            assert!(matches!(
+                store.create_entry("e1", &spec("/db", 1), 11).await,
+                Err(StoreError::Conflict(_))
+            ));
+            let updated = store
+                .update_entry("e1", &spec("/web", 1001), 12)
+                .await
+                .unwrap();
+            assert_eq!(updated.selectors[0].to_string(), "unix:uid:1001");
+            assert_eq!((updated.created_at, updated.updated_at), (10, 12));
+            assert!(updated.revision > created.revision);
+            let filter = EntryFilter {
+                selector: Some(Selector::parse("unix:uid:1001").unwrap()),
+                ..EntryFilter::default()
+            };
+            assert_eq!(store.list_entries(&filter).await.unwrap().len(), 1);
+            store.delete_entry("e1", 13).await.unwrap();
+            assert!(matches!(
+                store.get_entry("e1").await,
+                Err(StoreError::NotFound { .. })
+            ));
+            assert!(matches!(
+                store.delete_entry("e1", 14).await,
+                Err(StoreError::NotFound { .. })
+            ));
+            assert!(matches!(
+                store.update_entry("nope", &spec("/x", 1), 14).await,
+                Err(StoreError::NotFound { .. })
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_since_a_revision_include_deletes_and_nothing_more() {
+        for (_dir, store) in datastores().await {
+            store.create_entry("a", &spec("/a", 1), 1).await.unwrap();
+            let (all, rev_after_a) = store.entry_changes_since(0).await.unwrap();
+            assert_eq!(all.len(), 1);
+            store.create_entry("b", &spec("/b", 2), 2).await.unwrap();
+            store.delete_entry("a", 3).await.unwrap();
+            let (changes, current) = store.entry_changes_since(rev_after_a).await.unwrap();
+            assert_eq!(changes.len(), 2, "{changes:?}");
+            assert!(matches!(&changes[0], EntryChange::Upsert(e) if e.id == "b"));
+            assert!(matches!(&changes[1], EntryChange::Deleted { id, .. } if id == "a"));
+            let (none, same) = store.entry_changes_since(current).await.unwrap();
+            assert!(none.is_empty());
+            assert_eq!(same, current);
+        }
+    }
+
+    #[tokio::test]
+    async fn seeding_is_idempotent_across_restarts() {
+        for (_dir, store) in datastores().await {
+            assert!(store.seed_entry(&spec("/cfg", 5), 1).await.unwrap());
+            assert!(!store.seed_entry(&spec("/cfg", 5), 2).await.unwrap());
+            assert_eq!(store.entry_revision().await.unwrap(), 1);
+        }
+    }
+}
