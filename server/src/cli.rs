@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Where `lanyard-server` verbs find the Admin API when not told.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/var/lib/lanyard/server/admin.sock";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,7 +20,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server: Node API, JWT-SVID signing and the OIDC discovery endpoint.
+    /// Run the server: Node and Admin APIs, JWT-SVID signing and the OIDC discovery endpoint.
     Run {
         /// Path of server.toml.
         #[arg(long, short, env = "LANYARD_SERVER_CONFIG")]
@@ -27,5 +30,139 @@ pub enum Command {
     CheckConfig {
         #[arg(long, short, env = "LANYARD_SERVER_CONFIG")]
         config: PathBuf,
+    },
+    /// Manage registration entries.
+    #[command(subcommand)]
+    Entry(EntryCommand),
+    /// Manage join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage attested agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Show the trust bundle.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Check that the server answers on its Admin socket and its datastore is reachable.
+    Healthcheck {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How verbs reach a running server, and how they print.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The server's Admin API socket.
+    #[arg(long, env = "LANYARD_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub socket: PathBuf,
+    #[arg(long, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EntryCommand {
+    /// Register a workload: SPIFFE ID ← selectors, under a parent agent.
+    Create {
+        #[arg(long)]
+        spiffe_id: String,
+        /// The agent (or node entry) that may serve it; default: the local agent.
+        #[arg(long, default_value = "")]
+        parent_id: String,
+        /// A selector the caller must have, e.g. unix:uid:1000 (repeat for several; all must match).
+        #[arg(long = "selector", short = 's', required = true)]
+        selectors: Vec<String>,
+        /// JWT-SVID lifetime in seconds; default: the server's.
+        #[arg(long, default_value_t = 0)]
+        jwt_svid_ttl: u32,
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        admin_args: AdminArgs,
+    },
+    /// Show one entry.
+    Show {
+        id: String,
+        #[command(flatten)]
+        admin_args: AdminArgs,
+    },
+    /// List entries, optionally filtered.
+    List {
+        #[arg(long, default_value = "")]
+        spiffe_id: String,
+        #[arg(long, default_value = "")]
+        parent_id: String,
+        #[arg(long, default_value = "")]
+        selector: String,
+        #[command(flatten)]
+        admin_args: AdminArgs,
+    },
+    /// Change an entry; fields not given keep their value.
+    Update {
+        id: String,
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        #[arg(long)]
+        parent_id: Option<String>,
+        /// Replaces all selectors when given (repeat for several).
+        #[arg(long = "selector", short = 's')]
+        selectors: Vec<String>,
+        #[arg(long)]
+        jwt_svid_ttl: Option<u32>,
+        #[arg(long)]
+        admin: Option<bool>,
+        #[command(flatten)]
+        admin_args: AdminArgs,
+    },
+    /// Delete an entry; agents stop serving it at their next sync.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        admin_args: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a single-use join token for attesting an agent.
+    Generate {
+        /// The agent ID it grants; default: spiffe://<td>/lanyard/agent/join_token/<hash>.
+        #[arg(long, default_value = "")]
+        spiffe_id: String,
+        /// Seconds until it expires (default 600, at most 86400).
+        #[arg(long, default_value_t = 0)]
+        ttl: u32,
+        #[command(flatten)]
+        admin_args: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// List attested agents.
+    List {
+        #[command(flatten)]
+        admin_args: AdminArgs,
+    },
+    /// Refuse an agent from now on.
+    Evict {
+        spiffe_id: String,
+        #[command(flatten)]
+        admin_args: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Print the trust domain's JWKS.
+    Show {
+        #[command(flatten)]
+        admin_args: AdminArgs,
     },
 }

@@ -117,6 +117,14 @@ pub struct NodeApiConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Local Unix socket of the Admin API.
+    pub socket: PathBuf,
+    /// A non-root uid that may administer the server besides its own uid.
+    pub uid: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
 pub struct JwtConfig {
     pub default_ttl: Duration,
     pub max_ttl: Duration,
@@ -129,6 +137,7 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub oidc: OidcConfig,
     pub node_api: NodeApiConfig,
+    pub admin: AdminConfig,
     pub jwt: JwtConfig,
     /// Entries from the config file, seeded into the datastore at start.
     pub entries: Vec<EntrySpec>,
@@ -151,7 +160,16 @@ struct RawConfig {
     #[serde(default)]
     datastore: RawDatastore,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     entries: Vec<RawEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    socket: Option<PathBuf>,
+    uid: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -332,7 +350,18 @@ impl RawConfig {
                 self.data_dir.join("datastore.sqlite3").display()
             ),
         };
+        let admin = AdminConfig {
+            socket: self
+                .admin
+                .socket
+                .unwrap_or_else(|| self.data_dir.join("admin.sock")),
+            uid: self.admin.uid,
+        };
+        if !admin.socket.is_absolute() {
+            return Err(invalid("admin.socket", "must be an absolute path"));
+        }
         Ok(ServerConfig {
+            admin,
             datastore_url,
             trust_domain,
             issuer,

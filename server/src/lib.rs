@@ -1,5 +1,7 @@
 //! lanyard-server: the authority of a trust domain.
 
+pub mod admin_api;
+pub mod admin_client;
 pub mod authority;
 pub mod cli;
 pub mod config;
@@ -8,6 +10,7 @@ pub mod fsutil;
 pub mod keys;
 pub mod node_api;
 pub mod oidc;
+pub mod peer;
 pub mod store;
 pub mod tls;
 
@@ -15,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use lanyard_proto::admin::admin_server::AdminServer;
 use lanyard_proto::node::node_server::NodeServer;
 use lanyard_proto::transport::{self, SocketError};
 use tokio::net::TcpListener;
@@ -57,6 +61,7 @@ pub enum ServerError {
 pub struct RunningServer {
     pub oidc_addr: SocketAddr,
     pub node_socket: PathBuf,
+    pub admin_socket: PathBuf,
     /// PEM of the certificate the OIDC endpoint presents when self-signed.
     pub oidc_self_signed_cert: Option<PathBuf>,
     shutdown: watch::Sender<bool>,
@@ -124,6 +129,27 @@ pub async fn start_with_listener(
     let node_listener = transport::bind_unix_socket(&config.node_api.socket, 0o600, 0o700).await?;
     let node_service =
         node_api::NodeService::new(authority.clone(), config.node_api.agent_id.clone());
+    // With an admin uid other than ours the socket must be connectable by it;
+    // the peer-uid check on every call is what keeps everyone else out.
+    let admin_mode = if config.admin.uid.is_some() {
+        0o666
+    } else {
+        0o600
+    };
+    let admin_listener =
+        transport::bind_unix_socket(&config.admin.socket, admin_mode, 0o700).await?;
+    let server_uid = nix::unistd::geteuid().as_raw();
+    let admin_service = admin_api::AdminService::new(
+        authority.clone(),
+        admin_api::AdminPolicy {
+            allowed_uids: std::iter::once(server_uid)
+                .chain(config.admin.uid)
+                .collect(),
+            local_agent_id: config.node_api.agent_id.clone(),
+            default_ttl: config.jwt.default_ttl,
+            max_ttl: config.jwt.max_ttl,
+        },
+    );
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -136,6 +162,7 @@ pub async fn start_with_listener(
         )
         .then_ok(),
     );
+    let shutdown_rx_admin = shutdown_rx.clone();
     let mut node_shutdown = shutdown_rx;
     tasks.spawn(async move {
         tonic::transport::Server::builder()
@@ -146,7 +173,18 @@ pub async fn start_with_listener(
             .await
             .map_err(|e| ServerError::Task("Node API", e.to_string()))
     });
+    let mut admin_shutdown = shutdown_rx_admin;
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(AdminServer::new(admin_service))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), async move {
+                let _ = admin_shutdown.changed().await;
+            })
+            .await
+            .map_err(|e| ServerError::Task("Admin API", e.to_string()))
+    });
     tracing::info!(
+        admin_socket = %config.admin.socket.display(),
         trust_domain = %config.trust_domain,
         issuer = config.issuer.as_str(),
         oidc = %oidc_addr,
@@ -156,6 +194,7 @@ pub async fn start_with_listener(
     Ok(RunningServer {
         oidc_addr,
         node_socket: config.node_api.socket.clone(),
+        admin_socket: config.admin.socket.clone(),
         oidc_self_signed_cert: config
             .oidc
             .tls

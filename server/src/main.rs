@@ -25,6 +25,14 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        verb @ (Command::Entry(_)
+        | Command::Token(_)
+        | Command::Agent(_)
+        | Command::Bundle(_)
+        | Command::Healthcheck { .. }) => {
+            println!("{}", lanyard_server::admin_client::run(verb).await?);
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             ServerConfig::load(&config)?;
             println!("{}: ok", config.display());

@@ -12,10 +12,10 @@ use lanyard_proto::node::{
     GetJwtBundleRequest, GetJwtBundleResponse, MintJwtSvidRequest, MintJwtSvidResponse,
     SyncEntriesRequest, SyncEntriesResponse,
 };
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::authority::{Authority, MintError};
+use crate::peer;
 
 #[derive(Debug)]
 pub struct NodeService {
@@ -35,23 +35,8 @@ impl NodeService {
 
     /// The agent calling, if its kernel credentials say it may speak for the node.
     fn caller<T>(&self, request: &Request<T>) -> Result<&SpiffeId, Status> {
-        let uid = request
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .map(|cred| cred.uid())
-            .ok_or_else(|| Status::unauthenticated("peer credentials unavailable"))?;
-        if uid == 0 || uid == self.server_uid {
-            Ok(&self.agent_id)
-        } else {
-            tracing::warn!(
-                uid,
-                "Node API call refused: peer uid is neither root nor the server's"
-            );
-            Err(Status::permission_denied(
-                "this uid may not use the Node API",
-            ))
-        }
+        peer::require_uid(request, &[self.server_uid], "Node API")?;
+        Ok(&self.agent_id)
     }
 }
 

@@ -1,0 +1,398 @@
+//! The Admin API: operators manage entries, join tokens and agents over a
+//! local Unix socket. Only root, the server's own uid and the configured admin
+//! uid may call it; every change is audited with the caller's uid.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use lanyard_proto::admin::admin_server::Admin;
+use lanyard_proto::admin::{
+    Agent, CreateEntryRequest, DeleteEntryRequest, DeleteEntryResponse, Entry, EvictAgentRequest,
+    EvictAgentResponse, GenerateJoinTokenRequest, GenerateJoinTokenResponse, GetBundleRequest,
+    GetBundleResponse, GetEntryRequest, HealthRequest, HealthResponse, ListAgentsRequest,
+    ListAgentsResponse, ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
+};
+use lanyard_proto::{Selector, SpiffeId};
+use tonic::{Request, Response, Status};
+
+use crate::authority::{Authority, unix_seconds};
+use crate::entries::{EntrySpec, RegistrationEntry, hex};
+use crate::peer;
+use crate::store::{EntryFilter, StoreError};
+
+/// Join tokens live ten minutes unless asked otherwise, a day at most.
+const DEFAULT_JOIN_TOKEN_TTL: u32 = 600;
+const MAX_JOIN_TOKEN_TTL: u32 = 86_400;
+
+/// Limits the Admin API applies to what operators register.
+#[derive(Debug, Clone)]
+pub struct AdminPolicy {
+    pub allowed_uids: Vec<u32>,
+    pub local_agent_id: SpiffeId,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+#[derive(Debug)]
+pub struct AdminService {
+    authority: Arc<Authority>,
+    policy: AdminPolicy,
+}
+
+impl AdminService {
+    pub fn new(authority: Arc<Authority>, policy: AdminPolicy) -> Self {
+        Self { authority, policy }
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<u32, Status> {
+        peer::require_uid(request, &self.policy.allowed_uids, "Admin API")
+    }
+
+    /// Validates an operator's entry, naming the field at fault.
+    async fn entry_spec(
+        &self,
+        spiffe_id: &str,
+        parent_id: &str,
+        selectors: &[String],
+        ttl_seconds: u32,
+        admin: bool,
+    ) -> Result<EntrySpec, Status> {
+        let trust_domain = self.authority.trust_domain();
+        let member = |field: &str, raw: &str| -> Result<SpiffeId, Status> {
+            let id = SpiffeId::parse(raw)
+                .map_err(|e| Status::invalid_argument(format!("{field} {raw:?}: {e}")))?;
+            if !id.is_member_of(trust_domain) {
+                return Err(Status::invalid_argument(format!(
+                    "{field} {raw:?} is not in trust domain {trust_domain}"
+                )));
+            }
+            Ok(id)
+        };
+        let spiffe_id = member("spiffe_id", spiffe_id)?;
+        let parent_id = if parent_id.is_empty() {
+            self.policy.local_agent_id.clone()
+        } else {
+            member("parent_id", parent_id)?
+        };
+        if !self.parent_is_known(&parent_id).await? {
+            return Err(Status::invalid_argument(format!(
+                "parent_id {parent_id} is unknown: it is neither an attested agent, the local agent nor an entry's SPIFFE ID"
+            )));
+        }
+        if selectors.is_empty() {
+            return Err(Status::invalid_argument(
+                "selectors: at least one is required",
+            ));
+        }
+        let selectors = selectors
+            .iter()
+            .map(|s| {
+                Selector::parse_known(s)
+                    .map_err(|e| Status::invalid_argument(format!("selectors: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ttl = if ttl_seconds == 0 {
+            self.policy.default_ttl
+        } else {
+            Duration::from_secs(ttl_seconds.into())
+        };
+        if ttl > self.policy.max_ttl {
+            return Err(Status::invalid_argument(format!(
+                "jwt_svid_ttl_seconds {ttl_seconds} exceeds the server's maximum of {}",
+                self.policy.max_ttl.as_secs()
+            )));
+        }
+        let mut spec = EntrySpec::new(spiffe_id, parent_id, selectors, ttl);
+        spec.admin = admin;
+        Ok(spec)
+    }
+
+    async fn parent_is_known(&self, parent: &SpiffeId) -> Result<bool, Status> {
+        if parent == &self.policy.local_agent_id {
+            return Ok(true);
+        }
+        let store = self.authority.store();
+        match store.get_agent(parent).await {
+            Ok(agent) => return Ok(!agent.evicted),
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(store_status(e)),
+        }
+        let filter = EntryFilter {
+            spiffe_id: Some(parent.clone()),
+            ..EntryFilter::default()
+        };
+        Ok(!store
+            .list_entries(&filter)
+            .await
+            .map_err(store_status)?
+            .is_empty())
+    }
+}
+
+fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound { .. } => Status::not_found(error.to_string()),
+        StoreError::Conflict(_) => Status::already_exists(error.to_string()),
+        other => {
+            tracing::error!(error = %other, "datastore failure in the Admin API");
+            Status::unavailable(format!("datastore unavailable: {other}"))
+        }
+    }
+}
+
+fn to_admin(entry: RegistrationEntry) -> Entry {
+    Entry {
+        id: entry.id,
+        spiffe_id: entry.spiffe_id.to_string(),
+        parent_id: entry.parent_id.to_string(),
+        selectors: entry.selectors.iter().map(ToString::to_string).collect(),
+        jwt_svid_ttl_seconds: u32::try_from(entry.jwt_svid_ttl.as_secs()).unwrap_or(u32::MAX),
+        admin: entry.admin,
+        created_at: entry.created_at,
+        updated_at: entry.updated_at,
+        revision: entry.revision,
+    }
+}
+
+fn now() -> i64 {
+    unix_seconds(SystemTime::now())
+}
+
+fn new_entry_id() -> Result<String, Status> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Status::internal("no randomness available"))?;
+    Ok(hex(&bytes))
+}
+
+fn optional_id(field: &str, raw: &str) -> Result<Option<SpiffeId>, Status> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    SpiffeId::parse(raw)
+        .map(Some)
+        .map_err(|e| Status::invalid_argument(format!("{field} {raw:?}: {e}")))
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn health(
+        &self,
+        request: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
+        self.caller(&request)?;
+        let store = self.authority.store();
+        store.ping().await.map_err(store_status)?;
+        Ok(Response::new(HealthResponse {
+            trust_domain: self.authority.trust_domain().to_string(),
+            entry_revision: store.entry_revision().await.map_err(store_status)?,
+        }))
+    }
+
+    async fn create_entry(
+        &self,
+        request: Request<CreateEntryRequest>,
+    ) -> Result<Response<Entry>, Status> {
+        let uid = self.caller(&request)?;
+        let body = request.into_inner();
+        let spec = self
+            .entry_spec(
+                &body.spiffe_id,
+                &body.parent_id,
+                &body.selectors,
+                body.jwt_svid_ttl_seconds,
+                body.admin,
+            )
+            .await?;
+        let entry = self
+            .authority
+            .store()
+            .create_entry(&new_entry_id()?, &spec, now())
+            .await
+            .map_err(store_status)?;
+        tracing::info!(target: "lanyard::audit", uid, id = entry.id, spiffe_id = %entry.spiffe_id, "entry created");
+        Ok(Response::new(to_admin(entry)))
+    }
+
+    async fn get_entry(
+        &self,
+        request: Request<GetEntryRequest>,
+    ) -> Result<Response<Entry>, Status> {
+        self.caller(&request)?;
+        let entry = self
+            .authority
+            .store()
+            .get_entry(&request.get_ref().id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(to_admin(entry)))
+    }
+
+    async fn list_entries(
+        &self,
+        request: Request<ListEntriesRequest>,
+    ) -> Result<Response<ListEntriesResponse>, Status> {
+        self.caller(&request)?;
+        let body = request.into_inner();
+        let filter = EntryFilter {
+            spiffe_id: optional_id("spiffe_id", &body.spiffe_id)?,
+            parent_id: optional_id("parent_id", &body.parent_id)?,
+            selector: if body.selector.is_empty() {
+                None
+            } else {
+                Some(
+                    Selector::parse(&body.selector)
+                        .map_err(|e| Status::invalid_argument(format!("selector: {e}")))?,
+                )
+            },
+        };
+        let entries = self
+            .authority
+            .store()
+            .list_entries(&filter)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(ListEntriesResponse {
+            entries: entries.into_iter().map(to_admin).collect(),
+        }))
+    }
+
+    async fn update_entry(
+        &self,
+        request: Request<UpdateEntryRequest>,
+    ) -> Result<Response<Entry>, Status> {
+        let uid = self.caller(&request)?;
+        let body = request.into_inner();
+        let wanted = body
+            .entry
+            .ok_or_else(|| Status::invalid_argument("entry is required"))?;
+        let spec = self
+            .entry_spec(
+                &wanted.spiffe_id,
+                &wanted.parent_id,
+                &wanted.selectors,
+                wanted.jwt_svid_ttl_seconds,
+                wanted.admin,
+            )
+            .await?;
+        let entry = self
+            .authority
+            .store()
+            .update_entry(&body.id, &spec, now())
+            .await
+            .map_err(store_status)?;
+        tracing::info!(target: "lanyard::audit", uid, id = entry.id, spiffe_id = %entry.spiffe_id, "entry updated");
+        Ok(Response::new(to_admin(entry)))
+    }
+
+    async fn delete_entry(
+        &self,
+        request: Request<DeleteEntryRequest>,
+    ) -> Result<Response<DeleteEntryResponse>, Status> {
+        let uid = self.caller(&request)?;
+        let id = request.into_inner().id;
+        self.authority
+            .store()
+            .delete_entry(&id, now())
+            .await
+            .map_err(store_status)?;
+        tracing::info!(target: "lanyard::audit", uid, id, "entry deleted");
+        Ok(Response::new(DeleteEntryResponse {}))
+    }
+
+    async fn generate_join_token(
+        &self,
+        request: Request<GenerateJoinTokenRequest>,
+    ) -> Result<Response<GenerateJoinTokenResponse>, Status> {
+        let uid = self.caller(&request)?;
+        let body = request.into_inner();
+        let ttl = if body.ttl_seconds == 0 {
+            DEFAULT_JOIN_TOKEN_TTL
+        } else {
+            body.ttl_seconds
+        };
+        if ttl > MAX_JOIN_TOKEN_TTL {
+            return Err(Status::invalid_argument(format!(
+                "ttl_seconds may be at most {MAX_JOIN_TOKEN_TTL}"
+            )));
+        }
+        let trust_domain = self.authority.trust_domain();
+        let spiffe_id = optional_id("spiffe_id", &body.spiffe_id)?;
+        if let Some(id) = spiffe_id
+            .as_ref()
+            .filter(|id| !id.is_member_of(trust_domain))
+        {
+            return Err(Status::invalid_argument(format!(
+                "spiffe_id {id} is not in trust domain {trust_domain}"
+            )));
+        }
+        let token = self
+            .authority
+            .store()
+            .create_join_token(trust_domain, spiffe_id, i64::from(ttl), now())
+            .await
+            .map_err(store_status)?;
+        tracing::info!(target: "lanyard::audit", uid, spiffe_id = %token.spiffe_id, expires_at = token.expires_at, "join token generated");
+        Ok(Response::new(GenerateJoinTokenResponse {
+            token: token.token,
+            expires_at: token.expires_at,
+            spiffe_id: token.spiffe_id.to_string(),
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        self.caller(&request)?;
+        let agents = self
+            .authority
+            .store()
+            .list_agents()
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(ListAgentsResponse {
+            agents: agents
+                .into_iter()
+                .map(|a| Agent {
+                    spiffe_id: a.spiffe_id.to_string(),
+                    serial: a.serial,
+                    last_seen: a.last_seen,
+                    evicted: a.evicted,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn evict_agent(
+        &self,
+        request: Request<EvictAgentRequest>,
+    ) -> Result<Response<EvictAgentResponse>, Status> {
+        let uid = self.caller(&request)?;
+        let raw = request.into_inner().spiffe_id;
+        let id = SpiffeId::parse(&raw)
+            .map_err(|e| Status::invalid_argument(format!("spiffe_id {raw:?}: {e}")))?;
+        self.authority
+            .store()
+            .evict_agent(&id)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(target: "lanyard::audit", uid, agent = %id, "agent evicted");
+        Ok(Response::new(EvictAgentResponse {}))
+    }
+
+    async fn get_bundle(
+        &self,
+        request: Request<GetBundleRequest>,
+    ) -> Result<Response<GetBundleResponse>, Status> {
+        self.caller(&request)?;
+        let jwks = serde_json::to_vec_pretty(&self.authority.jwks())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(GetBundleResponse {
+            trust_domain: self.authority.trust_domain().to_string(),
+            jwks,
+        }))
+    }
+}

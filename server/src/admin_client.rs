@@ -1,0 +1,257 @@
+//! The operator's side of the Admin API: runs a CLI verb against a running
+//! server's Admin socket and prints the answer for people or scripts.
+
+use lanyard_proto::admin::admin_client::AdminClient;
+use lanyard_proto::admin::{
+    CreateEntryRequest, DeleteEntryRequest, Entry, EvictAgentRequest, GenerateJoinTokenRequest,
+    GetBundleRequest, GetEntryRequest, HealthRequest, ListAgentsRequest, ListEntriesRequest,
+    UpdateEntryRequest,
+};
+use lanyard_proto::transport::unix_channel;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::cli::{
+    AdminArgs, AgentCommand, BundleCommand, Command, EntryCommand, Output, TokenCommand,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminCliError {
+    #[error("{message} ({code:?})")]
+    Rpc { code: tonic::Code, message: String },
+    #[error("{0} is not an Admin API verb")]
+    NotAVerb(&'static str),
+    #[error("server sent a bundle that is not UTF-8 JSON")]
+    BadBundle,
+}
+
+impl From<tonic::Status> for AdminCliError {
+    fn from(status: tonic::Status) -> Self {
+        Self::Rpc {
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+/// Runs an Admin API verb and returns what to print on stdout.
+pub async fn run(command: Command) -> Result<String, AdminCliError> {
+    match command {
+        Command::Run { .. } => Err(AdminCliError::NotAVerb("run")),
+        Command::CheckConfig { .. } => Err(AdminCliError::NotAVerb("check-config")),
+        Command::Healthcheck { admin } => {
+            let health = client(&admin).health(HealthRequest {}).await?.into_inner();
+            Ok(match admin.output {
+                Output::Human => format!("healthy: trust domain {}, entry revision {}", health.trust_domain, health.entry_revision),
+                Output::Json => json!({"healthy": true, "trust_domain": health.trust_domain, "entry_revision": health.entry_revision}).to_string(),
+            })
+        }
+        Command::Entry(verb) => entry(verb).await,
+        Command::Token(TokenCommand::Generate {
+            spiffe_id,
+            ttl,
+            admin_args,
+        }) => {
+            let token = client(&admin_args)
+                .generate_join_token(GenerateJoinTokenRequest {
+                    spiffe_id,
+                    ttl_seconds: ttl,
+                })
+                .await?
+                .into_inner();
+            Ok(match admin_args.output {
+                Output::Human => format!("Token: {}\nAgent SPIFFE ID: {}\nExpires at: {}", token.token, token.spiffe_id, token.expires_at),
+                Output::Json => json!({"token": token.token, "spiffe_id": token.spiffe_id, "expires_at": token.expires_at}).to_string(),
+            })
+        }
+        Command::Agent(AgentCommand::List { admin_args }) => {
+            let agents = client(&admin_args)
+                .list_agents(ListAgentsRequest {})
+                .await?
+                .into_inner()
+                .agents;
+            Ok(match admin_args.output {
+                Output::Human if agents.is_empty() => "No agents attested.".to_owned(),
+                Output::Human => agents
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "SPIFFE ID : {}\nSerial    : {}\nLast seen : {}\nEvicted   : {}",
+                            a.spiffe_id, a.serial, a.last_seen, a.evicted
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n\n"),
+                Output::Json => serde_json::Value::from(
+                    agents
+                        .iter()
+                        .map(|a| json!({"spiffe_id": a.spiffe_id, "serial": a.serial, "last_seen": a.last_seen, "evicted": a.evicted}))
+                        .collect::<Vec<_>>(),
+                )
+                .to_string(),
+            })
+        }
+        Command::Agent(AgentCommand::Evict {
+            spiffe_id,
+            admin_args,
+        }) => {
+            client(&admin_args)
+                .evict_agent(EvictAgentRequest {
+                    spiffe_id: spiffe_id.clone(),
+                })
+                .await?;
+            Ok(match admin_args.output {
+                Output::Human => format!("Evicted {spiffe_id}"),
+                Output::Json => json!({"evicted": spiffe_id}).to_string(),
+            })
+        }
+        Command::Bundle(BundleCommand::Show { admin_args }) => {
+            let bundle = client(&admin_args)
+                .get_bundle(GetBundleRequest {})
+                .await?
+                .into_inner();
+            String::from_utf8(bundle.jwks).map_err(|_| AdminCliError::BadBundle)
+        }
+    }
+}
+
+async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
+    match verb {
+        EntryCommand::Create {
+            spiffe_id,
+            parent_id,
+            selectors,
+            jwt_svid_ttl,
+            admin,
+            admin_args,
+        } => {
+            let entry = client(&admin_args)
+                .create_entry(CreateEntryRequest {
+                    spiffe_id,
+                    parent_id,
+                    selectors,
+                    jwt_svid_ttl_seconds: jwt_svid_ttl,
+                    admin,
+                })
+                .await?
+                .into_inner();
+            Ok(render(&[entry], admin_args.output))
+        }
+        EntryCommand::Show { id, admin_args } => {
+            let entry = client(&admin_args)
+                .get_entry(GetEntryRequest { id })
+                .await?
+                .into_inner();
+            Ok(render(&[entry], admin_args.output))
+        }
+        EntryCommand::List {
+            spiffe_id,
+            parent_id,
+            selector,
+            admin_args,
+        } => {
+            let entries = client(&admin_args)
+                .list_entries(ListEntriesRequest {
+                    spiffe_id,
+                    parent_id,
+                    selector,
+                })
+                .await?
+                .into_inner()
+                .entries;
+            Ok(match admin_args.output {
+                Output::Human if entries.is_empty() => "No entries.".to_owned(),
+                output => render(&entries, output),
+            })
+        }
+        EntryCommand::Update {
+            id,
+            spiffe_id,
+            parent_id,
+            selectors,
+            jwt_svid_ttl,
+            admin,
+            admin_args,
+        } => {
+            let mut admin_client = client(&admin_args);
+            let mut entry = admin_client
+                .get_entry(GetEntryRequest { id: id.clone() })
+                .await?
+                .into_inner();
+            if let Some(v) = spiffe_id {
+                entry.spiffe_id = v;
+            }
+            if let Some(v) = parent_id {
+                entry.parent_id = v;
+            }
+            if !selectors.is_empty() {
+                entry.selectors = selectors;
+            }
+            if let Some(v) = jwt_svid_ttl {
+                entry.jwt_svid_ttl_seconds = v;
+            }
+            if let Some(v) = admin {
+                entry.admin = v;
+            }
+            let updated = admin_client
+                .update_entry(UpdateEntryRequest {
+                    id,
+                    entry: Some(entry),
+                })
+                .await?
+                .into_inner();
+            Ok(render(&[updated], admin_args.output))
+        }
+        EntryCommand::Delete { id, admin_args } => {
+            client(&admin_args)
+                .delete_entry(DeleteEntryRequest { id: id.clone() })
+                .await?;
+            Ok(match admin_args.output {
+                Output::Human => format!("Deleted entry {id}"),
+                Output::Json => json!({"deleted": id}).to_string(),
+            })
+        }
+    }
+}
+
+fn client(args: &AdminArgs) -> AdminClient<Channel> {
+    AdminClient::new(unix_channel(&args.socket))
+}
+
+fn render(entries: &[Entry], output: Output) -> String {
+    match output {
+        Output::Json => serde_json::Value::from(
+            entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "id": e.id,
+                        "spiffe_id": e.spiffe_id,
+                        "parent_id": e.parent_id,
+                        "selectors": e.selectors,
+                        "jwt_svid_ttl_seconds": e.jwt_svid_ttl_seconds,
+                        "admin": e.admin,
+                        "created_at": e.created_at,
+                        "updated_at": e.updated_at,
+                        "revision": e.revision,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .to_string(),
+        Output::Human => entries
+            .iter()
+            .map(|e| {
+                let mut text = format!(
+                    "Entry ID      : {}\nSPIFFE ID     : {}\nParent ID     : {}\nRevision      : {}\nJWT-SVID TTL  : {}s\nAdmin         : {}",
+                    e.id, e.spiffe_id, e.parent_id, e.revision, e.jwt_svid_ttl_seconds, e.admin
+                );
+                for selector in &e.selectors {
+                    text.push_str(&format!("\nSelector      : {selector}"));
+                }
+                text
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n"),
+    }
+}

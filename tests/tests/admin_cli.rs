@@ -1,0 +1,298 @@
+//! Every `lanyard-server` Admin verb, run as the real binary against a running
+//! server's real Admin socket.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lanyard_tests::my_uid;
+use lanyard_tests::process::Daemon;
+use serde_json::Value;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_test-lanyard-server");
+
+struct Admin {
+    socket: PathBuf,
+}
+
+impl Admin {
+    fn run(&self, args: &[&str]) -> std::io::Result<Output> {
+        Command::new(SERVER)
+            .args(args)
+            .args([
+                "--socket",
+                self.socket.to_str().unwrap_or_default(),
+                "--output",
+                "json",
+            ])
+            .env("RUST_LOG", "off")
+            .output()
+    }
+
+    /// Runs a verb that must succeed and returns its JSON output.
+    fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let output = self.run(args)?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// Runs a verb that must fail and returns its one-line stderr.
+    fn error(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = self.run(args)?;
+        anyhow::ensure!(!output.status.success(), "{args:?} unexpectedly succeeded");
+        let stderr = String::from_utf8(output.stderr)?;
+        anyhow::ensure!(
+            stderr.trim_end().lines().count() == 1,
+            "not one line: {stderr:?}"
+        );
+        Ok(stderr)
+    }
+}
+
+fn start_server(dir: &Path) -> anyhow::Result<Daemon> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = dir.join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"example.org\"\nissuer = \"https://127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[oidc]\nlisten = \"127.0.0.1:{port}\"\n",
+            dir.join("server").display()
+        ),
+    )?;
+    let mut command = Command::new(SERVER);
+    command
+        .args(["run", "--config", config.to_str().unwrap_or_default()])
+        .env("RUST_LOG", "info");
+    Daemon::start(command, "lanyard-server", "lanyard-server is serving")
+}
+
+#[test]
+fn every_admin_verb_works_through_the_socket() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path())?;
+    let admin = Admin {
+        socket: dir.path().join("server/admin.sock"),
+    };
+
+    let health = admin.json(&["healthcheck"])?;
+    assert_eq!(health["trust_domain"], "example.org");
+
+    let created = admin.json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "-s",
+        "unix:uid:1000",
+        "-s",
+        "unix:gid:1000",
+        "--jwt-svid-ttl",
+        "120",
+    ])?;
+    let id = created[0]["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        created[0]["parent_id"],
+        "spiffe://example.org/lanyard/agent/local"
+    );
+    assert_eq!(
+        created[0]["selectors"],
+        serde_json::json!(["unix:gid:1000", "unix:uid:1000"])
+    );
+    assert_eq!(created[0]["jwt_svid_ttl_seconds"], 120);
+
+    assert_eq!(
+        admin.json(&["entry", "show", &id])?[0]["spiffe_id"],
+        "spiffe://example.org/web"
+    );
+    admin.json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/db",
+        "-s",
+        "unix:user:postgres",
+    ])?;
+    assert_eq!(
+        admin.json(&["entry", "list"])?.as_array().map(Vec::len),
+        Some(2)
+    );
+    let filtered = admin.json(&["entry", "list", "--selector", "unix:user:postgres"])?;
+    assert_eq!(filtered[0]["spiffe_id"], "spiffe://example.org/db");
+
+    let updated = admin.json(&["entry", "update", &id, "--jwt-svid-ttl", "60"])?;
+    assert_eq!(updated[0]["jwt_svid_ttl_seconds"], 60);
+    assert_eq!(
+        updated[0]["spiffe_id"], "spiffe://example.org/web",
+        "untouched fields are kept"
+    );
+    assert!(updated[0]["revision"].as_u64() > created[0]["revision"].as_u64());
+
+    // Validation names the field; nothing is stored.
+    assert!(
+        admin
+            .error(&[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/x/",
+                "-s",
+                "unix:uid:1"
+            ])?
+            .contains("spiffe_id")
+    );
+    assert!(
+        admin
+            .error(&[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://other.org/x",
+                "-s",
+                "unix:uid:1"
+            ])?
+            .contains("not in trust domain")
+    );
+    assert!(
+        admin
+            .error(&[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/x",
+                "-s",
+                "k8s:ns:default"
+            ])?
+            .contains("unknown selector")
+    );
+    assert!(
+        admin
+            .error(&[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/x",
+                "--parent-id",
+                "spiffe://example.org/ghost",
+                "-s",
+                "unix:uid:1"
+            ])?
+            .contains("parent_id")
+    );
+    assert!(
+        admin
+            .error(&[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/web",
+                "-s",
+                "unix:uid:1000",
+                "-s",
+                "unix:gid:1000"
+            ])?
+            .contains("already exists")
+    );
+    assert_eq!(
+        admin.json(&["entry", "list"])?.as_array().map(Vec::len),
+        Some(2)
+    );
+
+    admin.json(&["entry", "delete", &id])?;
+    assert!(admin.error(&["entry", "show", &id])?.contains("NotFound"));
+    assert!(
+        admin
+            .error(&["entry", "delete", &id])?
+            .contains("not found")
+    );
+
+    let token = admin.json(&["token", "generate", "--ttl", "300"])?;
+    assert_eq!(token["token"].as_str().map(str::len), Some(40));
+    assert!(
+        token["spiffe_id"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("spiffe://example.org/lanyard/agent/join_token/")
+    );
+    let named = admin.json(&[
+        "token",
+        "generate",
+        "--spiffe-id",
+        "spiffe://example.org/node/db-1",
+    ])?;
+    assert_eq!(named["spiffe_id"], "spiffe://example.org/node/db-1");
+    assert!(
+        admin
+            .error(&["token", "generate", "--ttl", "999999"])?
+            .contains("ttl_seconds")
+    );
+
+    assert_eq!(admin.json(&["agent", "list"])?, serde_json::json!([]));
+    assert!(
+        admin
+            .error(&[
+                "agent",
+                "evict",
+                "spiffe://example.org/lanyard/agent/nobody"
+            ])?
+            .contains("not found")
+    );
+
+    let bundle = admin.json(&["bundle", "show"])?;
+    assert_eq!(bundle["keys"][0]["use"], "sig");
+
+    assert!(server.terminate()?);
+    // With the server gone, verbs fail in one line naming the socket trouble.
+    assert!(!admin.error(&["healthcheck"])?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn admin_socket_refuses_other_uids() -> anyhow::Result<()> {
+    if my_uid() != 0 {
+        eprintln!("skipped: switching to another uid needs root (CI runs as root)");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path())?;
+    let socket = dir.path().join("server/admin.sock");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket)?.permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let dir_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("server"))?.permissions(),
+    );
+    assert_eq!(dir_mode & 0o777, 0o700);
+    // Even with the socket made reachable, the peer uid check refuses nobody.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    std::fs::set_permissions(
+        dir.path().join("server"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+    let output = Command::new(SERVER)
+        .args([
+            "entry",
+            "list",
+            "--socket",
+            socket.to_str().unwrap_or_default(),
+        ])
+        .uid(65534)
+        .gid(65534)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("PermissionDenied") && stderr.contains("uid 65534"),
+        "{stderr}"
+    );
+    assert!(server.terminate()?);
+    Ok(())
+}
