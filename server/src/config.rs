@@ -106,6 +106,8 @@ pub struct OidcConfig {
     pub listen: SocketAddr,
     /// Certificate and key to serve; a self-signed pair in the data dir when absent.
     pub tls: Option<TlsFiles>,
+    /// Serve plain HTTP, for running behind a TLS-terminating proxy.
+    pub plain_http: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +186,8 @@ struct RawOidc {
     listen: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    #[serde(default)]
+    plain_http: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -243,6 +247,12 @@ impl RawConfig {
         let listen = listen
             .parse::<SocketAddr>()
             .map_err(|e| invalid("oidc.listen", format!("{listen:?} is not ip:port ({e})")))?;
+        if self.oidc.plain_http && (self.oidc.tls_cert.is_some() || self.oidc.tls_key.is_some()) {
+            return Err(invalid(
+                "oidc.plain_http",
+                "cannot be combined with oidc.tls_cert/tls_key",
+            ));
+        }
         let tls = match (self.oidc.tls_cert, self.oidc.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
@@ -366,7 +376,11 @@ impl RawConfig {
             trust_domain,
             issuer,
             data_dir: self.data_dir,
-            oidc: OidcConfig { listen, tls },
+            oidc: OidcConfig {
+                listen,
+                tls,
+                plain_http: self.oidc.plain_http,
+            },
             node_api,
             jwt: JwtConfig {
                 default_ttl: Duration::from_secs(default_ttl.into()),

@@ -116,8 +116,15 @@ pub async fn start_with_listener(
         config.jwt.max_ttl,
     ));
 
-    let tls_config =
-        tls::server_config(config.oidc.tls.as_ref(), &config.issuer, &config.data_dir)?;
+    let tls = if config.oidc.plain_http {
+        None
+    } else {
+        Some(tls::server_config(
+            config.oidc.tls.as_ref(),
+            &config.issuer,
+            &config.data_dir,
+        )?)
+    };
     let documents = Arc::new(OidcDocuments::new(&config.issuer, &authority.jwks())?);
     let oidc_addr = oidc_listener
         .local_addr()
@@ -153,15 +160,13 @@ pub async fn start_with_listener(
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    tasks.spawn(
-        oidc::serve(
-            oidc_listener,
-            TlsAcceptor::from(tls_config),
-            documents,
-            shutdown_rx.clone(),
-        )
-        .then_ok(),
-    );
+    let acceptor = tls
+        .as_ref()
+        .map(|(config, _, _)| TlsAcceptor::from(config.clone()));
+    tasks.spawn(oidc::serve(oidc_listener, acceptor, documents, shutdown_rx.clone()).then_ok());
+    if let Some((_, resolver, files)) = tls {
+        tasks.spawn(tls::watch_and_reload(resolver, files, shutdown_rx.clone()).then_ok());
+    }
     let shutdown_rx_admin = shutdown_rx.clone();
     let mut node_shutdown = shutdown_rx;
     tasks.spawn(async move {
@@ -195,10 +200,7 @@ pub async fn start_with_listener(
         oidc_addr,
         node_socket: config.node_api.socket.clone(),
         admin_socket: config.admin.socket.clone(),
-        oidc_self_signed_cert: config
-            .oidc
-            .tls
-            .is_none()
+        oidc_self_signed_cert: (config.oidc.tls.is_none() && !config.oidc.plain_http)
             .then(|| config.data_dir.join(tls::SELF_SIGNED_CERT_FILE)),
         shutdown,
         tasks,

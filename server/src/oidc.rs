@@ -108,10 +108,11 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
-/// Serves the documents over TLS on `listener` until `shutdown` changes.
+/// Serves the documents on `listener` until `shutdown` changes: over TLS
+/// when given an acceptor, else plain HTTP (behind a TLS-terminating proxy).
 pub async fn serve(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Option<TlsAcceptor>,
     documents: Arc<OidcDocuments>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -129,25 +130,31 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let documents = documents.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "OIDC TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
+            let Some(acceptor) = acceptor else {
+                return serve_connection(tcp, documents, peer).await;
             };
-            let service = service_fn(move |request: Request<Incoming>| {
-                let response = documents.respond(&request);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "OIDC connection ended with an error");
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => serve_connection(tls, documents, peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "OIDC TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "OIDC TLS handshake timed out"),
             }
         });
+    }
+}
+
+async fn serve_connection<I>(io: I, documents: Arc<OidcDocuments>, peer: std::net::SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let response = documents.respond(&request);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "OIDC connection ended with an error");
     }
 }
 

@@ -1,17 +1,25 @@
-//! TLS for the OIDC endpoint: the configured certificate, or a self-signed one
-//! kept in the data dir for development.
+//! TLS for the OIDC endpoint: the configured certificate (reloaded when its
+//! files change, so a renewed certificate needs no restart), or a self-signed
+//! one kept in the data dir for development.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
 
 use crate::config::{Issuer, TlsFiles};
 use crate::fsutil::{self, FsError};
 
 pub const SELF_SIGNED_CERT_FILE: &str = "oidc-tls-cert.pem";
 const SELF_SIGNED_KEY_FILE: &str = "oidc-tls-key.pem";
+/// How often configured certificate files are checked for changes.
+const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -30,63 +38,151 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Builds the rustls config from `files`, or from a self-signed pair in `data_dir`.
+/// Hands rustls the current certificate; swapped in place on reload.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        })
+    }
+}
+
+impl ReloadingCert {
+    fn replace(&self, key: Arc<CertifiedKey>) {
+        match self.current.write() {
+            Ok(mut guard) => *guard = key,
+            Err(poisoned) => *poisoned.into_inner() = key,
+        }
+    }
+}
+
+/// The certificate and key files in use.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Configured by the operator (and so watched), rather than self-signed.
+    pub configured: bool,
+}
+
+/// Builds the rustls config and returns the resolver to keep fresh.
 pub fn server_config(
     files: Option<&TlsFiles>,
     issuer: &Issuer,
     data_dir: &Path,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let (cert_path, key_pem) = match files {
-        Some(files) => {
-            let key = std::fs::read(&files.key).map_err(|source| TlsError::Read {
-                path: files.key.clone(),
-                source,
-            })?;
-            (files.cert.clone(), key)
-        }
+) -> Result<(Arc<ServerConfig>, Arc<ReloadingCert>, CertFiles), TlsError> {
+    let files = match files {
+        Some(files) => CertFiles {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            configured: true,
+        },
         None => self_signed(issuer, data_dir)?,
     };
-    let cert_pem = std::fs::read(&cert_path).map_err(|source| TlsError::Read {
-        path: cert_path.clone(),
-        source,
-    })?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: cert_path.clone(),
-            message: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Pem {
-            path: cert_path,
-            message: "no CERTIFICATE block".into(),
-        });
-    }
-    let key_path = files.map_or_else(|| data_dir.join(SELF_SIGNED_KEY_FILE), |f| f.key.clone());
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| TlsError::Pem {
-            path: key_path.clone(),
-            message: e.to_string(),
-        })?
-        .ok_or_else(|| TlsError::Pem {
-            path: key_path,
-            message: "no private key block".into(),
-        })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let resolver = Arc::new(ReloadingCert {
+        current: RwLock::new(load_certified_key(&files, &provider)?),
+    });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), resolver, files))
 }
 
-/// Returns the self-signed certificate's path and key PEM, generating them once.
-fn self_signed(issuer: &Issuer, data_dir: &Path) -> Result<(PathBuf, Vec<u8>), TlsError> {
-    let cert_path = data_dir.join(SELF_SIGNED_CERT_FILE);
-    let key_path = data_dir.join(SELF_SIGNED_KEY_FILE);
-    if let (Some(key), true) = (fsutil::read_private_file(&key_path)?, cert_path.exists()) {
-        return Ok((cert_path, key));
+fn load_certified_key(
+    files: &CertFiles,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let pem_error = |path: &Path, message: String| TlsError::Pem {
+        path: path.to_owned(),
+        message,
+    };
+    let cert_pem = read(&files.cert)?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+        .map_err(|e| pem_error(&files.cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_error(&files.cert, "no CERTIFICATE block".into()));
+    }
+    let key_pem = read(&files.key)?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| pem_error(&files.key, e.to_string()))?
+        .ok_or_else(|| pem_error(&files.key, "no private key block".into()))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| pem_error(&files.key, e.to_string()))?;
+    let certified = CertifiedKey::new(certs, signing_key);
+    certified.keys_match().map_err(|e| {
+        pem_error(
+            &files.key,
+            format!("does not match {}: {e}", files.cert.display()),
+        )
+    })?;
+    Ok(Arc::new(certified))
+}
+
+/// Reloads configured certificate files when their modification time changes,
+/// until `shutdown` changes. A broken new pair is logged and the old one kept.
+pub async fn watch_and_reload(
+    resolver: Arc<ReloadingCert>,
+    files: CertFiles,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if !files.configured {
+        return;
+    }
+    let stamp = |files: &CertFiles| -> Option<(SystemTime, SystemTime)> {
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        Some((modified(&files.cert)?, modified(&files.key)?))
+    };
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let mut last = stamp(&files);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RELOAD_CHECK_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = stamp(&files);
+        if now.is_none() || now == last {
+            continue;
+        }
+        match load_certified_key(&files, &provider) {
+            Ok(key) => {
+                resolver.replace(key);
+                last = now;
+                tracing::info!(cert = %files.cert.display(), "reloaded the OIDC certificate");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "new OIDC certificate is unusable; keeping the old one")
+            }
+        }
+    }
+}
+
+/// Returns the self-signed certificate and key paths, generating them once.
+fn self_signed(issuer: &Issuer, data_dir: &Path) -> Result<CertFiles, TlsError> {
+    let files = CertFiles {
+        cert: data_dir.join(SELF_SIGNED_CERT_FILE),
+        key: data_dir.join(SELF_SIGNED_KEY_FILE),
+        configured: false,
+    };
+    if fsutil::read_private_file(&files.key)?.is_some() && files.cert.exists() {
+        return Ok(files);
     }
     let mut names = vec![issuer.host().to_owned()];
     for name in ["localhost", "127.0.0.1", "::1"] {
@@ -95,12 +191,11 @@ fn self_signed(issuer: &Issuer, data_dir: &Path) -> Result<(PathBuf, Vec<u8>), T
         }
     }
     let certified = rcgen::generate_simple_self_signed(names)?;
-    let key_pem = certified.signing_key.serialize_pem();
-    fsutil::write_private_file(&key_path, key_pem.as_bytes())?;
-    std::fs::write(&cert_path, certified.cert.pem()).map_err(|source| TlsError::Read {
-        path: cert_path.clone(),
+    fsutil::write_private_file(&files.key, certified.signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(&files.cert, certified.cert.pem()).map_err(|source| TlsError::Read {
+        path: files.cert.clone(),
         source,
     })?;
-    tracing::info!(cert = %cert_path.display(), "generated a self-signed OIDC certificate (configure oidc.tls_cert for production)");
-    Ok((cert_path, key_pem.into_bytes()))
+    tracing::info!(cert = %files.cert.display(), "generated a self-signed OIDC certificate (configure oidc.tls_cert for production)");
+    Ok(files)
 }
