@@ -3,10 +3,12 @@
 pub mod admin_api;
 pub mod admin_client;
 pub mod authority;
+pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod entries;
-pub mod fsutil;
+/// Secret files (keys) with owner-only modes; shared with the agent.
+pub use lanyard_proto::fsutil;
 pub mod keys;
 pub mod node_api;
 pub mod oidc;

@@ -1,4 +1,4 @@
-//! Files that hold secrets: created with owner-only modes, replaced atomically,
+//! Files that hold secrets (keys, SVIDs): created with owner-only modes, replaced atomically,
 //! and refused when someone has loosened their permissions.
 
 use std::fs::{self, DirBuilder, OpenOptions};
