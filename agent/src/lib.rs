@@ -4,6 +4,7 @@ pub mod attestor;
 pub mod cli;
 pub mod config;
 pub mod jwt_validate;
+pub mod node_client;
 pub mod server_client;
 pub mod state;
 pub mod workload_api;

@@ -114,6 +114,10 @@ pub struct OidcConfig {
 pub struct NodeApiConfig {
     /// Local Unix socket of the Node API; only this server's uid and root may connect.
     pub socket: PathBuf,
+    /// TCP address of the mTLS Node API for remote agents; off when absent.
+    pub listen: Option<SocketAddr>,
+    /// Lifetime of the X.509 SVIDs issued to agents.
+    pub agent_svid_ttl: Duration,
     /// The SPIFFE ID under which the local agent is known (the parent of its entries).
     pub agent_id: SpiffeId,
 }
@@ -194,6 +198,8 @@ struct RawOidc {
 #[serde(deny_unknown_fields)]
 struct RawNodeApi {
     socket: Option<PathBuf>,
+    listen: Option<String>,
+    agent_svid_ttl_seconds: Option<u32>,
     agent_id: Option<String>,
 }
 
@@ -280,7 +286,22 @@ impl RawConfig {
                 .id_with_path("/lanyard/agent/local")
                 .map_err(|e| invalid("node_api.agent_id", e))?,
         };
+        let node_listen = match &self.node_api.listen {
+            Some(raw) => Some(raw.parse::<SocketAddr>().map_err(|e| {
+                invalid("node_api.listen", format!("{raw:?} is not ip:port ({e})"))
+            })?),
+            None => None,
+        };
+        let agent_svid_ttl = self.node_api.agent_svid_ttl_seconds.unwrap_or(3600);
+        if !(60..=30 * 86_400).contains(&agent_svid_ttl) {
+            return Err(invalid(
+                "node_api.agent_svid_ttl_seconds",
+                "must be between 60 and 2592000 (30 days)",
+            ));
+        }
         let node_api = NodeApiConfig {
+            listen: node_listen,
+            agent_svid_ttl: Duration::from_secs(agent_svid_ttl.into()),
             socket: self
                 .node_api
                 .socket

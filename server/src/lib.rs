@@ -11,6 +11,7 @@ pub mod entries;
 pub use lanyard_proto::fsutil;
 pub mod keys;
 pub mod node_api;
+pub mod node_tls;
 pub mod oidc;
 pub mod peer;
 pub mod store;
@@ -44,6 +45,10 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error(transparent)]
+    NodeTls(#[from] node_tls::NodeTlsError),
+    #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
     Socket(#[from] SocketError),
@@ -64,6 +69,10 @@ pub struct RunningServer {
     pub oidc_addr: SocketAddr,
     pub node_socket: PathBuf,
     pub admin_socket: PathBuf,
+    /// Where the mTLS Node API listens, when enabled.
+    pub node_addr: Option<SocketAddr>,
+    /// PEM of the trust domain's CA: the trust bundle agents are given.
+    pub ca_bundle: PathBuf,
     /// PEM of the certificate the OIDC endpoint presents when self-signed.
     pub oidc_self_signed_cert: Option<PathBuf>,
     shutdown: watch::Sender<bool>,
@@ -136,8 +145,28 @@ pub async fn start_with_listener(
         })?;
 
     let node_listener = transport::bind_unix_socket(&config.node_api.socket, 0o600, 0o700).await?;
-    let node_service =
-        node_api::NodeService::new(authority.clone(), config.node_api.agent_id.clone());
+    let ca = Arc::new(ca::CertificateAuthority::load_or_generate(
+        &config.data_dir.join("ca"),
+        &config.trust_domain,
+    )?);
+    let node_service = Arc::new(node_api::NodeService::new(
+        authority.clone(),
+        ca.clone(),
+        config.node_api.agent_id.clone(),
+        config.node_api.agent_svid_ttl,
+    ));
+    let node_tcp = match config.node_api.listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Listen { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| ServerError::Listen { addr, source })?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
     // With an admin uid other than ours the socket must be connectable by it;
     // the peer-uid check on every call is what keeps everyone else out.
     let admin_mode = if config.admin.uid.is_some() {
@@ -169,11 +198,36 @@ pub async fn start_with_listener(
     if let Some((_, resolver, files)) = tls {
         tasks.spawn(tls::watch_and_reload(resolver, files, shutdown_rx.clone()).then_ok());
     }
+    let node_addr = node_tcp.as_ref().map(|(_, addr)| *addr);
+    if let Some((listener, _)) = node_tcp {
+        let (acceptor, resolver) = node_tls::acceptor(&ca)?;
+        let (connections_tx, connections_rx) = tokio::sync::mpsc::channel(64);
+        tasks.spawn(
+            node_tls::accept(listener, acceptor, connections_tx, shutdown_rx.clone()).then_ok(),
+        );
+        tasks.spawn(
+            node_tls::renew_server_cert(ca.clone(), resolver, shutdown_rx.clone()).then_ok(),
+        );
+        let service = node_service.clone();
+        let mut tls_shutdown = shutdown_rx.clone();
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(NodeServer::from_arc(service))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::ReceiverStream::new(connections_rx),
+                    async move {
+                        let _ = tls_shutdown.changed().await;
+                    },
+                )
+                .await
+                .map_err(|e| ServerError::Task("Node API (mTLS)", e.to_string()))
+        });
+    }
     let shutdown_rx_admin = shutdown_rx.clone();
     let mut node_shutdown = shutdown_rx;
     tasks.spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(NodeServer::new(node_service))
+            .add_service(NodeServer::from_arc(node_service.clone()))
             .serve_with_incoming_shutdown(UnixListenerStream::new(node_listener), async move {
                 let _ = node_shutdown.changed().await;
             })
@@ -202,6 +256,8 @@ pub async fn start_with_listener(
         oidc_addr,
         node_socket: config.node_api.socket.clone(),
         admin_socket: config.admin.socket.clone(),
+        node_addr,
+        ca_bundle: config.data_dir.join("ca/ca-cert.pem"),
         oidc_self_signed_cert: (config.oidc.tls.is_none() && !config.oidc.plain_http)
             .then(|| config.data_dir.join(tls::SELF_SIGNED_CERT_FILE)),
         shutdown,

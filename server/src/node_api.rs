@@ -1,60 +1,208 @@
-//! The Node API: what the local agent asks of the server.
+//! The Node API: what agents ask of the server.
 //!
-//! In this release it listens on a local Unix socket and trusts only this
-//! server's own uid (or root); the agent behind it is `node_api.agent_id`.
+//! Two transports carry it. Remote agents speak mTLS: they attest once with a
+//! join token, then present their X.509 SVID, which is checked on every call
+//! against the agent's record (evicted or superseded SVIDs are refused). The
+//! local agent may instead use a Unix socket that trusts only this server's
+//! uid (or root) and is known as `node_api.agent_id`.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use lanyard_proto::SpiffeId;
 use lanyard_proto::node::node_server::Node;
 use lanyard_proto::node::{
-    GetJwtBundleRequest, GetJwtBundleResponse, MintJwtSvidRequest, MintJwtSvidResponse,
-    SyncEntriesRequest, SyncEntriesResponse,
+    AgentSvidResponse, AttestAgentRequest, GetJwtBundleRequest, GetJwtBundleResponse,
+    MintJwtSvidRequest, MintJwtSvidResponse, RenewAgentRequest, SyncEntriesRequest,
+    SyncEntriesResponse,
 };
+use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-use crate::authority::{Authority, MintError};
+use crate::authority::{Authority, MintError, unix_seconds};
+use crate::ca::{CaError, CertificateAuthority, IssuedCert};
+use crate::node_tls::NodeConnectInfo;
 use crate::peer;
+use crate::store::StoreError;
 
 #[derive(Debug)]
 pub struct NodeService {
     authority: Arc<Authority>,
-    agent_id: SpiffeId,
+    ca: Arc<CertificateAuthority>,
+    local_agent_id: SpiffeId,
+    agent_svid_ttl: Duration,
     server_uid: u32,
 }
 
 impl NodeService {
-    pub fn new(authority: Arc<Authority>, agent_id: SpiffeId) -> Self {
+    pub fn new(
+        authority: Arc<Authority>,
+        ca: Arc<CertificateAuthority>,
+        local_agent_id: SpiffeId,
+        agent_svid_ttl: Duration,
+    ) -> Self {
         Self {
             authority,
-            agent_id,
+            ca,
+            local_agent_id,
+            agent_svid_ttl,
             server_uid: nix::unistd::geteuid().as_raw(),
         }
     }
 
-    /// The agent calling, if its kernel credentials say it may speak for the node.
-    fn caller<T>(&self, request: &Request<T>) -> Result<&SpiffeId, Status> {
-        peer::require_uid(request, &[self.server_uid], "Node API")?;
-        Ok(&self.agent_id)
+    /// The agent calling: its verified SVID over mTLS, or the local agent over
+    /// the Unix socket when the kernel says the peer is this server's uid.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<SpiffeId, Status> {
+        if let Some(info) = request.extensions().get::<NodeConnectInfo>() {
+            let peer = info.peer.as_ref().ok_or_else(|| {
+                Status::unauthenticated("an agent SVID is required; attest first")
+            })?;
+            let agent = match self.authority.store().get_agent(&peer.spiffe_id).await {
+                Ok(agent) => agent,
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(Status::permission_denied(format!(
+                        "agent {} is not attested",
+                        peer.spiffe_id
+                    )));
+                }
+                Err(e) => return Err(unavailable(e)),
+            };
+            if agent.evicted {
+                tracing::warn!(target: "lanyard::audit", agent = %peer.spiffe_id, "evicted agent refused");
+                return Err(Status::permission_denied(format!(
+                    "agent {} has been evicted",
+                    peer.spiffe_id
+                )));
+            }
+            if agent.serial != peer.serial {
+                return Err(Status::permission_denied(
+                    "this agent SVID has been superseded; use the renewed one",
+                ));
+            }
+            return Ok(agent.spiffe_id);
+        }
+        if request.extensions().get::<UdsConnectInfo>().is_some() {
+            peer::require_uid(request, &[self.server_uid], "Node API")?;
+            return Ok(self.local_agent_id.clone());
+        }
+        Err(Status::unauthenticated("unknown transport"))
     }
+
+    fn svid_response(&self, agent: &SpiffeId, issued: IssuedCert) -> AgentSvidResponse {
+        AgentSvidResponse {
+            spiffe_id: agent.to_string(),
+            svid: issued.der.to_vec(),
+            bundle: vec![self.ca.certificate().to_vec()],
+            expires_at: issued.expires_at,
+        }
+    }
+}
+
+fn unavailable(error: StoreError) -> Status {
+    tracing::error!(error = %error, "datastore failure in the Node API");
+    Status::unavailable("datastore unavailable")
+}
+
+fn csr_status(error: CaError) -> Status {
+    match error {
+        CaError::BadCsr(_) => Status::invalid_argument(error.to_string()),
+        other => {
+            tracing::error!(error = %other, "issuing an agent SVID failed");
+            Status::internal("issuing the SVID failed")
+        }
+    }
+}
+
+fn now() -> i64 {
+    unix_seconds(SystemTime::now())
 }
 
 #[tonic::async_trait]
 impl Node for NodeService {
+    async fn attest_agent(
+        &self,
+        request: Request<AttestAgentRequest>,
+    ) -> Result<Response<AgentSvidResponse>, Status> {
+        if request.extensions().get::<NodeConnectInfo>().is_none() {
+            return Err(Status::failed_precondition("attest over the TLS Node API"));
+        }
+        let body = request.into_inner();
+        if body.join_token.is_empty() {
+            return Err(Status::invalid_argument("join_token is required"));
+        }
+        let store = self.authority.store();
+        let agent_id = match store
+            .redeem_join_token(&body.join_token, now())
+            .await
+            .map_err(unavailable)?
+        {
+            Ok(id) => id,
+            Err(reason) => {
+                tracing::warn!(target: "lanyard::audit", %reason, "agent attestation refused");
+                return Err(Status::permission_denied(format!(
+                    "attestation refused: {reason}"
+                )));
+            }
+        };
+        // The token is spent either way: a failure below needs a new token,
+        // which is what an operator would expect of a single-use secret.
+        let issued = self
+            .ca
+            .issue_agent_svid(&body.csr, &agent_id, self.agent_svid_ttl)
+            .map_err(csr_status)?;
+        store
+            .attest_agent(&agent_id, &issued.serial, now())
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(message) => Status::permission_denied(message),
+                other => unavailable(other),
+            })?;
+        tracing::info!(target: "lanyard::audit", agent = %agent_id, serial = issued.serial, "agent attested with a join token");
+        Ok(Response::new(self.svid_response(&agent_id, issued)))
+    }
+
+    async fn renew_agent(
+        &self,
+        request: Request<RenewAgentRequest>,
+    ) -> Result<Response<AgentSvidResponse>, Status> {
+        let agent = self.caller(&request).await?;
+        if request.extensions().get::<NodeConnectInfo>().is_none() {
+            return Err(Status::failed_precondition(
+                "the local agent has no SVID to renew",
+            ));
+        }
+        let issued = self
+            .ca
+            .issue_agent_svid(&request.get_ref().csr, &agent, self.agent_svid_ttl)
+            .map_err(csr_status)?;
+        self.authority
+            .store()
+            .renew_agent(&agent, &issued.serial, now())
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => {
+                    Status::permission_denied(format!("agent {agent} has been evicted"))
+                }
+                other => unavailable(other),
+            })?;
+        tracing::info!(target: "lanyard::audit", agent = %agent, serial = issued.serial, "agent SVID renewed");
+        Ok(Response::new(self.svid_response(&agent, issued)))
+    }
+
     async fn sync_entries(
         &self,
         request: Request<SyncEntriesRequest>,
     ) -> Result<Response<SyncEntriesResponse>, Status> {
-        let agent = self.caller(&request)?;
+        let agent = self.caller(&request).await?;
+        if agent != self.local_agent_id {
+            // Best effort: a failed write here must not fail the sync.
+            let _ = self.authority.store().touch_agent(&agent, now()).await;
+        }
         let update = self
             .authority
-            .entry_update_for_agent(agent, request.get_ref().since_revision)
+            .entry_update_for_agent(&agent, request.get_ref().since_revision)
             .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "entry sync failed");
-                Status::unavailable("datastore unavailable")
-            })?;
+            .map_err(unavailable)?;
         Ok(Response::new(SyncEntriesResponse {
             entries: update.upserts.iter().map(|e| e.to_node()).collect(),
             revision: update.revision,
@@ -67,25 +215,23 @@ impl Node for NodeService {
         &self,
         request: Request<MintJwtSvidRequest>,
     ) -> Result<Response<MintJwtSvidResponse>, Status> {
-        let agent = self.caller(&request)?.clone();
+        let agent = self.caller(&request).await?;
         let body = request.into_inner();
         let minted = self
             .authority
             .mint_jwt_svid(&agent, &body.entry_id, &body.audience, SystemTime::now())
             .await
             .map_err(|e| match e {
-                MintError::NotAuthorized(_) => Status::permission_denied(e.to_string()),
-                MintError::EmptyAudience | MintError::BadAudience(_) => {
-                    Status::invalid_argument(e.to_string())
+                MintError::NotAuthorized(_) => {
+                    tracing::warn!(target: "lanyard::audit", agent = %agent, entry = body.entry_id, "mint refused: not the agent's entry");
+                    Status::permission_denied(e.to_string())
                 }
+                MintError::EmptyAudience | MintError::BadAudience(_) => Status::invalid_argument(e.to_string()),
                 MintError::Key(_) => {
                     tracing::error!(error = %e, "signing a JWT-SVID failed");
                     Status::internal("signing failed")
                 }
-                MintError::Store(_) => {
-                    tracing::error!(error = %e, "datastore failed while minting");
-                    Status::unavailable("datastore unavailable")
-                }
+                MintError::Store(e) => unavailable(e),
             })?;
         Ok(Response::new(MintJwtSvidResponse {
             spiffe_id: minted.spiffe_id.to_string(),
@@ -99,7 +245,7 @@ impl Node for NodeService {
         &self,
         request: Request<GetJwtBundleRequest>,
     ) -> Result<Response<GetJwtBundleResponse>, Status> {
-        self.caller(&request)?;
+        self.caller(&request).await?;
         let jwks = serde_json::to_vec(&self.authority.jwks())
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(GetJwtBundleResponse {

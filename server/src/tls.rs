@@ -54,7 +54,13 @@ impl ResolvesServerCert for ReloadingCert {
 }
 
 impl ReloadingCert {
-    fn replace(&self, key: Arc<CertifiedKey>) {
+    pub fn new(key: Arc<CertifiedKey>) -> Self {
+        Self {
+            current: RwLock::new(key),
+        }
+    }
+
+    pub fn replace(&self, key: Arc<CertifiedKey>) {
         match self.current.write() {
             Ok(mut guard) => *guard = key,
             Err(poisoned) => *poisoned.into_inner() = key,
@@ -86,9 +92,7 @@ pub fn server_config(
         None => self_signed(issuer, data_dir)?,
     };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let resolver = Arc::new(ReloadingCert {
-        current: RwLock::new(load_certified_key(&files, &provider)?),
-    });
+    let resolver = Arc::new(ReloadingCert::new(load_certified_key(&files, &provider)?));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()

@@ -33,26 +33,35 @@ fn decode(row: &AnyRow) -> Result<AgentRecord, StoreError> {
 }
 
 impl Datastore {
-    /// Records a newly attested agent. An agent ID that exists already is a
-    /// conflict: join tokens are single use, so this only happens by mistake.
-    pub async fn create_agent(
+    /// Records an attested agent and its SVID serial. Attesting again under
+    /// an existing ID (a join token made for that ID) replaces the serial; an
+    /// evicted agent stays evicted.
+    pub async fn attest_agent(
         &self,
         spiffe_id: &SpiffeId,
         serial: &str,
         now: i64,
     ) -> Result<AgentRecord, StoreError> {
-        sqlx::query("INSERT INTO agents (spiffe_id, serial, attested_at, last_seen, evicted) VALUES ($1, $2, $3, $3, 0)")
-            .bind(spiffe_id.as_str())
+        let updated = sqlx::query("UPDATE agents SET serial = $1, attested_at = $2, last_seen = $2 WHERE spiffe_id = $3 AND evicted = 0")
             .bind(serial)
             .bind(now)
+            .bind(spiffe_id.as_str())
             .execute(self.pool())
-            .await
-            .map_err(|e| match e {
-                sqlx::Error::Database(db) if db.is_unique_violation() => {
-                    StoreError::Conflict(format!("agent {spiffe_id} is already attested"))
-                }
-                other => StoreError::Database(other),
-            })?;
+            .await?;
+        if updated.rows_affected() == 0 {
+            sqlx::query("INSERT INTO agents (spiffe_id, serial, attested_at, last_seen, evicted) VALUES ($1, $2, $3, $3, 0)")
+                .bind(spiffe_id.as_str())
+                .bind(serial)
+                .bind(now)
+                .execute(self.pool())
+                .await
+                .map_err(|e| match e {
+                    sqlx::Error::Database(db) if db.is_unique_violation() => {
+                        StoreError::Conflict(format!("agent {spiffe_id} was evicted and cannot attest again"))
+                    }
+                    other => StoreError::Database(other),
+                })?;
+        }
         self.get_agent(spiffe_id).await
     }
 
@@ -133,11 +142,9 @@ mod tests {
     async fn agents_attest_renew_and_get_evicted() {
         let id = SpiffeId::parse("spiffe://example.org/lanyard/agent/join_token/abc").unwrap();
         for (_dir, store) in datastores().await {
-            store.create_agent(&id, "01", 10).await.unwrap();
-            assert!(matches!(
-                store.create_agent(&id, "02", 11).await,
-                Err(StoreError::Conflict(_))
-            ));
+            store.attest_agent(&id, "01", 10).await.unwrap();
+            let again = store.attest_agent(&id, "02", 11).await.unwrap();
+            assert_eq!(again.serial, "02", "re-attestation replaces the serial");
             store.renew_agent(&id, "03", 12).await.unwrap();
             let agent = store.get_agent(&id).await.unwrap();
             assert_eq!(
@@ -150,6 +157,11 @@ mod tests {
                 store.renew_agent(&id, "04", 13).await,
                 Err(StoreError::NotFound { .. })
             ));
+            let refused = store.attest_agent(&id, "05", 14).await;
+            assert!(
+                matches!(refused, Err(StoreError::Conflict(_))),
+                "evicted stays evicted"
+            );
             assert_eq!(store.list_agents().await.unwrap().len(), 1);
         }
     }

@@ -1,0 +1,190 @@
+//! The Node API's TLS listener. Client certificates are optional at the TLS
+//! layer (an agent attesting for the first time has none) but, when present,
+//! must chain to the trust domain's CA; the peer's SPIFFE ID and serial ride
+//! along with each connection so handlers can check them against the agent's
+//! record.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use lanyard_proto::SpiffeId;
+use rcgen::KeyPair;
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+
+use crate::ca::{CaError, CertificateAuthority, peer_identity};
+use crate::tls::ReloadingCert;
+
+/// The server certificate's lifetime; it is reissued at half of it.
+const SERVER_CERT_TTL: Duration = Duration::from_secs(48 * 3600);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeTlsError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("Node API TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("Node API TLS client verifier: {0}")]
+    Verifier(String),
+}
+
+/// The agent at the other end, from its verified client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSvid {
+    pub spiffe_id: SpiffeId,
+    pub serial: String,
+}
+
+/// Per-connection facts handed to every request on it.
+#[derive(Debug, Clone)]
+pub struct NodeConnectInfo {
+    /// None when the client presented no certificate (attestation only).
+    pub peer: Option<PeerSvid>,
+}
+
+#[derive(Debug)]
+pub struct NodeTlsStream {
+    inner: TlsStream<TcpStream>,
+    info: NodeConnectInfo,
+}
+
+impl Connected for NodeTlsStream {
+    type ConnectInfo = NodeConnectInfo;
+    fn connect_info(&self) -> NodeConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for NodeTlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for NodeTlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+fn server_certified_key(ca: &CertificateAuthority) -> Result<Arc<CertifiedKey>, NodeTlsError> {
+    let key = KeyPair::generate().map_err(CaError::from)?;
+    let issued = ca.issue_server_cert(&key, SERVER_CERT_TTL)?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signing_key = provider.key_provider.load_private_key(private)?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![issued.der, ca.certificate().clone()],
+        signing_key,
+    )))
+}
+
+/// The acceptor, and the resolver whose certificate `renew_server_cert` keeps fresh.
+pub fn acceptor(
+    ca: &CertificateAuthority,
+) -> Result<(TlsAcceptor, Arc<ReloadingCert>), NodeTlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.certificate().clone())?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| NodeTlsError::Verifier(e.to_string()))?;
+    let resolver = Arc::new(ReloadingCert::new(server_certified_key(ca)?));
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver.clone());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((TlsAcceptor::from(Arc::new(config)), resolver))
+}
+
+/// Reissues the server certificate at half its lifetime until shutdown.
+pub async fn renew_server_cert(
+    ca: Arc<CertificateAuthority>,
+    resolver: Arc<ReloadingCert>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SERVER_CERT_TTL / 2) => {}
+            _ = shutdown.changed() => return,
+        }
+        match server_certified_key(&ca) {
+            Ok(key) => resolver.replace(key),
+            Err(e) => {
+                tracing::error!(error = %e, "renewing the Node API certificate failed; retrying later")
+            }
+        }
+    }
+}
+
+/// Accepts TCP connections, completes TLS handshakes concurrently, and hands
+/// finished connections to the gRPC server through `connections`.
+pub async fn accept(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    connections: mpsc::Sender<io::Result<NodeTlsStream>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Node API accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let acceptor = acceptor.clone();
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    return tracing::debug!(%peer, error = %e, "Node API TLS handshake failed");
+                }
+                Err(_) => return tracing::debug!(%peer, "Node API TLS handshake timed out"),
+            };
+            let leaf: Option<&CertificateDer<'_>> =
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let peer_svid = leaf
+                .and_then(|cert| peer_identity(cert))
+                .map(|(spiffe_id, serial)| PeerSvid { spiffe_id, serial });
+            let _ = connections
+                .send(Ok(NodeTlsStream {
+                    inner: tls,
+                    info: NodeConnectInfo { peer: peer_svid },
+                }))
+                .await;
+        });
+    }
+}

@@ -1,0 +1,205 @@
+//! Node attestation and the mTLS Node API, end to end over real TCP and TLS:
+//! join tokens are single use; an agent syncs and mints only its own entries;
+//! a superseded or evicted SVID is refused; no client certificate, no service.
+
+use lanyard_agent::node_client::{self, AgentCredentials, ServerEndpoint};
+use lanyard_proto::admin::admin_client::AdminClient;
+use lanyard_proto::admin::{CreateEntryRequest, EvictAgentRequest, GenerateJoinTokenRequest};
+use lanyard_proto::node::node_client::NodeClient;
+use lanyard_proto::node::{MintJwtSvidRequest, SyncEntriesRequest};
+use lanyard_proto::transport::unix_channel;
+use lanyard_server::RunningServer;
+use lanyard_server::config::ServerConfig;
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn start_server(dir: &std::path::Path) -> anyhow::Result<RunningServer> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let text = format!(
+        "trust_domain = \"example.org\"\nissuer = \"https://127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\
+         [node_api]\nlisten = \"127.0.0.1:0\"\n",
+        dir.join("server").display()
+    );
+    Ok(
+        lanyard_server::start_with_listener(ServerConfig::from_toml(&text, "test")?, listener)
+            .await?,
+    )
+}
+
+async fn join_token(admin: &mut AdminClient<Channel>, spiffe_id: &str) -> anyhow::Result<String> {
+    let request = GenerateJoinTokenRequest {
+        spiffe_id: spiffe_id.to_owned(),
+        ttl_seconds: 300,
+    };
+    Ok(admin.generate_join_token(request).await?.into_inner().token)
+}
+
+async fn create_entry(
+    admin: &mut AdminClient<Channel>,
+    spiffe_id: &str,
+    parent: &str,
+) -> anyhow::Result<String> {
+    let request = CreateEntryRequest {
+        spiffe_id: spiffe_id.to_owned(),
+        parent_id: parent.to_owned(),
+        selectors: vec!["unix:uid:1000".to_owned()],
+        jwt_svid_ttl_seconds: 0,
+        admin: false,
+    };
+    Ok(admin.create_entry(request).await?.into_inner().id)
+}
+
+fn node(
+    server: &ServerEndpoint,
+    creds: Option<&AgentCredentials>,
+) -> anyhow::Result<NodeClient<Channel>> {
+    Ok(NodeClient::new(node_client::channel(server, creds)?))
+}
+
+async fn mint(client: &mut NodeClient<Channel>, entry_id: &str) -> Result<String, tonic::Status> {
+    let request = MintJwtSvidRequest {
+        entry_id: entry_id.to_owned(),
+        audience: vec!["aud".into()],
+    };
+    Ok(client.mint_jwt_svid(request).await?.into_inner().spiffe_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attested_agents_get_exactly_their_own_identities() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path()).await?;
+    let endpoint = ServerEndpoint::new(
+        &server.node_addr.expect("mTLS Node API enabled").to_string(),
+        &server.ca_bundle,
+    )?;
+    let mut admin = AdminClient::new(unix_channel(&server.admin_socket));
+
+    let (id_a, id_b) = ("spiffe://example.org/node/a", "spiffe://example.org/node/b");
+    let token_a = join_token(&mut admin, id_a).await?;
+    let creds_a = node_client::attest(&endpoint, &token_a).await?;
+    assert_eq!(creds_a.spiffe_id.as_str(), id_a);
+    let reused = node_client::attest(&endpoint, &token_a).await;
+    assert!(
+        matches!(&reused, Err(node_client::NodeClientError::Refused(s)) if s.code() == Code::PermissionDenied),
+        "{reused:?}"
+    );
+    let creds_b = node_client::attest(&endpoint, &join_token(&mut admin, id_b).await?).await?;
+
+    let entry_a = create_entry(&mut admin, "spiffe://example.org/web", id_a).await?;
+    let entry_b = create_entry(&mut admin, "spiffe://example.org/db", id_b).await?;
+
+    let mut a = node(&endpoint, Some(&creds_a))?;
+    let synced = a
+        .sync_entries(SyncEntriesRequest { since_revision: 0 })
+        .await?
+        .into_inner();
+    assert!(synced.full);
+    let ids: Vec<&str> = synced.entries.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![entry_a.as_str()],
+        "agent A sees only its own entry"
+    );
+    assert_eq!(mint(&mut a, &entry_a).await?, "spiffe://example.org/web");
+    assert_eq!(
+        mint(&mut a, &entry_b).await.map_err(|s| s.code()),
+        Err(Code::PermissionDenied),
+        "B's entry"
+    );
+    let mut b = node(&endpoint, Some(&creds_b))?;
+    assert_eq!(mint(&mut b, &entry_b).await?, "spiffe://example.org/db");
+
+    // Incremental sync: a deleted entry arrives as a deletion, nothing else.
+    admin
+        .delete_entry(lanyard_proto::admin::DeleteEntryRequest {
+            id: entry_a.clone(),
+        })
+        .await?;
+    let delta = a
+        .sync_entries(SyncEntriesRequest {
+            since_revision: synced.revision,
+        })
+        .await?
+        .into_inner();
+    assert!(!delta.full);
+    assert!(delta.entries.is_empty());
+    assert_eq!(delta.deleted_entry_ids, vec![entry_a.clone()]);
+
+    // Without a client certificate there is nothing but attestation.
+    let mut anonymous = node(&endpoint, None)?;
+    let refused = anonymous
+        .sync_entries(SyncEntriesRequest { since_revision: 0 })
+        .await;
+    assert_eq!(
+        refused.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::Unauthenticated)
+    );
+
+    // Renewal supersedes the old SVID.
+    let renewed = node_client::renew(&endpoint, &creds_b).await?;
+    assert_eq!(renewed.spiffe_id, creds_b.spiffe_id);
+    let mut stale = node(&endpoint, Some(&creds_b))?;
+    assert_eq!(
+        mint(&mut stale, &entry_b).await.map_err(|s| s.code()),
+        Err(Code::PermissionDenied)
+    );
+    let mut fresh = node(&endpoint, Some(&renewed))?;
+    assert_eq!(mint(&mut fresh, &entry_b).await?, "spiffe://example.org/db");
+
+    // Eviction takes effect on the very next call.
+    admin
+        .evict_agent(EvictAgentRequest {
+            spiffe_id: id_b.to_owned(),
+        })
+        .await?;
+    let evicted = mint(&mut fresh, &entry_b).await;
+    assert!(
+        matches!(&evicted, Err(s) if s.code() == Code::PermissionDenied && s.message().contains("evicted")),
+        "{evicted:?}"
+    );
+    assert!(node_client::renew(&endpoint, &renewed).await.is_err());
+
+    // Credentials survive a restart of the agent: saved 0600, loaded back.
+    let state = dir.path().join("agent");
+    creds_a.save(&state)?;
+    let loaded = AgentCredentials::load(&state)?.expect("saved credentials");
+    assert_eq!(loaded.spiffe_id, creds_a.spiffe_id);
+    let mut reloaded = node(&endpoint, Some(&loaded))?;
+    assert!(
+        reloaded
+            .sync_entries(SyncEntriesRequest { since_revision: 0 })
+            .await
+            .is_ok()
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(state.join("agent-key.pem"))?.permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_from_another_trust_domain_is_not_trusted() -> anyhow::Result<()> {
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let server_a = start_server(dir_a.path()).await?;
+    let server_b = start_server(dir_b.path()).await?;
+    // Server B's address with server A's CA as the trust bundle.
+    let wrong = ServerEndpoint::new(
+        &server_b.node_addr.expect("enabled").to_string(),
+        &server_a.ca_bundle,
+    )?;
+    let mut admin_b = AdminClient::new(unix_channel(&server_b.admin_socket));
+    let token = join_token(&mut admin_b, "").await?;
+    let result = node_client::attest(&wrong, &token).await;
+    assert!(
+        matches!(&result, Err(node_client::NodeClientError::Refused(s)) if s.code() == Code::Unavailable),
+        "{result:?}"
+    );
+    server_a.shutdown().await;
+    server_b.shutdown().await;
+    Ok(())
+}
