@@ -49,13 +49,16 @@ impl RunningAgent {
         format!("unix://{}", self.socket.display())
     }
 
-    /// Waits until a task stops on its own (an error) or shutdown is asked for.
+    /// Waits until a task fails or every task has ended (after shutdown).
     pub async fn wait(&mut self) -> Result<(), AgentError> {
-        match self.tasks.join_next().await {
-            Some(Ok(result)) => result,
-            Some(Err(e)) => Err(AgentError::Serve(e.to_string())),
-            None => Ok(()),
+        while let Some(joined) = self.tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(AgentError::Serve(e.to_string())),
+            }
         }
+        Ok(())
     }
 
     pub async fn shutdown(mut self) {

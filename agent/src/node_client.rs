@@ -13,6 +13,7 @@ use lanyard_proto::SpiffeId;
 use lanyard_proto::fsutil::{self, FsError};
 use lanyard_proto::node::node_client::NodeClient;
 use lanyard_proto::node::{AgentSvidResponse, AttestAgentRequest, RenewAgentRequest};
+use lanyard_proto::pem::encode as pem;
 use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -185,20 +186,6 @@ impl AgentCredentials {
             expires_at,
         }))
     }
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .filter_map(|c| std::str::from_utf8(c).ok())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
 }
 
 fn tls_config(

@@ -3,6 +3,7 @@
 pub mod claims;
 pub mod fsutil;
 pub mod jwks;
+pub mod pem;
 pub mod selector;
 pub mod spiffe_id;
 pub mod transport;

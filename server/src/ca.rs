@@ -138,7 +138,7 @@ impl CertificateAuthority {
     }
 
     pub fn certificate_pem(&self) -> String {
-        pem("CERTIFICATE", &self.cert_der)
+        lanyard_proto::pem::encode("CERTIFICATE", &self.cert_der)
     }
 
     /// An X.509-SVID for `agent_id` over the public key of `csr`. Nothing else
@@ -198,19 +198,6 @@ impl CertificateAuthority {
             expires_at: crate::authority::unix_seconds(expires),
         })
     }
-}
-
-/// PEM-encodes DER.
-pub fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 /// The SPIFFE ID (URI SAN) and serial of a peer's leaf certificate.

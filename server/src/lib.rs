@@ -10,6 +10,7 @@ pub mod entries;
 /// Secret files (keys) with owner-only modes; shared with the agent.
 pub use lanyard_proto::fsutil;
 pub mod keys;
+pub mod listener;
 pub mod node_api;
 pub mod node_tls;
 pub mod oidc;
@@ -80,13 +81,18 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Waits until a task stops on its own (an error) or shutdown is asked for.
+    /// Waits until a task fails or every task has ended (after shutdown).
+    /// Tasks with nothing to do (e.g. no certificate files to watch) end early
+    /// and quietly; that does not stop the server.
     pub async fn wait(&mut self) -> Result<(), ServerError> {
-        match self.tasks.join_next().await {
-            Some(Ok(result)) => result,
-            Some(Err(e)) => Err(ServerError::Task("server task", e.to_string())),
-            None => Ok(()),
+        while let Some(joined) = self.tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(ServerError::Task("server task", e.to_string())),
+            }
         }
+        Ok(())
     }
 
     pub async fn shutdown(mut self) {

@@ -24,11 +24,11 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use crate::ca::{CaError, CertificateAuthority, peer_identity};
+use crate::listener;
 use crate::tls::ReloadingCert;
 
 /// The server certificate's lifetime; it is reissued at half of it.
 const SERVER_CERT_TTL: Duration = Duration::from_secs(48 * 3600);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeTlsError {
@@ -151,40 +151,25 @@ pub async fn accept(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     connections: mpsc::Sender<io::Result<NodeTlsStream>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Node API accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let acceptor = acceptor.clone();
-        let connections = connections.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    return tracing::debug!(%peer, error = %e, "Node API TLS handshake failed");
-                }
-                Err(_) => return tracing::debug!(%peer, "Node API TLS handshake timed out"),
+    listener::accept_loop(listener, "Node API", shutdown, |tcp, peer| {
+        let (acceptor, connections) = (acceptor.clone(), connections.clone());
+        async move {
+            let Some(tls) = listener::handshake(&acceptor, tcp, peer, "Node API").await else {
+                return;
             };
             let leaf: Option<&CertificateDer<'_>> =
                 tls.get_ref().1.peer_certificates().and_then(|c| c.first());
             let peer_svid = leaf
                 .and_then(|cert| peer_identity(cert))
                 .map(|(spiffe_id, serial)| PeerSvid { spiffe_id, serial });
-            let _ = connections
-                .send(Ok(NodeTlsStream {
-                    inner: tls,
-                    info: NodeConnectInfo { peer: peer_svid },
-                }))
-                .await;
-        });
-    }
+            let stream = NodeTlsStream {
+                inner: tls,
+                info: NodeConnectInfo { peer: peer_svid },
+            };
+            let _ = connections.send(Ok(stream)).await;
+        }
+    })
+    .await;
 }

@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -19,11 +18,10 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Issuer;
+use crate::listener;
 
 /// How long clients may cache the documents: short, so rotation shows quickly.
 const CACHE_CONTROL: &str = "public, max-age=300";
-/// A client that has not finished its TLS handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The two documents, rendered once.
 #[derive(Debug)]
@@ -114,32 +112,22 @@ pub async fn serve(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     documents: Arc<OidcDocuments>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "OIDC listener accept failed");
-                    continue;
+    listener::accept_loop(listener, "OIDC", shutdown, |tcp, peer| {
+        let (acceptor, documents) = (acceptor.clone(), documents.clone());
+        async move {
+            match acceptor {
+                None => serve_connection(tcp, documents, peer).await,
+                Some(acceptor) => {
+                    if let Some(tls) = listener::handshake(&acceptor, tcp, peer, "OIDC").await {
+                        serve_connection(tls, documents, peer).await;
+                    }
                 }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let acceptor = acceptor.clone();
-        let documents = documents.clone();
-        tokio::spawn(async move {
-            let Some(acceptor) = acceptor else {
-                return serve_connection(tcp, documents, peer).await;
-            };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => serve_connection(tls, documents, peer).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "OIDC TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "OIDC TLS handshake timed out"),
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn serve_connection<I>(io: I, documents: Arc<OidcDocuments>, peer: std::net::SocketAddr)
