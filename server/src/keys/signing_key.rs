@@ -1,38 +1,57 @@
-//! The JWT signing key: ES256 (ECDSA P-256), generated on first start and kept
-//! as PKCS#8 PEM in `<data_dir>/keys/` with mode 0600. It is parsed once, at
-//! load; signing never re-parses it.
+//! A JWT signing key: ES256 (ECDSA P-256) or RS256 (RSA 2048), kept as PKCS#8.
+//! It is parsed once, when loaded or generated, and the JOSE header is encoded
+//! then too; signing never re-parses anything.
 
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::digest;
+use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
+};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use lanyard_proto::jwks::KEY_USE_SIGNATURE;
 use lanyard_proto::{Jwk, JwtHeader, JwtSvidClaims};
 
+use super::KeyType;
 use crate::fsutil::{self, FsError};
 
-const KEY_FILE: &str = "jwt-es256.pem";
-const PEM_LABEL: &str = "PRIVATE KEY";
+/// The single-key file of [`JwtSigningKey::load_or_generate`].
+const LEGACY_KEY_FILE: &str = "jwt-es256.pem";
+pub(super) const PEM_LABEL: &str = "PRIVATE KEY";
 
+/// Why a key could not be generated, stored, loaded or used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error(transparent)]
     File(#[from] FsError),
     #[error("key file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
-    #[error("key generation failed")]
-    Generate,
+    #[error("no key file for kid {kid:?} in {dir}")]
+    NotFound { kid: String, dir: PathBuf },
+    #[error("{0:?} is not a key id (expected 1 to 128 base64url characters)")]
+    BadKid(String),
+    #[error("{key_type} key generation failed")]
+    Generate { key_type: KeyType },
     #[error("signing failed")]
     Sign,
     #[error("encoding JWT claims: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
+enum Signer {
+    Ec(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
+}
+
+/// A private JWT signing key with its public JWK, `kid` (the RFC 7638
+/// thumbprint) and pre-encoded JOSE header.
 pub struct JwtSigningKey {
-    key_pair: EcdsaKeyPair,
+    signer: Signer,
+    key_type: KeyType,
     jwk: Jwk,
     /// base64url of the JOSE header, fixed per key.
     encoded_header: String,
@@ -43,52 +62,110 @@ impl std::fmt::Debug for JwtSigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtSigningKey")
             .field("kid", &self.jwk.kid)
+            .field("key_type", &self.key_type)
             .finish_non_exhaustive()
     }
 }
 
 impl JwtSigningKey {
+    /// `alg` of the keys made by [`Self::load_or_generate`].
     pub const ALG: &'static str = "ES256";
 
-    /// Loads the key from `keys_dir`, generating and persisting it on first start.
+    /// Loads the single ES256 key `<keys_dir>/jwt-es256.pem`, generating and
+    /// persisting it on first start. (Rotated keys live in a [`super::KeyDir`].)
     pub fn load_or_generate(keys_dir: &Path) -> Result<Self, KeyError> {
         fsutil::ensure_private_dir(keys_dir)?;
-        let path = keys_dir.join(KEY_FILE);
+        let path = keys_dir.join(LEGACY_KEY_FILE);
         if let Some(pem) = fsutil::read_private_file(&path)? {
-            let der = decode_pem(&pem).ok_or_else(|| KeyError::Invalid {
-                path: path.clone(),
-                message: format!("not a PEM \"{PEM_LABEL}\" block"),
-            })?;
-            return Self::from_pkcs8(&der).map_err(|message| KeyError::Invalid { path, message });
+            return Self::from_pem(&pem).map_err(|message| KeyError::Invalid { path, message });
         }
-        let document =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .map_err(|_| KeyError::Generate)?;
-        fsutil::write_private_file(&path, encode_pem(document.as_ref()).as_bytes())?;
+        let (key, pkcs8) = Self::generate(KeyType::EcP256)?;
+        fsutil::write_private_file(&path, encode_pem(&pkcs8).as_bytes())?;
         tracing::info!(path = %path.display(), "generated a new JWT signing key");
-        Self::from_pkcs8(document.as_ref()).map_err(|message| KeyError::Invalid { path, message })
+        Ok(key)
     }
 
-    fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
-        let key_pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
-            .map_err(|e| format!("not a PKCS#8 P-256 key ({e})"))?;
-        let jwk = public_jwk(key_pair.public_key().as_ref())?;
+    /// Generates a new key; returns it with its PKCS#8 DER (to be persisted).
+    pub fn generate(key_type: KeyType) -> Result<(Self, Vec<u8>), KeyError> {
+        let failed = |_| KeyError::Generate { key_type };
+        let pkcs8 = match key_type {
+            KeyType::EcP256 => {
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                    .map_err(failed)?
+                    .as_ref()
+                    .to_vec()
+            }
+            KeyType::Rsa2048 => RsaKeyPair::generate(KeySize::Rsa2048)
+                .map_err(failed)?
+                .as_der()
+                .map_err(failed)?
+                .as_ref()
+                .to_vec(),
+        };
+        let key = Self::from_pkcs8(&pkcs8).map_err(|_| KeyError::Generate { key_type })?;
+        Ok((key, pkcs8))
+    }
+
+    /// Parses a PEM "PRIVATE KEY" (PKCS#8) block holding a P-256 or RSA key.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+        let der = decode_pem(pem).ok_or_else(|| format!("not a PEM \"{PEM_LABEL}\" block"))?;
+        Self::from_pkcs8(&der)
+    }
+
+    /// Parses PKCS#8 DER holding a P-256 key or an RSA key of 2048 bits.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
+        let (signer, key_type, jwk) =
+            match EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der) {
+                Ok(key_pair) => {
+                    let jwk = ec_public_jwk(key_pair.public_key().as_ref())?;
+                    (Signer::Ec(key_pair), KeyType::EcP256, jwk)
+                }
+                Err(ec_err) => {
+                    let key_pair = RsaKeyPair::from_pkcs8(der).map_err(|rsa_err| {
+                        format!(
+                            "not a PKCS#8 P-256 key ({ec_err}) nor a PKCS#8 RSA key ({rsa_err})"
+                        )
+                    })?;
+                    let bits = key_pair.public_modulus_len() * 8;
+                    if bits != 2048 {
+                        return Err(format!("RSA key has {bits} bits, not 2048"));
+                    }
+                    let public = key_pair.public_key();
+                    let jwk = rsa_public_jwk(
+                        public.modulus().big_endian_without_leading_zero(),
+                        public.exponent().big_endian_without_leading_zero(),
+                    );
+                    (Signer::Rsa(key_pair), KeyType::Rsa2048, jwk)
+                }
+            };
         let header = JwtHeader {
-            alg: Self::ALG.to_owned(),
+            alg: key_type.alg().to_owned(),
             kid: jwk.kid.clone(),
             typ: "JWT".to_owned(),
         };
         let header_json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
         Ok(Self {
-            key_pair,
+            signer,
+            key_type,
             jwk,
             encoded_header: URL_SAFE_NO_PAD.encode(header_json),
             rng: SystemRandom::new(),
         })
     }
 
+    /// The RFC 7638 JWK thumbprint (base64url SHA-256), the JOSE `kid`.
     pub fn kid(&self) -> &str {
         &self.jwk.kid
+    }
+
+    /// Which kind of key this is.
+    pub fn key_type(&self) -> KeyType {
+        self.key_type
+    }
+
+    /// The JWS `alg` of its signatures: `ES256` or `RS256`.
+    pub fn alg(&self) -> &'static str {
+        self.key_type.alg()
     }
 
     /// The public half, as published in the JWKS.
@@ -96,39 +173,53 @@ impl JwtSigningKey {
         &self.jwk
     }
 
-    /// Signs `claims` as a compact JWS.
+    /// Signs `claims` as a compact JWS (header `alg`, `kid`, `typ: JWT`).
     pub fn sign(&self, claims: &JwtSvidClaims) -> Result<String, KeyError> {
         let payload = serde_json::to_vec(claims)?;
         let mut token =
-            String::with_capacity(self.encoded_header.len() + payload.len() * 4 / 3 + 90);
+            String::with_capacity(self.encoded_header.len() + payload.len() * 4 / 3 + 350);
         token.push_str(&self.encoded_header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
-        let signature = self
-            .key_pair
-            .sign(&self.rng, token.as_bytes())
-            .map_err(|_| KeyError::Sign)?;
+        let signature = match &self.signer {
+            Signer::Ec(key_pair) => key_pair
+                .sign(&self.rng, token.as_bytes())
+                .map_err(|_| KeyError::Sign)?
+                .as_ref()
+                .to_vec(),
+            Signer::Rsa(key_pair) => {
+                let mut signature = vec![0; key_pair.public_modulus_len()];
+                key_pair
+                    .sign(
+                        &RSA_PKCS1_SHA256,
+                        &self.rng,
+                        token.as_bytes(),
+                        &mut signature,
+                    )
+                    .map_err(|_| KeyError::Sign)?;
+                signature
+            }
+        };
         token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
         Ok(token)
     }
 }
 
 /// The JWK of an uncompressed P-256 point, with the RFC 7638 thumbprint as `kid`.
-fn public_jwk(point: &[u8]) -> Result<Jwk, String> {
+fn ec_public_jwk(point: &[u8]) -> Result<Jwk, String> {
     let coordinates = match point {
         [0x04, rest @ ..] if rest.len() == 64 => rest,
         _ => return Err("public key is not an uncompressed P-256 point".into()),
     };
     let (x, y) = coordinates.split_at(32);
     let (x, y) = (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y));
-    // RFC 7638: members in lexicographic order, no whitespace.
+    // RFC 7638: required members in lexicographic order, no whitespace.
     let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-    let kid = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical.as_bytes()));
     Ok(Jwk {
         kty: "EC".into(),
-        kid,
-        alg: JwtSigningKey::ALG.into(),
+        kid: thumbprint(&canonical),
+        alg: KeyType::EcP256.alg().into(),
         key_use: KEY_USE_SIGNATURE.into(),
         crv: Some("P-256".into()),
         x: Some(x),
@@ -138,7 +229,30 @@ fn public_jwk(point: &[u8]) -> Result<Jwk, String> {
     })
 }
 
-fn encode_pem(der: &[u8]) -> String {
+/// The JWK of an RSA public key (big-endian `n` and `e` without leading zeros),
+/// with the RFC 7638 thumbprint as `kid`.
+fn rsa_public_jwk(n: &[u8], e: &[u8]) -> Jwk {
+    let (n, e) = (URL_SAFE_NO_PAD.encode(n), URL_SAFE_NO_PAD.encode(e));
+    let canonical = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
+    Jwk {
+        kty: "RSA".into(),
+        kid: thumbprint(&canonical),
+        alg: KeyType::Rsa2048.alg().into(),
+        key_use: KEY_USE_SIGNATURE.into(),
+        crv: None,
+        x: None,
+        y: None,
+        n: Some(n),
+        e: Some(e),
+    }
+}
+
+fn thumbprint(canonical_jwk: &str) -> String {
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical_jwk.as_bytes()))
+}
+
+/// `der` as a PEM "PRIVATE KEY" block, 64 columns wide.
+pub(super) fn encode_pem(der: &[u8]) -> String {
     let body = STANDARD.encode(der);
     let mut pem = format!("-----BEGIN {PEM_LABEL}-----\n");
     for line in body.as_bytes().chunks(64) {
@@ -162,8 +276,13 @@ fn decode_pem(pem: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+    use aws_lc_rs::signature::{
+        ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents,
+        UnparsedPublicKey,
+    };
     use std::os::unix::fs::MetadataExt;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     fn claims() -> JwtSvidClaims {
         JwtSvidClaims {
@@ -176,42 +295,151 @@ mod tests {
         }
     }
 
+    fn b64(field: Option<&str>) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        Ok(URL_SAFE_NO_PAD.decode(field.ok_or("missing JWK field")?)?)
+    }
+
+    /// Splits a compact JWS into (header JSON, signing input, signature bytes).
+    fn split(
+        token: &str,
+    ) -> Result<(serde_json::Value, &str, Vec<u8>), Box<dyn std::error::Error>> {
+        let (signed, signature) = token.rsplit_once('.').ok_or("no signature")?;
+        let (header, _) = signed.split_once('.').ok_or("no payload")?;
+        let header = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header)?)?;
+        Ok((header, signed, URL_SAFE_NO_PAD.decode(signature)?))
+    }
+
     #[test]
-    fn key_persists_with_mode_0600_and_is_reused() -> Result<(), Box<dyn std::error::Error>> {
+    fn key_persists_with_mode_0600_and_is_reused() -> TestResult {
         let dir = tempfile::tempdir()?;
         let first = JwtSigningKey::load_or_generate(dir.path())?;
-        let mode = std::fs::metadata(dir.path().join(KEY_FILE))?.mode() & 0o777;
+        let mode = std::fs::metadata(dir.path().join(LEGACY_KEY_FILE))?.mode() & 0o777;
         assert_eq!(mode, 0o600);
         let second = JwtSigningKey::load_or_generate(dir.path())?;
         assert_eq!(first.kid(), second.kid());
+        assert_eq!(first.key_type(), KeyType::EcP256);
         Ok(())
     }
 
     #[test]
-    fn signature_verifies_against_the_published_point() -> Result<(), Box<dyn std::error::Error>> {
+    fn es256_signature_verifies_against_the_published_point() -> TestResult {
         let dir = tempfile::tempdir()?;
         let key = JwtSigningKey::load_or_generate(dir.path())?;
         let token = key.sign(&claims())?;
-        let (signed, signature) = token.rsplit_once('.').ok_or("no signature")?;
+        let (header, signed, signature) = split(&token)?;
+        assert_eq!(header["alg"], "ES256");
+        assert_eq!(header["kid"], key.kid());
+        assert_eq!(header["typ"], "JWT");
         let jwk = key.jwk();
         let mut point = vec![0x04];
-        point.extend(URL_SAFE_NO_PAD.decode(jwk.x.as_deref().ok_or("x")?)?);
-        point.extend(URL_SAFE_NO_PAD.decode(jwk.y.as_deref().ok_or("y")?)?);
+        point.extend(b64(jwk.x.as_deref())?);
+        point.extend(b64(jwk.y.as_deref())?);
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
-            .verify(signed.as_bytes(), &URL_SAFE_NO_PAD.decode(signature)?)
+            .verify(signed.as_bytes(), &signature)
             .map_err(|_| "signature does not verify")?;
         Ok(())
     }
 
     #[test]
-    fn corrupt_key_file_is_named() -> Result<(), Box<dyn std::error::Error>> {
+    fn rs256_signature_verifies_against_the_published_modulus() -> TestResult {
+        let (key, _) = JwtSigningKey::generate(KeyType::Rsa2048)?;
+        assert_eq!(key.key_type(), KeyType::Rsa2048);
+        assert_eq!(key.alg(), "RS256");
+        let token = key.sign(&claims())?;
+        let (header, signed, signature) = split(&token)?;
+        assert_eq!(header["alg"], "RS256");
+        assert_eq!(header["kid"], key.kid());
+        assert_eq!(header["typ"], "JWT");
+        assert_eq!(signature.len(), 256);
+
+        let jwk = key.jwk();
+        let public = RsaPublicKeyComponents {
+            n: b64(jwk.n.as_deref())?,
+            e: b64(jwk.e.as_deref())?,
+        };
+        public
+            .verify(&RSA_PKCS1_2048_8192_SHA256, signed.as_bytes(), &signature)
+            .map_err(|_| "signature does not verify")?;
+        let mut tampered = signature.clone();
+        tampered[0] ^= 1;
+        assert!(
+            public
+                .verify(&RSA_PKCS1_2048_8192_SHA256, signed.as_bytes(), &tampered)
+                .is_err()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn rsa_jwk_has_only_public_fields_and_a_thumbprint_kid() -> TestResult {
+        let (key, _) = JwtSigningKey::generate(KeyType::Rsa2048)?;
+        let json = serde_json::to_value(key.jwk())?;
+        let mut members: Vec<&str> = json
+            .as_object()
+            .ok_or("not an object")?
+            .keys()
+            .map(String::as_str)
+            .collect();
+        members.sort_unstable();
+        assert_eq!(members, ["alg", "e", "kid", "kty", "n", "use"]);
+        assert_eq!(json["kty"], "RSA");
+        assert_eq!(json["alg"], "RS256");
+        assert_eq!(json["use"], "sig");
+        assert_eq!(json["e"], "AQAB", "e = 65537");
+        assert_eq!(b64(key.jwk().n.as_deref())?.len(), 256, "no leading zero");
+        // RFC 7638 §3: SHA-256 over {"e","kty","n"} in this order, no whitespace.
+        let canonical = format!(
+            r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+            json["e"].as_str().ok_or("e")?,
+            json["n"].as_str().ok_or("n")?
+        );
+        let expected =
+            URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical.as_bytes()));
+        assert_eq!(key.kid(), expected);
+        Ok(())
+    }
+
+    #[test]
+    fn rfc7638_example_thumbprint() {
+        // RFC 7638 §3.1's example key and its thumbprint.
+        let n = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+        let canonical = format!(r#"{{"e":"AQAB","kty":"RSA","n":"{n}"}}"#);
+        assert_eq!(
+            thumbprint(&canonical),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn pkcs8_round_trip_keeps_type_and_kid() -> TestResult {
+        for key_type in KeyType::ALL {
+            let (key, pkcs8) = JwtSigningKey::generate(key_type)?;
+            let again = JwtSigningKey::from_pem(encode_pem(&pkcs8).as_bytes())?;
+            assert_eq!(again.key_type(), key_type);
+            assert_eq!(again.kid(), key.kid());
+            assert_eq!(again.jwk(), key.jwk());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn corrupt_key_file_is_named() -> TestResult {
         let dir = tempfile::tempdir()?;
-        fsutil::write_private_file(&dir.path().join(KEY_FILE), b"garbage")?;
+        fsutil::write_private_file(&dir.path().join(LEGACY_KEY_FILE), b"garbage")?;
         let err = JwtSigningKey::load_or_generate(dir.path())
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains(KEY_FILE) && err.contains("PEM"), "{err}");
+        assert!(
+            err.contains(LEGACY_KEY_FILE) && err.contains("PEM"),
+            "{err}"
+        );
+        let not_a_key = encode_pem(b"not pkcs8");
+        assert!(
+            JwtSigningKey::from_pem(not_a_key.as_bytes())
+                .err()
+                .is_some_and(|e| e.contains("P-256") && e.contains("RSA"))
+        );
         Ok(())
     }
 }
