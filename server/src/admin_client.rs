@@ -39,6 +39,7 @@ pub async fn run(command: Command) -> Result<String, AdminCliError> {
     match command {
         Command::Run { .. } => Err(AdminCliError::NotAVerb("run")),
         Command::CheckConfig { .. } => Err(AdminCliError::NotAVerb("check-config")),
+        Command::Federation(_) => Err(AdminCliError::NotAVerb("federation")),
         Command::Healthcheck { admin } => {
             let health = client(&admin).health(HealthRequest {}).await?.into_inner();
             Ok(match admin.output {

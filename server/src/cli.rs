@@ -43,11 +43,40 @@ pub enum Command {
     /// Show the trust bundle.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Print what to apply on a cloud (or Vault) so that one workload's JWT-SVIDs are trusted there.
+    Federation(FederationArgs),
     /// Check that the server answers on its Admin socket and its datastore is reachable.
     Healthcheck {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct FederationArgs {
+    #[arg(value_enum)]
+    pub target: crate::federation::Target,
+    /// The workload's SPIFFE ID (the token's `sub`).
+    #[arg(long)]
+    pub spiffe_id: String,
+    /// The token audience the cloud expects; each target has a sensible default.
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// Allow a subject pattern ending in "/*" (AWS, Vault).
+    #[arg(long)]
+    pub allow_wildcard: bool,
+    /// The cloud-side name: AWS role, GCP pool, Azure identity, Vault role.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The cloud-side container: AWS account ID, GCP project number, Azure resource group, Vault policy.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Read the issuer and signing algorithm from this server.toml…
+    #[arg(long, short, env = "LANYARD_SERVER_CONFIG", conflicts_with = "issuer")]
+    pub config: Option<PathBuf>,
+    /// …or name the issuer URL directly.
+    #[arg(long)]
+    pub issuer: Option<String>,
 }
 
 /// How verbs reach a running server, and how they print.

@@ -7,6 +7,7 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod entries;
+pub mod federation;
 /// Secret files (keys) with owner-only modes; shared with the agent.
 pub use lanyard_proto::fsutil;
 pub mod keys;

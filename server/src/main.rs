@@ -2,8 +2,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use lanyard_server::cli::{Cli, Command};
+use lanyard_server::cli::{Cli, Command, FederationArgs};
 use lanyard_server::config::ServerConfig;
+use lanyard_server::federation;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -33,6 +34,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", lanyard_server::admin_client::run(verb).await?);
             Ok(())
         }
+        Command::Federation(args) => federation(args),
         Command::CheckConfig { config } => {
             ServerConfig::load(&config)?;
             println!("{}: ok", config.display());
@@ -52,6 +54,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn federation(args: FederationArgs) -> anyhow::Result<()> {
+    let issuer = match (&args.config, args.issuer) {
+        (Some(path), _) => ServerConfig::load(path)?.issuer.as_str().to_owned(),
+        (None, Some(issuer)) => issuer,
+        (None, None) => anyhow::bail!("name the issuer with --config server.toml or --issuer URL"),
+    };
+    let rendered = federation::render(&federation::Request {
+        target: args.target,
+        issuer,
+        subject: args.spiffe_id,
+        audience: args.audience,
+        allow_wildcard: args.allow_wildcard,
+        signing_alg: lanyard_server::keys::JwtSigningKey::ALG.to_owned(),
+        name: args.name,
+        account: args.account,
+    })?;
+    for warning in &rendered.warnings {
+        eprintln!("warning: {warning}");
+    }
+    print!("{}", rendered.text);
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

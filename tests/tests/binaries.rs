@@ -264,3 +264,63 @@ fn fetch_jwks(dir: &Path, port: u16) -> anyhow::Result<JwkSet> {
         Ok(jwks)
     })
 }
+
+#[test]
+fn federation_prints_cloud_setup_and_refuses_wildcards() -> anyhow::Result<()> {
+    let aws = run(
+        SERVER,
+        &[
+            "federation",
+            "aws",
+            "--issuer",
+            "https://oidc.example.org",
+            "--spiffe-id",
+            "spiffe://example.org/web",
+            "--account",
+            "123456789012",
+        ],
+    )?;
+    assert!(
+        aws.status.success(),
+        "{}",
+        String::from_utf8_lossy(&aws.stderr)
+    );
+    let text = String::from_utf8(aws.stdout)?;
+    assert!(
+        text.contains("\"oidc.example.org:sub\": \"spiffe://example.org/web\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("aws iam create-open-id-connect-provider --url https://oidc.example.org")
+    );
+
+    let wildcard = run(
+        SERVER,
+        &[
+            "federation",
+            "aws",
+            "--issuer",
+            "https://x",
+            "--spiffe-id",
+            "spiffe://example.org/*",
+        ],
+    )?;
+    assert_one_line_error(&wildcard, "--allow-wildcard");
+
+    let azure = run(
+        SERVER,
+        &[
+            "federation",
+            "azure",
+            "--issuer",
+            "https://x",
+            "--spiffe-id",
+            "spiffe://example.org/web",
+        ],
+    )?;
+    assert!(azure.status.success());
+    assert!(
+        String::from_utf8_lossy(&azure.stderr).contains("warning: the issuer signs with ES256")
+    );
+    Ok(())
+}
