@@ -6,7 +6,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::signing_key::encode_pem;
+use super::signing_key::{LEGACY_KEY_FILE, encode_pem};
 use super::{JwtSigningKey, KeyError, KeyType};
 use crate::fsutil::{self, FsError};
 
@@ -88,6 +88,31 @@ impl KeyDir {
         Ok(true)
     }
 
+    /// Moves the single key of [`JwtSigningKey::load_or_generate`]
+    /// (`jwt-es256.pem`, from before rotation) to `<kid>.pem` and returns it,
+    /// so a server that already published it can keep it as its first key.
+    /// `None` when there is no such file. Safe to repeat after a crash.
+    pub fn adopt_legacy_key(&self) -> Result<Option<JwtSigningKey>, KeyError> {
+        let legacy = self.dir.join(LEGACY_KEY_FILE);
+        let Some(pem) = fsutil::read_private_file(&legacy)? else {
+            return Ok(None);
+        };
+        let key = JwtSigningKey::from_pem(&pem).map_err(|message| KeyError::Invalid {
+            path: legacy.clone(),
+            message,
+        })?;
+        fsutil::write_private_file(&self.key_path(key.kid())?, &pem)?;
+        fs::remove_file(&legacy).map_err(|source| FsError::Io {
+            path: legacy.clone(),
+            source,
+        })?;
+        tracing::info!(
+            kid = key.kid(),
+            "adopted the single JWT signing key {LEGACY_KEY_FILE}"
+        );
+        Ok(Some(key))
+    }
+
     /// The kids of all key files here, sorted (e.g. to remove files whose
     /// record is gone). Other files are ignored.
     pub fn kids(&self) -> Result<Vec<String>, KeyError> {
@@ -148,6 +173,20 @@ mod tests {
         assert_eq!(keys.kids()?.len(), 2);
         let reopened = KeyDir::open(keys.path())?;
         assert_eq!(reopened.kids()?, keys.kids()?);
+        Ok(())
+    }
+
+    #[test]
+    fn the_legacy_single_key_is_adopted_once() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let legacy = JwtSigningKey::load_or_generate(tmp.path())?;
+        let keys = KeyDir::open(tmp.path())?;
+        let adopted = keys.adopt_legacy_key()?.ok_or("no legacy key")?;
+        assert_eq!(adopted.kid(), legacy.kid());
+        assert!(!tmp.path().join(LEGACY_KEY_FILE).exists());
+        assert_eq!(keys.kids()?, vec![legacy.kid().to_owned()]);
+        assert_eq!(keys.load(legacy.kid())?.kid(), legacy.kid());
+        assert!(keys.adopt_legacy_key()?.is_none());
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use super::KeyType;
 use crate::fsutil::{self, FsError};
 
 /// The single-key file of [`JwtSigningKey::load_or_generate`].
-const LEGACY_KEY_FILE: &str = "jwt-es256.pem";
+pub(super) const LEGACY_KEY_FILE: &str = "jwt-es256.pem";
 pub(super) const PEM_LABEL: &str = "PRIVATE KEY";
 
 /// Why a key could not be generated, stored, loaded or used.
@@ -107,13 +107,13 @@ impl JwtSigningKey {
     }
 
     /// Parses a PEM "PRIVATE KEY" (PKCS#8) block holding a P-256 or RSA key.
-    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+    pub(super) fn from_pem(pem: &[u8]) -> Result<Self, String> {
         let der = decode_pem(pem).ok_or_else(|| format!("not a PEM \"{PEM_LABEL}\" block"))?;
         Self::from_pkcs8(&der)
     }
 
     /// Parses PKCS#8 DER holding a P-256 key or an RSA key of 2048 bits.
-    pub fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
+    pub(super) fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
         let (signer, key_type, jwk) =
             match EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der) {
                 Ok(key_pair) => {
@@ -181,12 +181,14 @@ impl JwtSigningKey {
         token.push_str(&self.encoded_header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
-        let signature = match &self.signer {
-            Signer::Ec(key_pair) => key_pair
-                .sign(&self.rng, token.as_bytes())
-                .map_err(|_| KeyError::Sign)?
-                .as_ref()
-                .to_vec(),
+        match &self.signer {
+            Signer::Ec(key_pair) => {
+                let signature = key_pair
+                    .sign(&self.rng, token.as_bytes())
+                    .map_err(|_| KeyError::Sign)?;
+                token.push('.');
+                URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
+            }
             Signer::Rsa(key_pair) => {
                 let mut signature = vec![0; key_pair.public_modulus_len()];
                 key_pair
@@ -197,11 +199,10 @@ impl JwtSigningKey {
                         &mut signature,
                     )
                     .map_err(|_| KeyError::Sign)?;
-                signature
+                token.push('.');
+                URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
             }
-        };
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
+        }
         Ok(token)
     }
 }
