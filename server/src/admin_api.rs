@@ -388,8 +388,13 @@ impl Admin for AdminService {
         request: Request<GetBundleRequest>,
     ) -> Result<Response<GetBundleResponse>, Status> {
         self.caller(&request)?;
-        let jwks = serde_json::to_vec_pretty(&self.authority.jwks())
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let jwks = serde_json::to_vec_pretty(
+            &self
+                .authority
+                .jwks()
+                .map_err(|e| Status::unavailable(e.to_string()))?,
+        )
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(GetBundleResponse {
             trust_domain: self.authority.trust_domain().to_string(),
             jwks,

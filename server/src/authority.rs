@@ -1,5 +1,6 @@
 //! The authority: decides which agent may have which identity, and signs it.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -9,7 +10,7 @@ use lanyard_proto::{Jwks, JwtSvidClaims, SpiffeId, TrustDomain};
 
 use crate::config::Issuer;
 use crate::entries::RegistrationEntry;
-use crate::keys::{JwtSigningKey, KeyError};
+use crate::keys::{KeyError, KeyManager, KeyManagerError};
 use crate::store::{Datastore, EntryChange, StoreError};
 
 /// Longest accepted audience value; cloud audiences are short URLs or ARNs.
@@ -31,6 +32,8 @@ pub enum MintError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyManagerError),
 }
 
 /// What an agent must change to hold exactly its entries.
@@ -55,7 +58,7 @@ pub struct MintedJwtSvid {
 pub struct Authority {
     trust_domain: TrustDomain,
     issuer: Issuer,
-    signing_key: JwtSigningKey,
+    keys: Arc<KeyManager>,
     store: Datastore,
     max_ttl: Duration,
     rng: SystemRandom,
@@ -65,14 +68,14 @@ impl Authority {
     pub fn new(
         trust_domain: TrustDomain,
         issuer: Issuer,
-        signing_key: JwtSigningKey,
+        keys: Arc<KeyManager>,
         store: Datastore,
         max_ttl: Duration,
     ) -> Self {
         Self {
             trust_domain,
             issuer,
-            signing_key,
+            keys,
             store,
             max_ttl,
             rng: SystemRandom::new(),
@@ -129,10 +132,12 @@ impl Authority {
     }
 
     /// The public keys of the trust domain.
-    pub fn jwks(&self) -> Jwks {
-        Jwks {
-            keys: vec![self.signing_key.jwk().clone()],
-        }
+    pub fn jwks(&self) -> Result<Jwks, KeyManagerError> {
+        Ok(self.keys.current()?.jwks.clone())
+    }
+
+    pub fn keys(&self) -> &KeyManager {
+        &self.keys
     }
 
     /// Signs a JWT-SVID for `entry_id` on behalf of `agent`, if the entry is the agent's.
@@ -163,13 +168,14 @@ impl Authority {
             iat: issued_at,
             jti: Some(jti.clone()),
         };
-        let token = self.signing_key.sign(&claims)?;
+        let signer = self.keys.current()?.signer.clone();
+        let token = signer.sign(&claims)?;
         tracing::info!(
             target: "lanyard::audit",
             agent = %agent,
             spiffe_id = %entry.spiffe_id,
             audience = ?audience,
-            kid = self.signing_key.kid(),
+            kid = signer.kid(),
             jti,
             exp = expires_at,
             "minted JWT-SVID"
@@ -235,13 +241,21 @@ mod tests {
         );
         let store = Datastore::open_sqlite(&dir.join("db.sqlite")).await?;
         store.seed_entry(&spec, 0).await?;
-        let key = JwtSigningKey::load_or_generate(dir)?;
+        let policy = crate::keys::RotationPolicy::with_max_token_ttl(Duration::from_secs(3600));
+        let now = unix_seconds(SystemTime::now());
+        let keys = KeyManager::open(
+            store.clone(),
+            &dir.join("keys"),
+            "test",
+            policy,
+            crate::keys::KeyType::EcP256,
+            now,
+        )
+        .await?;
         let issuer = Issuer::parse("https://issuer.example.org")?;
-        Ok((
-            Authority::new(td, issuer, key, store, Duration::from_secs(3600)),
-            agent,
-            spec.content_id(),
-        ))
+        let authority =
+            Authority::new(td, issuer, Arc::new(keys), store, Duration::from_secs(3600));
+        Ok((authority, agent, spec.content_id()))
     }
 
     #[tokio::test]

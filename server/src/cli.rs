@@ -74,9 +74,11 @@ pub struct FederationArgs {
     /// Read the issuer and signing algorithm from this server.toml…
     #[arg(long, short, env = "LANYARD_SERVER_CONFIG", conflicts_with = "issuer")]
     pub config: Option<PathBuf>,
-    /// …or name the issuer URL directly.
+    /// …or name the issuer URL directly (with the key type it signs with).
     #[arg(long)]
     pub issuer: Option<String>,
+    #[arg(long, default_value = "ec-p256", conflicts_with = "config")]
+    pub key_type: crate::keys::KeyType,
 }
 
 /// How verbs reach a running server, and how they print.

@@ -8,6 +8,7 @@ use lanyard_proto::{Selector, SpiffeId, TrustDomain};
 use serde::Deserialize;
 
 use crate::entries::EntrySpec;
+use crate::keys::{KeyType, PolicyError, RotationPolicy};
 
 const DEFAULT_OIDC_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_JWT_TTL_SECONDS: u32 = 300;
@@ -134,10 +135,16 @@ pub struct AdminConfig {
 pub struct JwtConfig {
     pub default_ttl: Duration,
     pub max_ttl: Duration,
+    /// The type of newly generated signing keys.
+    pub key_type: KeyType,
+    pub rotation: RotationPolicy,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// Names this server among those sharing a datastore; empty means "read
+    /// or create `<data_dir>/server-id`".
+    pub server_id: String,
     pub trust_domain: TrustDomain,
     pub issuer: Issuer,
     pub data_dir: PathBuf,
@@ -154,6 +161,7 @@ pub struct ServerConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    server_id: Option<String>,
     trust_domain: String,
     issuer: String,
     data_dir: PathBuf,
@@ -208,6 +216,9 @@ struct RawNodeApi {
 struct RawJwt {
     default_ttl_seconds: Option<u32>,
     max_ttl_seconds: Option<u32>,
+    key_type: Option<String>,
+    key_lifetime_seconds: Option<u64>,
+    publish_lead_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -381,6 +392,36 @@ impl RawConfig {
                 self.data_dir.join("datastore.sqlite3").display()
             ),
         };
+        let key_type = match &self.jwt.key_type {
+            Some(raw) => raw
+                .parse::<KeyType>()
+                .map_err(|e| invalid("jwt.key_type", e))?,
+            None => KeyType::EcP256,
+        };
+        let mut rotation = RotationPolicy::with_max_token_ttl(Duration::from_secs(max_ttl.into()));
+        if let Some(seconds) = self.jwt.key_lifetime_seconds {
+            rotation.key_lifetime = Duration::from_secs(seconds);
+        }
+        if let Some(seconds) = self.jwt.publish_lead_seconds {
+            rotation.publish_lead = Duration::from_secs(seconds);
+        }
+        rotation.validate().map_err(|e| {
+            let key = match e {
+                PolicyError::LeadNotShorterThanLifetime { .. } => "jwt.publish_lead_seconds",
+                _ => "jwt.key_lifetime_seconds",
+            };
+            invalid(key, e)
+        })?;
+        let server_id = self.server_id.unwrap_or_default();
+        if !server_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(invalid(
+                "server_id",
+                "may only contain letters, digits, '.', '-' and '_'",
+            ));
+        }
         let admin = AdminConfig {
             socket: self
                 .admin
@@ -392,6 +433,7 @@ impl RawConfig {
             return Err(invalid("admin.socket", "must be an absolute path"));
         }
         Ok(ServerConfig {
+            server_id,
             admin,
             datastore_url,
             trust_domain,
@@ -406,6 +448,8 @@ impl RawConfig {
             jwt: JwtConfig {
                 default_ttl: Duration::from_secs(default_ttl.into()),
                 max_ttl: Duration::from_secs(max_ttl.into()),
+                key_type,
+                rotation,
             },
             entries,
         })

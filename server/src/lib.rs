@@ -34,8 +34,8 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::authority::Authority;
 use crate::config::ServerConfig;
-use crate::keys::{JwtSigningKey, KeyError};
-use crate::oidc::OidcDocuments;
+use crate::keys::{KeyError, KeyManager, KeyManagerError};
+use crate::oidc::{OidcDocuments, SharedDocuments};
 use crate::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,8 @@ pub enum ServerError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyManagerError),
     #[error(transparent)]
     Ca(#[from] ca::CaError),
     #[error(transparent)]
@@ -117,8 +119,6 @@ pub async fn start_with_listener(
     oidc_listener: TcpListener,
 ) -> Result<RunningServer, ServerError> {
     fsutil::ensure_private_dir(&config.data_dir)?;
-    let signing_key = JwtSigningKey::load_or_generate(&config.data_dir.join("keys"))?;
-    tracing::info!(kid = signing_key.kid(), "JWT signing key ready");
     let store = store::Datastore::open(&config.datastore_url).await?;
     let now = authority::unix_seconds(std::time::SystemTime::now());
     for spec in &config.entries {
@@ -126,10 +126,22 @@ pub async fn start_with_listener(
             tracing::info!(spiffe_id = %spec.spiffe_id, "registered entry from the config file");
         }
     }
+    let server_id = server_identity(&config)?;
+    let keys = Arc::new(
+        KeyManager::open(
+            store.clone(),
+            &config.data_dir.join("keys"),
+            &server_id,
+            config.jwt.rotation.clone(),
+            config.jwt.key_type,
+            now,
+        )
+        .await?,
+    );
     let authority = Arc::new(Authority::new(
         config.trust_domain.clone(),
         config.issuer.clone(),
-        signing_key,
+        keys.clone(),
         store,
         config.jwt.max_ttl,
     ));
@@ -143,7 +155,10 @@ pub async fn start_with_listener(
             &config.data_dir,
         )?)
     };
-    let documents = Arc::new(OidcDocuments::new(&config.issuer, &authority.jwks())?);
+    let documents = Arc::new(SharedDocuments::new(OidcDocuments::new(
+        &config.issuer,
+        &authority.jwks()?,
+    )?));
     let oidc_addr = oidc_listener
         .local_addr()
         .map_err(|source| ServerError::Listen {
@@ -201,7 +216,16 @@ pub async fn start_with_listener(
     let acceptor = tls
         .as_ref()
         .map(|(config, _, _)| TlsAcceptor::from(config.clone()));
-    tasks.spawn(oidc::serve(oidc_listener, acceptor, documents, shutdown_rx.clone()).then_ok());
+    tasks.spawn(
+        oidc::serve(
+            oidc_listener,
+            acceptor,
+            documents.clone(),
+            shutdown_rx.clone(),
+        )
+        .then_ok(),
+    );
+    tasks.spawn(rotate_keys(keys, documents, config.issuer.clone(), shutdown_rx.clone()).then_ok());
     if let Some((_, resolver, files)) = tls {
         tasks.spawn(tls::watch_and_reload(resolver, files, shutdown_rx.clone()).then_ok());
     }
@@ -270,6 +294,58 @@ pub async fn start_with_listener(
         shutdown,
         tasks,
     })
+}
+
+/// How often the key schedule is applied; rotation points are hours apart.
+const ROTATION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Applies the key schedule and republishes the OIDC documents when it changes them.
+async fn rotate_keys(
+    keys: Arc<KeyManager>,
+    documents: Arc<SharedDocuments>,
+    issuer: config::Issuer,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ROTATION_CHECK_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = authority::unix_seconds(std::time::SystemTime::now());
+        match keys.rotate(now).await {
+            Ok(false) => {}
+            Ok(true) => match keys
+                .current()
+                .map(|set| OidcDocuments::new(&issuer, &set.jwks))
+            {
+                Ok(Ok(rendered)) => documents.replace(rendered),
+                Ok(Err(e)) => tracing::error!(error = %e, "rendering OIDC documents failed"),
+                Err(e) => tracing::error!(error = %e, "no signing key after rotation"),
+            },
+            Err(e) => tracing::error!(error = %e, "key rotation failed; retrying"),
+        }
+    }
+}
+
+/// This server's name among those sharing the datastore: configured, or made
+/// up once and kept in the data dir.
+fn server_identity(config: &ServerConfig) -> Result<String, ServerError> {
+    if !config.server_id.is_empty() {
+        return Ok(config.server_id.clone());
+    }
+    let path = config.data_dir.join("server-id");
+    if let Some(bytes) = fsutil::read_private_file(&path)? {
+        let id = String::from_utf8_lossy(&bytes).trim().to_owned();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let mut bytes = [0u8; 8];
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| ServerError::Task("server id", "no randomness available".into()))?;
+    let id = entries::hex(&bytes);
+    fsutil::write_private_file(&path, id.as_bytes())?;
+    Ok(id)
 }
 
 /// Lets a task that cannot fail sit in the same `JoinSet` as those that can.

@@ -57,9 +57,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn federation(args: FederationArgs) -> anyhow::Result<()> {
-    let issuer = match (&args.config, args.issuer) {
-        (Some(path), _) => ServerConfig::load(path)?.issuer.as_str().to_owned(),
-        (None, Some(issuer)) => issuer,
+    let (issuer, key_type) = match (&args.config, args.issuer) {
+        (Some(path), _) => {
+            let config = ServerConfig::load(path)?;
+            (config.issuer.as_str().to_owned(), config.jwt.key_type)
+        }
+        (None, Some(issuer)) => (issuer, args.key_type),
         (None, None) => anyhow::bail!("name the issuer with --config server.toml or --issuer URL"),
     };
     let rendered = federation::render(&federation::Request {
@@ -68,7 +71,7 @@ fn federation(args: FederationArgs) -> anyhow::Result<()> {
         subject: args.spiffe_id,
         audience: args.audience,
         allow_wildcard: args.allow_wildcard,
-        signing_alg: lanyard_server::keys::JwtSigningKey::ALG.to_owned(),
+        signing_alg: key_type.alg().to_owned(),
         name: args.name,
         account: args.account,
     })?;

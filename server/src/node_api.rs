@@ -227,7 +227,7 @@ impl Node for NodeService {
                     Status::permission_denied(e.to_string())
                 }
                 MintError::EmptyAudience | MintError::BadAudience(_) => Status::invalid_argument(e.to_string()),
-                MintError::Key(_) => {
+                MintError::Key(_) | MintError::Keys(_) => {
                     tracing::error!(error = %e, "signing a JWT-SVID failed");
                     Status::internal("signing failed")
                 }
@@ -246,8 +246,13 @@ impl Node for NodeService {
         request: Request<GetJwtBundleRequest>,
     ) -> Result<Response<GetJwtBundleResponse>, Status> {
         self.caller(&request).await?;
-        let jwks = serde_json::to_vec(&self.authority.jwks())
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let jwks = serde_json::to_vec(
+            &self
+                .authority
+                .jwks()
+                .map_err(|e| Status::unavailable(e.to_string()))?,
+        )
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(GetJwtBundleResponse {
             trust_domain: self.authority.trust_domain().to_string(),
             jwks,

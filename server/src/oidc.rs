@@ -88,6 +88,31 @@ impl OidcDocuments {
     }
 }
 
+/// The documents in force, swapped whole when the published keys change.
+#[derive(Debug)]
+pub struct SharedDocuments(std::sync::RwLock<Arc<OidcDocuments>>);
+
+impl SharedDocuments {
+    pub fn new(documents: OidcDocuments) -> Self {
+        Self(std::sync::RwLock::new(Arc::new(documents)))
+    }
+
+    pub fn current(&self) -> Arc<OidcDocuments> {
+        match self.0.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, documents: OidcDocuments) {
+        let documents = Arc::new(documents);
+        match self.0.write() {
+            Ok(mut guard) => *guard = documents,
+            Err(poisoned) => *poisoned.into_inner() = documents,
+        }
+    }
+}
+
 fn with_common_headers(builder: http::response::Builder, body: Bytes) -> Response<Full<Bytes>> {
     builder
         .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
@@ -111,7 +136,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
 pub async fn serve(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
-    documents: Arc<OidcDocuments>,
+    documents: Arc<SharedDocuments>,
     shutdown: watch::Receiver<bool>,
 ) {
     listener::accept_loop(listener, "OIDC", shutdown, |tcp, peer| {
@@ -130,12 +155,12 @@ pub async fn serve(
     .await;
 }
 
-async fn serve_connection<I>(io: I, documents: Arc<OidcDocuments>, peer: std::net::SocketAddr)
+async fn serve_connection<I>(io: I, documents: Arc<SharedDocuments>, peer: std::net::SocketAddr)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request: Request<Incoming>| {
-        let response = documents.respond(&request);
+        let response = documents.current().respond(&request);
         async move { Ok::<_, Infallible>(response) }
     });
     if let Err(e) = auto::Builder::new(TokioExecutor::new())

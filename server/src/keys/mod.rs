@@ -3,10 +3,12 @@
 
 mod key_dir;
 mod key_type;
+mod manager;
 pub mod schedule;
 mod signing_key;
 
 pub use key_dir::KeyDir;
 pub use key_type::{KeyType, UnknownKeyType};
+pub use manager::{KeyManager, KeyManagerError, KeySet};
 pub use schedule::{KeyRecord, NewKey, PolicyError, RotationPolicy};
 pub use signing_key::{JwtSigningKey, KeyError};
