@@ -6,8 +6,12 @@ use std::time::Duration;
 use lanyard_proto::TrustDomain;
 use serde::Deserialize;
 
+use crate::attestor::unix::{DEFAULT_MAX_BINARY_BYTES, UnixAttestorConfig};
+
 pub const DEFAULT_SOCKET: &str = "/run/lanyard/agent/api.sock";
 const DEFAULT_SYNC_INTERVAL_SECONDS: u32 = 5;
+const DEFAULT_REQUEST_TIMEOUT_SECONDS: u32 = 5;
+const DEFAULT_JWT_SVID_CACHE_SIZE: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -42,6 +46,11 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// How often entries and bundles are fetched from the server.
     pub sync_interval: Duration,
+    /// Longest wait for the server on a workload's behalf before `Unavailable`.
+    pub server_timeout: Duration,
+    /// Most JWT-SVIDs kept (least recently used ones are dropped).
+    pub jwt_svid_cache_size: usize,
+    pub workload_attestor: UnixAttestorConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +60,8 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     workload_api: RawWorkloadApi,
+    #[serde(default)]
+    workload_attestor: RawWorkloadAttestor,
     sync_interval_seconds: Option<u32>,
 }
 
@@ -58,12 +69,22 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     node_socket: PathBuf,
+    request_timeout_seconds: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWorkloadApi {
     socket: Option<PathBuf>,
+    jwt_svid_cache_size: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkloadAttestor {
+    path_selectors: Option<bool>,
+    sha256_selectors: Option<bool>,
+    max_binary_bytes: Option<u64>,
 }
 
 impl AgentConfig {
@@ -104,11 +125,48 @@ impl AgentConfig {
                 "must be between 1 and 3600",
             ));
         }
+        let timeout = raw
+            .server
+            .request_timeout_seconds
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECONDS);
+        if !(1..=300).contains(&timeout) {
+            return Err(invalid(
+                "server.request_timeout_seconds",
+                "must be between 1 and 300",
+            ));
+        }
+        let cache_size = raw
+            .workload_api
+            .jwt_svid_cache_size
+            .unwrap_or(DEFAULT_JWT_SVID_CACHE_SIZE);
+        if !(1..=1_000_000).contains(&cache_size) {
+            return Err(invalid(
+                "workload_api.jwt_svid_cache_size",
+                "must be between 1 and 1000000",
+            ));
+        }
+        let attestor = raw.workload_attestor;
+        let max_binary_bytes = attestor
+            .max_binary_bytes
+            .unwrap_or(DEFAULT_MAX_BINARY_BYTES);
+        if max_binary_bytes == 0 {
+            return Err(invalid(
+                "workload_attestor.max_binary_bytes",
+                "must be greater than 0",
+            ));
+        }
         Ok(Self {
             trust_domain,
             server_socket: raw.server.node_socket,
             socket,
             sync_interval: Duration::from_secs(interval.into()),
+            server_timeout: Duration::from_secs(timeout.into()),
+            jwt_svid_cache_size: cache_size,
+            workload_attestor: UnixAttestorConfig {
+                path_selectors: attestor.path_selectors.unwrap_or(false),
+                sha256_selectors: attestor.sha256_selectors.unwrap_or(false),
+                max_binary_bytes,
+            },
         })
     }
 }
@@ -125,6 +183,25 @@ mod tests {
         let config = AgentConfig::from_toml(GOOD, "agent.toml")?;
         assert_eq!(config.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(config.sync_interval, Duration::from_secs(5));
+        assert_eq!(config.server_timeout, Duration::from_secs(5));
+        assert_eq!(config.workload_attestor, UnixAttestorConfig::default());
+        Ok(())
+    }
+
+    #[test]
+    fn attestor_table_is_read() -> Result<(), ConfigError> {
+        let text = format!(
+            "{GOOD}[workload_attestor]\npath_selectors = true\nsha256_selectors = true\nmax_binary_bytes = 1024\n"
+        );
+        let config = AgentConfig::from_toml(&text, "agent.toml")?;
+        assert_eq!(
+            config.workload_attestor,
+            UnixAttestorConfig {
+                path_selectors: true,
+                sha256_selectors: true,
+                max_binary_bytes: 1024,
+            }
+        );
         Ok(())
     }
 
@@ -144,6 +221,22 @@ mod tests {
                 "config key `sync_interval_seconds`",
             ),
             (format!("colour = 1\n{GOOD}"), "unknown field `colour`"),
+            (
+                format!("{GOOD}request_timeout_seconds = 0\n"),
+                "config key `server.request_timeout_seconds`",
+            ),
+            (
+                format!("{GOOD}[workload_api]\njwt_svid_cache_size = 0\n"),
+                "config key `workload_api.jwt_svid_cache_size`",
+            ),
+            (
+                format!("{GOOD}[workload_attestor]\nmax_binary_bytes = 0\n"),
+                "config key `workload_attestor.max_binary_bytes`",
+            ),
+            (
+                format!("{GOOD}[workload_attestor]\nsha256 = true\n"),
+                "unknown field `sha256`",
+            ),
         ];
         for (text, expected) in cases {
             let message = AgentConfig::from_toml(&text, "agent.toml")

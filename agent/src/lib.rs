@@ -3,8 +3,12 @@
 pub mod attestor;
 pub mod cli;
 pub mod config;
+pub mod jwt_cache;
+pub mod jwt_issuer;
 pub mod jwt_validate;
+pub mod lru;
 pub mod node_client;
+pub mod reachability;
 pub mod server_client;
 pub mod state;
 pub mod workload_api;
@@ -16,9 +20,12 @@ use lanyard_proto::transport::{self, SocketError};
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::attestor::peer;
+use crate::attestor::unix::UnixAttestor;
 use crate::config::AgentConfig;
+use crate::jwt_issuer::JwtSvidIssuer;
+use crate::reachability::Reachability;
 use crate::server_client::ServerClient;
 use crate::state::SyncedState;
 use crate::workload_api::WorkloadService;
@@ -73,11 +80,10 @@ impl RunningAgent {
 pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let server = ServerClient::new(&config.server_socket);
     let state = Arc::new(SyncedState::default());
+    let reachability = Arc::new(Reachability::default());
     match state.sync_once(&server).await {
         Ok(count) => tracing::info!(entries = count, "synced with the server"),
-        Err(e) => {
-            tracing::warn!(error = %e, "first sync with the server failed; retrying in the background")
-        }
+        Err(e) => reachability.mark_down(&e),
     }
     let listener = transport::bind_unix_socket(
         &config.socket,
@@ -85,21 +91,31 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         WORKLOAD_SOCKET_DIR_MODE,
     )
     .await?;
-    let service = WorkloadService::new(state.clone(), server.clone(), config.trust_domain.clone());
+    let issuer = JwtSvidIssuer::new(
+        server.clone(),
+        config.jwt_svid_cache_size,
+        config.server_timeout,
+        reachability.clone(),
+    );
+    let attestor = Arc::new(UnixAttestor::new(config.workload_attestor.clone()));
+    let service =
+        WorkloadService::new(state.clone(), issuer, attestor, config.trust_domain.clone());
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let sync_shutdown = shutdown_rx.clone();
     let interval = config.sync_interval;
     tasks.spawn(async move {
-        state.sync_forever(server, interval, sync_shutdown).await;
+        state
+            .sync_forever(server, interval, reachability, sync_shutdown)
+            .await;
         Ok(())
     });
     let mut serve_shutdown = shutdown_rx;
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(service))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(peer::incoming(listener), async move {
                 let _ = serve_shutdown.changed().await;
             })
             .await

@@ -7,6 +7,7 @@ use std::time::Duration;
 use lanyard_proto::{Jwks, Selector, SpiffeId};
 use tokio::sync::watch;
 
+use crate::reachability::Reachability;
 use crate::server_client::{ServerClient, ServerClientError};
 
 /// An entry as the agent serves it.
@@ -100,32 +101,98 @@ impl SyncedState {
         Ok(count)
     }
 
-    /// Syncs every `interval` until `shutdown` changes; trouble is logged once
-    /// when it starts and once when it ends, not on every attempt.
+    /// Syncs every `interval` until `shutdown` changes. After a failure it
+    /// retries sooner, with jittered exponential backoff capped at `interval`
+    /// (so that many agents do not hit a returning server in step); the
+    /// outage is logged once through `reachability`, not on every attempt.
     pub async fn sync_forever(
         &self,
         server: ServerClient,
         interval: Duration,
+        reachability: Arc<Reachability>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut backoff = Backoff::new(interval);
         let mut failing = false;
         loop {
+            let delay = if failing { backoff.next() } else { interval };
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => return,
             }
             match self.sync_once(&server).await {
-                Ok(_) if failing => {
+                Ok(_) => {
                     failing = false;
-                    tracing::info!("server reachable again; entries synced");
+                    backoff.reset();
+                    reachability.mark_up();
                 }
-                Ok(_) => {}
-                Err(e) if !failing => {
+                Err(e) => {
                     failing = true;
-                    tracing::warn!(error = %e, "entry sync failed; serving what is cached and retrying");
+                    reachability.mark_down(&e);
                 }
-                Err(_) => {}
             }
         }
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Exponential backoff from 200 ms up to `max`, each delay drawn uniformly
+/// from its upper half.
+#[derive(Debug)]
+struct Backoff {
+    current: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Self {
+            current: MIN_BACKOFF.min(max),
+            max,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = MIN_BACKOFF.min(self.max);
+    }
+
+    fn next(&mut self) -> Duration {
+        let ceiling = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = ceiling / 2;
+        half + half.mul_f64(random_fraction())
+    }
+}
+
+/// A number in [0, 1) from the randomly keyed std hasher: jitter needs no
+/// cryptographic randomness and no extra dependency.
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_jittered_up_to_the_interval() {
+        let max = Duration::from_secs(5);
+        let mut backoff = Backoff::new(max);
+        let mut ceiling = MIN_BACKOFF;
+        for _ in 0..10 {
+            let delay = backoff.next();
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "{delay:?} vs {ceiling:?}"
+            );
+            ceiling = (ceiling * 2).min(max);
+        }
+        backoff.reset();
+        assert!(backoff.next() <= MIN_BACKOFF);
     }
 }

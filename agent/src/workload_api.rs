@@ -14,12 +14,12 @@ use lanyard_proto::workload::{
 };
 use lanyard_proto::{Jwks, SpiffeId, TrustDomain, WORKLOAD_API_HEADER};
 use tokio::sync::watch;
-use tonic::transport::server::UdsConnectInfo;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
-use crate::attestor::unix::{self, PeerCredentials};
+use crate::attestor::peer::PeerInfo;
+use crate::attestor::unix::UnixAttestor;
+use crate::jwt_issuer::JwtSvidIssuer;
 use crate::jwt_validate;
-use crate::server_client::ServerClient;
 use crate::state::{AgentEntry, SyncedState};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -27,26 +27,57 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Debug)]
 pub struct WorkloadService {
     state: Arc<SyncedState>,
-    server: ServerClient,
+    issuer: JwtSvidIssuer,
+    attestor: Arc<UnixAttestor>,
     trust_domain: TrustDomain,
 }
 
 impl WorkloadService {
-    pub fn new(state: Arc<SyncedState>, server: ServerClient, trust_domain: TrustDomain) -> Self {
+    pub fn new(
+        state: Arc<SyncedState>,
+        issuer: JwtSvidIssuer,
+        attestor: Arc<UnixAttestor>,
+        trust_domain: TrustDomain,
+    ) -> Self {
         Self {
             state,
-            server,
+            issuer,
+            attestor,
             trust_domain,
         }
     }
 
-    /// The identities of the calling process, from its kernel credentials.
-    fn identities<T>(&self, request: &Request<T>) -> Result<Vec<AgentEntry>, Status> {
+    /// The identities of the calling process, from what the kernel says about it.
+    async fn identities<T>(&self, request: &Request<T>) -> Result<Vec<AgentEntry>, Status> {
         require_header(request)?;
-        let peer = peer_credentials(request)?;
-        let identities = self.state.identities_for(&unix::selectors(&peer));
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .cloned()
+            .ok_or_else(|| Status::internal("caller credentials unavailable"))?;
+        let attestor = self.attestor.clone();
+        // Attestation reads /proc, may hash a binary and asks NSS for names: blocking work.
+        let attested = tokio::task::spawn_blocking(move || match peer.0.as_ref() {
+            Ok(peer) => attestor
+                .attest(peer)
+                .map(|selectors| (peer.credentials, selectors))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        })
+        .await
+        .map_err(|e| Status::internal(format!("attestation task failed: {e}")))?;
+        let (caller, selectors) = attested.map_err(|reason| {
+            tracing::debug!(%reason, "caller could not be attested");
+            Status::permission_denied(format!("caller could not be attested: {reason}"))
+        })?;
+        let identities = self.state.identities_for(&selectors);
         if identities.is_empty() {
-            tracing::debug!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "caller has no identity");
+            tracing::debug!(
+                uid = caller.uid,
+                gid = caller.gid,
+                pid = caller.pid,
+                "caller has no identity"
+            );
             return Err(Status::permission_denied("no identity issued"));
         }
         Ok(identities)
@@ -73,19 +104,6 @@ fn require_header<T>(request: &Request<T>) -> Result<(), Status> {
             "security header missing from request",
         )),
     }
-}
-
-fn peer_credentials<T>(request: &Request<T>) -> Result<PeerCredentials, Status> {
-    let cred = request
-        .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
-        .ok_or_else(|| Status::internal("caller credentials unavailable"))?;
-    Ok(PeerCredentials {
-        uid: cred.uid(),
-        gid: cred.gid(),
-        pid: cred.pid(),
-    })
 }
 
 #[tonic::async_trait]
@@ -122,7 +140,7 @@ impl SpiffeWorkloadApi for WorkloadService {
         if request.get_ref().audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
         }
-        let mut identities = self.identities(&request)?;
+        let mut identities = self.identities(&request).await?;
         let body = request.into_inner();
         if !body.spiffe_id.is_empty() {
             let wanted = SpiffeId::parse(&body.spiffe_id).map_err(|e| {
@@ -135,25 +153,21 @@ impl SpiffeWorkloadApi for WorkloadService {
                 )));
             }
         }
-        let mut svids = Vec::with_capacity(identities.len());
-        for entry in identities {
-            let minted = self
-                .server
-                .mint_jwt_svid(&entry.id, &body.audience)
-                .await
-                .map_err(|status| match status.code() {
-                    Code::InvalidArgument | Code::PermissionDenied => status,
-                    _ => {
-                        tracing::warn!(error = %status, "minting a JWT-SVID failed");
-                        Status::unavailable("the server could not be reached to issue a JWT-SVID")
-                    }
-                })?;
-            svids.push(Jwtsvid {
-                spiffe_id: minted.spiffe_id,
-                svid: minted.token,
+        let audience = &body.audience;
+        let minted = futures::future::try_join_all(
+            identities
+                .iter()
+                .map(|entry| self.issuer.fetch(entry, audience)),
+        )
+        .await?;
+        let svids = minted
+            .into_iter()
+            .map(|svid| Jwtsvid {
+                spiffe_id: svid.spiffe_id,
+                svid: svid.token,
                 hint: String::new(),
-            });
-        }
+            })
+            .collect();
         Ok(Response::new(JwtsvidResponse { svids }))
     }
 
@@ -161,7 +175,7 @@ impl SpiffeWorkloadApi for WorkloadService {
         &self,
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        self.identities(&request)?;
+        self.identities(&request).await?;
         let mut bundle = self.state.bundle();
         let first = bundle
             .borrow_and_update()

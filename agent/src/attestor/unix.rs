@@ -1,20 +1,93 @@
-//! The unix attestor: selectors from the caller's kernel credentials.
+//! The unix attestor: selectors from the caller's kernel credentials, its
+//! groups and (when enabled) its executable, all read while the process is
+//! pinned so they cannot describe another process.
 
 use lanyard_proto::Selector;
 use lanyard_proto::selector::UNIX_SELECTOR_TYPE;
 use nix::unistd::{Gid, Group, Uid, User};
 
-/// What `SO_PEERCRED` told us about the process on the other end of the socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerCredentials {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: Option<i32>,
+use super::binary::{BinaryError, BinaryInspector};
+use super::peer::{Peer, PeerCredentials};
+use super::pin::PinError;
+
+/// Default largest executable hashed for `unix:sha256` (bigger ones get no such selector).
+pub const DEFAULT_MAX_BINARY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The `[workload_attestor]` table of agent.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixAttestorConfig {
+    /// Emit `unix:path:<executable>`.
+    pub path_selectors: bool,
+    /// Emit `unix:sha256:<hex digest of the executable>`.
+    pub sha256_selectors: bool,
+    pub max_binary_bytes: u64,
 }
 
-/// The caller's unix selectors: `uid`, `gid`, and `user`/`group` where the
-/// ids have names.
-pub fn selectors(peer: &PeerCredentials) -> Vec<Selector> {
+impl Default for UnixAttestorConfig {
+    fn default() -> Self {
+        Self {
+            path_selectors: false,
+            sha256_selectors: false,
+            max_binary_bytes: DEFAULT_MAX_BINARY_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("cannot read /proc/{pid}/status: {reason}")]
+    Status { pid: i32, reason: String },
+    #[error(transparent)]
+    Binary(#[from] BinaryError),
+}
+
+#[derive(Debug, Default)]
+pub struct UnixAttestor {
+    config: UnixAttestorConfig,
+    binaries: BinaryInspector,
+}
+
+impl UnixAttestor {
+    pub fn new(config: UnixAttestorConfig) -> Self {
+        Self {
+            config,
+            binaries: BinaryInspector::default(),
+        }
+    }
+
+    /// The caller's selectors. Blocking (reads /proc, may hash a file, asks NSS
+    /// for names): run it off the async executor.
+    pub fn attest(&self, peer: &Peer) -> Result<Vec<Selector>, AttestError> {
+        let pid = peer.credentials.pid;
+        peer.pin.verify()?;
+        let mut facts = id_facts(&peer.credentials);
+        for gid in supplementary_gids(pid)? {
+            facts.push(("supplementary_gid", gid.to_string()));
+            if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(gid)) {
+                facts.push(("supplementary_group", group.name));
+            }
+        }
+        if self.config.path_selectors
+            && let Some(path) = BinaryInspector::path(pid)?
+        {
+            facts.push(("path", path.to_string_lossy().into_owned()));
+        }
+        if self.config.sha256_selectors
+            && let Some(hash) = self.binaries.sha256(pid, self.config.max_binary_bytes)?
+        {
+            facts.push(("sha256", hash));
+        }
+        // Everything above read /proc/<pid>; it described our caller only if
+        // the caller still holds that PID now.
+        peer.pin.verify()?;
+        Ok(to_selectors(facts))
+    }
+}
+
+/// `uid`, `gid`, and `user`/`group` where the ids have names.
+fn id_facts(peer: &PeerCredentials) -> Vec<(&'static str, String)> {
     let mut facts = vec![("uid", peer.uid.to_string()), ("gid", peer.gid.to_string())];
     if let Ok(Some(user)) = User::from_uid(Uid::from_raw(peer.uid)) {
         facts.push(("user", user.name));
@@ -23,27 +96,102 @@ pub fn selectors(peer: &PeerCredentials) -> Vec<Selector> {
         facts.push(("group", group.name));
     }
     facts
+}
+
+fn to_selectors(facts: Vec<(&'static str, String)>) -> Vec<Selector> {
+    let mut selectors: Vec<Selector> = facts
         .into_iter()
         .filter_map(|(key, value)| Selector::new(UNIX_SELECTOR_TYPE, format!("{key}:{value}")).ok())
-        .collect()
+        .collect();
+    selectors.sort();
+    selectors.dedup();
+    selectors
+}
+
+/// The `Groups:` line of `/proc/<pid>/status`.
+fn supplementary_gids(pid: i32) -> Result<Vec<u32>, AttestError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| {
+        AttestError::Status {
+            pid,
+            reason: e.to_string(),
+        }
+    })?;
+    parse_groups(&status).ok_or_else(|| AttestError::Status {
+        pid,
+        reason: "no parsable Groups: line".to_owned(),
+    })
+}
+
+fn parse_groups(status: &str) -> Option<Vec<u32>> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+    line.split_whitespace().map(|g| g.parse().ok()).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attestor::pin::ProcessPin;
+
+    fn me() -> Result<Peer, Box<dyn std::error::Error>> {
+        let pid = i32::try_from(std::process::id())?;
+        Ok(Peer {
+            credentials: PeerCredentials {
+                uid: nix::unistd::getuid().as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+                pid,
+            },
+            pin: ProcessPin::by_start_time(pid)?,
+        })
+    }
+
+    fn strings(selectors: &[Selector]) -> Vec<String> {
+        selectors.iter().map(ToString::to_string).collect()
+    }
 
     #[test]
-    fn root_has_uid_gid_and_names() {
-        let got: Vec<String> = selectors(&PeerCredentials {
-            uid: 0,
-            gid: 0,
-            pid: None,
-        })
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-        assert!(got.contains(&"unix:uid:0".to_owned()));
-        assert!(got.contains(&"unix:gid:0".to_owned()));
-        assert!(got.contains(&"unix:user:root".to_owned()));
+    fn groups_line_is_parsed() {
+        assert_eq!(
+            parse_groups("Name:\tx\nGroups:\t4 24 27 \nNgid:\t0\n"),
+            Some(vec![4, 24, 27])
+        );
+        assert_eq!(parse_groups("Groups:\t\n"), Some(vec![]));
+        assert_eq!(parse_groups("Groups:\tx\n"), None);
+    }
+
+    #[test]
+    fn ids_always_and_binary_only_when_enabled() -> Result<(), Box<dyn std::error::Error>> {
+        let peer = me()?;
+        let plain = strings(&UnixAttestor::default().attest(&peer)?);
+        let uid = format!("unix:uid:{}", peer.credentials.uid);
+        assert!(plain.contains(&uid), "{plain:?}");
+        assert!(plain.iter().all(|s| !s.starts_with("unix:path:")));
+        assert!(plain.iter().all(|s| !s.starts_with("unix:sha256:")));
+
+        let full = UnixAttestor::new(UnixAttestorConfig {
+            path_selectors: true,
+            sha256_selectors: true,
+            max_binary_bytes: u64::MAX,
+        });
+        let got = strings(&full.attest(&peer)?);
+        let exe = std::env::current_exe()?;
+        assert!(
+            got.contains(&format!("unix:path:{}", exe.display())),
+            "{got:?}"
+        );
+        assert!(got.iter().any(|s| s.starts_with("unix:sha256:")), "{got:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_replaced_process_gets_no_selectors() -> Result<(), Box<dyn std::error::Error>> {
+        let mut peer = me()?;
+        if let ProcessPin::StartTime { start_ticks, .. } = &mut peer.pin {
+            *start_ticks += 1;
+        }
+        assert!(matches!(
+            UnixAttestor::default().attest(&peer),
+            Err(AttestError::Pin(PinError::Replaced(_)))
+        ));
+        Ok(())
     }
 }

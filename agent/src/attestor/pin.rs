@@ -1,0 +1,176 @@
+//! Pinning the calling process, so that selectors read from `/proc/<pid>` are
+//! known to describe the process that connected and not a later one that was
+//! given its recycled PID.
+//!
+//! Best: the kernel's pidfd for the peer taken at accept time (`SO_PEERPIDFD`,
+//! Linux ≥ 6.5). Else a pidfd opened by PID right after accept. Else the
+//! process start time from `/proc/<pid>/stat`. A pidfd becomes readable when
+//! its process exits, and a PID cannot be reused while the process behind a
+//! pidfd has not exited, so "not yet readable" after attestation proves that
+//! every `/proc/<pid>` read was of the pinned process.
+
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{getsockopt, sockopt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("the calling process {0} has exited")]
+    Exited(i32),
+    #[error("PID {0} now belongs to another process")]
+    Replaced(i32),
+    #[error("cannot read /proc/{pid}/stat: {reason}")]
+    Stat { pid: i32, reason: String },
+    #[error("cannot check the calling process {pid}: {reason}")]
+    Check { pid: i32, reason: String },
+}
+
+/// How a caller is pinned; see the module comment.
+#[derive(Debug)]
+pub enum ProcessPin {
+    Pidfd { pid: i32, pidfd: OwnedFd },
+    StartTime { pid: i32, start_ticks: u64 },
+}
+
+impl ProcessPin {
+    /// Pins the process at the other end of `socket`, whose PID SO_PEERCRED gave as `pid`.
+    pub fn for_peer(socket: BorrowedFd<'_>, pid: i32) -> Result<Self, PinError> {
+        if let Ok(pidfd) = getsockopt(&socket, sockopt::PeerPidfd) {
+            return Ok(Self::Pidfd { pid, pidfd });
+        }
+        if let Some(pidfd) = pidfd_open(pid) {
+            return Ok(Self::Pidfd { pid, pidfd });
+        }
+        Self::by_start_time(pid)
+    }
+
+    /// The fallback pin: the start time the process has now.
+    pub fn by_start_time(pid: i32) -> Result<Self, PinError> {
+        Ok(Self::StartTime {
+            pid,
+            start_ticks: start_ticks(pid)?,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        match self {
+            Self::Pidfd { pid, .. } | Self::StartTime { pid, .. } => *pid,
+        }
+    }
+
+    /// Ok while the pinned process is alive and still owns its PID.
+    pub fn verify(&self) -> Result<(), PinError> {
+        match self {
+            Self::Pidfd { pid, pidfd } => {
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, PollTimeout::ZERO) {
+                    Ok(0) => Ok(()),
+                    Ok(_) => Err(PinError::Exited(*pid)),
+                    Err(e) => Err(PinError::Check {
+                        pid: *pid,
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+            Self::StartTime {
+                pid,
+                start_ticks: pinned,
+            } => match start_ticks(*pid) {
+                Ok(now) if now == *pinned => Ok(()),
+                Ok(_) => Err(PinError::Replaced(*pid)),
+                Err(_) => Err(PinError::Exited(*pid)),
+            },
+        }
+    }
+}
+
+/// `pidfd_open(2)` (Linux ≥ 5.3) for kernels without SO_PEERPIDFD; None where
+/// the kernel lacks it too.
+#[allow(unsafe_code)]
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new file descriptor
+    // or -1; nix has no wrapper for it.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the syscall just returned this descriptor and nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks since boot.
+pub fn start_ticks(pid: i32) -> Result<u64, PinError> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| PinError::Stat {
+            pid,
+            reason: e.to_string(),
+        })?;
+    parse_start_ticks(&stat).ok_or_else(|| PinError::Stat {
+        pid,
+        reason: "unexpected format".to_owned(),
+    })
+}
+
+fn parse_start_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may itself hold spaces
+    // or parentheses, so fields are counted from the last ')'.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // After comm come field 3 (state) … field 22 (starttime): index 19.
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn start_time_is_parsed_past_odd_command_names() {
+        let fields: Vec<String> = (3..=22).map(|n| n.to_string()).collect();
+        let stat = format!("42 (a) b (c)) {}", fields.join(" "));
+        assert_eq!(parse_start_ticks(&stat), Some(22));
+        assert_eq!(parse_start_ticks("42 (x) R 1"), None);
+    }
+
+    #[test]
+    fn a_live_process_verifies() -> Result<(), Box<dyn std::error::Error>> {
+        let me = i32::try_from(std::process::id())?;
+        let (ours, _theirs) = UnixStream::pair()?;
+        let pin = ProcessPin::for_peer(ours.as_fd(), me)?;
+        assert!(matches!(pin, ProcessPin::Pidfd { .. }), "{pin:?}");
+        pin.verify()?;
+        ProcessPin::by_start_time(me)?.verify()?;
+        Ok(())
+    }
+
+    /// What a recycled PID looks like to the start-time pin: same PID, another start time.
+    #[test]
+    fn another_start_time_means_another_process() -> Result<(), Box<dyn std::error::Error>> {
+        let pid = i32::try_from(std::process::id())?;
+        let pin = ProcessPin::StartTime {
+            pid,
+            start_ticks: start_ticks(pid)? + 1,
+        };
+        assert!(matches!(pin.verify(), Err(PinError::Replaced(p)) if p == pid));
+        Ok(())
+    }
+
+    /// A child is pinned both ways, exits and is reaped (its PID is now free
+    /// for reuse): neither pin verifies any more.
+    #[test]
+    fn pins_fail_once_the_process_has_exited() -> Result<(), Box<dyn std::error::Error>> {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn()?;
+        let pid = i32::try_from(child.id())?;
+        let by_fd = ProcessPin::Pidfd {
+            pid,
+            pidfd: pidfd_open(pid).ok_or("pidfd_open")?,
+        };
+        let by_time = ProcessPin::by_start_time(pid)?;
+        by_fd.verify()?;
+        by_time.verify()?;
+        child.kill()?;
+        child.wait()?;
+        assert!(matches!(by_fd.verify(), Err(PinError::Exited(_))));
+        assert!(by_time.verify().is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! The agent's JWT-SVID cache: keyed by SPIFFE ID and audience set, bounded
+//! (least recently used dropped first). A token is handed out again while
+//! more than half of its lifetime remains; one that is asked for after a third
+//! of its lifetime is due for a background refresh, so a hot workload gets a
+//! new token before the old one goes stale and never waits on the server.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use lanyard_proto::SpiffeId;
+
+use crate::lru::Lru;
+
+/// (SPIFFE ID, sorted and deduplicated audiences): the same request in any order hits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    spiffe_id: String,
+    audience: Vec<String>,
+}
+
+impl CacheKey {
+    pub fn new(spiffe_id: &SpiffeId, audience: &[String]) -> Self {
+        let mut audience = audience.to_vec();
+        audience.sort();
+        audience.dedup();
+        Self {
+            spiffe_id: spiffe_id.to_string(),
+            audience,
+        }
+    }
+}
+
+/// A minted token and its lifetime in Unix seconds, as the server stated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedSvid {
+    pub spiffe_id: String,
+    pub token: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+impl CachedSvid {
+    fn lifetime(&self) -> i64 {
+        self.expires_at - self.issued_at
+    }
+
+    /// More than half of the lifetime remains.
+    fn fresh(&self, now: i64) -> bool {
+        2 * (self.expires_at - now) > self.lifetime()
+    }
+
+    /// A third of the lifetime has passed: time to fetch the next one.
+    fn due_for_refresh(&self, now: i64) -> bool {
+        3 * (now - self.issued_at) >= self.lifetime()
+    }
+
+    fn expired(&self, now: i64) -> bool {
+        now >= self.expires_at
+    }
+
+    /// Worth caching at all: a positive lifetime.
+    pub fn cacheable(&self) -> bool {
+        self.lifetime() > 0
+    }
+}
+
+/// What the cache holds for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Serve it. When `refresh`, the caller was chosen to fetch its successor
+    /// in the background (only one caller is chosen until it reports back).
+    Fresh {
+        svid: CachedSvid,
+        refresh: bool,
+    },
+    /// Still valid but past half-life: get a new one, or serve this if the
+    /// server cannot be reached.
+    Stale(CachedSvid),
+    Miss,
+}
+
+#[derive(Debug)]
+struct Slot {
+    svid: CachedSvid,
+    refreshing: bool,
+}
+
+#[derive(Debug)]
+pub struct JwtSvidCache {
+    slots: Mutex<Lru<CacheKey, Slot>>,
+}
+
+impl JwtSvidCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            slots: Mutex::new(Lru::new(capacity)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lru<CacheKey, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn lookup(&self, key: &CacheKey, now: i64) -> Lookup {
+        let mut slots = self.lock();
+        let Some(slot) = slots.get_mut(key) else {
+            return Lookup::Miss;
+        };
+        if slot.svid.expired(now) {
+            slots.remove(key);
+            return Lookup::Miss;
+        }
+        if !slot.svid.fresh(now) {
+            return Lookup::Stale(slot.svid.clone());
+        }
+        let refresh = !slot.refreshing && slot.svid.due_for_refresh(now);
+        slot.refreshing |= refresh;
+        Lookup::Fresh {
+            svid: slot.svid.clone(),
+            refresh,
+        }
+    }
+
+    /// Claims the background refresh of a stale entry; false when one is running.
+    pub fn claim_refresh(&self, key: &CacheKey) -> bool {
+        match self.lock().get_mut(key) {
+            Some(slot) if !slot.refreshing => {
+                slot.refreshing = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn store(&self, key: CacheKey, svid: CachedSvid) {
+        if svid.cacheable() {
+            self.lock().insert(
+                key,
+                Slot {
+                    svid,
+                    refreshing: false,
+                },
+            );
+        }
+    }
+
+    /// A background refresh failed: the next request may try again.
+    pub fn refresh_failed(&self, key: &CacheKey) {
+        if let Some(slot) = self.lock().get_mut(key) {
+            slot.refreshing = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(audience: &[&str]) -> Result<CacheKey, lanyard_proto::SpiffeIdError> {
+        let audience: Vec<String> = audience.iter().map(|a| a.to_string()).collect();
+        Ok(CacheKey::new(
+            &SpiffeId::parse("spiffe://example.org/w")?,
+            &audience,
+        ))
+    }
+
+    fn svid(token: &str, issued_at: i64, expires_at: i64) -> CachedSvid {
+        CachedSvid {
+            spiffe_id: "spiffe://example.org/w".to_owned(),
+            token: token.to_owned(),
+            issued_at,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn audience_order_and_duplicates_do_not_matter() -> Result<(), Box<dyn std::error::Error>> {
+        assert_eq!(key(&["b", "a", "a"])?, key(&["a", "b"])?);
+        assert_ne!(key(&["a"])?, key(&["a", "b"])?);
+        Ok(())
+    }
+
+    #[test]
+    fn lifecycle_fresh_refresh_stale_expired() -> Result<(), Box<dyn std::error::Error>> {
+        let cache = JwtSvidCache::new(10);
+        let k = key(&["a"])?;
+        assert_eq!(cache.lookup(&k, 1000), Lookup::Miss);
+        let t = svid("t1", 1000, 1300);
+        cache.store(k.clone(), t.clone());
+        let fresh = |refresh| Lookup::Fresh {
+            svid: t.clone(),
+            refresh,
+        };
+        assert_eq!(cache.lookup(&k, 1050), fresh(false));
+        // A third of the way: exactly one caller is chosen to refresh.
+        assert_eq!(cache.lookup(&k, 1100), fresh(true));
+        assert_eq!(cache.lookup(&k, 1101), fresh(false));
+        cache.refresh_failed(&k);
+        assert_eq!(cache.lookup(&k, 1102), fresh(true));
+        // At half-life it is stale: still valid, but not handed out without trying for a new one.
+        assert_eq!(cache.lookup(&k, 1150), Lookup::Stale(t.clone()));
+        assert!(
+            !cache.claim_refresh(&k),
+            "the refresh chosen at 1102 still runs"
+        );
+        cache.refresh_failed(&k);
+        assert!(cache.claim_refresh(&k));
+        assert!(!cache.claim_refresh(&k));
+        assert_eq!(cache.lookup(&k, 1299), Lookup::Stale(t.clone()));
+        assert_eq!(cache.lookup(&k, 1300), Lookup::Miss);
+        // A successor resets the cycle.
+        let t2 = svid("t2", 1100, 1400);
+        cache.store(k.clone(), t2.clone());
+        assert_eq!(
+            cache.lookup(&k, 1150),
+            Lookup::Fresh {
+                svid: t2,
+                refresh: false
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bounded_and_refuses_lifeless_tokens() -> Result<(), Box<dyn std::error::Error>> {
+        let cache = JwtSvidCache::new(1);
+        cache.store(key(&["a"])?, svid("a", 0, 100));
+        cache.store(key(&["b"])?, svid("b", 0, 100));
+        assert_eq!(cache.lookup(&key(&["a"])?, 1), Lookup::Miss);
+        assert!(matches!(
+            cache.lookup(&key(&["b"])?, 1),
+            Lookup::Fresh { .. }
+        ));
+        cache.store(key(&["c"])?, svid("c", 100, 100));
+        assert_eq!(cache.lookup(&key(&["c"])?, 100), Lookup::Miss);
+        Ok(())
+    }
+}
