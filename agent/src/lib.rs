@@ -12,6 +12,7 @@ pub mod reachability;
 pub mod server_client;
 pub mod state;
 pub mod workload_api;
+pub mod workload_client;
 
 use std::path::PathBuf;
 use std::sync::Arc;

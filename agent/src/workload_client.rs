@@ -1,0 +1,219 @@
+//! A Workload API client for the agent's own CLI (`api …`, `healthcheck`):
+//! it calls a running agent as the current process.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lanyard_proto::WORKLOAD_API_HEADER;
+use lanyard_proto::transport::{SocketError, socket_path_from_endpoint, unix_channel};
+use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use lanyard_proto::workload::{JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// How long a CLI call waits for the agent.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Endpoint(#[from] SocketError),
+    #[error("{socket}: {message} ({code})")]
+    Rpc {
+        socket: PathBuf,
+        code: Code,
+        message: String,
+    },
+    #[error("{0}: the agent did not answer within {1} s")]
+    Timeout(PathBuf, u64),
+    #[error("{0}: the agent closed the bundle stream without sending a bundle")]
+    NoBundle(PathBuf),
+    #[error("{socket}: bundle of {trust_domain} is not JSON: {source}")]
+    BadBundle {
+        socket: PathBuf,
+        trust_domain: String,
+        source: serde_json::Error,
+    },
+}
+
+impl ClientError {
+    /// The gRPC code the agent answered with, if it answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Self::Rpc { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedJwt {
+    pub spiffe_id: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedJwt {
+    pub spiffe_id: String,
+    pub claims: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkloadClient {
+    socket: PathBuf,
+    client: SpiffeWorkloadApiClient<Channel>,
+}
+
+impl WorkloadClient {
+    /// A client for `unix:///path` (or a bare path); connects on first call.
+    pub fn new(endpoint: &str) -> Result<Self, ClientError> {
+        let socket = socket_path_from_endpoint(endpoint)?;
+        let client = SpiffeWorkloadApiClient::new(unix_channel(&socket));
+        Ok(Self { socket, client })
+    }
+
+    fn request<T>(body: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(body);
+        request.metadata_mut().insert(
+            WORKLOAD_API_HEADER,
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        request.set_timeout(CALL_TIMEOUT);
+        request
+    }
+
+    fn rpc_error(&self, status: Status) -> ClientError {
+        ClientError::Rpc {
+            socket: self.socket.clone(),
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(result) => result.map_err(|s| self.rpc_error(s)),
+            Err(_) => Err(ClientError::Timeout(
+                self.socket.clone(),
+                CALL_TIMEOUT.as_secs(),
+            )),
+        }
+    }
+
+    pub async fn fetch_jwt(
+        &mut self,
+        audience: Vec<String>,
+        spiffe_id: Option<String>,
+    ) -> Result<Vec<FetchedJwt>, ClientError> {
+        let mut client = self.client.clone();
+        let request = Self::request(JwtsvidRequest {
+            audience,
+            spiffe_id: spiffe_id.unwrap_or_default(),
+        });
+        let response = self.bounded(client.fetch_jwtsvid(request)).await?;
+        Ok(response
+            .into_inner()
+            .svids
+            .into_iter()
+            .map(|s| FetchedJwt {
+                spiffe_id: s.spiffe_id,
+                token: s.svid,
+            })
+            .collect())
+    }
+
+    /// The first (full) set of JWT bundles: trust domain ID → JWKS.
+    pub async fn fetch_jwt_bundles(
+        &mut self,
+    ) -> Result<BTreeMap<String, serde_json::Value>, ClientError> {
+        let mut client = self.client.clone();
+        let request = Self::request(JwtBundlesRequest {});
+        let mut stream = self
+            .bounded(client.fetch_jwt_bundles(request))
+            .await?
+            .into_inner();
+        let first = self
+            .bounded(stream.message())
+            .await?
+            .ok_or_else(|| ClientError::NoBundle(self.socket.clone()))?;
+        let mut bundles = BTreeMap::new();
+        for (trust_domain, bytes) in first.bundles {
+            let jwks = serde_json::from_slice(&bytes).map_err(|source| ClientError::BadBundle {
+                socket: self.socket.clone(),
+                trust_domain: trust_domain.clone(),
+                source,
+            })?;
+            bundles.insert(trust_domain, jwks);
+        }
+        Ok(bundles)
+    }
+
+    pub async fn validate_jwt(
+        &mut self,
+        audience: String,
+        token: String,
+    ) -> Result<ValidatedJwt, ClientError> {
+        let mut client = self.client.clone();
+        let request = Self::request(ValidateJwtsvidRequest {
+            audience,
+            svid: token,
+        });
+        let response = self
+            .bounded(client.validate_jwtsvid(request))
+            .await?
+            .into_inner();
+        Ok(ValidatedJwt {
+            spiffe_id: response.spiffe_id,
+            claims: response
+                .claims
+                .map_or(serde_json::Value::Null, struct_to_json),
+        })
+    }
+
+    /// Whether the agent answers: it serves its trust bundle (to a caller with
+    /// an identity) or refuses this caller by policy — either way it is up and
+    /// has synced. `Unavailable`, any other error or silence is unhealthy.
+    pub async fn health(&mut self) -> Result<Health, ClientError> {
+        match self.fetch_jwt_bundles().await {
+            Ok(_) => Ok(Health::ServingBundle),
+            Err(e) if e.code() == Some(Code::PermissionDenied) => Ok(Health::AnsweringNoIdentity),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// The agent served this caller its trust bundle.
+    ServingBundle,
+    /// The agent answered and refused this caller, which has no identity.
+    AnsweringNoIdentity,
+}
+
+fn struct_to_json(value: prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(
+        value
+            .fields
+            .into_iter()
+            .map(|(k, v)| (k, value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(value: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => b.into(),
+        // Claims are mostly integer timestamps: print them as integers.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => (n as i64).into(),
+        Some(Kind::NumberValue(n)) => n.into(),
+        Some(Kind::StringValue(s)) => s.into(),
+        Some(Kind::ListValue(list)) => list.values.into_iter().map(value_to_json).collect(),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+    }
+}
