@@ -398,6 +398,7 @@ impl Admin for AdminService {
         Ok(Response::new(GetBundleResponse {
             trust_domain: self.authority.trust_domain().to_string(),
             jwks,
+            issuer: self.authority.issuer().as_str().to_owned(),
         }))
     }
 }

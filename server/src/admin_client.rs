@@ -12,8 +12,12 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::cli::{
-    AdminArgs, AgentCommand, BundleCommand, Command, EntryCommand, Output, TokenCommand,
+    AdminArgs, AgentCommand, BundleCommand, Command, EntryCommand, OidcCommand, Output,
+    TokenCommand,
 };
+use crate::config::Issuer;
+use crate::oidc_tools;
+use lanyard_proto::Jwks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminCliError {
@@ -23,6 +27,8 @@ pub enum AdminCliError {
     NotAVerb(&'static str),
     #[error("server sent a bundle that is not UTF-8 JSON")]
     BadBundle,
+    #[error("publishing: {0}")]
+    Publish(String),
 }
 
 impl From<tonic::Status> for AdminCliError {
@@ -40,6 +46,26 @@ pub async fn run(command: Command) -> Result<String, AdminCliError> {
         Command::Run { .. } => Err(AdminCliError::NotAVerb("run")),
         Command::CheckConfig { .. } => Err(AdminCliError::NotAVerb("check-config")),
         Command::Federation(_) => Err(AdminCliError::NotAVerb("federation")),
+        Command::Oidc(OidcCommand::Thumbprint { .. }) => {
+            Err(AdminCliError::NotAVerb("oidc thumbprint"))
+        }
+        Command::Oidc(OidcCommand::Publish { out, admin_args }) => {
+            let bundle = client(&admin_args)
+                .get_bundle(GetBundleRequest {})
+                .await?
+                .into_inner();
+            let issuer = Issuer::parse(&bundle.issuer)
+                .map_err(|e| AdminCliError::Publish(format!("issuer: {e}")))?;
+            let jwks: Jwks =
+                serde_json::from_slice(&bundle.jwks).map_err(|_| AdminCliError::BadBundle)?;
+            let written = oidc_tools::publish(&issuer, &jwks, &out)
+                .map_err(|e| AdminCliError::Publish(e.to_string()))?;
+            Ok(written
+                .iter()
+                .map(|p| format!("wrote {}", p.display()))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
         Command::Healthcheck { admin } => {
             let health = client(&admin).health(HealthRequest {}).await?.into_inner();
             Ok(match admin.output {

@@ -43,6 +43,9 @@ pub enum Command {
     /// Show the trust bundle.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// The issuer as static files, and its certificate thumbprint.
+    #[command(subcommand)]
+    Oidc(OidcCommand),
     /// Print what to apply on a cloud (or Vault) so that one workload's JWT-SVIDs are trusted there.
     Federation(FederationArgs),
     /// Check that the server answers on its Admin socket and its datastore is reachable.
@@ -186,6 +189,23 @@ pub enum AgentCommand {
         spiffe_id: String,
         #[command(flatten)]
         admin_args: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OidcCommand {
+    /// Write the discovery document and JWKS (and GCP's jwks.json) for a static host.
+    Publish {
+        /// Directory that maps to the issuer host's root.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        admin_args: AdminArgs,
+    },
+    /// Print the SHA-1 thumbprint of the top certificate the issuer's host presents (for AWS IAM).
+    Thumbprint {
+        #[arg(long)]
+        issuer: String,
     },
 }
 

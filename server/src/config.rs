@@ -87,6 +87,23 @@ impl Issuer {
         }
     }
 
+    /// `host:port` to connect to (port 443 or 80 when the URL names none).
+    pub fn socket_address(&self) -> String {
+        let start = self.url.find("://").map_or(0, |i| i + 3);
+        let authority = &self.url[start..self.path_start];
+        let has_port = match authority.rfind(']') {
+            Some(end) => authority[end..].contains(':'),
+            None => authority.contains(':'),
+        };
+        if has_port {
+            authority.to_owned()
+        } else if self.url.starts_with("https://") {
+            format!("{authority}:443")
+        } else {
+            format!("{authority}:80")
+        }
+    }
+
     pub fn discovery_url(&self) -> String {
         format!("{}/.well-known/openid-configuration", self.url)
     }

@@ -15,6 +15,7 @@ pub mod listener;
 pub mod node_api;
 pub mod node_tls;
 pub mod oidc;
+pub mod oidc_tools;
 pub mod peer;
 pub mod store;
 pub mod tls;

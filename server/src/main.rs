@@ -2,7 +2,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use lanyard_server::cli::{Cli, Command, FederationArgs};
+use lanyard_server::cli::{Cli, Command, FederationArgs, OidcCommand};
+use lanyard_server::config::Issuer;
 use lanyard_server::config::ServerConfig;
 use lanyard_server::federation;
 
@@ -27,6 +28,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         verb @ (Command::Entry(_)
+        | Command::Oidc(OidcCommand::Publish { .. })
         | Command::Token(_)
         | Command::Agent(_)
         | Command::Bundle(_)
@@ -35,6 +37,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Federation(args) => federation(args),
+        Command::Oidc(OidcCommand::Thumbprint { issuer }) => {
+            let issuer = Issuer::parse(&issuer).map_err(|e| anyhow::anyhow!("--issuer: {e}"))?;
+            println!("{}", lanyard_server::oidc_tools::thumbprint(&issuer).await?);
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             ServerConfig::load(&config)?;
             println!("{}: ok", config.display());

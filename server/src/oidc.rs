@@ -49,6 +49,14 @@ impl OidcDocuments {
         })
     }
 
+    pub fn discovery(&self) -> &[u8] {
+        &self.discovery
+    }
+
+    pub fn jwks(&self) -> &[u8] {
+        &self.jwks
+    }
+
     pub fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         let path = request.uri().path();
         let body = if path == self.discovery_path {

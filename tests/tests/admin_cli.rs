@@ -246,6 +246,46 @@ fn every_admin_verb_works_through_the_socket() -> anyhow::Result<()> {
     let bundle = admin.json(&["bundle", "show"])?;
     assert_eq!(bundle["keys"][0]["use"], "sig");
 
+    // The issuer as static files, from the running server's keys.
+    let out = dir.path().join("static-issuer");
+    let published = admin.run(&["oidc", "publish", "--out", out.to_str().unwrap_or_default()])?;
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let keys: Value = serde_json::from_slice(&std::fs::read(out.join("keys"))?)?;
+    assert_eq!(keys, bundle, "the published JWKS is the server's");
+    let discovery: Value = serde_json::from_slice(&std::fs::read(
+        out.join(".well-known/openid-configuration"),
+    )?)?;
+    assert_eq!(
+        discovery["jwks_uri"],
+        format!("{}/keys", discovery["issuer"].as_str().unwrap_or_default())
+    );
+
+    // AWS's thumbprint: SHA-1 of the top certificate the issuer's host presents.
+    let issuer = discovery["issuer"].as_str().unwrap_or_default().to_owned();
+    let thumbprint = Command::new(SERVER)
+        .args(["oidc", "thumbprint", "--issuer", &issuer])
+        .output()?;
+    assert!(
+        thumbprint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&thumbprint.stderr)
+    );
+    let pem = std::fs::read(dir.path().join("server/oidc-tls-cert.pem"))?;
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .expect("a certificate")?;
+    let expected: String =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    assert_eq!(String::from_utf8(thumbprint.stdout)?.trim(), expected);
+
     assert!(server.terminate()?);
     // With the server gone, verbs fail in one line naming the socket trouble.
     assert!(!admin.error(&["healthcheck"])?.is_empty());
