@@ -1,5 +1,6 @@
 //! The authority: decides which agent may have which identity, and signs it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +14,8 @@ use crate::entries::RegistrationEntry;
 use crate::keys::{KeyError, KeyManager, KeyManagerError};
 use crate::store::{Datastore, EntryChange, StoreError};
 
+/// How deep entries may nest under an agent through node entries.
+const MAX_NESTING: usize = 8;
 /// Longest accepted audience value; cloud audiences are short URLs or ARNs.
 const MAX_AUDIENCE_LEN: usize = 1024;
 /// Most audiences in one token.
@@ -94,18 +97,48 @@ impl Authority {
         &self.store
     }
 
-    /// The entries `agent` may serve (those parented to it) changed since
-    /// `since`; everything when `since` is 0.
+    /// Every entry `agent` may serve: those parented to it, and those parented
+    /// to the SPIFFE ID of an entry it may serve (node entries), to a bounded depth.
+    pub async fn entries_for_agent(
+        &self,
+        agent: &SpiffeId,
+    ) -> Result<Vec<RegistrationEntry>, StoreError> {
+        let mut found: Vec<RegistrationEntry> = Vec::new();
+        let mut seen_ids = HashSet::new();
+        let mut seen_parents = HashSet::from([agent.clone()]);
+        let mut frontier = vec![agent.clone()];
+        for _ in 0..MAX_NESTING {
+            let mut next = Vec::new();
+            for parent in &frontier {
+                for entry in self.store.entries_by_parent(parent).await? {
+                    if !seen_ids.insert(entry.id.clone()) {
+                        continue;
+                    }
+                    if seen_parents.insert(entry.spiffe_id.clone()) {
+                        next.push(entry.spiffe_id.clone());
+                    }
+                    found.push(entry);
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            frontier = next;
+        }
+        Ok(found)
+    }
+
+    /// What `agent` must change since revision `since` (everything when 0).
     pub async fn entry_update_for_agent(
         &self,
         agent: &SpiffeId,
         since: u64,
     ) -> Result<AgentEntryUpdate, StoreError> {
+        // The revision is read before the entries: a change racing with the
+        // reads below has a higher revision, so the next sync sees it again.
         if since == 0 {
-            // Read the revision first: a change racing with the list below has a
-            // higher revision, so the next incremental sync picks it up.
             let revision = self.store.entry_revision().await?;
-            let upserts = self.store.entries_by_parent(agent).await?;
+            let upserts = self.entries_for_agent(agent).await?;
             return Ok(AgentEntryUpdate {
                 upserts,
                 deleted_ids: Vec::new(),
@@ -118,9 +151,19 @@ impl Authority {
             revision,
             ..AgentEntryUpdate::default()
         };
+        if changes.is_empty() {
+            return Ok(update);
+        }
+        let reachable = self.entries_for_agent(agent).await?;
+        if self.changes_move_subtrees(&changes).await? {
+            update.upserts = reachable;
+            update.full = true;
+            return Ok(update);
+        }
+        let reachable_ids: HashSet<&str> = reachable.iter().map(|e| e.id.as_str()).collect();
         for change in changes {
             match change {
-                EntryChange::Upsert(entry) if &entry.parent_id == agent => {
+                EntryChange::Upsert(entry) if reachable_ids.contains(entry.id.as_str()) => {
                     update.upserts.push(entry)
                 }
                 // Moved to another parent: gone as far as this agent is concerned.
@@ -129,6 +172,27 @@ impl Authority {
             }
         }
         Ok(update)
+    }
+
+    /// True when a change may have moved entries that did not change
+    /// themselves: a deleted entry, or one that other entries hang under.
+    async fn changes_move_subtrees(&self, changes: &[EntryChange]) -> Result<bool, StoreError> {
+        for change in changes {
+            match change {
+                EntryChange::Deleted { .. } => return Ok(true),
+                EntryChange::Upsert(entry) => {
+                    if !self
+                        .store
+                        .entries_by_parent(&entry.spiffe_id)
+                        .await?
+                        .is_empty()
+                    {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// The public keys of the trust domain.
@@ -151,7 +215,15 @@ impl Authority {
         validate_audience(audience)?;
         let entry = match self.store.get_entry(entry_id).await {
             Ok(entry) if &entry.parent_id == agent => entry,
-            Ok(_) | Err(StoreError::NotFound { .. }) => {
+            Ok(entry) => {
+                // Perhaps under one of the agent's node entries.
+                let reachable = self.entries_for_agent(agent).await?;
+                if !reachable.iter().any(|e| e.id == entry.id) {
+                    return Err(MintError::NotAuthorized(entry_id.to_owned()));
+                }
+                entry
+            }
+            Err(StoreError::NotFound { .. }) => {
                 return Err(MintError::NotAuthorized(entry_id.to_owned()));
             }
             Err(e) => return Err(e.into()),
@@ -256,6 +328,77 @@ mod tests {
         let authority =
             Authority::new(td, issuer, Arc::new(keys), store, Duration::from_secs(3600));
         Ok((authority, agent, spec.content_id()))
+    }
+
+    #[tokio::test]
+    async fn node_entries_extend_an_agent_transitively() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (authority, agent, direct) = authority(dir.path()).await?;
+        let td = authority.trust_domain().clone();
+        let spec =
+            |path: &str, parent: &SpiffeId| -> Result<EntrySpec, Box<dyn std::error::Error>> {
+                Ok(EntrySpec::new(
+                    td.id_with_path(path)?,
+                    parent.clone(),
+                    vec![Selector::parse("unix:uid:1")?],
+                    Duration::from_secs(60),
+                ))
+            };
+        let node = td.id_with_path("/node/group")?;
+        let store = authority.store();
+        store
+            .create_entry("node", &spec("/node/group", &agent)?, 1)
+            .await?;
+        store
+            .create_entry("nested", &spec("/nested", &node)?, 2)
+            .await?;
+        let stranger = td.id_with_path("/agent/other")?;
+        store
+            .create_entry("other", &spec("/other", &stranger)?, 3)
+            .await?;
+
+        let mut ids: Vec<String> = authority
+            .entries_for_agent(&agent)
+            .await?
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        ids.sort();
+        let mut expected = vec![direct.clone(), "nested".to_owned(), "node".to_owned()];
+        expected.sort();
+        assert_eq!(ids, expected);
+        let aud = vec!["a".to_owned()];
+        assert!(
+            authority
+                .mint_jwt_svid(&agent, "nested", &aud, SystemTime::now())
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            authority
+                .mint_jwt_svid(&agent, "other", &aud, SystemTime::now())
+                .await,
+            Err(MintError::NotAuthorized(_))
+        ));
+
+        // Moving the node entry away takes its subtree with it, in one sync.
+        let full = authority.entry_update_for_agent(&agent, 0).await?;
+        store
+            .update_entry("node", &spec("/node/group", &stranger)?, 4)
+            .await?;
+        let update = authority
+            .entry_update_for_agent(&agent, full.revision)
+            .await?;
+        assert!(update.full, "a moved node entry forces a full resync");
+        let ids: Vec<&str> = update.upserts.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, vec![direct.as_str()]);
+        assert!(matches!(
+            authority
+                .mint_jwt_svid(&agent, "nested", &aud, SystemTime::now())
+                .await,
+            Err(MintError::NotAuthorized(_))
+        ));
+        Ok(())
     }
 
     #[tokio::test]

@@ -17,7 +17,11 @@ const COLUMNS: &str = "id, spiffe_id, parent_id, selectors, jwt_svid_ttl_seconds
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryChange {
     Upsert(RegistrationEntry),
-    Deleted { id: String, revision: u64 },
+    Deleted {
+        id: String,
+        spiffe_id: SpiffeId,
+        revision: u64,
+    },
 }
 
 /// Narrows `list_entries`; empty fields match everything.
@@ -293,6 +297,7 @@ impl Datastore {
             changes.push(if decoded.deleted {
                 EntryChange::Deleted {
                     revision: decoded.entry.revision,
+                    spiffe_id: decoded.entry.spiffe_id,
                     id: decoded.entry.id,
                 }
             } else {
