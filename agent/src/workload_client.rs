@@ -73,6 +73,39 @@ impl WorkloadClient {
         Ok(Self { socket, client })
     }
 
+    /// A client over a socket connected by someone else (inherited or passed
+    /// in), used for exactly one connection.
+    pub fn over_connected(stream: std::os::unix::net::UnixStream) -> Result<Self, ClientError> {
+        let socket = PathBuf::from("(inherited socket)");
+        stream
+            .set_nonblocking(true)
+            .map_err(|source| SocketError::Io {
+                path: socket.clone(),
+                source,
+            })?;
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(stream)));
+        let channel = tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
+                let taken = slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                async move {
+                    let stream = taken.ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotConnected,
+                            "the inherited connection is gone",
+                        )
+                    })?;
+                    tokio::net::UnixStream::from_std(stream).map(hyper_util::rt::TokioIo::new)
+                }
+            }));
+        Ok(Self {
+            socket,
+            client: SpiffeWorkloadApiClient::new(channel),
+        })
+    }
+
     fn request<T>(body: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(body);
         request.metadata_mut().insert(

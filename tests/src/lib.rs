@@ -37,12 +37,23 @@ pub struct World {
     pub issuer: String,
     pub server: RunningServer,
     pub agent: RunningAgent,
+    server_toml: String,
 }
 
 impl World {
     /// Starts a server whose issuer lives under `issuer_path` (e.g. "/tenant")
     /// with `entries` parented to the local agent, then the agent.
     pub async fn start(issuer_path: &str, entries: &[EntrySpec]) -> anyhow::Result<Self> {
+        Self::start_with_agent_tables(issuer_path, entries, "").await
+    }
+
+    /// As `start`, with `agent_tables` (whole TOML tables, e.g.
+    /// `[workload_attestor]…`) appended to the agent's config.
+    pub async fn start_with_agent_tables(
+        issuer_path: &str,
+        entries: &[EntrySpec],
+        agent_tables: &str,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         // Workload sockets must be reachable by any uid, so the tree is 0755.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
@@ -55,7 +66,7 @@ impl World {
         let config = ServerConfig::from_toml(&server_config, "test server.toml")?;
         let server = lanyard_server::start_with_listener(config, listener).await?;
         let agent_config = format!(
-            "trust_domain = \"{TRUST_DOMAIN}\"\n[server]\nnode_socket = \"{}\"\n[workload_api]\nsocket = \"{}\"\n",
+            "trust_domain = \"{TRUST_DOMAIN}\"\n[server]\nnode_socket = \"{}\"\n[workload_api]\nsocket = \"{}\"\n{agent_tables}",
             server.node_socket.display(),
             dir.path().join("agent/api.sock").display(),
         );
@@ -66,7 +77,20 @@ impl World {
             issuer,
             server,
             agent,
+            server_toml: server_config,
         })
+    }
+
+    /// Stops the server only; the agent keeps running and the server's data
+    /// dir stays, so `ServerDown::restart_server` brings the same server back.
+    pub async fn stop_server(self) -> ServerDown {
+        self.server.shutdown().await;
+        ServerDown {
+            dir: self.dir,
+            issuer: self.issuer,
+            agent: self.agent,
+            server_toml: self.server_toml,
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -86,6 +110,46 @@ impl World {
     pub async fn stop(self) {
         self.agent.shutdown().await;
         self.server.shutdown().await;
+    }
+}
+
+/// A `World` whose server is stopped.
+#[derive(Debug)]
+pub struct ServerDown {
+    pub dir: tempfile::TempDir,
+    pub issuer: String,
+    pub agent: RunningAgent,
+    server_toml: String,
+}
+
+impl ServerDown {
+    pub fn endpoint(&self) -> String {
+        self.agent.endpoint()
+    }
+
+    /// Starts the server again with the same config: same data dir, node
+    /// socket and OIDC port.
+    pub async fn restart_server(self) -> anyhow::Result<World> {
+        let port = self
+            .issuer
+            .strip_prefix("https://127.0.0.1:")
+            .and_then(|rest| rest.split('/').next())
+            .context("issuer is not https://127.0.0.1:<port>")?
+            .parse::<u16>()?;
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let config = ServerConfig::from_toml(&self.server_toml, "test server.toml")?;
+        let server = lanyard_server::start_with_listener(config, listener).await?;
+        Ok(World {
+            dir: self.dir,
+            issuer: self.issuer,
+            server,
+            agent: self.agent,
+            server_toml: self.server_toml,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.agent.shutdown().await;
     }
 }
 
