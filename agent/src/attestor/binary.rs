@@ -82,19 +82,10 @@ impl BinaryInspector {
         }
         // Hashed without the lock: two callers may hash the same file at once,
         // which is cheaper than making every caller wait behind one big file.
-        let mut context = digest::Context::new(&digest::SHA256);
-        let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            let n = file.read(&mut buffer).map_err(read_err)?;
-            if n == 0 {
-                break;
-            }
-            context.update(&buffer[..n]);
-        }
+        let hash = sha256_hex(&mut file).map_err(read_err)?;
         if FileIdentity::of(&file.metadata().map_err(read_err)?) != before {
             return Err(BinaryError::Changed(pid));
         }
-        let hash = hex(context.finish().as_ref());
         self.lock().insert(before, hash.clone());
         Ok(Some(hash))
     }
@@ -112,6 +103,19 @@ impl BinaryInspector {
     #[cfg(test)]
     fn cached_count(&self) -> usize {
         self.lock().len()
+    }
+}
+
+/// Hex SHA-256 of everything `reader` yields: the value of a `unix:sha256` selector.
+pub fn sha256_hex(reader: &mut impl Read) -> std::io::Result<String> {
+    let mut context = digest::Context::new(&digest::SHA256);
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buffer)?;
+        if n == 0 {
+            return Ok(hex(context.finish().as_ref()));
+        }
+        context.update(&buffer[..n]);
     }
 }
 

@@ -1,0 +1,112 @@
+//! `unix:sha256` and `unix:path` selectors through the real socket: an entry
+//! pinned to a binary's hash or path is served to that binary only.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lanyard_agent::attestor::binary::sha256_hex;
+use lanyard_agent::workload_client::WorkloadClient;
+use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World};
+use tonic::Code;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_workload-probe");
+const OTHER_BINARY: &str = env!("CARGO_BIN_EXE_test-lanyard-agent");
+const BY_HASH: &str = "/selectors/by-hash";
+const BY_PATH: &str = "/selectors/by-path";
+
+fn probe_output(binary: &Path, endpoint: &str) -> anyhow::Result<(String, Option<i32>)> {
+    let output = Command::new(binary)
+        .arg("selectors-test")
+        .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
+        .output()?;
+    Ok((
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        output.status.code(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_and_hash_selectors_match_the_right_binary_only() -> anyhow::Result<()> {
+    // A second copy of the probe, one byte longer: another path and another hash.
+    let bin_dir = tempfile::tempdir()?;
+    let copy: PathBuf = bin_dir.path().canonicalize()?.join("workload-probe-copy");
+    std::fs::copy(PROBE, &copy)?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&copy)?
+        .write_all(b"\0")?;
+    let probe_hash = sha256_hex(&mut std::fs::File::open(PROBE)?)?;
+    let copy_hash = sha256_hex(&mut std::fs::File::open(&copy)?)?;
+    assert_ne!(probe_hash, copy_hash);
+
+    let world = World::start_with_agent_tables(
+        "",
+        &[
+            EntrySpec::new(BY_HASH, &[&format!("unix:sha256:{probe_hash}")]),
+            EntrySpec::new(BY_PATH, &[&format!("unix:path:{}", copy.display())]),
+        ],
+        "[workload_attestor]\npath_selectors = true\nsha256_selectors = true\n",
+    )
+    .await?;
+    let endpoint = world.endpoint();
+
+    let (original, original_code) =
+        tokio::task::block_in_place(|| probe_output(Path::new(PROBE), &endpoint))?;
+    assert_eq!(original, format!("ok spiffe://{TRUST_DOMAIN}{BY_HASH}"));
+    assert_eq!(original_code, Some(0));
+
+    let (copied, _) = tokio::task::block_in_place(|| probe_output(&copy, &endpoint))?;
+    assert_eq!(copied, format!("ok spiffe://{TRUST_DOMAIN}{BY_PATH}"));
+
+    // Another binary (the agent's own CLI) matches neither entry.
+    let other = tokio::task::block_in_place(|| {
+        Command::new(OTHER_BINARY)
+            .args([
+                "api",
+                "fetch",
+                "jwt",
+                "--audience",
+                "a",
+                "--socket",
+                &endpoint,
+            ])
+            .output()
+    })?;
+    assert!(!other.status.success());
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(stderr.contains("no identity issued"), "{stderr}");
+
+    // And so does this test binary, same uid as all of the above.
+    let mut raw = WorkloadClient::new(&endpoint)?;
+    let denied = raw.fetch_jwt(vec!["a".to_owned()], None).await;
+    assert_eq!(
+        denied.as_ref().err().and_then(|e| e.code()),
+        Some(Code::PermissionDenied),
+        "{denied:?}"
+    );
+
+    world.stop().await;
+    Ok(())
+}
+
+/// With the binary selectors switched off (the default), entries that need
+/// them match nobody, not even the right binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_selectors_are_off_unless_enabled() -> anyhow::Result<()> {
+    let probe_hash = sha256_hex(&mut std::fs::File::open(PROBE)?)?;
+    let world = World::start(
+        "",
+        &[EntrySpec::new(
+            BY_HASH,
+            &[&format!("unix:sha256:{probe_hash}")],
+        )],
+    )
+    .await?;
+    let endpoint = world.endpoint();
+    let (output, code) = tokio::task::block_in_place(|| probe_output(Path::new(PROBE), &endpoint))?;
+    assert!(output.starts_with("denied"), "{output}");
+    assert_eq!(code, Some(1));
+    world.stop().await;
+    Ok(())
+}
