@@ -5,11 +5,16 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents, UnparsedPublicKey,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use lanyard_proto::{Jwks, SpiffeId};
+use lanyard_proto::{Jwk, Jwks, SpiffeId};
 use serde::Deserialize;
+
+/// What this trust domain signs with (ES256 by default, RS256 for Entra).
+const ALLOWED_ALGORITHMS: [&str; 2] = ["ES256", "RS256"];
 
 /// Tokens larger than this are refused unparsed (AWS caps them at 20,000 chars).
 const MAX_TOKEN_LEN: usize = 20_000;
@@ -89,31 +94,24 @@ pub fn validate(
         return Err(ValidationError::Malformed);
     };
     let header: Header = decode_json(header_b64)?;
-    if header.alg != "ES256" {
+    if !ALLOWED_ALGORITHMS.contains(&header.alg.as_str()) {
         return Err(ValidationError::AlgorithmNotAllowed(header.alg));
     }
     if let Some(typ) = header.typ.filter(|t| t != "JWT" && t != "JOSE") {
         return Err(ValidationError::BadType(typ));
     }
     let kid = header.kid.unwrap_or_default();
+    // The key must be published for exactly this algorithm: no RS/ES confusion.
     let jwk = bundle
         .find(&kid)
-        .filter(|k| k.kty == "EC" && k.crv.as_deref() == Some("P-256"))
+        .filter(|k| k.alg == header.alg)
         .ok_or_else(|| ValidationError::UnknownKey(kid.clone()))?;
-    let mut point = vec![0x04];
-    for coordinate in [&jwk.x, &jwk.y] {
-        let bytes = coordinate
-            .as_deref()
-            .and_then(|c| URL_SAFE_NO_PAD.decode(c).ok())
-            .ok_or_else(|| ValidationError::UnknownKey(kid.clone()))?;
-        point.extend(bytes);
-    }
     let signature = URL_SAFE_NO_PAD
         .decode(signature_b64)
         .map_err(|_| ValidationError::BadSignature)?;
-    let signed_len = header_b64.len() + 1 + claims_b64.len();
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
-        .verify(&token.as_bytes()[..signed_len], &signature)
+    let signed = &token.as_bytes()[..header_b64.len() + 1 + claims_b64.len()];
+    verify_signature(jwk, signed, &signature)
+        .ok_or_else(|| ValidationError::UnknownKey(kid.clone()))?
         .map_err(|_| ValidationError::BadSignature)?;
 
     let claims: serde_json::Map<String, serde_json::Value> = decode_json(claims_b64)?;
@@ -132,6 +130,31 @@ pub fn validate(
     let spiffe_id = SpiffeId::parse(&required.sub)
         .map_err(|_| ValidationError::BadSubject(required.sub.clone()))?;
     Ok(ValidatedJwt { spiffe_id, claims })
+}
+
+/// Verifies with an ES256 or RS256 key; None when the key is not usable as one.
+fn verify_signature(
+    jwk: &Jwk,
+    signed: &[u8],
+    signature: &[u8],
+) -> Option<Result<(), aws_lc_rs::error::Unspecified>> {
+    let field = |f: &Option<String>| f.as_deref().and_then(|v| URL_SAFE_NO_PAD.decode(v).ok());
+    match (jwk.alg.as_str(), jwk.kty.as_str()) {
+        ("ES256", "EC") if jwk.crv.as_deref() == Some("P-256") => {
+            let mut point = vec![0x04];
+            point.extend(field(&jwk.x)?);
+            point.extend(field(&jwk.y)?);
+            Some(UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point).verify(signed, signature))
+        }
+        ("RS256", "RSA") => {
+            let key = RsaPublicKeyComponents {
+                n: field(&jwk.n)?,
+                e: field(&jwk.e)?,
+            };
+            Some(key.verify(&RSA_PKCS1_2048_8192_SHA256, signed, signature))
+        }
+        _ => None,
+    }
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, ValidationError> {
@@ -174,7 +197,7 @@ mod tests {
     #[test]
     fn refuses_disallowed_algorithms_before_looking_at_keys() {
         let bundle = Jwks::default();
-        for alg in ["none", "HS256", "RS256", "ES384"] {
+        for alg in ["none", "HS256", "ES384", "PS256"] {
             let token = format!(
                 "{}.{}.",
                 b64(&format!(r#"{{"alg":"{alg}","kid":"k"}}"#)),
@@ -185,6 +208,65 @@ mod tests {
                 Some(ValidationError::AlgorithmNotAllowed(alg.into()))
             );
         }
+    }
+
+    /// An RS256 token (what Entra needs) verifies with its RSA key, and the
+    /// same key published under another `alg` is refused.
+    #[test]
+    fn rs256_verifies_and_alg_must_match_the_key() -> Result<(), Box<dyn std::error::Error>> {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::rsa::KeySize;
+        use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
+
+        let key = RsaKeyPair::generate(KeySize::Rsa2048)?;
+        let public = key.public_key();
+        let jwk = |alg: &str| Jwk {
+            kty: "RSA".into(),
+            kid: "r1".into(),
+            alg: alg.into(),
+            key_use: "sig".into(),
+            crv: None,
+            x: None,
+            y: None,
+            n: Some(URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero())),
+            e: Some(URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero())),
+        };
+        let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 60;
+        let signed = format!(
+            "{}.{}",
+            b64(r#"{"alg":"RS256","kid":"r1","typ":"JWT"}"#),
+            b64(&format!(
+                r#"{{"sub":"spiffe://example.org/w","aud":"a","exp":{exp}}}"#
+            ))
+        );
+        let mut signature = vec![0; key.public_modulus_len()];
+        key.sign(
+            &RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            signed.as_bytes(),
+            &mut signature,
+        )?;
+        let token = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(&signature));
+
+        let good = Jwks {
+            keys: vec![jwk("RS256")],
+        };
+        let validated = validate(&token, "a", &good, SystemTime::now())?;
+        assert_eq!(validated.spiffe_id.to_string(), "spiffe://example.org/w");
+        let mislabelled = Jwks {
+            keys: vec![jwk("ES256")],
+        };
+        assert_eq!(
+            validate(&token, "a", &mislabelled, SystemTime::now()).err(),
+            Some(ValidationError::UnknownKey("r1".into()))
+        );
+        let mut tampered = token.clone();
+        tampered.replace_range(token.len() - 4.., "AAAA");
+        assert_eq!(
+            validate(&tampered, "a", &good, SystemTime::now()).err(),
+            Some(ValidationError::BadSignature)
+        );
+        Ok(())
     }
 
     #[test]
