@@ -175,21 +175,15 @@ impl Authority {
     }
 
     /// True when a change may have moved entries that did not change
-    /// themselves: a deleted entry, or one that other entries hang under.
+    /// themselves: one that other entries hang under (a node entry).
     async fn changes_move_subtrees(&self, changes: &[EntryChange]) -> Result<bool, StoreError> {
         for change in changes {
-            match change {
-                EntryChange::Deleted { .. } => return Ok(true),
-                EntryChange::Upsert(entry) => {
-                    if !self
-                        .store
-                        .entries_by_parent(&entry.spiffe_id)
-                        .await?
-                        .is_empty()
-                    {
-                        return Ok(true);
-                    }
-                }
+            let spiffe_id = match change {
+                EntryChange::Deleted { spiffe_id, .. } => spiffe_id,
+                EntryChange::Upsert(entry) => &entry.spiffe_id,
+            };
+            if !self.store.entries_by_parent(spiffe_id).await?.is_empty() {
+                return Ok(true);
             }
         }
         Ok(false)

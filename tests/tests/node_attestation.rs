@@ -123,7 +123,7 @@ async fn attested_agents_get_exactly_their_own_identities() -> anyhow::Result<()
         })
         .await?
         .into_inner();
-    assert!(!delta.full);
+    assert!(!delta.full, "{delta:?}");
     assert!(delta.entries.is_empty());
     assert_eq!(delta.deleted_entry_ids, vec![entry_a.clone()]);
 
