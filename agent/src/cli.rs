@@ -26,6 +26,9 @@ pub enum Command {
         /// Path of agent.toml.
         #[arg(long, short, env = "LANYARD_AGENT_CONFIG")]
         config: PathBuf,
+        /// Single-use token to attest with when no agent SVID is stored yet.
+        #[arg(long, env = "LANYARD_JOIN_TOKEN")]
+        join_token: Option<String>,
     },
     /// Talk to a running agent's Workload API as this process.
     #[command(subcommand)]

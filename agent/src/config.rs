@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::attestor::unix::{DEFAULT_MAX_BINARY_BYTES, UnixAttestorConfig};
 
 pub const DEFAULT_SOCKET: &str = "/run/lanyard/agent/api.sock";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/lanyard/agent";
 const DEFAULT_SYNC_INTERVAL_SECONDS: u32 = 5;
 const DEFAULT_REQUEST_TIMEOUT_SECONDS: u32 = 5;
 const DEFAULT_JWT_SVID_CACHE_SIZE: usize = 1000;
@@ -37,11 +38,28 @@ fn invalid(key: &str, message: impl ToString) -> ConfigError {
     }
 }
 
+/// How the agent reaches its server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerConnection {
+    /// A server on this machine, over its local Node API socket.
+    Local { node_socket: PathBuf },
+    /// A server anywhere, over mTLS, after attesting with a join token.
+    Remote {
+        /// `host:port` of the server's mTLS Node API.
+        address: String,
+        /// PEM of the trust domain's CA, which authenticates the server.
+        trust_bundle: PathBuf,
+        /// Used only when no agent SVID is stored in `data_dir` yet.
+        join_token: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub trust_domain: TrustDomain,
-    /// The server's Node API socket.
-    pub server_socket: PathBuf,
+    pub server: ServerConnection,
+    /// Where the agent keeps its SVID and key (mode 0700).
+    pub data_dir: PathBuf,
     /// Where the Workload API listens.
     pub socket: PathBuf,
     /// How often entries and bundles are fetched from the server.
@@ -57,6 +75,7 @@ pub struct AgentConfig {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     trust_domain: String,
+    data_dir: Option<PathBuf>,
     server: RawServer,
     #[serde(default)]
     workload_api: RawWorkloadApi,
@@ -68,7 +87,10 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
-    node_socket: PathBuf,
+    node_socket: Option<PathBuf>,
+    address: Option<String>,
+    trust_bundle: Option<PathBuf>,
+    join_token: Option<String>,
     request_timeout_seconds: Option<u32>,
 }
 
@@ -113,8 +135,53 @@ impl AgentConfig {
         if !socket.is_absolute() {
             return Err(invalid("workload_api.socket", "must be an absolute path"));
         }
-        if !raw.server.node_socket.is_absolute() {
-            return Err(invalid("server.node_socket", "must be an absolute path"));
+        let server = match (raw.server.node_socket, raw.server.address) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "server.address",
+                    "give either server.node_socket or server.address, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "server",
+                    "needs node_socket (a local server) or address (a remote one)",
+                ));
+            }
+            (Some(node_socket), None) => {
+                if !node_socket.is_absolute() {
+                    return Err(invalid("server.node_socket", "must be an absolute path"));
+                }
+                ServerConnection::Local { node_socket }
+            }
+            (None, Some(address)) => {
+                if address
+                    .rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+                {
+                    return Err(invalid(
+                        "server.address",
+                        format!("{address:?} is not host:port"),
+                    ));
+                }
+                let trust_bundle = raw.server.trust_bundle.ok_or_else(|| {
+                    invalid(
+                        "server.trust_bundle",
+                        "is required with server.address: the server is never trusted on first use",
+                    )
+                })?;
+                ServerConnection::Remote {
+                    address,
+                    trust_bundle,
+                    join_token: raw.server.join_token.filter(|t| !t.is_empty()),
+                }
+            }
+        };
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if !data_dir.is_absolute() {
+            return Err(invalid("data_dir", "must be an absolute path"));
         }
         let interval = raw
             .sync_interval_seconds
@@ -157,7 +224,8 @@ impl AgentConfig {
         }
         Ok(Self {
             trust_domain,
-            server_socket: raw.server.node_socket,
+            server,
+            data_dir,
             socket,
             sync_interval: Duration::from_secs(interval.into()),
             server_timeout: Duration::from_secs(timeout.into()),
@@ -185,6 +253,22 @@ mod tests {
         assert_eq!(config.sync_interval, Duration::from_secs(5));
         assert_eq!(config.server_timeout, Duration::from_secs(5));
         assert_eq!(config.workload_attestor, UnixAttestorConfig::default());
+        Ok(())
+    }
+
+    #[test]
+    fn remote_server_needs_a_trust_bundle() -> Result<(), ConfigError> {
+        let text = "trust_domain = \"example.org\"\ndata_dir = \"/var/lib/a\"\n[server]\naddress = \"server:8081\"\ntrust_bundle = \"/etc/lanyard/ca.pem\"\njoin_token = \"abc\"\n";
+        let config = AgentConfig::from_toml(text, "agent.toml")?;
+        assert_eq!(
+            config.server,
+            ServerConnection::Remote {
+                address: "server:8081".into(),
+                trust_bundle: "/etc/lanyard/ca.pem".into(),
+                join_token: Some("abc".into()),
+            }
+        );
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/a"));
         Ok(())
     }
 
@@ -221,6 +305,22 @@ mod tests {
                 "config key `sync_interval_seconds`",
             ),
             (format!("colour = 1\n{GOOD}"), "unknown field `colour`"),
+            (
+                format!("{GOOD}address = \"server:8081\"\n"),
+                "config key `server.address`",
+            ),
+            (
+                "trust_domain = \"example.org\"\n[server]\naddress = \"server:8081\"\n".to_owned(),
+                "config key `server.trust_bundle`",
+            ),
+            (
+                "trust_domain = \"example.org\"\n[server]\naddress = \"server\"\ntrust_bundle = \"/ca.pem\"\n".to_owned(),
+                "config key `server.address`",
+            ),
+            (
+                "trust_domain = \"example.org\"\n[server]\n".to_owned(),
+                "config key `server`",
+            ),
             (
                 format!("{GOOD}request_timeout_seconds = 0\n"),
                 "config key `server.request_timeout_seconds`",

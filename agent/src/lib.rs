@@ -8,6 +8,7 @@ pub mod jwt_issuer;
 pub mod jwt_validate;
 pub mod lru;
 pub mod node_client;
+pub mod node_identity;
 pub mod reachability;
 pub mod server_client;
 pub mod state;
@@ -24,8 +25,9 @@ use tokio::task::JoinSet;
 
 use crate::attestor::peer;
 use crate::attestor::unix::UnixAttestor;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, ServerConnection};
 use crate::jwt_issuer::JwtSvidIssuer;
+use crate::node_client::ServerEndpoint;
 use crate::reachability::Reachability;
 use crate::server_client::ServerClient;
 use crate::state::SyncedState;
@@ -42,6 +44,10 @@ pub enum AgentError {
     Socket(#[from] SocketError),
     #[error("Workload API stopped: {0}")]
     Serve(String),
+    #[error(transparent)]
+    Node(#[from] node_client::NodeClientError),
+    #[error(transparent)]
+    Identity(#[from] node_identity::NodeIdentityError),
 }
 
 #[derive(Debug)]
@@ -79,7 +85,34 @@ impl RunningAgent {
 /// Syncs once with the server (so a running agent can answer at once), then
 /// serves the Workload API and keeps syncing.
 pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
-    let server = ServerClient::new(&config.server_socket);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let server = match &config.server {
+        ServerConnection::Local { node_socket } => ServerClient::local(node_socket),
+        ServerConnection::Remote {
+            address,
+            trust_bundle,
+            join_token,
+        } => {
+            let endpoint = ServerEndpoint::new(address, trust_bundle)?;
+            let creds =
+                node_identity::establish(&endpoint, &config.data_dir, join_token.as_deref())
+                    .await?;
+            let client = ServerClient::over(node_client::channel(&endpoint, Some(&creds))?);
+            let renewal = node_identity::renew_forever(
+                endpoint,
+                config.data_dir.clone(),
+                creds,
+                client.clone(),
+                shutdown_rx.clone(),
+            );
+            tasks.spawn(async move {
+                renewal.await;
+                Ok(())
+            });
+            client
+        }
+    };
     let state = Arc::new(SyncedState::default());
     let reachability = Arc::new(Reachability::default());
     match state.sync_once(&server).await {
@@ -102,8 +135,6 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let service =
         WorkloadService::new(state.clone(), issuer, attestor, config.trust_domain.clone());
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
     let sync_shutdown = shutdown_rx.clone();
     let interval = config.sync_interval;
     tasks.spawn(async move {

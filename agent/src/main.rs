@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use lanyard_agent::cli::{self, Cli, Command};
-use lanyard_agent::config::AgentConfig;
+use lanyard_agent::config::{AgentConfig, ServerConnection};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -25,8 +25,19 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config } => {
-            let config = AgentConfig::load(&config)?;
+        Command::Run { config, join_token } => {
+            let mut config = AgentConfig::load(&config)?;
+            match (join_token, &mut config.server) {
+                (Some(token), ServerConnection::Remote { join_token, .. }) => {
+                    *join_token = Some(token)
+                }
+                (Some(_), ServerConnection::Local { .. }) => {
+                    anyhow::bail!(
+                        "--join-token is for a remote server (server.address); this config names server.node_socket"
+                    )
+                }
+                (None, _) => {}
+            }
             let mut agent = lanyard_agent::start(config).await?;
             tokio::select! {
                 result = agent.wait() => result.context("agent stopped")?,

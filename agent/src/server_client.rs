@@ -1,6 +1,7 @@
 //! The agent's client of the server's Node API.
 
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use lanyard_proto::Jwks;
 use lanyard_proto::node::node_client::NodeClient;
@@ -18,23 +19,45 @@ pub enum ServerClientError {
     BadJwks(#[from] serde_json::Error),
 }
 
+/// Cheap to clone; every clone sees a channel swapped in by
+/// [`replace_channel`](Self::replace_channel) (after an SVID renewal).
 #[derive(Debug, Clone)]
 pub struct ServerClient {
-    node: NodeClient<Channel>,
+    node: Arc<RwLock<NodeClient<Channel>>>,
 }
 
 impl ServerClient {
-    pub fn new(node_socket: &Path) -> Self {
+    /// A server on this machine, over its local Node API socket.
+    pub fn local(node_socket: &Path) -> Self {
+        Self::over(unix_channel(node_socket))
+    }
+
+    pub fn over(channel: Channel) -> Self {
         Self {
-            node: NodeClient::new(unix_channel(node_socket)),
+            node: Arc::new(RwLock::new(NodeClient::new(channel))),
+        }
+    }
+
+    pub fn replace_channel(&self, channel: Channel) {
+        let client = NodeClient::new(channel);
+        match self.node.write() {
+            Ok(mut guard) => *guard = client,
+            Err(poisoned) => *poisoned.into_inner() = client,
+        }
+    }
+
+    /// The current client; the lock is never held across a call.
+    fn node(&self) -> NodeClient<Channel> {
+        match self.node.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
     /// Every entry this agent may serve, and the revision they are as of.
     pub async fn sync_entries(&self) -> Result<(Vec<Entry>, u64), ServerClientError> {
         let response = self
-            .node
-            .clone()
+            .node()
             .sync_entries(SyncEntriesRequest { since_revision: 0 })
             .await?
             .into_inner();
@@ -43,8 +66,7 @@ impl ServerClient {
 
     pub async fn jwt_bundle(&self) -> Result<Jwks, ServerClientError> {
         let response = self
-            .node
-            .clone()
+            .node()
             .get_jwt_bundle(GetJwtBundleRequest {})
             .await?
             .into_inner();
@@ -57,8 +79,7 @@ impl ServerClient {
         audience: &[String],
     ) -> Result<MintJwtSvidResponse, tonic::Status> {
         Ok(self
-            .node
-            .clone()
+            .node()
             .mint_jwt_svid(MintJwtSvidRequest {
                 entry_id: entry_id.to_owned(),
                 audience: audience.to_vec(),

@@ -1,0 +1,100 @@
+//! The agent's own identity towards a remote server: the stored X.509 SVID,
+//! or a fresh attestation with a join token when there is none; then renewal
+//! at half-life for as long as the agent runs.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use crate::node_client::{self, AgentCredentials, NodeClientError, ServerEndpoint};
+use crate::server_client::ServerClient;
+
+/// After a failed renewal, try again this soon (the SVID is still valid).
+const RENEW_RETRY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeIdentityError {
+    #[error(transparent)]
+    Node(#[from] NodeClientError),
+    #[error("no agent SVID in {0} and no join token: give server.join_token or --join-token")]
+    NotAttested(PathBuf),
+    #[error("the agent SVID in {0} has expired and no join token was given to attest again")]
+    Expired(PathBuf),
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The stored credentials when still valid, else a new attestation with
+/// `join_token` (saved before it is used). A stored SVID wins over a token,
+/// so restarting with the same config never burns a token twice.
+pub async fn establish(
+    server: &ServerEndpoint,
+    data_dir: &Path,
+    join_token: Option<&str>,
+) -> Result<AgentCredentials, NodeIdentityError> {
+    let stored = AgentCredentials::load(data_dir)?;
+    match (stored, join_token) {
+        (Some(creds), _) if creds.expires_at > now() => {
+            tracing::info!(agent = %creds.spiffe_id, "using the stored agent SVID");
+            Ok(creds)
+        }
+        (stored, Some(token)) => {
+            let creds = node_client::attest(server, token).await?;
+            creds.save(data_dir)?;
+            let action = if stored.is_some() {
+                "re-attested"
+            } else {
+                "attested"
+            };
+            tracing::info!(agent = %creds.spiffe_id, "{action} with a join token");
+            Ok(creds)
+        }
+        (Some(_), None) => Err(NodeIdentityError::Expired(data_dir.to_owned())),
+        (None, None) => Err(NodeIdentityError::NotAttested(data_dir.to_owned())),
+    }
+}
+
+/// Renews the SVID at half its remaining life, saves it, and points `client`
+/// at a channel that presents it; until `shutdown` changes.
+pub async fn renew_forever(
+    server: ServerEndpoint,
+    data_dir: PathBuf,
+    mut creds: AgentCredentials,
+    client: ServerClient,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut wait = half_life(&creds);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+        let renewed = node_client::renew(&server, &creds).await.and_then(|new| {
+            new.save(&data_dir)?;
+            let channel = node_client::channel(&server, Some(&new))?;
+            Ok((new, channel))
+        });
+        match renewed {
+            Ok((new, channel)) => {
+                client.replace_channel(channel);
+                creds = new;
+                wait = half_life(&creds);
+                tracing::info!(agent = %creds.spiffe_id, expires_at = creds.expires_at, "renewed the agent SVID");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the agent SVID failed; retrying");
+                wait = RENEW_RETRY;
+            }
+        }
+    }
+}
+
+fn half_life(creds: &AgentCredentials) -> Duration {
+    let remaining = u64::try_from(creds.expires_at - now()).unwrap_or(0);
+    Duration::from_secs(remaining / 2).max(Duration::from_secs(1))
+}

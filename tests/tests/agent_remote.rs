@@ -1,0 +1,163 @@
+//! An agent on its own, as in production: the real binaries, a join token
+//! from `lanyard-server token generate`, mTLS to the server, an SVID kept in
+//! the agent's data dir across restarts, and eviction taking effect.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lanyard_tests::my_uid;
+use lanyard_tests::process::Daemon;
+use serde_json::Value;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_test-lanyard-server");
+const AGENT: &str = env!("CARGO_BIN_EXE_test-lanyard-agent");
+const PROBE: &str = env!("CARGO_BIN_EXE_workload-probe");
+const AGENT_ID: &str = "spiffe://example.org/node/n1";
+
+fn admin(dir: &Path, args: &[&str]) -> anyhow::Result<Value> {
+    let output = Command::new(SERVER)
+        .args(args)
+        .args([
+            "--socket",
+            dir.join("server/admin.sock").to_str().unwrap_or_default(),
+            "--output",
+            "json",
+        ])
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs the probe until it prints `want` (the agent syncs every second), or gives up.
+fn probe_until(endpoint: &str, want: &str) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = Command::new(PROBE)
+            .arg("remote-aud")
+            .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
+            .output()?;
+        let said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        if said.starts_with(want) {
+            return Ok(said);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "probe never said {want:?}; last: {said}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn agent_attests_once_and_survives_restarts_until_evicted() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (oidc_port, node_port) = (free_port()?, free_port()?);
+    let server_toml = dir.path().join("server.toml");
+    std::fs::write(
+        &server_toml,
+        format!(
+            "trust_domain = \"example.org\"\nissuer = \"https://127.0.0.1:{oidc_port}\"\ndata_dir = \"{}\"\n\
+             [oidc]\nlisten = \"127.0.0.1:{oidc_port}\"\n[node_api]\nlisten = \"127.0.0.1:{node_port}\"\n",
+            dir.path().join("server").display()
+        ),
+    )?;
+    let mut command = Command::new(SERVER);
+    command
+        .args(["run", "--config", server_toml.to_str().unwrap_or_default()])
+        .env("RUST_LOG", "info");
+    let server = Daemon::start(command, "lanyard-server", "lanyard-server is serving")?;
+
+    let token = admin(dir.path(), &["token", "generate", "--spiffe-id", AGENT_ID])?;
+    let token = token["token"].as_str().unwrap_or_default().to_owned();
+    let agent_dir = dir.path().join("agent");
+    let socket = dir.path().join("agent-socket/api.sock");
+    let agent_toml = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_toml,
+        format!(
+            "trust_domain = \"example.org\"\ndata_dir = \"{}\"\nsync_interval_seconds = 1\n\
+             [server]\naddress = \"127.0.0.1:{node_port}\"\ntrust_bundle = \"{}\"\n[workload_api]\nsocket = \"{}\"\n",
+            agent_dir.display(),
+            dir.path().join("server/ca/ca-cert.pem").display(),
+            socket.display()
+        ),
+    )?;
+    let start_agent = |join_token: Option<&str>| {
+        let mut command = Command::new(AGENT);
+        command
+            .args(["run", "--config", agent_toml.to_str().unwrap_or_default()])
+            .env("RUST_LOG", "info");
+        if let Some(token) = join_token {
+            command.args(["--join-token", token]);
+        }
+        Daemon::start(command, "lanyard-agent", "Workload API listening")
+    };
+
+    // No SVID and no token: a clear refusal, not a hang.
+    let refused = Command::new(AGENT)
+        .args(["run", "--config", agent_toml.to_str().unwrap_or_default()])
+        .output()?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("join token"));
+
+    let agent = start_agent(Some(&token))?;
+    let agents = admin(dir.path(), &["agent", "list"])?;
+    assert_eq!(agents[0]["spiffe_id"], AGENT_ID);
+    admin(
+        dir.path(),
+        &[
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/remote",
+            "--parent-id",
+            AGENT_ID,
+            "-s",
+            &format!("unix:uid:{}", my_uid()),
+        ],
+    )?;
+    let endpoint = format!("unix://{}", socket.display());
+    assert_eq!(
+        probe_until(&endpoint, "ok")?,
+        "ok spiffe://example.org/remote"
+    );
+    let key = agent_dir.join("agent-key.pem");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key)?.permissions()) & 0o777,
+        0o600
+    );
+    assert!(agent.terminate()?);
+
+    // A restart uses the stored SVID: no token (the used one would be refused anyway).
+    let agent = start_agent(None)?;
+    assert_eq!(
+        probe_until(&endpoint, "ok")?,
+        "ok spiffe://example.org/remote"
+    );
+
+    // Evicted: the server refuses the agent; a new identity cannot be minted.
+    admin(dir.path(), &["agent", "evict", AGENT_ID])?;
+    let denied = Command::new(PROBE)
+        .arg("a-new-audience")
+        .env("SPIFFE_ENDPOINT_SOCKET", &endpoint)
+        .output()?;
+    let said = String::from_utf8_lossy(&denied.stdout);
+    assert!(
+        !denied.status.success(),
+        "evicted agent still minted: {said}"
+    );
+    assert!(agent.terminate()?);
+    assert!(server.terminate()?);
+    Ok(())
+}
