@@ -23,6 +23,11 @@ pub struct EntrySpec {
 }
 
 impl EntrySpec {
+    /// An entry at `path` for every process of this test's uid.
+    pub fn mine(path: &str) -> Self {
+        Self::new(path, &[&format!("unix:uid:{}", my_uid())])
+    }
+
     pub fn new(path: &str, selectors: &[&str]) -> Self {
         Self {
             spiffe_id: format!("spiffe://{TRUST_DOMAIN}{path}"),

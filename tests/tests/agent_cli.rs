@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid};
+use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World};
 use serde_json::Value;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_test-lanyard-agent");
@@ -34,14 +34,7 @@ fn stderr(output: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundle_validate_and_healthcheck_verbs() -> anyhow::Result<()> {
-    let world = World::start(
-        "",
-        &[EntrySpec::new(
-            WORKLOAD_PATH,
-            &[&format!("unix:uid:{}", my_uid())],
-        )],
-    )
-    .await?;
+    let world = World::start("", &[EntrySpec::mine(WORKLOAD_PATH)]).await?;
     let endpoint = world.endpoint();
     let expected_id = format!("spiffe://{TRUST_DOMAIN}{WORKLOAD_PATH}");
     tokio::task::block_in_place(|| -> anyhow::Result<()> {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use lanyard_agent::workload_client::WorkloadClient;
-use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid};
+use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World};
 use spiffe::{TrustDomain, WorkloadApiClient};
 use tonic::Code;
 
@@ -17,14 +17,7 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_tokens_outlive_a_server_outage_and_service_resumes() -> anyhow::Result<()> {
-    let world = World::start(
-        "",
-        &[EntrySpec::new(
-            WORKLOAD_PATH,
-            &[&format!("unix:uid:{}", my_uid())],
-        )],
-    )
-    .await?;
+    let world = World::start("", &[EntrySpec::mine(WORKLOAD_PATH)]).await?;
     let client = WorkloadApiClient::connect_to(world.endpoint()).await?;
     let first = client.fetch_jwt_svid(["cached"], None).await?;
     assert_eq!(

@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid};
+use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World};
 
 const HANDOFF: &str = env!("CARGO_BIN_EXE_handoff-probe");
 const WORKLOAD_PATH: &str = "/pid-reuse/workload";
@@ -26,14 +26,7 @@ fn handoff(endpoint: &str, parent_waits: bool) -> anyhow::Result<(String, Option
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_outliving_its_process_gets_no_identity() -> anyhow::Result<()> {
-    let world = World::start(
-        "",
-        &[EntrySpec::new(
-            WORKLOAD_PATH,
-            &[&format!("unix:uid:{}", my_uid())],
-        )],
-    )
-    .await?;
+    let world = World::start("", &[EntrySpec::mine(WORKLOAD_PATH)]).await?;
     let endpoint = world.endpoint();
 
     // Control: the same handoff while the connecting process is alive works.

@@ -19,7 +19,7 @@ const WORKLOAD_PATH: &str = "/e2e/workload";
 const AUDIENCE: &str = "sts.example.test";
 
 fn my_entry() -> EntrySpec {
-    EntrySpec::new(WORKLOAD_PATH, &[&format!("unix:uid:{}", my_uid())])
+    EntrySpec::mine(WORKLOAD_PATH)
 }
 
 fn now() -> i64 {
