@@ -59,6 +59,17 @@ impl World {
         entries: &[EntrySpec],
         agent_tables: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with_agent_config(issuer_path, entries, "", agent_tables).await
+    }
+
+    /// As `start`, with `agent_top` (top-level keys, e.g. `sync_interval_seconds = 1`)
+    /// and `agent_tables` added to the agent's config.
+    pub async fn start_with_agent_config(
+        issuer_path: &str,
+        entries: &[EntrySpec],
+        agent_top: &str,
+        agent_tables: &str,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         // Workload sockets must be reachable by any uid, so the tree is 0755.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
@@ -71,7 +82,7 @@ impl World {
         let config = ServerConfig::from_toml(&server_config, "test server.toml")?;
         let server = lanyard_server::start_with_listener(config, listener).await?;
         let agent_config = format!(
-            "trust_domain = \"{TRUST_DOMAIN}\"\n[server]\nnode_socket = \"{}\"\n[workload_api]\nsocket = \"{}\"\n{agent_tables}",
+            "trust_domain = \"{TRUST_DOMAIN}\"\n{agent_top}\n[server]\nnode_socket = \"{}\"\n[workload_api]\nsocket = \"{}\"\n{agent_tables}",
             server.node_socket.display(),
             dir.path().join("agent/api.sock").display(),
         );
