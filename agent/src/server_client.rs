@@ -6,7 +6,8 @@ use std::sync::{Arc, RwLock};
 use lanyard_proto::Jwks;
 use lanyard_proto::node::node_client::NodeClient;
 use lanyard_proto::node::{
-    Entry, GetJwtBundleRequest, MintJwtSvidRequest, MintJwtSvidResponse, SyncEntriesRequest,
+    GetJwtBundleRequest, MintJwtSvidRequest, MintJwtSvidResponse, SyncEntriesRequest,
+    SyncEntriesResponse,
 };
 use lanyard_proto::transport::unix_channel;
 use tonic::transport::Channel;
@@ -54,14 +55,16 @@ impl ServerClient {
         }
     }
 
-    /// Every entry this agent may serve, and the revision they are as of.
-    pub async fn sync_entries(&self) -> Result<(Vec<Entry>, u64), ServerClientError> {
-        let response = self
+    /// What changed in this agent's entries since `since_revision` (everything when 0).
+    pub async fn sync_entries(
+        &self,
+        since_revision: u64,
+    ) -> Result<SyncEntriesResponse, ServerClientError> {
+        Ok(self
             .node()
-            .sync_entries(SyncEntriesRequest { since_revision: 0 })
+            .sync_entries(SyncEntriesRequest { since_revision })
             .await?
-            .into_inner();
-        Ok((response.entries, response.revision))
+            .into_inner())
     }
 
     pub async fn jwt_bundle(&self) -> Result<Jwks, ServerClientError> {

@@ -1,6 +1,7 @@
 //! What the agent knows from the server: its entries and the trust bundle,
 //! kept fresh by a sync loop.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ impl AgentEntry {
 #[derive(Debug)]
 pub struct SyncedState {
     entries: RwLock<Arc<Vec<AgentEntry>>>,
+    /// The entry revision `entries` is as of; 0 before the first sync.
+    revision: AtomicU64,
     bundle: watch::Sender<Option<Arc<Jwks>>>,
 }
 
@@ -35,6 +38,7 @@ impl Default for SyncedState {
     fn default() -> Self {
         Self {
             entries: RwLock::new(Arc::new(Vec::new())),
+            revision: AtomicU64::new(0),
             bundle: watch::channel(None).0,
         }
     }
@@ -60,6 +64,13 @@ impl SyncedState {
         self.bundle.subscribe()
     }
 
+    fn entries_snapshot(&self) -> Arc<Vec<AgentEntry>> {
+        match self.entries.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     fn replace_entries(&self, entries: Vec<AgentEntry>) {
         let entries = Arc::new(entries);
         match self.entries.write() {
@@ -80,14 +91,19 @@ impl SyncedState {
 
     /// Fetches entries and bundle from the server once.
     pub async fn sync_once(&self, server: &ServerClient) -> Result<usize, ServerClientError> {
-        let (raw_entries, _revision) = server.sync_entries().await?;
-        let mut entries = Vec::with_capacity(raw_entries.len());
-        for raw in raw_entries {
+        let since = self.revision.load(Ordering::Acquire);
+        let mut response = server.sync_entries(since).await?;
+        if !response.full && response.revision < since {
+            // The server's history is older than ours (a restored datastore): start over.
+            response = server.sync_entries(0).await?;
+        }
+        let mut upserts = Vec::with_capacity(response.entries.len());
+        for raw in response.entries {
             let spiffe_id = SpiffeId::parse(&raw.spiffe_id);
             let selectors: Result<Vec<Selector>, _> =
                 raw.selectors.iter().map(|s| Selector::parse(s)).collect();
             match (spiffe_id, selectors) {
-                (Ok(spiffe_id), Ok(selectors)) => entries.push(AgentEntry {
+                (Ok(spiffe_id), Ok(selectors)) => upserts.push(AgentEntry {
                     id: raw.id,
                     spiffe_id,
                     selectors,
@@ -95,8 +111,19 @@ impl SyncedState {
                 _ => tracing::warn!(entry = raw.id, "server sent a malformed entry; ignoring it"),
             }
         }
+        let entries = if response.full {
+            upserts
+        } else {
+            let mut entries: Vec<AgentEntry> = self.entries_snapshot().as_ref().clone();
+            entries.retain(|e| {
+                !response.deleted_entry_ids.contains(&e.id) && !upserts.iter().any(|u| u.id == e.id)
+            });
+            entries.extend(upserts);
+            entries
+        };
         let count = entries.len();
         self.replace_entries(entries);
+        self.revision.store(response.revision, Ordering::Release);
         self.replace_bundle(server.jwt_bundle().await?);
         Ok(count)
     }
