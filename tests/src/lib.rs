@@ -195,6 +195,50 @@ pub fn https_client_trusting(cert_path: &Path) -> anyhow::Result<reqwest::Client
         .build()?)
 }
 
+/// Datastore URLs every server-level e2e test runs against: a SQLite file in
+/// `dir`, and a fresh PostgreSQL database when `LANYARD_TEST_POSTGRES_URL`
+/// names a server (CI always does; elsewhere it is skipped with a note).
+pub async fn datastore_urls(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut urls = vec![format!(
+        "sqlite://{}?mode=rwc",
+        dir.join("e2e.sqlite3").display()
+    )];
+    match std::env::var("LANYARD_TEST_POSTGRES_URL") {
+        Ok(base) => {
+            sqlx::any::install_default_drivers();
+            let admin = sqlx::any::AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&base)
+                .await?;
+            let name = format!(
+                "lanyard_e2e_{}_{}",
+                std::process::id(),
+                dir.file_name()
+                    .map(|n| n
+                        .to_string_lossy()
+                        .to_lowercase()
+                        .replace(|c: char| !c.is_ascii_alphanumeric(), ""))
+                    .unwrap_or_default()
+            );
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&admin)
+                .await?;
+            admin.close().await;
+            let (prefix, _) = base
+                .rsplit_once('/')
+                .context("LANYARD_TEST_POSTGRES_URL has no database path")?;
+            urls.push(format!("{prefix}/{name}"));
+        }
+        Err(_) if std::env::var_os("CI").is_some() => {
+            anyhow::bail!(
+                "CI is set but LANYARD_TEST_POSTGRES_URL is not: PostgreSQL tests must run in CI"
+            )
+        }
+        Err(_) => eprintln!("PostgreSQL e2e run skipped: LANYARD_TEST_POSTGRES_URL is not set"),
+    }
+    Ok(urls)
+}
+
 /// The effective uid of this process.
 pub fn my_uid() -> u32 {
     nix::unistd::geteuid().as_raw()

@@ -14,12 +14,12 @@ use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::Channel;
 
-async fn start_server(dir: &std::path::Path) -> anyhow::Result<RunningServer> {
+async fn start_server(dir: &std::path::Path, datastore_url: &str) -> anyhow::Result<RunningServer> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let text = format!(
         "trust_domain = \"example.org\"\nissuer = \"https://127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\
-         [node_api]\nlisten = \"127.0.0.1:0\"\n",
+         [node_api]\nlisten = \"127.0.0.1:0\"\n[datastore]\nurl = \"{datastore_url}\"\n",
         dir.join("server").display()
     );
     Ok(
@@ -66,10 +66,19 @@ async fn mint(client: &mut NodeClient<Channel>, entry_id: &str) -> Result<String
     Ok(client.mint_jwt_svid(request).await?.into_inner().spiffe_id)
 }
 
+/// Against SQLite, and against PostgreSQL where one is configured (always in CI).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attested_agents_get_exactly_their_own_identities() -> anyhow::Result<()> {
+    let urls_dir = tempfile::tempdir()?;
+    for url in lanyard_tests::datastore_urls(urls_dir.path()).await? {
+        attested_agents_scenario(&url).await?;
+    }
+    Ok(())
+}
+
+async fn attested_agents_scenario(datastore_url: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = start_server(dir.path()).await?;
+    let server = start_server(dir.path(), datastore_url).await?;
     let endpoint = ServerEndpoint::new(
         &server.node_addr.expect("mTLS Node API enabled").to_string(),
         &server.ca_bundle,
@@ -185,8 +194,9 @@ async fn attested_agents_get_exactly_their_own_identities() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_from_another_trust_domain_is_not_trusted() -> anyhow::Result<()> {
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let server_a = start_server(dir_a.path()).await?;
-    let server_b = start_server(dir_b.path()).await?;
+    let sqlite = |dir: &std::path::Path| format!("sqlite://{}/db.sqlite3?mode=rwc", dir.display());
+    let server_a = start_server(dir_a.path(), &sqlite(dir_a.path())).await?;
+    let server_b = start_server(dir_b.path(), &sqlite(dir_b.path())).await?;
     // Server B's address with server A's CA as the trust bundle.
     let wrong = ServerEndpoint::new(
         &server_b.node_addr.expect("enabled").to_string(),
