@@ -2,6 +2,7 @@
 //! join tokens are single use; an agent syncs and mints only its own entries;
 //! a superseded or evicted SVID is refused; no client certificate, no service.
 
+use anyhow::Context;
 use lanyard_agent::node_client::{self, AgentCredentials, ServerEndpoint};
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{CreateEntryRequest, EvictAgentRequest, GenerateJoinTokenRequest};
@@ -80,7 +81,10 @@ async fn attested_agents_scenario(datastore_url: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start_server(dir.path(), datastore_url).await?;
     let endpoint = ServerEndpoint::new(
-        &server.node_addr.expect("mTLS Node API enabled").to_string(),
+        &server
+            .node_addr
+            .context("mTLS Node API enabled")?
+            .to_string(),
         &server.ca_bundle,
     )?;
     let mut admin = AdminClient::new(unix_channel(&server.admin_socket));
@@ -173,7 +177,7 @@ async fn attested_agents_scenario(datastore_url: &str) -> anyhow::Result<()> {
     // Credentials survive a restart of the agent: saved 0600, loaded back.
     let state = dir.path().join("agent");
     creds_a.save(&state)?;
-    let loaded = AgentCredentials::load(&state)?.expect("saved credentials");
+    let loaded = AgentCredentials::load(&state)?.context("saved credentials")?;
     assert_eq!(loaded.spiffe_id, creds_a.spiffe_id);
     let mut reloaded = node(&endpoint, Some(&loaded))?;
     assert!(
