@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lanyard_proto::TrustDomain;
+use lanyard_proto::config_file::{self, ConfigFileError};
 use serde::Deserialize;
 
 use crate::attestor::unix::{DEFAULT_MAX_BINARY_BYTES, UnixAttestorConfig};
@@ -16,17 +17,8 @@ const DEFAULT_JWT_SVID_CACHE_SIZE: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config {origin}, line {line}: {message}")]
-    Parse {
-        origin: String,
-        line: usize,
-        message: String,
-    },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error("config key `{key}`: {message}")]
     Invalid { key: String, message: String },
 }
@@ -111,21 +103,12 @@ struct RawWorkloadAttestor {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = config_file::read(path)?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_owned(),
-            line: e
-                .span()
-                .map_or(1, |span| text[..span.start].matches('\n').count() + 1),
-            message: e.message().trim().replace('\n', "; "),
-        })?;
+        let raw: RawConfig = config_file::parse(text, origin)?;
         let trust_domain =
             TrustDomain::new(&raw.trust_domain).map_err(|e| invalid("trust_domain", e))?;
         let socket = raw

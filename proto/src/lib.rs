@@ -1,6 +1,7 @@
 //! Lanyard's wire contract and the small types that both server and agent share.
 
 pub mod claims;
+pub mod config_file;
 pub mod fsutil;
 pub mod jwks;
 pub mod pem;

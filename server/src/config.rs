@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lanyard_proto::config_file::{self, ConfigFileError};
 use lanyard_proto::{Selector, SpiffeId, TrustDomain};
 use serde::Deserialize;
 
@@ -18,17 +19,8 @@ const JWT_TTL_CEILING_SECONDS: u32 = 48 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config {origin}, line {line}: {message}")]
-    Parse {
-        origin: String,
-        line: usize,
-        message: String,
-    },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error("config key `{key}`: {message}")]
     Invalid { key: String, message: String },
 }
@@ -249,22 +241,13 @@ struct RawEntry {
 
 impl ServerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = config_file::read(path)?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_owned(),
-            line: e
-                .span()
-                .map_or(1, |span| text[..span.start].matches('\n').count() + 1),
-            message: e.message().trim().replace('\n', "; "),
-        })?;
+        let raw: RawConfig = config_file::parse(text, origin)?;
         raw.validate()
     }
 }
