@@ -1,8 +1,17 @@
 //! The trust domain's X.509 certificate authority: it issues agents their
 //! SVIDs (from a CSR, so an agent's key never leaves its node) and the server
-//! its Node API certificate. Key and certificate live in `<data_dir>/ca/`.
+//! its Node API certificate.
+//!
+//! CAs rotate like the JWT keys: each lives a year; two months before the
+//! signing CA expires a successor is generated and published in the trust
+//! bundle, and it starts signing one month later, so every agent (whose SVID
+//! lives at most 30 days and is renewed at half-life) holds the new CA before
+//! it is needed. A CA stays in the bundle until it expires. Each generation is
+//! a key (0600) and a certificate in `<data_dir>/ca/`; `bundle.pem` holds
+//! every published CA certificate for operators to hand to agents.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -15,11 +24,15 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::OffsetDateTime;
 
+use crate::authority::unix_seconds;
 use crate::entries::hex;
 
-const CA_KEY_FILE: &str = "ca-key.pem";
-const CA_CERT_FILE: &str = "ca-cert.pem";
+pub const BUNDLE_FILE: &str = "bundle.pem";
 const CA_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// A successor is generated when the signing CA has this little life left…
+const ROTATE_BEFORE_EXPIRY: Duration = Duration::from_secs(60 * 24 * 3600);
+/// …and signs once the old one has this little left.
+const SWITCH_BEFORE_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Clocks drift: certificates start a little in the past.
 const BACKDATE: Duration = Duration::from_secs(60);
 /// The DNS name in the server's Node API certificate, which agents verify.
@@ -37,6 +50,8 @@ pub enum CaError {
     BadCsr(rcgen::Error),
     #[error("no randomness available")]
     Random,
+    #[error("no CA is valid now; check the server clock")]
+    NoSigningCa,
 }
 
 /// A certificate the CA issued.
@@ -48,10 +63,21 @@ pub struct IssuedCert {
     pub expires_at: i64,
 }
 
-pub struct CertificateAuthority {
+/// One CA key and certificate.
+struct Generation {
+    /// Names its files: `ca-<serial>-key.pem`, `ca-<serial>-cert.pem`.
+    serial: String,
     issuer: Issuer<'static, KeyPair>,
-    cert_der: CertificateDer<'static>,
+    cert: CertificateDer<'static>,
+    not_before: i64,
+    not_after: i64,
+}
+
+pub struct CertificateAuthority {
+    dir: PathBuf,
     trust_domain: TrustDomain,
+    /// Oldest first.
+    generations: RwLock<Vec<Arc<Generation>>>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -75,39 +101,86 @@ fn random_serial() -> Result<(SerialNumber, String), CaError> {
     Ok((SerialNumber::from_slice(&bytes), hex(&bytes)))
 }
 
+fn validity(cert: &[u8]) -> Option<(i64, i64)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let validity = parsed.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
 impl CertificateAuthority {
-    /// Loads the CA from `dir`, creating it on first start.
-    pub fn load_or_generate(dir: &Path, trust_domain: &TrustDomain) -> Result<Self, CaError> {
+    /// Loads every CA generation in `dir` and rotates at `now` (creating the
+    /// first CA on first start).
+    pub fn load_or_generate(
+        dir: &Path,
+        trust_domain: &TrustDomain,
+        now: SystemTime,
+    ) -> Result<Self, CaError> {
         fsutil::ensure_private_dir(dir)?;
-        let key_path = dir.join(CA_KEY_FILE);
-        let cert_path = dir.join(CA_CERT_FILE);
+        let mut generations = Vec::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| CaError::Invalid {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(serial) = name
+                .strip_prefix("ca-")
+                .and_then(|n| n.strip_suffix("-key.pem"))
+            {
+                generations.push(Arc::new(Self::load_generation(dir, serial)?));
+            }
+        }
+        generations.sort_by_key(|g| g.not_before);
+        let ca = Self {
+            dir: dir.to_owned(),
+            trust_domain: trust_domain.clone(),
+            generations: RwLock::new(generations),
+        };
+        ca.rotate(now)?;
+        Ok(ca)
+    }
+
+    fn load_generation(dir: &Path, serial: &str) -> Result<Generation, CaError> {
+        let key_path = dir.join(format!("ca-{serial}-key.pem"));
+        let cert_path = dir.join(format!("ca-{serial}-cert.pem"));
         let invalid = |path: &Path, message: String| CaError::Invalid {
             path: path.display().to_string(),
             message,
         };
-        if let Some(key_pem) = fsutil::read_private_file(&key_path)? {
-            let key_pem =
-                String::from_utf8(key_pem).map_err(|e| invalid(&key_path, e.to_string()))?;
-            let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, e.to_string()))?;
-            let cert_pem = std::fs::read_to_string(&cert_path)
-                .map_err(|e| invalid(&cert_path, e.to_string()))?;
-            let cert_der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-                .next()
-                .and_then(Result::ok)
-                .ok_or_else(|| invalid(&cert_path, "no CERTIFICATE block".into()))?;
-            let issuer = Issuer::from_ca_cert_der(&cert_der, key)
-                .map_err(|e| invalid(&cert_path, e.to_string()))?;
-            return Ok(Self {
-                issuer,
-                cert_der,
-                trust_domain: trust_domain.clone(),
-            });
-        }
+        let key_pem = fsutil::read_private_file(&key_path)?
+            .ok_or_else(|| invalid(&key_path, "missing".into()))?;
+        let key_pem = String::from_utf8(key_pem).map_err(|e| invalid(&key_path, e.to_string()))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, e.to_string()))?;
+        let cert_pem = std::fs::read(&cert_path).map_err(|e| invalid(&cert_path, e.to_string()))?;
+        let cert = rustls_pemfile::certs(&mut cert_pem.as_slice())
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| invalid(&cert_path, "no CERTIFICATE block".into()))?;
+        let (not_before, not_after) =
+            validity(&cert).ok_or_else(|| invalid(&cert_path, "unparsable certificate".into()))?;
+        let issuer =
+            Issuer::from_ca_cert_der(&cert, key).map_err(|e| invalid(&cert_path, e.to_string()))?;
+        Ok(Generation {
+            serial: serial.to_owned(),
+            issuer,
+            cert,
+            not_before,
+            not_after,
+        })
+    }
+
+    fn generate(&self, now: SystemTime) -> Result<Generation, CaError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, "Lanyard");
-        name.push(DnType::CommonName, format!("Lanyard CA for {trust_domain}"));
+        name.push(
+            DnType::CommonName,
+            format!("Lanyard CA for {}", self.trust_domain),
+        );
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
@@ -115,30 +188,98 @@ impl CertificateAuthority {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        params.subject_alt_names = vec![SanType::URI(trust_domain.id_string().try_into()?)];
-        let now = SystemTime::now();
+        params.subject_alt_names = vec![SanType::URI(self.trust_domain.id_string().try_into()?)];
         params.not_before = offset(now - BACKDATE);
         params.not_after = offset(now + CA_LIFETIME);
-        params.serial_number = Some(random_serial()?.0);
+        let (serial_number, serial) = random_serial()?;
+        params.serial_number = Some(serial_number);
         let cert = params.self_signed(&key)?;
         // Key first: a certificate without its key would be useless on restart.
-        fsutil::write_private_file(&key_path, key.serialize_pem().as_bytes())?;
-        std::fs::write(&cert_path, cert.pem()).map_err(|e| invalid(&cert_path, e.to_string()))?;
-        tracing::info!(cert = %cert_path.display(), "generated the trust domain's X.509 CA");
-        Ok(Self {
+        fsutil::write_private_file(
+            &self.dir.join(format!("ca-{serial}-key.pem")),
+            key.serialize_pem().as_bytes(),
+        )?;
+        fsutil::write_private_file(
+            &self.dir.join(format!("ca-{serial}-cert.pem")),
+            cert.pem().as_bytes(),
+        )?;
+        tracing::info!(serial, "generated an X.509 CA for the trust domain");
+        Ok(Generation {
+            serial,
             issuer: Issuer::new(params, key),
-            cert_der: cert.der().clone(),
-            trust_domain: trust_domain.clone(),
+            cert: cert.der().clone(),
+            not_before: unix_seconds(now - BACKDATE),
+            not_after: unix_seconds(now + CA_LIFETIME),
         })
     }
 
-    /// The CA certificate agents and servers trust.
-    pub fn certificate(&self) -> &CertificateDer<'static> {
-        &self.cert_der
+    fn snapshot(&self) -> Vec<Arc<Generation>> {
+        match self.generations.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
-    pub fn certificate_pem(&self) -> String {
-        lanyard_proto::pem::encode("CERTIFICATE", &self.cert_der)
+    /// Generates a successor when due and drops expired CAs. Returns true when
+    /// the set of published CAs changed (listeners must then trust the new set).
+    pub fn rotate(&self, now: SystemTime) -> Result<bool, CaError> {
+        let at = unix_seconds(now);
+        let mut generations = self.snapshot();
+        let before = generations.len();
+        let expired: Vec<Arc<Generation>> = generations
+            .iter()
+            .filter(|g| g.not_after <= at)
+            .cloned()
+            .collect();
+        generations.retain(|g| g.not_after > at);
+        let newest_expiry = generations.iter().map(|g| g.not_after).max();
+        let due = newest_expiry.is_none_or(|end| end - at <= secs(ROTATE_BEFORE_EXPIRY));
+        let mut changed = !expired.is_empty();
+        if due {
+            generations.push(Arc::new(self.generate(now)?));
+            changed = true;
+        }
+        if changed || before == 0 {
+            let bundle: String = generations
+                .iter()
+                .map(|g| lanyard_proto::pem::encode("CERTIFICATE", &g.cert))
+                .collect();
+            fsutil::write_private_file(&self.dir.join(BUNDLE_FILE), bundle.as_bytes())?;
+            match self.generations.write() {
+                Ok(mut guard) => *guard = generations,
+                Err(poisoned) => *poisoned.into_inner() = generations,
+            }
+            for old in expired {
+                // Best effort: a leftover expired CA file is never loaded as a signer.
+                let _ = std::fs::remove_file(self.dir.join(format!("ca-{}-key.pem", old.serial)));
+                let _ = std::fs::remove_file(self.dir.join(format!("ca-{}-cert.pem", old.serial)));
+                tracing::info!(serial = old.serial, "expired X.509 CA removed");
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The CA that signs at `now`: the newest valid one, unless it is too
+    /// fresh and an older one still has more than a month to live.
+    fn signer(&self, now: SystemTime) -> Result<Arc<Generation>, CaError> {
+        let at = unix_seconds(now);
+        let valid: Vec<Arc<Generation>> = self
+            .snapshot()
+            .into_iter()
+            .filter(|g| g.not_before <= at && at < g.not_after)
+            .collect();
+        let established = valid
+            .iter()
+            .find(|g| g.not_after - at > secs(SWITCH_BEFORE_EXPIRY));
+        established
+            .or_else(|| valid.last())
+            .cloned()
+            .ok_or(CaError::NoSigningCa)
+    }
+
+    /// Every published CA certificate: the trust bundle.
+    pub fn bundle(&self) -> Vec<CertificateDer<'static>> {
+        self.snapshot().iter().map(|g| g.cert.clone()).collect()
     }
 
     /// An X.509-SVID for `agent_id` over the public key of `csr`. Nothing else
@@ -148,6 +289,7 @@ impl CertificateAuthority {
         csr: &[u8],
         agent_id: &SpiffeId,
         ttl: Duration,
+        now: SystemTime,
     ) -> Result<IssuedCert, CaError> {
         let request =
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))
@@ -157,17 +299,23 @@ impl CertificateAuthority {
         params.subject_alt_names = vec![SanType::URI(agent_id.as_str().try_into()?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        self.sign(params, ttl, |params| {
+        let signer = self.signer(now)?;
+        Self::sign(&signer, params, ttl, now, |params| {
             CertificateSigningRequestParams {
                 params,
                 public_key: request.public_key.clone(),
             }
-            .signed_by(&self.issuer)
+            .signed_by(&signer.issuer)
         })
     }
 
-    /// The server's own Node API certificate, for `key`.
-    pub fn issue_server_cert(&self, key: &KeyPair, ttl: Duration) -> Result<IssuedCert, CaError> {
+    /// The server's own Node API certificate for `key`, with the chain to present.
+    pub fn issue_server_cert(
+        &self,
+        key: &KeyPair,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<(IssuedCert, CertificateDer<'static>), CaError> {
         let server_id = self.trust_domain.id_string() + "/lanyard/server";
         let mut params = CertificateParams::new(vec![SERVER_DNS_NAME.to_owned()])?;
         params
@@ -175,17 +323,24 @@ impl CertificateAuthority {
             .push(SanType::URI(server_id.try_into()?));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        self.sign(params, ttl, |params| params.signed_by(key, &self.issuer))
+        let signer = self.signer(now)?;
+        let issued = Self::sign(&signer, params, ttl, now, |params| {
+            params.signed_by(key, &signer.issuer)
+        })?;
+        Ok((issued, signer.cert.clone()))
     }
 
     fn sign(
-        &self,
+        signer: &Generation,
         mut params: CertificateParams,
         ttl: Duration,
+        now: SystemTime,
         sign: impl FnOnce(CertificateParams) -> Result<rcgen::Certificate, rcgen::Error>,
     ) -> Result<IssuedCert, CaError> {
-        let now = SystemTime::now();
-        let expires = now + ttl;
+        // Nothing outlives the CA that signed it.
+        let expires_at = unix_seconds(now + ttl).min(signer.not_after);
+        let expires =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(expires_at).unwrap_or(0));
         let (serial_number, serial) = random_serial()?;
         params.serial_number = Some(serial_number);
         params.not_before = offset(now - BACKDATE);
@@ -195,9 +350,13 @@ impl CertificateAuthority {
         Ok(IssuedCert {
             der: cert.der().clone(),
             serial,
-            expires_at: crate::authority::unix_seconds(expires),
+            expires_at,
         })
     }
+}
+
+fn secs(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// The SPIFFE ID (URI SAN) and serial of a peer's leaf certificate.
@@ -224,27 +383,86 @@ pub fn peer_identity(cert: &[u8]) -> Option<(SpiffeId, String)> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn agent_svid_carries_only_what_the_ca_decides() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let td = TrustDomain::new("example.org")?;
-        let ca = CertificateAuthority::load_or_generate(dir.path(), &td)?;
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn csr() -> Result<Vec<u8>, rcgen::Error> {
         let agent_key = KeyPair::generate()?;
-        // The CSR asks for someone else's identity and CA powers: both ignored.
+        // The CSR asks for someone else's identity: ignored.
         let mut wanted = CertificateParams::new(vec!["evil.example".to_owned()])?;
         wanted
             .subject_alt_names
             .push(SanType::URI("spiffe://example.org/admin".try_into()?));
-        let csr = wanted.serialize_request(&agent_key)?;
+        Ok(wanted.serialize_request(&agent_key)?.der().to_vec())
+    }
+
+    #[test]
+    fn agent_svid_carries_only_what_the_ca_decides() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let td = TrustDomain::new("example.org")?;
+        let now = SystemTime::now();
+        let ca = CertificateAuthority::load_or_generate(dir.path(), &td, now)?;
         let agent_id = td.id_with_path("/lanyard/agent/join_token/abc")?;
-        let issued = ca.issue_agent_svid(csr.der(), &agent_id, Duration::from_secs(3600))?;
+        let issued = ca.issue_agent_svid(&csr()?, &agent_id, Duration::from_secs(3600), now)?;
         let (id, serial) = peer_identity(&issued.der).ok_or("no identity")?;
         assert_eq!(id, agent_id);
         assert_eq!(serial, issued.serial);
         let (_, parsed) = x509_parser::parse_x509_certificate(&issued.der)?;
         assert!(!parsed.is_ca());
-        let reloaded = CertificateAuthority::load_or_generate(dir.path(), &td)?;
-        assert_eq!(reloaded.certificate(), ca.certificate(), "the CA persists");
+        let reloaded = CertificateAuthority::load_or_generate(dir.path(), &td, now)?;
+        assert_eq!(
+            reloaded.bundle(),
+            ca.bundle(),
+            "the CA persists; a restart adds none"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn ca_rotates_publishing_its_successor_a_month_before_it_signs()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let td = TrustDomain::new("example.org")?;
+        let t0 = SystemTime::now();
+        let agent = td.id_with_path("/a")?;
+        let ca = CertificateAuthority::load_or_generate(dir.path(), &td, t0)?;
+        let first = ca.bundle();
+        assert_eq!(first.len(), 1);
+        assert!(!ca.rotate(t0 + 200 * DAY)?, "nothing due mid-life");
+
+        // Two months before expiry: a successor is published, the old CA still signs.
+        assert!(ca.rotate(t0 + 306 * DAY)?);
+        let bundle = ca.bundle();
+        assert_eq!(bundle.len(), 2);
+        let issuer_of = |issued: &IssuedCert| -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+            let (_, parsed) = x509_parser::parse_x509_certificate(&issued.der)?;
+            Ok(parsed.issuer().as_raw().to_vec())
+        };
+        let subject_of =
+            |cert: &CertificateDer<'_>| -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+                let (_, parsed) = x509_parser::parse_x509_certificate(cert)?;
+                Ok(parsed.subject().as_raw().to_vec())
+            };
+        let early = ca.issue_agent_svid(&csr()?, &agent, DAY, t0 + 306 * DAY)?;
+        assert_eq!(
+            issuer_of(&early)?,
+            subject_of(&first[0])?,
+            "the old CA signs for another month"
+        );
+        assert!(
+            early.expires_at <= unix_seconds(t0 + CA_LIFETIME),
+            "nothing outlives its CA"
+        );
+
+        // A month before expiry the successor signs; both stay trusted.
+        let late = ca.issue_agent_svid(&csr()?, &agent, DAY, t0 + 340 * DAY)?;
+        assert_eq!(issuer_of(&late)?, subject_of(&bundle[1])?);
+        assert!(!ca.rotate(t0 + 340 * DAY)?);
+
+        // Expired CAs leave the bundle and the disk.
+        assert!(ca.rotate(t0 + 366 * DAY)?);
+        assert_eq!(ca.bundle(), vec![bundle[1].clone()]);
+        let files = std::fs::read_dir(dir.path())?.count();
+        assert_eq!(files, 3, "one key, one certificate, the bundle");
         Ok(())
     }
 
@@ -252,11 +470,13 @@ mod tests {
     fn garbage_csr_is_refused() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let td = TrustDomain::new("example.org")?;
-        let ca = CertificateAuthority::load_or_generate(dir.path(), &td)?;
+        let now = SystemTime::now();
+        let ca = CertificateAuthority::load_or_generate(dir.path(), &td, now)?;
         let result = ca.issue_agent_svid(
             b"not a csr",
             &td.id_with_path("/a")?,
             Duration::from_secs(60),
+            now,
         );
         assert!(matches!(result, Err(CaError::BadCsr(_))));
         Ok(())

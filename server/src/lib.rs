@@ -171,6 +171,7 @@ pub async fn start_with_listener(
     let ca = Arc::new(ca::CertificateAuthority::load_or_generate(
         &config.data_dir.join("ca"),
         &config.trust_domain,
+        std::time::SystemTime::now(),
     )?);
     let node_service = Arc::new(node_api::NodeService::new(
         authority.clone(),
@@ -235,10 +236,16 @@ pub async fn start_with_listener(
         let (acceptor, resolver) = node_tls::acceptor(&ca)?;
         let (connections_tx, connections_rx) = tokio::sync::mpsc::channel(64);
         tasks.spawn(
-            node_tls::accept(listener, acceptor, connections_tx, shutdown_rx.clone()).then_ok(),
+            node_tls::accept(
+                listener,
+                acceptor.clone(),
+                connections_tx,
+                shutdown_rx.clone(),
+            )
+            .then_ok(),
         );
         tasks.spawn(
-            node_tls::renew_server_cert(ca.clone(), resolver, shutdown_rx.clone()).then_ok(),
+            node_tls::maintain(ca.clone(), acceptor, resolver, shutdown_rx.clone()).then_ok(),
         );
         let service = node_service.clone();
         let mut tls_shutdown = shutdown_rx.clone();
@@ -289,7 +296,7 @@ pub async fn start_with_listener(
         node_socket: config.node_api.socket.clone(),
         admin_socket: config.admin.socket.clone(),
         node_addr,
-        ca_bundle: config.data_dir.join("ca/ca-cert.pem"),
+        ca_bundle: config.data_dir.join("ca").join(ca::BUNDLE_FILE),
         oidc_self_signed_cert: (config.oidc.tls.is_none() && !config.oidc.plain_http)
             .then(|| config.data_dir.join(tls::SELF_SIGNED_CERT_FILE)),
         shutdown,

@@ -92,7 +92,7 @@ impl NodeService {
         AgentSvidResponse {
             spiffe_id: agent.to_string(),
             svid: issued.der.to_vec(),
-            bundle: vec![self.ca.certificate().to_vec()],
+            bundle: self.ca.bundle().iter().map(|c| c.to_vec()).collect(),
             expires_at: issued.expires_at,
         }
     }
@@ -148,7 +148,7 @@ impl Node for NodeService {
         // which is what an operator would expect of a single-use secret.
         let issued = self
             .ca
-            .issue_agent_svid(&body.csr, &agent_id, self.agent_svid_ttl)
+            .issue_agent_svid(&body.csr, &agent_id, self.agent_svid_ttl, SystemTime::now())
             .map_err(csr_status)?;
         store
             .attest_agent(&agent_id, &issued.serial, now())
@@ -173,7 +173,12 @@ impl Node for NodeService {
         }
         let issued = self
             .ca
-            .issue_agent_svid(&request.get_ref().csr, &agent, self.agent_svid_ttl)
+            .issue_agent_svid(
+                &request.get_ref().csr,
+                &agent,
+                self.agent_svid_ttl,
+                SystemTime::now(),
+            )
             .map_err(csr_status)?;
         self.authority
             .store()

@@ -7,8 +7,9 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use lanyard_proto::SpiffeId;
 use rcgen::KeyPair;
@@ -29,6 +30,8 @@ use crate::tls::ReloadingCert;
 
 /// The server certificate's lifetime; it is reissued at half of it.
 const SERVER_CERT_TTL: Duration = Duration::from_secs(48 * 3600);
+/// How often the CA schedule and the server certificate are looked at.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeTlsError {
@@ -93,53 +96,121 @@ impl AsyncWrite for NodeTlsStream {
     }
 }
 
-fn server_certified_key(ca: &CertificateAuthority) -> Result<Arc<CertifiedKey>, NodeTlsError> {
+fn server_certified_key(
+    ca: &CertificateAuthority,
+    now: SystemTime,
+) -> Result<Arc<CertifiedKey>, NodeTlsError> {
     let key = KeyPair::generate().map_err(CaError::from)?;
-    let issued = ca.issue_server_cert(&key, SERVER_CERT_TTL)?;
+    let (issued, ca_cert) = ca.issue_server_cert(&key, SERVER_CERT_TTL, now)?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signing_key = provider.key_provider.load_private_key(private)?;
     Ok(Arc::new(CertifiedKey::new(
-        vec![issued.der, ca.certificate().clone()],
+        vec![issued.der, ca_cert],
         signing_key,
     )))
 }
 
-/// The acceptor, and the resolver whose certificate `renew_server_cert` keeps fresh.
-pub fn acceptor(
+/// The TLS acceptor in force; rebuilt when the set of trusted CAs changes.
+pub struct SharedAcceptor(RwLock<TlsAcceptor>);
+
+impl std::fmt::Debug for SharedAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedAcceptor")
+    }
+}
+
+impl SharedAcceptor {
+    fn current(&self) -> TlsAcceptor {
+        match self.0.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn replace(&self, acceptor: TlsAcceptor) {
+        match self.0.write() {
+            Ok(mut guard) => *guard = acceptor,
+            Err(poisoned) => *poisoned.into_inner() = acceptor,
+        }
+    }
+}
+
+/// Client certificates must chain to one of the trust domain's published CAs.
+fn build_acceptor(
     ca: &CertificateAuthority,
-) -> Result<(TlsAcceptor, Arc<ReloadingCert>), NodeTlsError> {
+    resolver: Arc<ReloadingCert>,
+) -> Result<TlsAcceptor, NodeTlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = RootCertStore::empty();
-    roots.add(ca.certificate().clone())?;
+    for cert in ca.bundle() {
+        roots.add(cert)?;
+    }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()
         .map_err(|e| NodeTlsError::Verifier(e.to_string()))?;
-    let resolver = Arc::new(ReloadingCert::new(server_certified_key(ca)?));
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(resolver.clone());
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok((TlsAcceptor::from(Arc::new(config)), resolver))
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Reissues the server certificate at half its lifetime until shutdown.
-pub async fn renew_server_cert(
+/// The acceptor, and the resolver whose certificate `maintain` keeps fresh.
+pub fn acceptor(
+    ca: &CertificateAuthority,
+) -> Result<(Arc<SharedAcceptor>, Arc<ReloadingCert>), NodeTlsError> {
+    let resolver = Arc::new(ReloadingCert::new(server_certified_key(
+        ca,
+        SystemTime::now(),
+    )?));
+    let acceptor = build_acceptor(ca, resolver.clone())?;
+    Ok((Arc::new(SharedAcceptor(RwLock::new(acceptor))), resolver))
+}
+
+/// Rotates the CA when due (then trusts the new set and reissues the server
+/// certificate from the signing CA) and reissues the server certificate at
+/// half its lifetime, until shutdown.
+pub async fn maintain(
     ca: Arc<CertificateAuthority>,
+    acceptor: Arc<SharedAcceptor>,
     resolver: Arc<ReloadingCert>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut issued_at = SystemTime::now();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(SERVER_CERT_TTL / 2) => {}
+            _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
             _ = shutdown.changed() => return,
         }
-        match server_certified_key(&ca) {
-            Ok(key) => resolver.replace(key),
+        let now = SystemTime::now();
+        let rotated = match ca.rotate(now) {
+            Ok(rotated) => rotated,
             Err(e) => {
-                tracing::error!(error = %e, "renewing the Node API certificate failed; retrying later")
+                tracing::error!(error = %e, "CA rotation failed; retrying later");
+                false
+            }
+        };
+        if rotated {
+            match build_acceptor(&ca, resolver.clone()) {
+                Ok(new) => acceptor.replace(new),
+                Err(e) => {
+                    tracing::error!(error = %e, "trusting the rotated CAs failed; retrying later")
+                }
+            }
+        }
+        let due = now.duration_since(issued_at).unwrap_or_default() >= SERVER_CERT_TTL / 2;
+        if rotated || due {
+            match server_certified_key(&ca, now) {
+                Ok(key) => {
+                    resolver.replace(key);
+                    issued_at = now;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "renewing the Node API certificate failed; retrying later")
+                }
             }
         }
     }
@@ -149,14 +220,15 @@ pub async fn renew_server_cert(
 /// finished connections to the gRPC server through `connections`.
 pub async fn accept(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<SharedAcceptor>,
     connections: mpsc::Sender<io::Result<NodeTlsStream>>,
     shutdown: watch::Receiver<bool>,
 ) {
     listener::accept_loop(listener, "Node API", shutdown, |tcp, peer| {
         let (acceptor, connections) = (acceptor.clone(), connections.clone());
         async move {
-            let Some(tls) = listener::handshake(&acceptor, tcp, peer, "Node API").await else {
+            let Some(tls) = listener::handshake(&acceptor.current(), tcp, peer, "Node API").await
+            else {
                 return;
             };
             let leaf: Option<&CertificateDer<'_>> =

@@ -89,7 +89,7 @@ fn agent_attests_once_and_survives_restarts_until_evicted() -> anyhow::Result<()
             "trust_domain = \"example.org\"\ndata_dir = \"{}\"\nsync_interval_seconds = 1\n\
              [server]\naddress = \"127.0.0.1:{node_port}\"\ntrust_bundle = \"{}\"\n[workload_api]\nsocket = \"{}\"\n",
             agent_dir.display(),
-            dir.path().join("server/ca/ca-cert.pem").display(),
+            dir.path().join("server/ca/bundle.pem").display(),
             socket.display()
         ),
     )?;
