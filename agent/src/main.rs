@@ -4,23 +4,12 @@ use anyhow::Context;
 use clap::Parser;
 use lanyard_agent::cli::{self, Cli, Command};
 use lanyard_agent::config::{AgentConfig, ServerConnection};
+use lanyard_proto::daemon;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("lanyard-agent: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::init_logging();
+    daemon::exit_code("lanyard-agent", run(Cli::parse()).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -41,7 +30,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut agent = lanyard_agent::start(config).await?;
             tokio::select! {
                 result = agent.wait() => result.context("agent stopped")?,
-                signal = shutdown_signal() => {
+                signal = daemon::shutdown_signal() => {
                     signal.context("listening for signals")?;
                     tracing::info!("shutting down");
                     agent.shutdown().await;
@@ -51,14 +40,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Api(command) => cli::run_api(command).await,
         Command::Healthcheck { socket } => cli::healthcheck(socket).await,
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() -> std::io::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = terminate.recv() => Ok(()),
-        interrupted = tokio::signal::ctrl_c() => interrupted,
     }
 }

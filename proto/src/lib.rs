@@ -2,6 +2,7 @@
 
 pub mod claims;
 pub mod config_file;
+pub mod daemon;
 pub mod fsutil;
 pub mod jwks;
 pub mod pem;

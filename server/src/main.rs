@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use lanyard_proto::daemon;
 use lanyard_server::cli::{Cli, Command, FederationArgs, OidcCommand};
 use lanyard_server::config::Issuer;
 use lanyard_server::config::ServerConfig;
@@ -9,20 +10,8 @@ use lanyard_server::federation;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("lanyard-server: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::init_logging();
+    daemon::exit_code("lanyard-server", run(Cli::parse()).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -52,7 +41,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut server = lanyard_server::start(config).await?;
             tokio::select! {
                 result = server.wait() => result.context("server stopped")?,
-                signal = shutdown_signal() => {
+                signal = daemon::shutdown_signal() => {
                     signal.context("listening for signals")?;
                     tracing::info!("shutting down");
                     server.shutdown().await;
@@ -87,13 +76,4 @@ fn federation(args: FederationArgs) -> anyhow::Result<()> {
     }
     print!("{}", rendered.text);
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() -> std::io::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = terminate.recv() => Ok(()),
-        interrupted = tokio::signal::ctrl_c() => interrupted,
-    }
 }

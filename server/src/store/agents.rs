@@ -70,10 +70,7 @@ impl Datastore {
             .bind(spiffe_id.as_str())
             .fetch_optional(self.pool())
             .await?
-            .ok_or_else(|| StoreError::NotFound {
-                what: "agent",
-                id: spiffe_id.to_string(),
-            })?;
+            .ok_or_else(|| StoreError::not_found("agent", spiffe_id))?;
         decode(&row)
     }
 
@@ -100,10 +97,7 @@ impl Datastore {
         .execute(self.pool())
         .await?;
         if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "active agent",
-                id: spiffe_id.to_string(),
-            });
+            return Err(StoreError::not_found("active agent", spiffe_id));
         }
         Ok(())
     }
@@ -124,10 +118,7 @@ impl Datastore {
             .execute(self.pool())
             .await?;
         if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "agent",
-                id: spiffe_id.to_string(),
-            });
+            return Err(StoreError::not_found("agent", spiffe_id));
         }
         Ok(())
     }

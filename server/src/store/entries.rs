@@ -166,10 +166,7 @@ impl Datastore {
         .bind(id)
         .fetch_optional(self.pool())
         .await?
-        .ok_or_else(|| StoreError::NotFound {
-            what: "entry",
-            id: id.to_owned(),
-        })?;
+        .ok_or_else(|| StoreError::not_found("entry", id))?;
         Ok(decode(&row)?.entry)
     }
 
@@ -234,10 +231,7 @@ impl Datastore {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "entry",
-                id: id.to_owned(),
-            });
+            return Err(StoreError::not_found("entry", id));
         }
         tx.commit().await?;
         self.get_entry(id).await
@@ -255,10 +249,7 @@ impl Datastore {
         .execute(&mut *tx)
         .await?;
         if deleted.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "entry",
-                id: id.to_owned(),
-            });
+            return Err(StoreError::not_found("entry", id));
         }
         tx.commit().await?;
         Ok(())

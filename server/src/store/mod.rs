@@ -42,6 +42,15 @@ pub enum StoreError {
     Conflict(String),
 }
 
+impl StoreError {
+    pub(crate) fn not_found(what: &'static str, id: impl ToString) -> Self {
+        Self::NotFound {
+            what,
+            id: id.to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Datastore {
     pool: AnyPool,
