@@ -70,6 +70,26 @@ impl World {
         agent_top: &str,
         agent_tables: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_configured(issuer_path, entries, "", agent_top, agent_tables).await
+    }
+
+    /// As `start`, with `server_tables` (whole TOML tables, e.g.
+    /// `[jwt]\nkey_type = "rsa-2048"`) appended to the server's config.
+    pub async fn start_with_server_tables(
+        issuer_path: &str,
+        entries: &[EntrySpec],
+        server_tables: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_configured(issuer_path, entries, server_tables, "", "").await
+    }
+
+    async fn start_configured(
+        issuer_path: &str,
+        entries: &[EntrySpec],
+        server_tables: &str,
+        agent_top: &str,
+        agent_tables: &str,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         // Workload sockets must be reachable by any uid, so the tree is 0755.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
@@ -78,7 +98,10 @@ impl World {
             "https://127.0.0.1:{}{issuer_path}",
             listener.local_addr()?.port()
         );
-        let server_config = server_toml(dir.path(), &issuer, entries);
+        let server_config = format!(
+            "{}\n{server_tables}\n",
+            server_toml(dir.path(), &issuer, entries)
+        );
         let config = ServerConfig::from_toml(&server_config, "test server.toml")?;
         let server = lanyard_server::start_with_listener(config, listener).await?;
         let agent_config = format!(
