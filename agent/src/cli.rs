@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::cloud;
 use crate::workload_client::{Health, WorkloadClient};
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,81 @@ pub enum Command {
     Api(ApiCommand),
     /// Check that the agent's Workload API socket answers (exit 0) or not (exit 1).
     Healthcheck {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// AWS credentials from this process's JWT-SVID.
+    #[command(subcommand)]
+    Aws(AwsCommand),
+    /// GCP workload identity federation from this process's JWT-SVID.
+    #[command(subcommand)]
+    Gcp(GcpCommand),
+    /// Keep this process's JWT-SVID in a file (AWS_WEB_IDENTITY_TOKEN_FILE,
+    /// AZURE_FEDERATED_TOKEN_FILE, GCP file-sourced credentials), rewritten
+    /// before half of its lifetime has passed. Runs until stopped.
+    TokenFile {
+        /// Audience of the token (repeat for several).
+        #[arg(long, short, required = true)]
+        audience: Vec<String>,
+        /// The file to keep (mode 0600, replaced atomically).
+        #[arg(long)]
+        path: PathBuf,
+        /// Only this SPIFFE ID (required when the process has several).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Write the file once and exit.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AwsCommand {
+    /// Print AWS `credential_process` JSON: the JWT-SVID exchanged at STS
+    /// AssumeRoleWithWebIdentity. The endpoint follows AWS_ENDPOINT_URL_STS.
+    CredentialProcess {
+        /// The role to assume.
+        #[arg(long)]
+        role_arn: String,
+        /// The token's audience: a client ID of the IAM OIDC provider.
+        #[arg(long, default_value = cloud::aws::DEFAULT_AUDIENCE)]
+        audience: String,
+        /// RoleSessionName (default: derived from the SPIFFE ID).
+        #[arg(long)]
+        session_name: Option<String>,
+        /// Session length in seconds (900–43200; STS defaults to 3600).
+        #[arg(long = "duration")]
+        duration_seconds: Option<u32>,
+        /// STS region (default: AWS_REGION or the profile, else us-east-1).
+        #[arg(long)]
+        region: Option<String>,
+        /// Only this SPIFFE ID (required when the process has several).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GcpCommand {
+    /// Print Google's executable-sourced credential response (for
+    /// `credential_source.executable.command`).
+    Executable {
+        /// The provider's audience: //iam.googleapis.com/projects/…/providers/….
+        #[arg(long, env = "GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE")]
+        audience: String,
+        /// Only this SPIFFE ID (required when the process has several).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Where Google's library caches the response, when it asks.
+        #[arg(long, env = "GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE")]
+        output_file: Option<PathBuf>,
+        /// The subject token type the credential configuration expects.
+        #[arg(long, env = "GOOGLE_EXTERNAL_ACCOUNT_TOKEN_TYPE")]
+        token_type: Option<String>,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -176,5 +252,72 @@ pub async fn healthcheck(socket: SocketArg) -> anyhow::Result<()> {
             println!("healthy: the agent answers (this process has no identity)")
         }
     }
+    Ok(())
+}
+
+/// `aws …`: prints the credentials on stdout; an error goes to the caller.
+pub async fn run_aws(command: AwsCommand) -> anyhow::Result<()> {
+    let AwsCommand::CredentialProcess {
+        role_arn,
+        audience,
+        session_name,
+        duration_seconds,
+        region,
+        spiffe_id,
+        socket,
+    } = command;
+    let request = cloud::aws::Request {
+        role_arn,
+        session_name,
+        duration_seconds,
+        region,
+    };
+    let json =
+        cloud::aws::credential_process(&socket.endpoint, &audience, spiffe_id.as_deref(), &request)
+            .await?;
+    println!("{json}");
+    Ok(())
+}
+
+/// `gcp …`: prints the executable response, success or failure form; a
+/// failure also fails the process, as Google's libraries require.
+pub async fn run_gcp(command: GcpCommand) -> anyhow::Result<()> {
+    let GcpCommand::Executable {
+        audience,
+        spiffe_id,
+        output_file,
+        token_type,
+        socket,
+    } = command;
+    let response = cloud::gcp::executable(
+        &socket.endpoint,
+        &audience,
+        spiffe_id.as_deref(),
+        token_type.as_deref(),
+        output_file.as_deref(),
+    )
+    .await;
+    println!("{}", response.to_json());
+    match response {
+        cloud::gcp::ExecutableResponse::Failure { code, message, .. } => {
+            anyhow::bail!("{code}: {message}")
+        }
+        cloud::gcp::ExecutableResponse::Success { .. } => Ok(()),
+    }
+}
+
+/// `token-file`: once, or until SIGTERM/SIGINT.
+pub async fn run_token_file(file: cloud::token_file::TokenFile, once: bool) -> anyhow::Result<()> {
+    file.validate()?;
+    if once {
+        file.write_once().await?;
+        return Ok(());
+    }
+    let stop = async {
+        if let Err(error) = lanyard_proto::daemon::shutdown_signal().await {
+            tracing::warn!(%error, "cannot listen for signals; stopping");
+        }
+    };
+    file.run(stop).await;
     Ok(())
 }

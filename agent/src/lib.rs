@@ -2,6 +2,7 @@
 
 pub mod attestor;
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod jwt_cache;
 pub mod jwt_issuer;

@@ -40,5 +40,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Api(command) => cli::run_api(command).await,
         Command::Healthcheck { socket } => cli::healthcheck(socket).await,
+        Command::Aws(command) => cli::run_aws(command).await,
+        Command::Gcp(command) => cli::run_gcp(command).await,
+        Command::TokenFile {
+            audience,
+            path,
+            spiffe_id,
+            once,
+            socket,
+        } => {
+            let file = lanyard_agent::cloud::token_file::TokenFile {
+                endpoint: socket.endpoint,
+                audience,
+                spiffe_id,
+                path,
+            };
+            cli::run_token_file(file, once).await
+        }
     }
 }
