@@ -1,1 +1,74 @@
-//! Lanyard examples.
+//! Lanyard examples: the quickstart, and one runnable exchange per cloud token
+//! service. Each exchange reads its JWT-SVID with the `spiffe` crate (the way
+//! any SPIFFE workload would, from `SPIFFE_ENDPOINT_SOCKET`) and trades it at
+//! the service's real wire interface; every endpoint can be overridden.
+
+use anyhow::Context;
+use spiffe::WorkloadApiClient;
+
+/// This process's JWT-SVID for `audience`, from the Workload API named by
+/// `SPIFFE_ENDPOINT_SOCKET`. Returns (SPIFFE ID, token).
+pub async fn fetch_jwt_svid(audience: &str) -> anyhow::Result<(String, String)> {
+    let client = WorkloadApiClient::connect_env()
+        .await
+        .context("connecting to the Workload API (is SPIFFE_ENDPOINT_SOCKET set?)")?;
+    let svid = client
+        .fetch_jwt_svid([audience], None)
+        .await
+        .with_context(|| format!("fetching a JWT-SVID for audience {audience:?}"))?;
+    Ok((svid.spiffe_id().to_string(), svid.token().to_owned()))
+}
+
+/// A short, non-secret name for a credential, so examples can show which one
+/// they received without printing it: the first 12 hex digits of its SHA-256.
+pub fn fingerprint(secret: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
+    digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An HTTPS client trusting the system's web PKI roots, plus the PEM
+/// certificates in `extra_ca` (e.g. `VAULT_CACERT` for a private Vault).
+pub fn http_client(extra_ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+    if let Some(path) = extra_ca {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading CA file {}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} holds no PEM certificate", path.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder.build()?)
+}
+
+/// The JSON body of a successful response; otherwise an error carrying the
+/// status and the service's own error body, which names the problem.
+pub async fn json_or_error(
+    what: &str,
+    response: reqwest::Response,
+) -> anyhow::Result<serde_json::Value> {
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .with_context(|| format!("{what}: reading the response"))?;
+    if !status.is_success() {
+        anyhow::bail!("{what} refused ({status}): {}", body.trim());
+    }
+    serde_json::from_str(&body).with_context(|| format!("{what}: the response is not JSON"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_are_short_and_stable() {
+        assert_eq!(fingerprint("abc"), "ba7816bf8f01");
+        assert_eq!(fingerprint("abc").len(), 12);
+    }
+}
