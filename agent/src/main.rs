@@ -6,10 +6,19 @@ use lanyard_agent::cli::{self, Cli, Command};
 use lanyard_agent::config::{AgentConfig, ServerConnection};
 use lanyard_proto::daemon;
 
+/// Client commands run inside other tools (the AWS CLI shows a
+/// credential_process's stderr): only our warnings and real errors, and none
+/// of the AWS SDK's chatter about absent config files.
+const CLIENT_LOG_FILTER: &str = "warn,aws_config=error,aws_runtime=error,aws_smithy_runtime=error";
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    daemon::init_logging();
-    daemon::exit_code("lanyard-agent", run(Cli::parse()).await)
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Run { .. } | Command::TokenFile { once: false, .. } => daemon::init_logging(),
+        _ => daemon::init_logging_with_default(CLIENT_LOG_FILTER),
+    }
+    daemon::exit_code("lanyard-agent", run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -6,10 +6,16 @@ use std::process::ExitCode;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
+    init_logging_with_default("info");
+}
+
+/// Logs to stderr, filtered by `RUST_LOG`, else by `default` (a filter such
+/// as `warn`; short-lived client commands keep their stderr for errors).
+pub fn init_logging_with_default(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();
