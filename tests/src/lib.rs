@@ -1,6 +1,7 @@
 //! A real trust domain on this machine for end-to-end tests: a server and an
 //! agent in-process, on real sockets, with real TLS and a real data dir.
 
+pub mod emulators;
 pub mod process;
 
 use std::os::unix::fs::PermissionsExt;
