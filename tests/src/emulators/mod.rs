@@ -6,9 +6,12 @@
 //! can move, and speaks the service's wire format on plain
 //! `http://127.0.0.1:<port>` (SDKs accept http endpoint overrides).
 //!
-//! The shared core: a controllable clock, an HTTP listener that stops when
-//! dropped, and the OIDC verifier every service emulator builds on.
+//! - [`aws_sts`]: AWS STS `AssumeRoleWithWebIdentity` (query protocol, XML).
+//!
+//! Every emulator records what it issued, so a test can compare what an SDK
+//! got with what was handed out, and stops serving when dropped.
 
+pub mod aws_sts;
 pub mod oidc;
 mod shared;
 
