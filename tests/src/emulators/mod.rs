@@ -7,11 +7,14 @@
 //! `http://127.0.0.1:<port>` (SDKs accept http endpoint overrides).
 //!
 //! - [`aws_sts`]: AWS STS `AssumeRoleWithWebIdentity` (query protocol, XML).
+//! - [`gcp`]: Google STS token exchange and IAM Credentials
+//!   `generateAccessToken` (JSON).
 //!
 //! Every emulator records what it issued, so a test can compare what an SDK
 //! got with what was handed out, and stops serving when dropped.
 
 pub mod aws_sts;
+pub mod gcp;
 pub mod oidc;
 mod shared;
 
