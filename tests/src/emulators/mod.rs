@@ -9,11 +9,14 @@
 //! - [`aws_sts`]: AWS STS `AssumeRoleWithWebIdentity` (query protocol, XML).
 //! - [`gcp`]: Google STS token exchange and IAM Credentials
 //!   `generateAccessToken` (JSON).
+//! - [`entra`]: Microsoft Entra client credentials with a federated client
+//!   assertion (form in, JSON out).
 //!
 //! Every emulator records what it issued, so a test can compare what an SDK
 //! got with what was handed out, and stops serving when dropped.
 
 pub mod aws_sts;
+pub mod entra;
 pub mod gcp;
 pub mod oidc;
 mod shared;
