@@ -11,6 +11,7 @@
 //!   `generateAccessToken` (JSON).
 //! - [`entra`]: Microsoft Entra client credentials with a federated client
 //!   assertion (form in, JSON out).
+//! - [`vault`]: HashiCorp Vault's JWT auth method (JSON).
 //!
 //! Every emulator records what it issued, so a test can compare what an SDK
 //! got with what was handed out, and stops serving when dropped.
@@ -20,6 +21,7 @@ pub mod entra;
 pub mod gcp;
 pub mod oidc;
 mod shared;
+pub mod vault;
 
 pub use oidc::{IssuerTrust, Rejection, Rules, Verifier};
 pub use shared::Clock;
