@@ -72,3 +72,61 @@ mod tests {
         assert_eq!(fingerprint("abc").len(), 12);
     }
 }
+
+/// The sample deployment files in `examples/deploy/` must stay loadable by the
+/// code they configure.
+#[cfg(test)]
+mod deploy_samples {
+    use std::path::PathBuf;
+
+    fn sample(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy")
+            .join(name)
+    }
+
+    #[test]
+    fn server_and_agent_configs_pass_their_loaders() {
+        let server = std::fs::read_to_string(sample("server.toml")).unwrap();
+        let config =
+            lanyard_server::config::ServerConfig::from_toml(&server, "deploy/server.toml").unwrap();
+        assert_eq!(config.trust_domain.to_string(), "example.org");
+        let agent = std::fs::read_to_string(sample("agent.toml")).unwrap();
+        lanyard_agent::config::AgentConfig::from_toml(&agent, "deploy/agent.toml").unwrap();
+    }
+
+    #[test]
+    fn cloud_samples_name_valid_roles_and_providers() {
+        let aws = std::fs::read_to_string(sample("cloud/aws-config")).unwrap();
+        let arns: Vec<&str> = aws
+            .lines()
+            .filter_map(|l| l.split("--role-arn ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect();
+        assert_eq!(arns.len(), 2);
+        for arn in arns {
+            let request = lanyard_agent::cloud::aws::Request {
+                role_arn: arn.into(),
+                session_name: None,
+                duration_seconds: Some(900),
+                region: None,
+            };
+            request.validate().unwrap();
+        }
+        let gcp: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(sample("cloud/gcp-credential-config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(gcp["type"], "external_account");
+        assert_eq!(
+            gcp["subject_token_type"],
+            lanyard_agent::cloud::gcp::JWT_TOKEN_TYPE
+        );
+        assert!(
+            gcp["audience"]
+                .as_str()
+                .unwrap()
+                .starts_with("//iam.googleapis.com/projects/")
+        );
+    }
+}
