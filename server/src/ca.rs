@@ -97,7 +97,10 @@ fn random_serial() -> Result<(SerialNumber, String), CaError> {
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| CaError::Random)?;
-    bytes[0] &= 0x7f; // a positive INTEGER
+    // A positive INTEGER whose DER form is exactly these 16 bytes: with a
+    // leading 0x00 the encoding would drop it and the serial read back from
+    // the certificate would no longer match the one recorded for the agent.
+    bytes[0] = bytes[0] % 0x7f + 1;
     Ok((SerialNumber::from_slice(&bytes), hex(&bytes)))
 }
 
@@ -393,6 +396,16 @@ mod tests {
             .subject_alt_names
             .push(SanType::URI("spiffe://example.org/admin".try_into()?));
         Ok(wanted.serialize_request(&agent_key)?.der().to_vec())
+    }
+
+    #[test]
+    fn serials_survive_der_encoding() -> Result<(), Box<dyn std::error::Error>> {
+        for _ in 0..2000 {
+            let (number, text) = random_serial()?;
+            assert_eq!(text.len(), 32);
+            assert!((1..=0x7f).contains(&number.as_ref()[0]), "{text}");
+        }
+        Ok(())
     }
 
     #[test]
