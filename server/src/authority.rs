@@ -1,6 +1,5 @@
 //! The authority: decides which agent may have which identity, and signs it.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -98,34 +97,13 @@ impl Authority {
     }
 
     /// Every entry `agent` may serve: those parented to it, and those parented
-    /// to the SPIFFE ID of an entry it may serve (node entries), to a bounded depth.
+    /// to the SPIFFE ID of an entry it may serve (node entries), to a bounded
+    /// depth. One datastore query.
     pub async fn entries_for_agent(
         &self,
         agent: &SpiffeId,
     ) -> Result<Vec<RegistrationEntry>, StoreError> {
-        let mut found: Vec<RegistrationEntry> = Vec::new();
-        let mut seen_ids = HashSet::new();
-        let mut seen_parents = HashSet::from([agent.clone()]);
-        let mut frontier = vec![agent.clone()];
-        for _ in 0..MAX_NESTING {
-            let mut next = Vec::new();
-            for parent in &frontier {
-                for entry in self.store.entries_by_parent(parent).await? {
-                    if !seen_ids.insert(entry.id.clone()) {
-                        continue;
-                    }
-                    if seen_parents.insert(entry.spiffe_id.clone()) {
-                        next.push(entry.spiffe_id.clone());
-                    }
-                    found.push(entry);
-                }
-            }
-            if next.is_empty() {
-                break;
-            }
-            frontier = next;
-        }
-        Ok(found)
+        self.store.entries_under(agent, MAX_NESTING).await
     }
 
     /// What `agent` must change since revision `since` (everything when 0).
@@ -154,16 +132,18 @@ impl Authority {
         if changes.is_empty() {
             return Ok(update);
         }
-        let reachable = self.entries_for_agent(agent).await?;
         if self.changes_move_subtrees(&changes).await? {
-            update.upserts = reachable;
+            update.upserts = self.entries_for_agent(agent).await?;
             update.full = true;
             return Ok(update);
         }
-        let reachable_ids: HashSet<&str> = reachable.iter().map(|e| e.id.as_str()).collect();
+        // No change moved a subtree, so an entry is the agent's exactly when
+        // its parent is one of the IDs the agent's entries hang from: the
+        // work is per change, not per entry the agent holds.
+        let parents = self.store.parents_under(agent, MAX_NESTING).await?;
         for change in changes {
             match change {
-                EntryChange::Upsert(entry) if reachable_ids.contains(entry.id.as_str()) => {
+                EntryChange::Upsert(entry) if parents.contains(entry.parent_id.as_str()) => {
                     update.upserts.push(entry)
                 }
                 // Moved to another parent: gone as far as this agent is concerned.
@@ -182,7 +162,7 @@ impl Authority {
                 EntryChange::Deleted { spiffe_id, .. } => spiffe_id,
                 EntryChange::Upsert(entry) => &entry.spiffe_id,
             };
-            if !self.store.entries_by_parent(spiffe_id).await?.is_empty() {
+            if self.store.has_children(spiffe_id).await? {
                 return Ok(true);
             }
         }

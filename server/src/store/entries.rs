@@ -2,6 +2,7 @@
 //! agents can sync only what changed. Deletions leave a tombstone carrying the
 //! revision of the delete, so incremental sync sees them too.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use lanyard_proto::{Selector, SpiffeId};
@@ -80,6 +81,20 @@ fn selectors_json(spec: &EntrySpec) -> String {
 
 fn ttl_seconds(spec: &EntrySpec) -> i64 {
     i64::try_from(spec.jwt_svid_ttl.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// `reach(id, depth)`: `$1` at depth 0, and the SPIFFE ID of every live entry
+/// whose parent is in `reach` one level further down, up to `max_depth - 1`.
+/// Entries whose parent is in `reach` are those at most `max_depth` deep.
+fn reach_cte(max_depth: usize) -> String {
+    format!(
+        "WITH RECURSIVE reach(id, depth) AS ( \
+           SELECT CAST($1 AS TEXT), CAST(0 AS BIGINT) \
+           UNION \
+           SELECT e.spiffe_id, r.depth + 1 FROM registration_entries e JOIN reach r ON e.parent_id = r.id \
+           WHERE e.deleted = 0 AND r.depth + 1 < {max_depth} \
+         )"
+    )
 }
 
 /// Takes the next entry revision inside `tx`; concurrent writers serialise on this row.
@@ -196,16 +211,68 @@ impl Datastore {
         Ok(entries)
     }
 
-    /// Entries whose parent is `parent`.
+    /// Entries whose parent is `parent` (through the parent index).
     pub async fn entries_by_parent(
         &self,
         parent: &SpiffeId,
     ) -> Result<Vec<RegistrationEntry>, StoreError> {
-        self.list_entries(&EntryFilter {
-            parent_id: Some(parent.clone()),
-            ..EntryFilter::default()
-        })
-        .await
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM registration_entries WHERE parent_id = $1 AND deleted = 0 ORDER BY spiffe_id, id"
+        )))
+        .bind(parent.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|row| Ok(decode(row)?.entry)).collect()
+    }
+
+    /// True when some live entry has `parent` as its parent.
+    pub async fn has_children(&self, parent: &SpiffeId) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT id FROM registration_entries WHERE parent_id = $1 AND deleted = 0 LIMIT 1",
+        )
+        .bind(parent.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Every live entry under `root`: parented to it, or to the SPIFFE ID of
+    /// an entry under it, at most `max_depth` parents deep. One query (a
+    /// recursive walk down the parent index), however many entries.
+    pub async fn entries_under(
+        &self,
+        root: &SpiffeId,
+        max_depth: usize,
+    ) -> Result<Vec<RegistrationEntry>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{} SELECT {COLUMNS} FROM registration_entries \
+             WHERE deleted = 0 AND parent_id IN (SELECT id FROM reach)",
+            reach_cte(max_depth)
+        )))
+        .bind(root.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|row| Ok(decode(row)?.entry)).collect()
+    }
+
+    /// The SPIFFE IDs that entries under `root` may hang from (see
+    /// [`entries_under`](Self::entries_under)): `root` and the IDs of the
+    /// entries under it, except at the deepest level.
+    pub async fn parents_under(
+        &self,
+        root: &SpiffeId,
+        max_depth: usize,
+    ) -> Result<HashSet<String>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{} SELECT DISTINCT id FROM reach",
+            reach_cte(max_depth)
+        )))
+        .bind(root.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<String, _>("id")?))
+            .collect()
     }
 
     pub async fn update_entry(
