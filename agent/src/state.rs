@@ -1,6 +1,7 @@
 //! What the agent knows from the server: its entries and the trust bundle,
 //! kept fresh by a sync loop.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use lanyard_proto::{Jwks, Selector, SpiffeId};
 use tokio::sync::watch;
 
+use crate::attestor::unix::Needs;
 use crate::reachability::Reachability;
 use crate::server_client::{ServerClient, ServerClientError};
 
@@ -26,9 +28,72 @@ impl AgentEntry {
     }
 }
 
+/// The entries in force, indexed for matching, and what attesting a caller
+/// against them takes. Replaced whole on every sync that changes entries.
+#[derive(Debug, Default)]
+pub struct EntrySet {
+    entries: Vec<AgentEntry>,
+    /// Entry positions by their first (smallest) selector: an entry can match
+    /// only a caller that has that selector, so a caller's own selectors find
+    /// every candidate without a scan of all entries.
+    by_first_selector: HashMap<Selector, Vec<usize>>,
+    /// Entries without selectors (they match every caller).
+    unconditional: Vec<usize>,
+    needs: Needs,
+}
+
+impl EntrySet {
+    pub fn new(entries: Vec<AgentEntry>) -> Self {
+        let mut by_first_selector: HashMap<Selector, Vec<usize>> = HashMap::new();
+        let mut unconditional = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            match entry.selectors.iter().min() {
+                Some(first) => by_first_selector.entry(first.clone()).or_default().push(i),
+                None => unconditional.push(i),
+            }
+        }
+        let needs = Needs::of(entries.iter().flat_map(|e| &e.selectors));
+        Self {
+            entries,
+            by_first_selector,
+            unconditional,
+            needs,
+        }
+    }
+
+    pub fn entries(&self) -> &[AgentEntry] {
+        &self.entries
+    }
+
+    /// The kinds of selectors these entries use.
+    pub fn needs(&self) -> Needs {
+        self.needs
+    }
+
+    /// The identities a caller with `selectors` may have, in entry order,
+    /// one per SPIFFE ID.
+    pub fn identities_for(&self, selectors: &[Selector]) -> Vec<AgentEntry> {
+        let mut candidates: Vec<usize> = self.unconditional.clone();
+        for selector in selectors {
+            if let Some(positions) = self.by_first_selector.get(selector) {
+                candidates.extend_from_slice(positions);
+            }
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut found: Vec<AgentEntry> = Vec::new();
+        for entry in candidates.into_iter().map(|i| &self.entries[i]) {
+            if entry.matches(selectors) && !found.iter().any(|f| f.spiffe_id == entry.spiffe_id) {
+                found.push(entry.clone());
+            }
+        }
+        found
+    }
+}
+
 #[derive(Debug)]
 pub struct SyncedState {
-    entries: RwLock<Arc<Vec<AgentEntry>>>,
+    entries: RwLock<Arc<EntrySet>>,
     /// The entry revision `entries` is as of; 0 before the first sync.
     revision: AtomicU64,
     bundle: watch::Sender<Option<Arc<Jwks>>>,
@@ -37,7 +102,7 @@ pub struct SyncedState {
 impl Default for SyncedState {
     fn default() -> Self {
         Self {
-            entries: RwLock::new(Arc::new(Vec::new())),
+            entries: RwLock::new(Arc::new(EntrySet::default())),
             revision: AtomicU64::new(0),
             bundle: watch::channel(None).0,
         }
@@ -47,32 +112,24 @@ impl Default for SyncedState {
 impl SyncedState {
     /// The identities a caller with `selectors` may have.
     pub fn identities_for(&self, selectors: &[Selector]) -> Vec<AgentEntry> {
-        let entries = match self.entries.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        let mut found: Vec<AgentEntry> = Vec::new();
-        for entry in entries.iter().filter(|e| e.matches(selectors)) {
-            if !found.iter().any(|f| f.spiffe_id == entry.spiffe_id) {
-                found.push(entry.clone());
-            }
-        }
-        found
+        self.entries_snapshot().identities_for(selectors)
     }
 
-    pub fn bundle(&self) -> watch::Receiver<Option<Arc<Jwks>>> {
-        self.bundle.subscribe()
-    }
-
-    fn entries_snapshot(&self) -> Arc<Vec<AgentEntry>> {
+    /// The entries in force now (attest against its `needs`, then match
+    /// against the same snapshot).
+    pub fn entries_snapshot(&self) -> Arc<EntrySet> {
         match self.entries.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
+    pub fn bundle(&self) -> watch::Receiver<Option<Arc<Jwks>>> {
+        self.bundle.subscribe()
+    }
+
     fn replace_entries(&self, entries: Vec<AgentEntry>) {
-        let entries = Arc::new(entries);
+        let entries = Arc::new(EntrySet::new(entries));
         match self.entries.write() {
             Ok(mut guard) => *guard = entries,
             Err(poisoned) => *poisoned.into_inner() = entries,
@@ -114,10 +171,14 @@ impl SyncedState {
         let entries = if response.full {
             upserts
         } else {
-            let mut entries: Vec<AgentEntry> = self.entries_snapshot().as_ref().clone();
-            entries.retain(|e| {
-                !response.deleted_entry_ids.contains(&e.id) && !upserts.iter().any(|u| u.id == e.id)
-            });
+            let gone: HashSet<&str> = response
+                .deleted_entry_ids
+                .iter()
+                .map(String::as_str)
+                .chain(upserts.iter().map(|u| u.id.as_str()))
+                .collect();
+            let mut entries: Vec<AgentEntry> = self.entries_snapshot().entries().to_vec();
+            entries.retain(|e| !gone.contains(e.id.as_str()));
             entries.extend(upserts);
             entries
         };
@@ -205,6 +266,57 @@ fn random_fraction() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(id: &str, spiffe_id: &str, selectors: &[&str]) -> AgentEntry {
+        AgentEntry {
+            id: id.to_owned(),
+            spiffe_id: SpiffeId::parse(spiffe_id).unwrap(),
+            selectors: selectors
+                .iter()
+                .map(|s| Selector::parse(s).unwrap())
+                .collect(),
+        }
+    }
+
+    /// The index finds exactly what a scan of every entry would.
+    #[test]
+    fn indexed_matching_equals_a_scan() -> Result<(), Box<dyn std::error::Error>> {
+        let entries = vec![
+            entry("a", "spiffe://td/a", &["unix:uid:1", "unix:gid:5"]),
+            entry("b", "spiffe://td/b", &["unix:uid:1"]),
+            entry("c", "spiffe://td/a", &["unix:gid:5"]),
+            entry("d", "spiffe://td/d", &["unix:uid:2"]),
+            entry("e", "spiffe://td/e", &["unix:gid:5", "unix:user:x"]),
+        ];
+        let set = EntrySet::new(entries.clone());
+        assert!(set.needs().names);
+        let callers: Vec<Vec<Selector>> = [
+            vec!["unix:uid:1", "unix:gid:5"],
+            vec!["unix:uid:1"],
+            vec!["unix:gid:5", "unix:user:x"],
+            vec!["unix:uid:3"],
+            vec![],
+        ]
+        .iter()
+        .map(|c| c.iter().map(|s| Selector::parse(s)).collect())
+        .collect::<Result<_, _>>()?;
+        for caller in &callers {
+            let mut scanned: Vec<AgentEntry> = Vec::new();
+            for e in entries.iter().filter(|e| e.matches(caller)) {
+                if !scanned.iter().any(|f| f.spiffe_id == e.spiffe_id) {
+                    scanned.push(e.clone());
+                }
+            }
+            assert_eq!(set.identities_for(caller), scanned, "{caller:?}");
+        }
+        let ids: Vec<String> = set
+            .identities_for(&callers[0])
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, ["a", "b"], "one per SPIFFE ID, first entry wins");
+        Ok(())
+    }
 
     #[test]
     fn backoff_grows_jittered_up_to_the_interval() {

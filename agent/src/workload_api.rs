@@ -55,22 +55,32 @@ impl WorkloadService {
             .get::<PeerInfo>()
             .cloned()
             .ok_or_else(|| Status::internal("caller credentials unavailable"))?;
+        // Selectors are found out once per call, and only of the kinds the
+        // entries in force use; they are matched against the same snapshot.
+        let entries = self.state.entries_snapshot();
+        let needs = entries.needs();
         let attestor = self.attestor.clone();
-        // Attestation reads /proc, may hash a binary and asks NSS for names: blocking work.
-        let attested = tokio::task::spawn_blocking(move || match peer.0.as_ref() {
+        let attest = move || match peer.0.as_ref() {
             Ok(peer) => attestor
-                .attest(peer)
+                .attest_for(peer, needs)
                 .map(|selectors| (peer.credentials, selectors))
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
-        })
-        .await
-        .map_err(|e| Status::internal(format!("attestation task failed: {e}")))?;
+        };
+        let attested = if needs.may_block() {
+            // NSS may ask a network directory; a large binary takes a while to hash.
+            tokio::task::spawn_blocking(attest)
+                .await
+                .map_err(|e| Status::internal(format!("attestation task failed: {e}")))?
+        } else {
+            // A pin check and procfs reads: cheaper than a trip to the blocking pool.
+            attest()
+        };
         let (caller, selectors) = attested.map_err(|reason| {
             tracing::debug!(%reason, "caller could not be attested");
             Status::permission_denied(format!("caller could not be attested: {reason}"))
         })?;
-        let identities = self.state.identities_for(&selectors);
+        let identities = entries.identities_for(&selectors);
         if identities.is_empty() {
             tracing::debug!(
                 uid = caller.uid,

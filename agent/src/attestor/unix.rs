@@ -43,6 +43,58 @@ pub enum AttestError {
     Binary(#[from] BinaryError),
 }
 
+/// Which facts about a caller the entries in force can use. Selectors of a
+/// kind no entry has cannot change which entries match, so the attestor skips
+/// finding them out: a caller of a node whose entries name only uids costs a
+/// pin check, not a read of /proc, the passwd and group files and the binary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// `unix:user`, `unix:group`: names from NSS.
+    pub names: bool,
+    /// `unix:supplementary_gid` (from /proc/<pid>/status).
+    pub supplementary_gids: bool,
+    /// `unix:supplementary_group`: the above, named through NSS.
+    pub supplementary_groups: bool,
+    pub path: bool,
+    pub sha256: bool,
+}
+
+impl Needs {
+    /// Every fact (what `attest` computes).
+    pub const ALL: Self = Self {
+        names: true,
+        supplementary_gids: true,
+        supplementary_groups: true,
+        path: true,
+        sha256: true,
+    };
+
+    /// What matching against entries with `selectors` needs.
+    pub fn of<'a>(selectors: impl IntoIterator<Item = &'a Selector>) -> Self {
+        let mut needs = Self::default();
+        for selector in selectors {
+            if selector.kind() != UNIX_SELECTOR_TYPE {
+                continue;
+            }
+            match selector.value().split_once(':').map_or("", |(key, _)| key) {
+                "user" | "group" => needs.names = true,
+                "supplementary_gid" => needs.supplementary_gids = true,
+                "supplementary_group" => needs.supplementary_groups = true,
+                "path" => needs.path = true,
+                "sha256" => needs.sha256 = true,
+                _ => {}
+            }
+        }
+        needs
+    }
+
+    /// Either may wait on something slow: NSS (perhaps a network directory)
+    /// or hashing a large executable. The rest reads procfs only.
+    pub fn may_block(&self) -> bool {
+        self.names || self.supplementary_groups || self.sha256
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct UnixAttestor {
     config: UnixAttestorConfig,
@@ -60,21 +112,33 @@ impl UnixAttestor {
     /// The caller's selectors. Blocking (reads /proc, may hash a file, asks NSS
     /// for names): run it off the async executor.
     pub fn attest(&self, peer: &Peer) -> Result<Vec<Selector>, AttestError> {
+        self.attest_for(peer, Needs::ALL)
+    }
+
+    /// The caller's selectors of the kinds in `needs` (uid and gid always).
+    /// Blocking when `needs.may_block()`; else it only reads procfs.
+    pub fn attest_for(&self, peer: &Peer, needs: Needs) -> Result<Vec<Selector>, AttestError> {
         let pid = peer.credentials.pid;
         peer.pin.verify()?;
-        let mut facts = id_facts(&peer.credentials);
-        for gid in supplementary_gids(pid)? {
-            facts.push(("supplementary_gid", gid.to_string()));
-            if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(gid)) {
-                facts.push(("supplementary_group", group.name));
+        let mut facts = id_facts(&peer.credentials, needs.names);
+        if needs.supplementary_gids || needs.supplementary_groups {
+            for gid in supplementary_gids(pid)? {
+                facts.push(("supplementary_gid", gid.to_string()));
+                if needs.supplementary_groups
+                    && let Ok(Some(group)) = Group::from_gid(Gid::from_raw(gid))
+                {
+                    facts.push(("supplementary_group", group.name));
+                }
             }
         }
         if self.config.path_selectors
+            && needs.path
             && let Some(path) = BinaryInspector::path(pid)?
         {
             facts.push(("path", path.to_string_lossy().into_owned()));
         }
         if self.config.sha256_selectors
+            && needs.sha256
             && let Some(hash) = self.binaries.sha256(pid, self.config.max_binary_bytes)?
         {
             facts.push(("sha256", hash));
@@ -86,9 +150,12 @@ impl UnixAttestor {
     }
 }
 
-/// `uid`, `gid`, and `user`/`group` where the ids have names.
-fn id_facts(peer: &PeerCredentials) -> Vec<(&'static str, String)> {
+/// `uid`, `gid`, and (with `names`) `user`/`group` where the ids have names.
+fn id_facts(peer: &PeerCredentials, names: bool) -> Vec<(&'static str, String)> {
     let mut facts = vec![("uid", peer.uid.to_string()), ("gid", peer.gid.to_string())];
+    if !names {
+        return facts;
+    }
     if let Ok(Some(user)) = User::from_uid(Uid::from_raw(peer.uid)) {
         facts.push(("user", user.name));
     }
@@ -179,6 +246,52 @@ mod tests {
             "{got:?}"
         );
         assert!(got.iter().any(|s| s.starts_with("unix:sha256:")), "{got:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn only_the_needed_facts_are_found_out() -> Result<(), Box<dyn std::error::Error>> {
+        let peer = me()?;
+        let full = UnixAttestor::new(UnixAttestorConfig {
+            path_selectors: true,
+            sha256_selectors: true,
+            max_binary_bytes: u64::MAX,
+        });
+        let uid = format!("unix:uid:{}", peer.credentials.uid);
+        let bare = strings(&full.attest_for(&peer, Needs::default())?);
+        assert_eq!(bare.len(), 2, "uid and gid only: {bare:?}");
+        assert!(bare.contains(&uid));
+        let needs = Needs::of(&[Selector::parse("unix:path:/bin/x")?, Selector::parse(&uid)?]);
+        assert_eq!(
+            needs,
+            Needs {
+                path: true,
+                ..Needs::default()
+            }
+        );
+        assert!(!needs.may_block());
+        let got = strings(&full.attest_for(&peer, needs)?);
+        assert!(got.iter().any(|s| s.starts_with("unix:path:")), "{got:?}");
+        assert!(
+            got.iter().all(|s| !s.starts_with("unix:sha256:")),
+            "{got:?}"
+        );
+        assert!(Needs::of(&[Selector::parse("unix:user:root")?]).may_block());
+        // Everything needed: the same as a full attestation.
+        let all = Needs::of(
+            &[
+                "unix:user:a",
+                "unix:supplementary_gid:1",
+                "unix:supplementary_group:a",
+                "unix:path:/x",
+                "unix:sha256:ab",
+            ]
+            .map(Selector::parse)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?,
+        );
+        assert_eq!(all, Needs::ALL);
+        assert_eq!(full.attest_for(&peer, all)?, full.attest(&peer)?);
         Ok(())
     }
 
