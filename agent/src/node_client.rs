@@ -229,6 +229,9 @@ pub fn channel(
                 let (connector, address, name) = (connector.clone(), address.clone(), name.clone());
                 async move {
                     let tcp = TcpStream::connect(&address).await?;
+                    // gRPC's small frames must not wait on Nagle's algorithm
+                    // (~40 ms per exchange against a delayed ACK).
+                    tcp.set_nodelay(true)?;
                     let tls = connector.connect(name, tcp).await?;
                     Ok::<_, std::io::Error>(TokioIo::new(tls))
                 }

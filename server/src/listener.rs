@@ -26,6 +26,11 @@ pub async fn accept_loop<F, Fut>(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    // Small request/response exchanges: Nagle's algorithm
+                    // against the peer's delayed ACK would add ~40 ms stalls.
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(listener = name, %peer, error = %e, "TCP_NODELAY not set");
+                    }
                     tokio::spawn(handle(tcp, peer));
                 }
                 Err(e) => tracing::warn!(listener = name, error = %e, "accept failed"),
