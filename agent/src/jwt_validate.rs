@@ -3,10 +3,12 @@
 //! Only the algorithms this trust domain signs with are accepted: `none`,
 //! `HS*` and anything else are refused before a key is looked at.
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents, UnparsedPublicKey,
+    ECDSA_P256_SHA256_FIXED, ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents,
+    UnparsedPublicKey,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -78,10 +80,40 @@ pub struct ValidatedJwt {
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The bundle's keys decoded and parsed once (per bundle, not per call):
+/// `kid` → (the `alg` it is published for, the parsed key). Keys that are not
+/// usable ES256 or RS256 keys are left out, so tokens naming them are refused
+/// as signed by an unknown key.
+#[derive(Debug, Default)]
+pub struct VerifyingKeys {
+    keys: HashMap<String, (String, ParsedPublicKey)>,
+}
+
+impl VerifyingKeys {
+    pub fn new(bundle: &Jwks) -> Self {
+        let keys = bundle
+            .keys
+            .iter()
+            .filter_map(|jwk| Some((jwk.kid.clone(), (jwk.alg.clone(), parse_key(jwk)?))))
+            .collect();
+        Self { keys }
+    }
+}
+
+/// Validates against `bundle`, parsing its keys for this one call.
 pub fn validate(
     token: &str,
     audience: &str,
     bundle: &Jwks,
+    now: SystemTime,
+) -> Result<ValidatedJwt, ValidationError> {
+    validate_with(token, audience, &VerifyingKeys::new(bundle), now)
+}
+
+pub fn validate_with(
+    token: &str,
+    audience: &str,
+    keys: &VerifyingKeys,
     now: SystemTime,
 ) -> Result<ValidatedJwt, ValidationError> {
     if token.len() > MAX_TOKEN_LEN {
@@ -102,16 +134,17 @@ pub fn validate(
     }
     let kid = header.kid.unwrap_or_default();
     // The key must be published for exactly this algorithm: no RS/ES confusion.
-    let jwk = bundle
-        .find(&kid)
-        .filter(|k| k.alg == header.alg)
+    let key = keys
+        .keys
+        .get(&kid)
+        .filter(|(alg, _)| *alg == header.alg)
+        .map(|(_, key)| key)
         .ok_or_else(|| ValidationError::UnknownKey(kid.clone()))?;
     let signature = URL_SAFE_NO_PAD
         .decode(signature_b64)
         .map_err(|_| ValidationError::BadSignature)?;
     let signed = &token.as_bytes()[..header_b64.len() + 1 + claims_b64.len()];
-    verify_signature(jwk, signed, &signature)
-        .ok_or_else(|| ValidationError::UnknownKey(kid.clone()))?
+    key.verify_sig(signed, &signature)
         .map_err(|_| ValidationError::BadSignature)?;
 
     let claims: serde_json::Map<String, serde_json::Value> = decode_json(claims_b64)?;
@@ -132,27 +165,24 @@ pub fn validate(
     Ok(ValidatedJwt { spiffe_id, claims })
 }
 
-/// Verifies with an ES256 or RS256 key; None when the key is not usable as one.
-fn verify_signature(
-    jwk: &Jwk,
-    signed: &[u8],
-    signature: &[u8],
-) -> Option<Result<(), aws_lc_rs::error::Unspecified>> {
+/// An ES256 or RS256 JWK as a parsed public key; None when it is not usable as one.
+fn parse_key(jwk: &Jwk) -> Option<ParsedPublicKey> {
     let field = |f: &Option<String>| f.as_deref().and_then(|v| URL_SAFE_NO_PAD.decode(v).ok());
     match (jwk.alg.as_str(), jwk.kty.as_str()) {
         ("ES256", "EC") if jwk.crv.as_deref() == Some("P-256") => {
             let mut point = vec![0x04];
             point.extend(field(&jwk.x)?);
             point.extend(field(&jwk.y)?);
-            Some(UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point).verify(signed, signature))
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+                .parse()
+                .ok()
         }
-        ("RS256", "RSA") => {
-            let key = RsaPublicKeyComponents {
-                n: field(&jwk.n)?,
-                e: field(&jwk.e)?,
-            };
-            Some(key.verify(&RSA_PKCS1_2048_8192_SHA256, signed, signature))
+        ("RS256", "RSA") => RsaPublicKeyComponents {
+            n: field(&jwk.n)?,
+            e: field(&jwk.e)?,
         }
+        .to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256)
+        .ok(),
         _ => None,
     }
 }

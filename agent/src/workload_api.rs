@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use futures::{Stream, StreamExt};
@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::attestor::peer::PeerInfo;
 use crate::attestor::unix::UnixAttestor;
 use crate::jwt_issuer::JwtSvidIssuer;
-use crate::jwt_validate;
+use crate::jwt_validate::{self, VerifyingKeys};
 use crate::state::{AgentEntry, SyncedState};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -30,6 +30,9 @@ pub struct WorkloadService {
     issuer: JwtSvidIssuer,
     attestor: Arc<UnixAttestor>,
     trust_domain: TrustDomain,
+    /// The current bundle's keys, parsed once: rebuilt only when the bundle
+    /// (an `Arc` replaced on every change) is a different one.
+    verifying_keys: Mutex<Option<(Arc<Jwks>, Arc<VerifyingKeys>)>>,
 }
 
 impl WorkloadService {
@@ -44,6 +47,23 @@ impl WorkloadService {
             issuer,
             attestor,
             trust_domain,
+            verifying_keys: Mutex::new(None),
+        }
+    }
+
+    /// The parsed keys of `bundle`, from the last call when it is the same bundle.
+    fn verifying_keys(&self, bundle: &Arc<Jwks>) -> Arc<VerifyingKeys> {
+        let mut cached = self
+            .verifying_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match cached.as_ref() {
+            Some((for_bundle, keys)) if Arc::ptr_eq(for_bundle, bundle) => keys.clone(),
+            _ => {
+                let keys = Arc::new(VerifyingKeys::new(bundle));
+                *cached = Some((bundle.clone(), keys.clone()));
+                keys
+            }
         }
     }
 
@@ -231,8 +251,9 @@ impl SpiffeWorkloadApi for WorkloadService {
             self.state.bundle().borrow().clone().ok_or_else(|| {
                 Status::unavailable("trust bundle not yet fetched from the server")
             })?;
+        let keys = self.verifying_keys(&bundle);
         let validated =
-            jwt_validate::validate(&body.svid, &body.audience, &bundle, SystemTime::now())
+            jwt_validate::validate_with(&body.svid, &body.audience, &keys, SystemTime::now())
                 .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
         Ok(Response::new(ValidateJwtsvidResponse {
             spiffe_id: validated.spiffe_id.to_string(),
