@@ -1,0 +1,19 @@
+//! Lanyard end to end: the real binaries, sockets, TLS, databases and
+//! third-party clients. One test binary, not one per file: each links the
+//! whole dependency tree, and fourteen of them cost gigabytes of disk and
+//! minutes of linking for nothing.
+
+mod admin_cli;
+mod agent_cli;
+mod agent_entry_changes;
+mod agent_outage;
+mod agent_pid_reuse;
+mod agent_remote;
+mod agent_selectors;
+mod agent_workload_api;
+mod binaries;
+mod cloud_emulators;
+mod cloud_exchange;
+mod jwt_svid_e2e;
+mod node_attestation;
+mod oidc_endpoint;
