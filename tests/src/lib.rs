@@ -14,6 +14,8 @@ use lanyard_server::RunningServer;
 use lanyard_server::config::ServerConfig;
 use tokio::net::TcpListener;
 
+use crate::emulators::IssuerTrust;
+
 pub const TRUST_DOMAIN: &str = "example.org";
 
 /// A registration entry to put in the server's config.
@@ -139,12 +141,23 @@ impl World {
 
     /// An HTTPS client that trusts exactly the server's self-signed certificate.
     pub fn https_client(&self) -> anyhow::Result<reqwest::Client> {
-        let cert_path = self
-            .server
+        https_client_trusting(self.self_signed_cert()?)
+    }
+
+    /// How a cloud emulator reaches this world's issuer: its URL, and its
+    /// self-signed certificate as the only CA.
+    pub fn issuer_trust(&self) -> anyhow::Result<IssuerTrust> {
+        Ok(IssuerTrust {
+            issuer: self.issuer.clone(),
+            ca_pem: std::fs::read(self.self_signed_cert()?)?,
+        })
+    }
+
+    fn self_signed_cert(&self) -> anyhow::Result<&Path> {
+        self.server
             .oidc_self_signed_cert
             .as_deref()
-            .context("server has no self-signed certificate")?;
-        https_client_trusting(cert_path)
+            .context("server has no self-signed certificate")
     }
 
     pub async fn stop(self) {

@@ -104,19 +104,15 @@ impl AwsSts {
                 role.name
             );
         }
-        let state = Arc::new(StsState {
+        let state = StsState {
             verifier: Verifier::discovering(&config.issuer)?,
             config,
             clock,
             issued: Record::new(),
-        });
-        let router = Router::new()
-            .route("/", post(handle))
-            .with_state(state.clone());
-        Ok(Self {
-            listener: Listener::serve(router).await?,
-            state,
-        })
+        };
+        let routes = Router::new().route("/", post(handle));
+        let (listener, state) = Listener::serve(routes, state).await?;
+        Ok(Self { listener, state })
     }
 
     /// The endpoint URL to give an SDK, e.g. `http://127.0.0.1:PORT`.

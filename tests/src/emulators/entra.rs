@@ -107,19 +107,15 @@ impl Entra {
         for trust in &config.issuer_trust {
             verifiers.insert(trust.issuer.clone(), Verifier::discovering(trust)?);
         }
-        let state = Arc::new(EntraState {
+        let state = EntraState {
             config,
             verifiers,
             clock,
             issued: Record::new(),
-        });
-        let router = Router::new()
-            .route("/{tenant}/oauth2/v2.0/token", post(token))
-            .with_state(state.clone());
-        Ok(Self {
-            listener: Listener::serve(router).await?,
-            state,
-        })
+        };
+        let routes = Router::new().route("/{tenant}/oauth2/v2.0/token", post(token));
+        let (listener, state) = Listener::serve(routes, state).await?;
+        Ok(Self { listener, state })
     }
 
     /// The authority host, e.g. `http://127.0.0.1:PORT`.

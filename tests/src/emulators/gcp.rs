@@ -157,7 +157,7 @@ impl Gcp {
             Some(jwks) => Verifier::with_jwks(&config.issuer.issuer, jwks)?,
             None => Verifier::discovering(&config.issuer)?,
         };
-        let state = Arc::new(GcpState {
+        let state = GcpState {
             config,
             condition_subject,
             verifier,
@@ -165,18 +165,13 @@ impl Gcp {
             federated: Record::new(),
             access_tokens: Record::new(),
             live: Mutex::new(HashMap::new()),
-        });
-        let router = Router::new()
-            .route("/v1/token", post(exchange))
-            .route(
-                "/v1/projects/{project}/serviceAccounts/{name}",
-                post(generate_access_token),
-            )
-            .with_state(state.clone());
-        Ok(Self {
-            listener: Listener::serve(router).await?,
-            state,
-        })
+        };
+        let routes = Router::new().route("/v1/token", post(exchange)).route(
+            "/v1/projects/{project}/serviceAccounts/{name}",
+            post(generate_access_token),
+        );
+        let (listener, state) = Listener::serve(routes, state).await?;
+        Ok(Self { listener, state })
     }
 
     /// Base URL of both the STS and the IAM Credentials endpoints.

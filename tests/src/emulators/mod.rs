@@ -14,12 +14,14 @@
 //! - [`vault`]: HashiCorp Vault's JWT auth method (JSON).
 //!
 //! Every emulator records what it issued, so a test can compare what an SDK
-//! got with what was handed out, and stops serving when dropped.
+//! got with what was handed out, and stops serving when dropped. [`requests`]
+//! holds the raw requests that more than one test module sends.
 
 pub mod aws_sts;
 pub mod entra;
 pub mod gcp;
 pub mod oidc;
+pub mod requests;
 mod shared;
 pub mod vault;
 

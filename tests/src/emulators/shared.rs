@@ -53,7 +53,14 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    pub(crate) async fn serve(router: Router) -> anyhow::Result<Self> {
+    /// Serves `routes` with `state` shared among their handlers, and hands
+    /// the state back so the emulator can read what the handlers recorded.
+    pub(crate) async fn serve<S: Send + Sync + 'static>(
+        routes: Router<Arc<S>>,
+        state: S,
+    ) -> anyhow::Result<(Self, Arc<S>)> {
+        let state = Arc::new(state);
+        let router = routes.with_state(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding an emulator listener on 127.0.0.1")?;
@@ -63,7 +70,7 @@ impl Listener {
                 tracing::warn!(%error, "emulator listener stopped");
             }
         });
-        Ok(Self { addr, task })
+        Ok((Self { addr, task }, state))
     }
 
     pub(crate) fn url(&self) -> String {

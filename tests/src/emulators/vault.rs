@@ -106,21 +106,18 @@ impl Vault {
             "mount {:?} must be a path like \"jwt\"",
             config.mount
         );
-        let state = Arc::new(VaultState {
+        let state = VaultState {
             verifier: Verifier::discovering(&config.issuer)?,
             config,
             clock,
             issued: Record::new(),
             entities: Mutex::new(HashMap::new()),
-        });
-        let router = Router::new()
+        };
+        let routes = Router::new()
             .route("/v1/auth/token/lookup-self", get(lookup_self))
-            .route("/v1/auth/{*path}", post(login))
-            .with_state(state.clone());
-        Ok(Self {
-            listener: Listener::serve(router).await?,
-            state,
-        })
+            .route("/v1/auth/{*path}", post(login));
+        let (listener, state) = Listener::serve(routes, state).await?;
+        Ok(Self { listener, state })
     }
 
     /// `VAULT_ADDR`, e.g. `http://127.0.0.1:PORT`.

@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use lanyard_server::federation::{self, Target};
+use lanyard_tests::emulators::Clock;
 use lanyard_tests::emulators::aws_sts::{AwsRole, AwsSts, AwsStsConfig};
 use lanyard_tests::emulators::entra::{Entra, EntraApp, EntraConfig, FederatedCredential};
 use lanyard_tests::emulators::gcp::{Gcp, GcpConfig, GcpServiceAccount};
+use lanyard_tests::emulators::requests::{
+    entra_token, gcp_exchange, gcp_exchange_form, status_and_json,
+};
 use lanyard_tests::emulators::vault::{Vault, VaultConfig, VaultRole};
-use lanyard_tests::emulators::{Clock, IssuerTrust};
 use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World};
 use serde_json::{Value, json};
 use spiffe::WorkloadApiClient;
@@ -36,19 +39,6 @@ async fn svid(world: &World, audience: &str) -> anyhow::Result<String> {
         .await?
         .token()
         .to_owned())
-}
-
-/// How the cloud reaches this world's issuer: its self-signed certificate.
-fn trust(world: &World) -> anyhow::Result<IssuerTrust> {
-    let cert = world
-        .server
-        .oidc_self_signed_cert
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("server has no self-signed certificate"))?;
-    Ok(IssuerTrust {
-        issuer: world.issuer.clone(),
-        ca_pem: std::fs::read(cert)?,
-    })
 }
 
 /// A CA that has nothing to do with the issuer.
@@ -215,7 +205,7 @@ fn assert_sts_error(got: &(u16, String), status: u16, code: &str, message: &str)
 async fn aws_sts_exchanges_a_genuine_svid_and_refuses_the_rest() -> anyhow::Result<()> {
     let world = World::start("/aws", &[EntrySpec::mine(WORKLOAD)]).await?;
     let config = AwsStsConfig {
-        issuer: trust(&world)?,
+        issuer: world.issuer_trust()?,
         account: ACCOUNT.into(),
         client_ids: vec!["sts.amazonaws.com".into()],
         roles: vec![
@@ -395,7 +385,7 @@ async fn aws_sts_exchanges_a_genuine_svid_and_refuses_the_rest() -> anyhow::Resu
 
 fn gcp_config(world: &World, subject: &str) -> anyhow::Result<GcpConfig> {
     let mut config = GcpConfig {
-        issuer: trust(world)?,
+        issuer: world.issuer_trust()?,
         jwks_json: None,
         project_number: ACCOUNT.into(),
         pool: "lanyard-pool".into(),
@@ -417,23 +407,6 @@ fn gcp_config(world: &World, subject: &str) -> anyhow::Result<GcpConfig> {
     Ok(config)
 }
 
-/// The token exchange as JSON (the REST reference's camelCase).
-async fn gcp_exchange(gcp: &Gcp, audience: &str, token: &str) -> anyhow::Result<(u16, Value)> {
-    let response = reqwest::Client::new()
-        .post(gcp.token_url())
-        .json(&json!({
-            "grantType": "urn:ietf:params:oauth:grant-type:token-exchange",
-            "audience": audience,
-            "scope": "https://www.googleapis.com/auth/cloud-platform",
-            "requestedTokenType": "urn:ietf:params:oauth:token-type:access_token",
-            "subjectToken": token,
-            "subjectTokenType": "urn:ietf:params:oauth:token-type:jwt",
-        }))
-        .send()
-        .await?;
-    Ok((response.status().as_u16(), response.json().await?))
-}
-
 async fn generate_access_token(
     gcp: &Gcp,
     email: &str,
@@ -448,7 +421,7 @@ async fn generate_access_token(
         .json(&json!({"scope": ["https://www.googleapis.com/auth/cloud-platform"], "lifetime": "3600s"}))
         .send()
         .await?;
-    Ok((response.status().as_u16(), response.json().await?))
+    status_and_json(response).await
 }
 
 #[track_caller]
@@ -488,28 +461,14 @@ async fn gcp_exchanges_and_impersonates_only_for_the_bound_subject() -> anyhow::
     // accepts the provider name with an https: prefix.
     let https_aud = format!("https:{audience}");
     let form_token = svid(&world, &https_aud).await?;
-    let response = reqwest::Client::new()
-        .post(gcp.token_url())
-        .form(&[
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("audience", audience.as_str()),
-            ("scope", "https://www.googleapis.com/auth/cloud-platform"),
-            (
-                "requested_token_type",
-                "urn:ietf:params:oauth:token-type:access_token",
-            ),
-            ("subject_token", form_token.as_str()),
-            (
-                "subject_token_type",
-                "urn:ietf:params:oauth:token-type:id_token",
-            ),
-        ])
-        .send()
-        .await?;
-    assert_eq!(response.status(), 200);
+    let got = gcp_exchange_form(
+        &gcp,
+        &audience,
+        &form_token,
+        "urn:ietf:params:oauth:token-type:id_token",
+    )
+    .await?;
+    assert_eq!(got.0, 200, "{}", got.1);
 
     // Impersonation: the bound subject may, other accounts refuse it, and a
     // made-up bearer token is not authenticated.
@@ -608,29 +567,6 @@ const OTHER_CLIENT_ID: &str = "5a1d2e9f-64b7-4e52-8d3b-0c9e7f6a2b10";
 const SCOPE: &str = "https://vault.azure.net/.default";
 const ENTRA_AUD: &str = "api://AzureADTokenExchange";
 
-async fn entra_token(
-    entra: &Entra,
-    client_id: &str,
-    scope: &str,
-    assertion: &str,
-) -> anyhow::Result<(u16, Value)> {
-    let response = reqwest::Client::new()
-        .post(entra.token_url())
-        .form(&[
-            ("client_id", client_id),
-            ("scope", scope),
-            ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", assertion),
-        ])
-        .send()
-        .await?;
-    Ok((response.status().as_u16(), response.json().await?))
-}
-
 #[track_caller]
 fn assert_aadsts(got: &(u16, Value), status: u16, error: &str, code: u64, text: &str) {
     assert_eq!(got.0, status, "{}", got.1);
@@ -662,7 +598,7 @@ async fn entra_accepts_rs256_assertions_only_for_matching_federated_credentials(
         audiences: Vec::new(),
     };
     let entra = Entra::start(EntraConfig {
-        issuer_trust: vec![trust(&rsa)?, trust(&ec)?],
+        issuer_trust: vec![rsa.issuer_trust()?, ec.issuer_trust()?],
         tenant_id: TENANT.into(),
         applications: vec![
             EntraApp {
@@ -775,7 +711,7 @@ async fn entra_accepts_rs256_assertions_only_for_matching_federated_credentials(
         .form(&[("grant_type", "client_credentials")])
         .send()
         .await?;
-    let got = (response.status().as_u16(), response.json::<Value>().await?);
+    let got = status_and_json(response).await?;
     assert_aadsts(
         &got,
         400,
@@ -808,7 +744,7 @@ async fn vault_login(vault: &Vault, role: &str, jwt: &str) -> anyhow::Result<(u1
         .json(&json!({"role": role, "jwt": jwt}))
         .send()
         .await?;
-    Ok((response.status().as_u16(), response.json().await?))
+    status_and_json(response).await
 }
 
 async fn lookup_self(vault: &Vault, token: &str) -> anyhow::Result<(u16, Value)> {
@@ -817,7 +753,7 @@ async fn lookup_self(vault: &Vault, token: &str) -> anyhow::Result<(u16, Value)>
         .header("X-Vault-Token", token)
         .send()
         .await?;
-    Ok((response.status().as_u16(), response.json().await?))
+    status_and_json(response).await
 }
 
 #[track_caller]
@@ -839,7 +775,7 @@ async fn vault_jwt_login_binds_audience_and_subject() -> anyhow::Result<()> {
     };
     let vault = Vault::start(VaultConfig {
         mount: "jwt".into(),
-        issuer: trust(&world)?,
+        issuer: world.issuer_trust()?,
         bound_issuer: Some(world.issuer.clone()),
         roles: vec![
             role("web", &["vault"], spiffe_id()),

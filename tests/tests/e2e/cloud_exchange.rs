@@ -13,10 +13,10 @@ use std::time::Duration;
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use lanyard_tests::emulators::IssuerTrust;
 use lanyard_tests::emulators::aws_sts::{AwsRole, AwsSts, AwsStsConfig};
 use lanyard_tests::emulators::entra::{EntraApp, EntraConfig, FederatedCredential};
 use lanyard_tests::emulators::gcp::{Gcp, GcpConfig, GcpServiceAccount};
+use lanyard_tests::emulators::requests::{entra_token, gcp_exchange, gcp_exchange_form};
 use lanyard_tests::emulators::vault::{Vault, VaultConfig, VaultRole};
 use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World};
 use serde_json::Value;
@@ -29,19 +29,6 @@ const AWS_AUDIENCE: &str = "sts.amazonaws.com";
 
 fn spiffe_id(path: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}{path}")
-}
-
-/// How the clouds reach this world's issuer: its URL and its self-signed cert.
-fn issuer_trust(world: &World) -> anyhow::Result<IssuerTrust> {
-    let cert = world
-        .server
-        .oidc_self_signed_cert
-        .as_deref()
-        .context("the test server has no self-signed certificate")?;
-    Ok(IssuerTrust {
-        issuer: world.issuer.clone(),
-        ca_pem: std::fs::read(cert)?,
-    })
 }
 
 /// Runs a binary with exactly `env` (plus PATH) — no stray AWS or Google
@@ -117,7 +104,7 @@ impl AwsSetup {
         let world = World::start("/aws", &[EntrySpec::mine(AWS_PATH)]).await?;
         let printed = federation(&world, "aws", &["--account", ACCOUNT, "--name", "web"])?;
         let sts = AwsSts::start(AwsStsConfig {
-            issuer: issuer_trust(&world)?,
+            issuer: world.issuer_trust()?,
             account: ACCOUNT.into(),
             client_ids: vec![AWS_AUDIENCE.into()],
             roles: vec![
@@ -489,7 +476,7 @@ async fn gcp_setup() -> anyhow::Result<(World, Gcp, String)> {
     )?;
     let audience = printed_value(&printed, "--allowed-audiences")?;
     let gcp = Gcp::start(GcpConfig {
-        issuer: issuer_trust(&world)?,
+        issuer: world.issuer_trust()?,
         jwks_json: None,
         project_number: GCP_PROJECT.into(),
         pool: "lanyard-pool".into(),
@@ -556,25 +543,14 @@ async fn gcp_executable_feeds_google_sts() -> anyhow::Result<()> {
     );
 
     // What the library does next: RFC 8693 token exchange, form-encoded.
-    let exchange = reqwest::Client::new()
-        .post(gcp.token_url())
-        .form(&[
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("audience", audience.as_str()),
-            ("scope", "https://www.googleapis.com/auth/cloud-platform"),
-            (
-                "requested_token_type",
-                "urn:ietf:params:oauth:token-type:access_token",
-            ),
-            ("subject_token", token.as_str()),
-            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-        ])
-        .send()
-        .await?;
-    assert_eq!(exchange.status(), 200, "{}", exchange.text().await?);
+    let exchange = gcp_exchange_form(
+        &gcp,
+        &audience,
+        &token,
+        "urn:ietf:params:oauth:token-type:jwt",
+    )
+    .await?;
+    assert_eq!(exchange.0, 200, "{}", exchange.1);
     let federated = gcp.federated_tokens();
     assert_eq!(
         federated.last().map(|t| t.subject.as_str()),
@@ -605,19 +581,8 @@ async fn gcp_executable_feeds_google_sts() -> anyhow::Result<()> {
         ..gcp.config().clone()
     })
     .await?;
-    let exchange = reqwest::Client::new()
-        .post(offline.token_url())
-        .json(&serde_json::json!({
-            "grantType": "urn:ietf:params:oauth:grant-type:token-exchange",
-            "audience": audience,
-            "scope": "https://www.googleapis.com/auth/cloud-platform",
-            "requestedTokenType": "urn:ietf:params:oauth:token-type:access_token",
-            "subjectToken": token,
-            "subjectTokenType": "urn:ietf:params:oauth:token-type:jwt",
-        }))
-        .send()
-        .await?;
-    assert_eq!(exchange.status(), 200, "{}", exchange.text().await?);
+    let exchange = gcp_exchange(&offline, &audience, &token).await?;
+    assert_eq!(exchange.0, 200, "{}", exchange.1);
 
     // The failure form, with a non-zero exit: a SAML configuration, and no agent.
     for (token_type, socket, code) in [
@@ -731,7 +696,7 @@ async fn entra_accepts_rs256_assertions_and_refuses_es256() -> anyhow::Result<()
         "federation warns before Entra refuses: {ec_warnings}"
     );
     let entra = lanyard_tests::emulators::entra::Entra::start(EntraConfig {
-        issuer_trust: vec![issuer_trust(&rsa)?, issuer_trust(&ec)?],
+        issuer_trust: vec![rsa.issuer_trust()?, ec.issuer_trust()?],
         tenant_id: "tenant-1".into(),
         applications: vec![
             EntraApp {
@@ -805,21 +770,14 @@ async fn entra_accepts_rs256_assertions_and_refuses_es256() -> anyhow::Result<()
     })?;
     anyhow::ensure!(written.status.success(), "{}", text(&written.stderr));
     let assertion = std::fs::read_to_string(&path)?;
-    let answer = reqwest::Client::new()
-        .post(entra.token_url())
-        .form(&[
-            ("client_id", "client-rsa"),
-            ("scope", "https://vault.azure.net/.default"),
-            ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", assertion.as_str()),
-        ])
-        .send()
-        .await?;
-    assert_eq!(answer.status(), 200, "{}", answer.text().await?);
+    let answer = entra_token(
+        &entra,
+        "client-rsa",
+        "https://vault.azure.net/.default",
+        &assertion,
+    )
+    .await?;
+    assert_eq!(answer.0, 200, "{}", answer.1);
     assert_eq!(entra.issued().len(), 2);
     rsa.stop().await;
     ec.stop().await;
@@ -844,7 +802,7 @@ async fn vault_example_logs_in_with_the_role_federation_prints() -> anyhow::Resu
     )?;
     let vault = Vault::start(VaultConfig {
         mount: "jwt".into(),
-        issuer: issuer_trust(&world)?,
+        issuer: world.issuer_trust()?,
         bound_issuer: None,
         roles: vec![VaultRole {
             name: "web".into(),
