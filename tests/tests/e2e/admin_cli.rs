@@ -53,6 +53,13 @@ impl Admin {
     }
 }
 
+/// `entry create --spiffe-id <spiffe_id>` followed by `rest` (selectors, flags).
+fn entry_create<'a>(spiffe_id: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["entry", "create", "--spiffe-id", spiffe_id];
+    args.extend_from_slice(rest);
+    args
+}
+
 fn start_server(dir: &Path) -> anyhow::Result<Daemon> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -83,18 +90,17 @@ fn every_admin_verb_works_through_the_socket() -> anyhow::Result<()> {
     let health = admin.json(&["healthcheck"])?;
     assert_eq!(health["trust_domain"], "example.org");
 
-    let created = admin.json(&[
-        "entry",
-        "create",
-        "--spiffe-id",
+    let created = admin.json(&entry_create(
         "spiffe://example.org/web",
-        "-s",
-        "unix:uid:1000",
-        "-s",
-        "unix:gid:1000",
-        "--jwt-svid-ttl",
-        "120",
-    ])?;
+        &[
+            "-s",
+            "unix:uid:1000",
+            "-s",
+            "unix:gid:1000",
+            "--jwt-svid-ttl",
+            "120",
+        ],
+    ))?;
     let id = created[0]["id"].as_str().unwrap_or_default().to_owned();
     assert_eq!(
         created[0]["parent_id"],
@@ -110,14 +116,10 @@ fn every_admin_verb_works_through_the_socket() -> anyhow::Result<()> {
         admin.json(&["entry", "show", &id])?[0]["spiffe_id"],
         "spiffe://example.org/web"
     );
-    admin.json(&[
-        "entry",
-        "create",
-        "--spiffe-id",
+    admin.json(&entry_create(
         "spiffe://example.org/db",
-        "-s",
-        "unix:user:postgres",
-    ])?;
+        &["-s", "unix:user:postgres"],
+    ))?;
     assert_eq!(
         admin.json(&["entry", "list"])?.as_array().map(Vec::len),
         Some(2)
@@ -136,66 +138,44 @@ fn every_admin_verb_works_through_the_socket() -> anyhow::Result<()> {
     // Validation names the field; nothing is stored.
     assert!(
         admin
-            .error(&[
-                "entry",
-                "create",
-                "--spiffe-id",
+            .error(&entry_create(
                 "spiffe://example.org/x/",
-                "-s",
-                "unix:uid:1"
-            ])?
+                &["-s", "unix:uid:1"]
+            ))?
             .contains("spiffe_id")
     );
     assert!(
         admin
-            .error(&[
-                "entry",
-                "create",
-                "--spiffe-id",
-                "spiffe://other.org/x",
-                "-s",
-                "unix:uid:1"
-            ])?
+            .error(&entry_create("spiffe://other.org/x", &["-s", "unix:uid:1"]))?
             .contains("not in trust domain")
     );
     assert!(
         admin
-            .error(&[
-                "entry",
-                "create",
-                "--spiffe-id",
+            .error(&entry_create(
                 "spiffe://example.org/x",
-                "-s",
-                "k8s:ns:default"
-            ])?
+                &["-s", "k8s:ns:default"]
+            ))?
             .contains("unknown selector")
     );
     assert!(
         admin
-            .error(&[
-                "entry",
-                "create",
-                "--spiffe-id",
+            .error(&entry_create(
                 "spiffe://example.org/x",
-                "--parent-id",
-                "spiffe://example.org/ghost",
-                "-s",
-                "unix:uid:1"
-            ])?
+                &[
+                    "--parent-id",
+                    "spiffe://example.org/ghost",
+                    "-s",
+                    "unix:uid:1"
+                ]
+            ))?
             .contains("parent_id")
     );
     assert!(
         admin
-            .error(&[
-                "entry",
-                "create",
-                "--spiffe-id",
+            .error(&entry_create(
                 "spiffe://example.org/web",
-                "-s",
-                "unix:uid:1000",
-                "-s",
-                "unix:gid:1000"
-            ])?
+                &["-s", "unix:uid:1000", "-s", "unix:gid:1000"]
+            ))?
             .contains("already exists")
     );
     assert_eq!(

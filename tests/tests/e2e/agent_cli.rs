@@ -24,6 +24,29 @@ fn agent(args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
     Ok(child.wait_with_output()?)
 }
 
+/// `api validate jwt --audience <audience> --token <token> --socket <endpoint>`,
+/// then `extra`.
+fn validate_args<'a>(
+    audience: &'a str,
+    token: &'a str,
+    endpoint: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "api",
+        "validate",
+        "jwt",
+        "--audience",
+        audience,
+        "--token",
+        token,
+        "--socket",
+        endpoint,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
@@ -63,19 +86,7 @@ async fn bundle_validate_and_healthcheck_verbs() -> anyhow::Result<()> {
         let token = stdout(&fetched);
 
         let validated = agent(
-            &[
-                "api",
-                "validate",
-                "jwt",
-                "--audience",
-                "cli",
-                "--token",
-                &token,
-                "--socket",
-                &endpoint,
-                "--output",
-                "json",
-            ],
+            &validate_args("cli", &token, &endpoint, &["--output", "json"]),
             None,
         )?;
         assert!(validated.status.success(), "{}", stderr(&validated));
@@ -85,37 +96,11 @@ async fn bundle_validate_and_healthcheck_verbs() -> anyhow::Result<()> {
         assert!(answer["claims"]["exp"].is_i64(), "{answer}");
 
         // The token can come from stdin instead of the process list.
-        let from_stdin = agent(
-            &[
-                "api",
-                "validate",
-                "jwt",
-                "--audience",
-                "cli",
-                "--token",
-                "-",
-                "--socket",
-                &endpoint,
-            ],
-            Some(&token),
-        )?;
+        let from_stdin = agent(&validate_args("cli", "-", &endpoint, &[]), Some(&token))?;
         assert!(from_stdin.status.success(), "{}", stderr(&from_stdin));
         assert_eq!(stdout(&from_stdin), expected_id);
 
-        let wrong_audience = agent(
-            &[
-                "api",
-                "validate",
-                "jwt",
-                "--audience",
-                "other",
-                "--token",
-                &token,
-                "--socket",
-                &endpoint,
-            ],
-            None,
-        )?;
+        let wrong_audience = agent(&validate_args("other", &token, &endpoint, &[]), None)?;
         assert!(!wrong_audience.status.success());
         assert!(
             stderr(&wrong_audience).contains("audience"),

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use anyhow::Context;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
 use lanyard_tests::process::Daemon;
 use lanyard_tests::{https_client_trusting, my_uid};
@@ -19,6 +20,12 @@ fn run(binary: &str, args: &[&str]) -> std::io::Result<Output> {
         .args(args)
         .env("RUST_LOG", "off")
         .output()
+}
+
+/// Runs `<binary> <verb> --config <config>`.
+fn run_with_config(binary: &str, verb: &str, config: &Path) -> anyhow::Result<Output> {
+    let config = config.to_str().context("config path is not UTF-8")?;
+    Ok(run(binary, &[verb, "--config", config])?)
 }
 
 /// Asserts a failed run said exactly one line on stderr, containing `needle`.
@@ -57,10 +64,7 @@ fn bad_server_configs_fail_in_one_line() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let missing = dir.path().join("nope.toml");
     assert_one_line_error(
-        &run(
-            SERVER,
-            &["check-config", "--config", missing.to_str().unwrap()],
-        )?,
+        &run_with_config(SERVER, "check-config", &missing)?,
         "cannot read config",
     );
 
@@ -84,10 +88,7 @@ fn bad_server_configs_fail_in_one_line() -> anyhow::Result<()> {
         let path = dir.path().join("server.toml");
         std::fs::write(&path, &text)?;
         for verb in ["check-config", "run"] {
-            assert_one_line_error(
-                &run(SERVER, &[verb, "--config", path.to_str().unwrap()])?,
-                needle,
-            );
+            assert_one_line_error(&run_with_config(SERVER, verb, &path)?, needle);
         }
     }
     Ok(())
@@ -107,24 +108,15 @@ fn unreadable_or_exposed_key_file_is_refused() -> anyhow::Result<()> {
         "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
     )?;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
-    assert_one_line_error(
-        &run(SERVER, &["run", "--config", path.to_str().unwrap()])?,
-        "mode 0644",
-    );
+    assert_one_line_error(&run_with_config(SERVER, "run", &path)?, "mode 0644");
 
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
-    assert_one_line_error(
-        &run(SERVER, &["run", "--config", path.to_str().unwrap()])?,
-        "jwt-es256.pem",
-    );
+    assert_one_line_error(&run_with_config(SERVER, "run", &path)?, "jwt-es256.pem");
 
     if my_uid() != 0 {
         // Root reads any file, so only an unprivileged run can test this one.
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o000))?;
-        assert_one_line_error(
-            &run(SERVER, &["run", "--config", path.to_str().unwrap()])?,
-            "Permission denied",
-        );
+        assert_one_line_error(&run_with_config(SERVER, "run", &path)?, "Permission denied");
     }
     Ok(())
 }
@@ -133,16 +125,13 @@ fn unreadable_or_exposed_key_file_is_refused() -> anyhow::Result<()> {
 fn bad_agent_configs_fail_in_one_line() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("agent.toml");
-    assert_one_line_error(
-        &run(AGENT, &["run", "--config", path.to_str().unwrap()])?,
-        "cannot read config",
-    );
+    assert_one_line_error(&run_with_config(AGENT, "run", &path)?, "cannot read config");
     std::fs::write(
         &path,
         "trust_domain = \"bad domain\"\n[server]\nnode_socket = \"/x.sock\"\n",
     )?;
     assert_one_line_error(
-        &run(AGENT, &["run", "--config", path.to_str().unwrap()])?,
+        &run_with_config(AGENT, "run", &path)?,
         "config key `trust_domain`",
     );
     Ok(())
