@@ -25,9 +25,10 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// domain's CA issues it, and only to the server.
 pub const SERVER_NAME: &str = "lanyard-server";
 
-const SVID_FILE: &str = "agent-svid.pem";
-const KEY_FILE: &str = "agent-key.pem";
-const BUNDLE_FILE: &str = "bundle.pem";
+/// Key, SVID and trust bundle, in one file so that they change together.
+pub const CREDENTIALS_FILE: &str = "agent-credentials.pem";
+/// Key, SVID and bundle files of earlier versions: read, then replaced.
+const LEGACY_FILES: [&str; 3] = ["agent-key.pem", "agent-svid.pem", "bundle.pem"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeClientError {
@@ -123,69 +124,115 @@ impl AgentCredentials {
         })
     }
 
-    /// Persists the credentials in `dir`: the key 0600, all replaced atomically.
+    /// Persists the credentials in `dir` as one 0600 file, replaced
+    /// atomically: key, SVID and bundle can never disagree on disk, whatever
+    /// fails or crashes halfway (the server refuses the previous SVID as soon
+    /// as it has issued a new one, so a new key beside an old SVID would lock
+    /// the agent out).
     pub fn save(&self, dir: &Path) -> Result<(), NodeClientError> {
         fsutil::ensure_private_dir(dir)?;
-        let mut svid_pem = pem("CERTIFICATE", &self.svid);
-        svid_pem.push_str(&format!(
-            "# spiffe_id {}\n# expires_at {}\n",
+        let mut text = pem("PRIVATE KEY", &self.key_pkcs8);
+        text.push_str(&pem("CERTIFICATE", &self.svid));
+        text.push_str(&format!(
+            "# spiffe_id {}\n# expires_at {}\n# the certificates below: the trust bundle\n",
             self.spiffe_id, self.expires_at
         ));
-        let bundle_pem: String = self.bundle.iter().map(|c| pem("CERTIFICATE", c)).collect();
-        // Key first: an SVID on disk without its key would be useless.
-        fsutil::write_private_file(
-            &dir.join(KEY_FILE),
-            pem("PRIVATE KEY", &self.key_pkcs8).as_bytes(),
-        )?;
-        fsutil::write_private_file(&dir.join(SVID_FILE), svid_pem.as_bytes())?;
-        fsutil::write_private_file(&dir.join(BUNDLE_FILE), bundle_pem.as_bytes())?;
+        for ca in &self.bundle {
+            text.push_str(&pem("CERTIFICATE", ca));
+        }
+        fsutil::write_private_file(&dir.join(CREDENTIALS_FILE), text.as_bytes())?;
+        // Files of the three-file layout of earlier versions are superseded.
+        for legacy in LEGACY_FILES {
+            match std::fs::remove_file(dir.join(legacy)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = legacy, error = %e, "could not remove a superseded credentials file")
+                }
+            }
+        }
         Ok(())
     }
 
-    /// Loads credentials saved by [`save`](Self::save); `Ok(None)` if there are none.
+    /// Loads credentials saved by [`save`](Self::save) (or by the three-file
+    /// layout of earlier versions); `Ok(None)` if there are none. A key that
+    /// does not belong to the SVID is refused here, not at the first call.
     pub fn load(dir: &Path) -> Result<Option<Self>, NodeClientError> {
-        let Some(key_pem) = fsutil::read_private_file(&dir.join(KEY_FILE))? else {
-            return Ok(None);
-        };
         let broken = |message: &str| NodeClientError::Credentials {
             dir: dir.to_owned(),
             message: message.to_owned(),
         };
-        let svid_pem = fsutil::read_private_file(&dir.join(SVID_FILE))?
-            .ok_or_else(|| broken("SVID missing"))?;
-        let bundle_pem = fsutil::read_private_file(&dir.join(BUNDLE_FILE))?
-            .ok_or_else(|| broken("bundle missing"))?;
-        let key = match rustls_pemfile::private_key(&mut key_pem.as_slice()) {
-            Ok(Some(PrivateKeyDer::Pkcs8(key))) => key.secret_pkcs8_der().to_vec(),
-            _ => return Err(broken("key is not PKCS#8 PEM")),
+        let text = match fsutil::read_private_file(&dir.join(CREDENTIALS_FILE))? {
+            Some(text) => text,
+            None => match read_legacy(dir, &broken)? {
+                Some(text) => text,
+                None => return Ok(None),
+            },
         };
-        let svid = rustls_pemfile::certs(&mut svid_pem.as_slice())
-            .next()
-            .and_then(Result::ok)
-            .ok_or_else(|| broken("SVID is not PEM"))?;
-        let bundle = rustls_pemfile::certs(&mut bundle_pem.as_slice())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| broken("bundle is not PEM"))?;
-        let text = String::from_utf8_lossy(&svid_pem);
-        let field = |name: &str| {
-            text.lines()
+        let mut reader = text.as_slice();
+        let mut items = rustls_pemfile::read_all(&mut reader);
+        let key = match items.next() {
+            Some(Ok(rustls_pemfile::Item::Pkcs8Key(key))) => key.secret_pkcs8_der().to_vec(),
+            _ => return Err(broken("the first PEM block is not a PKCS#8 PRIVATE KEY")),
+        };
+        let svid = match items.next() {
+            Some(Ok(rustls_pemfile::Item::X509Certificate(cert))) => cert,
+            _ => return Err(broken("the SVID CERTIFICATE does not follow the key")),
+        };
+        let bundle = items
+            .map(|item| match item {
+                Ok(rustls_pemfile::Item::X509Certificate(cert)) => Ok(cert),
+                _ => Err(broken(
+                    "the trust bundle holds something else than CERTIFICATE blocks",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if bundle.is_empty() {
+            return Err(broken("the trust bundle is missing"));
+        }
+        let notes = String::from_utf8_lossy(&text);
+        let note = |name: &str| {
+            notes
+                .lines()
                 .find_map(|l| l.strip_prefix(&format!("# {name} ")))
                 .map(str::to_owned)
         };
-        let spiffe_id = field("spiffe_id")
+        let spiffe_id = note("spiffe_id")
             .and_then(|s| SpiffeId::parse(&s).ok())
             .ok_or_else(|| broken("SPIFFE ID note missing"))?;
-        let expires_at = field("expires_at")
+        let expires_at = note("expires_at")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| broken("expiry note missing"))?;
-        Ok(Some(Self {
+        let creds = Self {
             spiffe_id,
             svid,
             key_pkcs8: key,
             bundle,
             expires_at,
-        }))
+        };
+        // rustls checks that the key is the one the certificate names.
+        tls_config(&creds.bundle, Some(&creds))
+            .map_err(|e| broken(&format!("the key does not fit the SVID ({e})")))?;
+        Ok(Some(creds))
     }
+}
+
+/// The three files of earlier versions (key, SVID with its notes, bundle),
+/// concatenated in the order of the one-file layout.
+fn read_legacy(
+    dir: &Path,
+    broken: &dyn Fn(&str) -> NodeClientError,
+) -> Result<Option<Vec<u8>>, NodeClientError> {
+    let [key, svid, bundle] = LEGACY_FILES;
+    let Some(mut text) = fsutil::read_private_file(&dir.join(key))? else {
+        return Ok(None);
+    };
+    for (file, missing) in [(svid, "SVID missing"), (bundle, "bundle missing")] {
+        let part = fsutil::read_private_file(&dir.join(file))?.ok_or_else(|| broken(missing))?;
+        text.push(b'\n');
+        text.extend_from_slice(&part);
+    }
+    Ok(Some(text))
 }
 
 fn tls_config(
@@ -275,4 +322,108 @@ pub async fn renew(
         .map_err(NodeClientError::Refused)?
         .into_inner();
     AgentCredentials::from_response(response, &key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Credentials whose SVID is a self-signed certificate over `svid_key`,
+    /// holding `held_key` as the agent's key.
+    fn credentials(svid_key: &KeyPair, held_key: &KeyPair) -> AgentCredentials {
+        let cert = CertificateParams::new(vec!["agent".to_owned()])
+            .unwrap()
+            .self_signed(svid_key)
+            .unwrap();
+        AgentCredentials {
+            spiffe_id: SpiffeId::parse("spiffe://example.org/node/a").unwrap(),
+            svid: cert.der().clone(),
+            key_pkcs8: held_key.serialize_der(),
+            bundle: vec![cert.der().clone()],
+            expires_at: 1_900_000_000,
+        }
+    }
+
+    #[test]
+    fn saved_credentials_load_back_from_one_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let creds = credentials(&key, &key);
+        creds.save(dir.path()).unwrap();
+
+        let path = dir.path().join(CREDENTIALS_FILE);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        let loaded = AgentCredentials::load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.spiffe_id, creds.spiffe_id);
+        assert_eq!(loaded.svid, creds.svid);
+        assert_eq!(loaded.key_pkcs8, creds.key_pkcs8);
+        assert_eq!(loaded.bundle, creds.bundle);
+        assert_eq!(loaded.expires_at, creds.expires_at);
+    }
+
+    #[test]
+    fn nothing_stored_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(AgentCredentials::load(dir.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_key_that_does_not_fit_the_svid_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = credentials(&KeyPair::generate().unwrap(), &KeyPair::generate().unwrap());
+        creds.save(dir.path()).unwrap();
+        let err = AgentCredentials::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("does not fit the SVID"), "{err}");
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().unwrap();
+        credentials(&key, &key).save(dir.path()).unwrap();
+        let path = dir.path().join(CREDENTIALS_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Cut off after the key: no SVID, no bundle.
+        let key_end = text.find("-----END PRIVATE KEY-----\n").unwrap() + 26;
+        fsutil::write_private_file(&path, &text.as_bytes()[..key_end]).unwrap();
+        let err = AgentCredentials::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("SVID CERTIFICATE does not follow the key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_three_file_layout_of_earlier_versions_is_read_then_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let creds = credentials(&key, &key);
+        let [key_file, svid_file, bundle_file] = LEGACY_FILES;
+        let svid_text = format!(
+            "{}# spiffe_id {}\n# expires_at {}\n",
+            pem("CERTIFICATE", &creds.svid),
+            creds.spiffe_id,
+            creds.expires_at
+        );
+        for (file, text) in [
+            (key_file, pem("PRIVATE KEY", &creds.key_pkcs8)),
+            (svid_file, svid_text),
+            (bundle_file, pem("CERTIFICATE", &creds.bundle[0])),
+        ] {
+            fsutil::write_private_file(&dir.path().join(file), text.as_bytes()).unwrap();
+        }
+
+        let loaded = AgentCredentials::load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.svid, creds.svid);
+        assert_eq!(loaded.expires_at, creds.expires_at);
+        loaded.save(dir.path()).unwrap();
+        for file in LEGACY_FILES {
+            assert!(!dir.path().join(file).exists(), "{file} left behind");
+        }
+        assert!(AgentCredentials::load(dir.path()).unwrap().is_some());
+    }
 }

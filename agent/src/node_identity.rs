@@ -3,14 +3,14 @@
 //! at half-life for as long as the agent runs.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
 use crate::node_client::{self, AgentCredentials, NodeClientError, ServerEndpoint};
 use crate::server_client::ServerClient;
 
-/// After a failed renewal, try again this soon (the SVID is still valid).
+/// After a failed renewal or save, try again this soon (the SVID is still valid).
 const RENEW_RETRY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +61,10 @@ pub async fn establish(
 
 /// Renews the SVID at half its remaining life, saves it, and points `client`
 /// at a channel that presents it; until `shutdown` changes.
+///
+/// The server refuses the old SVID as soon as it has issued the new one, so
+/// the new one is used even when saving it fails; saving is retried until it
+/// succeeds, so that a restart does not come back with the refused one.
 pub async fn renew_forever(
     server: ServerEndpoint,
     data_dir: PathBuf,
@@ -68,14 +72,25 @@ pub async fn renew_forever(
     client: ServerClient,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut wait = half_life(&creds);
+    let mut renew_at = Instant::now() + half_life(&creds);
+    let mut saved = true;
     loop {
+        let wake = if saved {
+            renew_at
+        } else {
+            renew_at.min(Instant::now() + RENEW_RETRY)
+        };
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
             _ = shutdown.changed() => return,
         }
+        if !saved {
+            saved = save_logged(&creds, &data_dir);
+        }
+        if Instant::now() < renew_at {
+            continue;
+        }
         let renewed = node_client::renew(&server, &creds).await.and_then(|new| {
-            new.save(&data_dir)?;
             let channel = node_client::channel(&server, Some(&new))?;
             Ok((new, channel))
         });
@@ -83,13 +98,25 @@ pub async fn renew_forever(
             Ok((new, channel)) => {
                 client.replace_channel(channel);
                 creds = new;
-                wait = half_life(&creds);
+                saved = save_logged(&creds, &data_dir);
+                renew_at = Instant::now() + half_life(&creds);
                 tracing::info!(agent = %creds.spiffe_id, expires_at = creds.expires_at, "renewed the agent SVID");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "renewing the agent SVID failed; retrying");
-                wait = RENEW_RETRY;
+                renew_at = Instant::now() + RENEW_RETRY;
             }
+        }
+    }
+}
+
+/// Saves `creds`; false (and an error logged) when that failed.
+fn save_logged(creds: &AgentCredentials, data_dir: &Path) -> bool {
+    match creds.save(data_dir) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, dir = %data_dir.display(), "saving the renewed agent SVID failed; it is in use, saving is retried");
+            false
         }
     }
 }

@@ -132,7 +132,7 @@ fn agent_attests_once_and_survives_restarts_until_evicted() -> anyhow::Result<()
         probe_until(&endpoint, "ok")?,
         "ok spiffe://example.org/remote"
     );
-    let key = agent_dir.join("agent-key.pem");
+    let key = agent_dir.join(lanyard_agent::node_client::CREDENTIALS_FILE);
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key)?.permissions()) & 0o777,
         0o600

@@ -187,7 +187,7 @@ async fn attested_agents_scenario(datastore_url: &str) -> anyhow::Result<()> {
             .is_ok()
     );
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(state.join("agent-key.pem"))?.permissions(),
+        &std::fs::metadata(state.join(lanyard_agent::node_client::CREDENTIALS_FILE))?.permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
 
