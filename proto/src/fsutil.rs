@@ -1,9 +1,9 @@
 //! Files that hold secrets (keys, SVIDs): created with owner-only modes, replaced atomically,
 //! and refused when someone has loosened their permissions.
 
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::fs::{self, DirBuilder};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,33 +46,40 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), FsError> {
 }
 
 /// Writes `contents` to `path` with mode 0600: a temporary file in the same
-/// directory, fsynced, then renamed over `path`, so readers see all or nothing.
+/// directory (mode 0600 from its creation, a random name made with
+/// `O_EXCL`, so nobody can plant or pre-empt it), fsynced, then renamed over
+/// `path`, so readers see all or nothing.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), FsError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        file.write_all(contents).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, path).map_err(io_err(path))?;
-        // Make the rename itself durable.
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let dir = parent_dir(path);
+    let prefix = format!(
+        ".{}.",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    tmp.write_all(contents).map_err(io_err(tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
+    // On failure the temporary file is removed when `tmp` drops.
+    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
+    // Make the rename itself durable.
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// The directory `path` is in; `Path::new("token").parent()` is `Some("")`,
+/// which no system call accepts: that is the current directory.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
     }
-    result
 }
 
 /// Reads a secret file, refusing it when group or others may read it.
@@ -111,6 +118,29 @@ mod tests {
             1,
             "no temporary file left behind"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_bare_file_name_is_in_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("token")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("run/token")), Path::new("run"));
+        assert_eq!(parent_dir(Path::new("/token")), Path::new("/"));
+    }
+
+    #[test]
+    fn a_planted_temporary_name_does_not_stop_the_write() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("secret");
+        // What the fixed-name scheme of earlier versions would have used.
+        let planted = dir
+            .path()
+            .join(format!(".secret.tmp-{}", std::process::id()));
+        fs::write(&planted, b"someone else's")?;
+        write_private_file(&path, b"mine")?;
+        assert_eq!(read_private_file(&path)?.as_deref(), Some(&b"mine"[..]));
+        assert_eq!(fs::read(&planted)?, b"someone else's", "not ours to remove");
         Ok(())
     }
 
