@@ -86,6 +86,9 @@ pub enum AwsCommand {
         /// STS region (default: AWS_REGION or the profile, else us-east-1).
         #[arg(long)]
         region: Option<String>,
+        /// Give up after this many seconds, retries included (1–600).
+        #[arg(long = "timeout", default_value_t = cloud::aws::DEFAULT_TIMEOUT_SECONDS)]
+        timeout_seconds: u32,
         /// Only this SPIFFE ID (required when the process has several).
         #[arg(long)]
         spiffe_id: Option<String>,
@@ -263,6 +266,7 @@ pub async fn run_aws(command: AwsCommand) -> anyhow::Result<()> {
         session_name,
         duration_seconds,
         region,
+        timeout_seconds,
         spiffe_id,
         socket,
     } = command;
@@ -271,6 +275,7 @@ pub async fn run_aws(command: AwsCommand) -> anyhow::Result<()> {
         session_name,
         duration_seconds,
         region,
+        timeout_seconds,
     };
     let json =
         cloud::aws::credential_process(&socket.endpoint, &audience, spiffe_id.as_deref(), &request)

@@ -110,6 +110,7 @@ mod deploy_samples {
                 session_name: None,
                 duration_seconds: Some(900),
                 region: None,
+                timeout_seconds: lanyard_agent::cloud::aws::DEFAULT_TIMEOUT_SECONDS,
             };
             request.validate().unwrap();
         }

@@ -3,8 +3,11 @@
 //! The STS endpoint and region come from the standard AWS settings
 //! (`AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, `AWS_REGION`, the profile).
 
+use std::time::Duration;
+
 use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sts::config::Region;
 use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::primitives::DateTimeFormat;
@@ -19,6 +22,11 @@ pub const DURATION_RANGE: std::ops::RangeInclusive<u32> = 900..=43_200;
 /// STS requires a region; this is where its global endpoint lives.
 const FALLBACK_REGION: &str = "us-east-1";
 const SESSION_NAME_MAX: usize = 64;
+/// How long the AWS CLI or SDK that runs the helper may be kept waiting.
+pub const DEFAULT_TIMEOUT_SECONDS: u32 = 30;
+const TIMEOUT_RANGE: std::ops::RangeInclusive<u32> = 1..=600;
+/// One attempt at STS; the SDK retries within the whole timeout.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the helper was asked for: the flags of `aws credential-process`.
 #[derive(Debug, Clone)]
@@ -28,6 +36,8 @@ pub struct Request {
     pub session_name: Option<String>,
     pub duration_seconds: Option<u32>,
     pub region: Option<String>,
+    /// The whole exchange, retries included, must be over within this.
+    pub timeout_seconds: u32,
 }
 
 impl Request {
@@ -53,6 +63,14 @@ impl Request {
                 "--duration {duration} is outside STS's {}..={} seconds",
                 DURATION_RANGE.start(),
                 DURATION_RANGE.end()
+            )));
+        }
+        if !TIMEOUT_RANGE.contains(&self.timeout_seconds) {
+            return Err(CloudError::Invalid(format!(
+                "--timeout {} is outside {}..={} seconds",
+                self.timeout_seconds,
+                TIMEOUT_RANGE.start(),
+                TIMEOUT_RANGE.end()
             )));
         }
         Ok(())
@@ -139,6 +157,17 @@ pub async fn credential_process(
         .map_err(|e| CloudError::Exchange(format!("encoding the credentials: {e}")))
 }
 
+/// The SDK's defaults bound only connecting; an endpoint that accepts and
+/// never answers would hang the AWS CLI or SDK that runs this helper.
+fn sts_timeouts(request: &Request) -> TimeoutConfig {
+    let whole = Duration::from_secs(u64::from(request.timeout_seconds));
+    TimeoutConfig::builder()
+        .connect_timeout(whole.min(Duration::from_secs(5)))
+        .operation_attempt_timeout(whole.min(ATTEMPT_TIMEOUT))
+        .operation_timeout(whole)
+        .build()
+}
+
 /// Exchanges `svid` at STS for the role's temporary credentials.
 pub async fn assume_role(request: &Request, svid: &Svid) -> Result<ProcessCredentials, CloudError> {
     let region = RegionProviderChain::first_try(request.region.clone().map(Region::new))
@@ -149,6 +178,7 @@ pub async fn assume_role(request: &Request, svid: &Svid) -> Result<ProcessCreden
     let config = aws_config::defaults(BehaviorVersion::latest())
         .no_credentials()
         .region(region)
+        .timeout_config(sts_timeouts(request))
         .load()
         .await;
     let answer = aws_sdk_sts::Client::new(&config)
@@ -159,7 +189,13 @@ pub async fn assume_role(request: &Request, svid: &Svid) -> Result<ProcessCreden
         .set_duration_seconds(request.duration_seconds.map(|d| d as i32))
         .send()
         .await
-        .map_err(|e| CloudError::Exchange(describe_failure(&e, &svid.spiffe_id)))?;
+        .map_err(|e| {
+            CloudError::Exchange(describe_failure(
+                &e,
+                &svid.spiffe_id,
+                request.timeout_seconds,
+            ))
+        })?;
     let credentials = answer.credentials().ok_or_else(|| {
         CloudError::Exchange("STS answered without credentials (malformed response)".into())
     })?;
@@ -176,7 +212,7 @@ pub async fn assume_role(request: &Request, svid: &Svid) -> Result<ProcessCreden
     })
 }
 
-fn describe_failure<E, R>(error: &SdkError<E, R>, spiffe_id: &str) -> String
+fn describe_failure<E, R>(error: &SdkError<E, R>, spiffe_id: &str, timeout_seconds: u32) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -190,6 +226,9 @@ where
                 hint(code, message, spiffe_id)
             )
         }
+        SdkError::TimeoutError(_) => format!(
+            "STS did not answer within {timeout_seconds} s (--timeout) — check AWS_ENDPOINT_URL_STS / AWS_REGION, the network and any proxy"
+        ),
         other => format!(
             "could not complete the call to STS: {} — check AWS_ENDPOINT_URL_STS / AWS_REGION and the network",
             one_line(&DisplayErrorContext(other).to_string())
@@ -271,6 +310,7 @@ mod tests {
             session_name: name.map(Into::into),
             duration_seconds: duration,
             region: None,
+            timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
         };
         let arn = "arn:aws:iam::123456789012:role/web";
         let derived = request(arn, None, None);
@@ -308,6 +348,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("--duration 60"), "{error}");
+        let never = Request {
+            timeout_seconds: 0,
+            ..derived
+        };
+        let error = never.validate().unwrap_err().to_string();
+        assert!(error.contains("--timeout 0"), "{error}");
     }
 
     #[test]

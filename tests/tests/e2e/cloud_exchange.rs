@@ -345,6 +345,35 @@ async fn aws_credential_process_explains_sts_refusals() -> anyhow::Result<()> {
         Ok(())
     })?;
     assert!(setup.sts.issued().is_empty());
+
+    // An endpoint that accepts connections and never answers: the helper
+    // gives up after --timeout instead of keeping the AWS CLI waiting.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_url = format!("http://{}", silent.local_addr()?);
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let output = tokio::task::block_in_place(|| {
+        setup.run(
+            AGENT,
+            &[
+                "aws",
+                "credential-process",
+                "--role-arn",
+                &setup.role("web"),
+                "--timeout",
+                "1",
+            ],
+            &[("AWS_ENDPOINT_URL_STS", silent_url)],
+        )
+    })?;
+    holder.abort();
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("did not answer within 1 s"), "{stderr}");
     setup.world.stop().await;
     Ok(())
 }
