@@ -75,7 +75,7 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), FsError> {
 
 /// The directory `path` is in; `Path::new("token").parent()` is `Some("")`,
 /// which no system call accepts: that is the current directory.
-fn parent_dir(path: &Path) -> &Path {
+pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),

@@ -8,6 +8,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use lanyard_proto::fsutil;
+
 use super::{CloudError, Svid, fetch_svid};
 
 /// Where to write what.
@@ -21,6 +23,8 @@ pub struct TokenFile {
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LONGEST_RETRY: Duration = Duration::from_secs(30);
+/// However long a token lives, look at it again within the hour.
+const LONGEST_CHECK: Duration = Duration::from_secs(3600);
 
 fn now() -> i64 {
     SystemTime::now()
@@ -32,15 +36,18 @@ fn now() -> i64 {
 /// file. The agent starts fetching a successor once a third of the lifetime
 /// has passed, so asking at two fifths finds it; if the agent still hands out
 /// the same token, ask again in small steps, well before half-life.
+/// The times are the token's own claims, as the agent sent them: saturating
+/// arithmetic and an upper bound keep absurd ones from overflowing or from
+/// putting the next check off for years.
 pub fn next_check(current: &Svid, now: i64) -> Duration {
-    let lifetime = (current.expires_at - current.issued_at).max(1);
-    let target = current.issued_at + lifetime * 2 / 5;
+    let lifetime = current.expires_at.saturating_sub(current.issued_at).max(1);
+    let target = current.issued_at.saturating_add(lifetime / 5 * 2);
     let seconds = if now < target {
-        target - now
+        target.saturating_sub(now)
     } else {
         (lifetime / 50).max(1)
     };
-    Duration::from_secs(seconds.unsigned_abs())
+    Duration::from_secs(seconds.unsigned_abs()).min(LONGEST_CHECK)
 }
 
 impl TokenFile {
@@ -49,10 +56,7 @@ impl TokenFile {
         if self.audience.iter().any(|a| a.trim().is_empty()) {
             return Err(CloudError::Invalid("--audience must not be empty".into()));
         }
-        let parent = match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => std::path::Path::new("."),
-        };
+        let parent = fsutil::parent_dir(&self.path);
         if !parent.is_dir() {
             return Err(CloudError::Invalid(format!(
                 "--path {}: directory {} does not exist",
@@ -106,7 +110,7 @@ impl TokenFile {
     async fn fetch_if_new(&self, current: Option<&Svid>) -> Result<Svid, CloudError> {
         let svid = fetch_svid(&self.endpoint, &self.audience, self.spiffe_id.as_deref()).await?;
         if current.is_none_or(|c| c.token != svid.token) {
-            lanyard_proto::fsutil::write_private_file(&self.path, svid.token.as_bytes())?;
+            fsutil::write_private_file(&self.path, svid.token.as_bytes())?;
             tracing::info!(
                 path = %self.path.display(),
                 spiffe_id = %svid.spiffe_id,
@@ -141,6 +145,23 @@ mod tests {
         assert_eq!(next_check(&token, 1_120), Duration::from_secs(6));
         // A very short token still waits at least a second between asks.
         assert_eq!(next_check(&svid(0, 2), 5), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn absurd_claim_times_neither_overflow_nor_postpone_the_next_check_for_long() {
+        for (issued_at, expires_at, now) in [
+            (0, i64::MAX, 0),
+            (i64::MIN, i64::MAX, 0),
+            (i64::MAX, i64::MIN, 0),
+            (i64::MAX - 10, i64::MAX, i64::MIN),
+        ] {
+            let wait = next_check(&svid(issued_at, expires_at), now);
+            assert!(
+                wait >= Duration::from_secs(1),
+                "{issued_at} {expires_at}: {wait:?}"
+            );
+            assert!(wait <= LONGEST_CHECK, "{issued_at} {expires_at}: {wait:?}");
+        }
     }
 
     #[test]
