@@ -133,6 +133,12 @@ impl CertificateAuthority {
                 .strip_prefix("ca-")
                 .and_then(|n| n.strip_suffix("-key.pem"))
             {
+                if !dir.join(format!("ca-{serial}-cert.pem")).exists() {
+                    // Left by a crash inside `generate` in an earlier version
+                    // (it wrote the key first): never published, never signed.
+                    tracing::warn!(serial, "ignoring a CA key without its certificate");
+                    continue;
+                }
                 generations.push(Arc::new(Self::load_generation(dir, serial)?));
             }
         }
@@ -197,14 +203,15 @@ impl CertificateAuthority {
         let (serial_number, serial) = random_serial()?;
         params.serial_number = Some(serial_number);
         let cert = params.self_signed(&key)?;
-        // Key first: a certificate without its key would be useless on restart.
-        fsutil::write_private_file(
-            &self.dir.join(format!("ca-{serial}-key.pem")),
-            key.serialize_pem().as_bytes(),
-        )?;
+        // Certificate first: a generation exists once its key file does, so a
+        // failure between the two writes leaves only an unused certificate.
         fsutil::write_private_file(
             &self.dir.join(format!("ca-{serial}-cert.pem")),
             cert.pem().as_bytes(),
+        )?;
+        fsutil::write_private_file(
+            &self.dir.join(format!("ca-{serial}-key.pem")),
+            key.serialize_pem().as_bytes(),
         )?;
         tracing::info!(serial, "generated an X.509 CA for the trust domain");
         Ok(Generation {
@@ -476,6 +483,23 @@ mod tests {
         assert_eq!(ca.bundle(), vec![bundle[1].clone()]);
         let files = std::fs::read_dir(dir.path())?.count();
         assert_eq!(files, 3, "one key, one certificate, the bundle");
+        Ok(())
+    }
+
+    #[test]
+    fn a_half_written_generation_does_not_stop_the_ca() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let td = TrustDomain::new("example.org")?;
+        let now = SystemTime::now();
+        let bundle = CertificateAuthority::load_or_generate(dir.path(), &td, now)?.bundle();
+        // A key whose certificate was never written, as a crash mid-generation leaves it.
+        let orphan = KeyPair::generate()?;
+        fsutil::write_private_file(
+            &dir.path().join("ca-7f00-key.pem"),
+            orphan.serialize_pem().as_bytes(),
+        )?;
+        let reloaded = CertificateAuthority::load_or_generate(dir.path(), &td, now)?;
+        assert_eq!(reloaded.bundle(), bundle, "the orphan is not published");
         Ok(())
     }
 

@@ -195,11 +195,10 @@ fn self_signed(issuer: &Issuer, data_dir: &Path) -> Result<CertFiles, TlsError> 
         }
     }
     let certified = rcgen::generate_simple_self_signed(names)?;
+    // Both replaced atomically, the key last: the pair counts as present only
+    // once the key is there, so a failure in between means a fresh pair next time.
+    fsutil::write_private_file(&files.cert, certified.cert.pem().as_bytes())?;
     fsutil::write_private_file(&files.key, certified.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(&files.cert, certified.cert.pem()).map_err(|source| TlsError::Read {
-        path: files.cert.clone(),
-        source,
-    })?;
     tracing::info!(cert = %files.cert.display(), "generated a self-signed OIDC certificate (configure oidc.tls_cert for production)");
     Ok(files)
 }
