@@ -101,6 +101,17 @@ struct RawWorkloadAttestor {
     max_binary_bytes: Option<u64>,
 }
 
+/// Whether `path` reads the same inside `unix://…` as on disk: RFC 3986
+/// path characters that need no percent-encoding. Workloads find the socket
+/// through `SPIFFE_ENDPOINT_SOCKET`, and client libraries take the URI's path
+/// as it is written (the Rust `spiffe` crate does not decode it).
+fn fits_endpoint_uri(path: &Path) -> bool {
+    path.to_str().is_some_and(|text| {
+        text.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(c))
+    })
+}
+
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = config_file::read(path)?;
@@ -117,6 +128,13 @@ impl AgentConfig {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
         if !socket.is_absolute() {
             return Err(invalid("workload_api.socket", "must be an absolute path"));
+        }
+        if !fits_endpoint_uri(&socket) {
+            return Err(invalid(
+                "workload_api.socket",
+                "must be writable as a SPIFFE endpoint URI (unix:///path) without percent-encoding: \
+                 letters, digits and -._~!$&'()*+,;=:@/ only (SPIFFE clients do not decode the path)",
+            ));
         }
         let server = match (raw.server.node_socket, raw.server.address) {
             (Some(_), Some(_)) => {
@@ -282,6 +300,14 @@ mod tests {
             (
                 format!("{GOOD}[workload_api]\nsocket = \"rel.sock\"\n"),
                 "config key `workload_api.socket`",
+            ),
+            (
+                format!("{GOOD}[workload_api]\nsocket = \"/run/my agent/api.sock\"\n"),
+                "SPIFFE endpoint URI",
+            ),
+            (
+                format!("{GOOD}[workload_api]\nsocket = \"/run/50%/api.sock\"\n"),
+                "SPIFFE endpoint URI",
             ),
             (
                 format!("sync_interval_seconds = 0\n{GOOD}"),

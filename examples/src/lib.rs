@@ -36,9 +36,15 @@ pub fn http_client(extra_ca: Option<&std::path::Path>) -> anyhow::Result<reqwest
     if let Some(path) = extra_ca {
         let pem =
             std::fs::read(path).with_context(|| format!("reading CA file {}", path.display()))?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("{} holds no PEM certificate", path.display()))?
-        {
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} is not a PEM certificate bundle", path.display()))?;
+        // Input without PEM blocks (DER, a key) parses as an empty bundle.
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "{} holds no PEM CERTIFICATE block",
+            path.display()
+        );
+        for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
     }

@@ -58,9 +58,18 @@ async fn main() -> anyhow::Result<()> {
         &socket,
     )?;
 
-    let server =
-        lanyard_server::start_with_listener(ServerConfig::load(&server_toml)?, listener).await?;
-    let agent = lanyard_agent::start(AgentConfig::load(&agent_toml)?).await?;
+    // Both configs load before anything starts: a state directory the agent's
+    // socket cannot live in is refused up front, naming where it came from.
+    let in_state_dir = || {
+        format!(
+            "the quickstart's state directory {} (set LANYARD_QUICKSTART_DIR to choose another)",
+            state_dir.display()
+        )
+    };
+    let server_config = ServerConfig::load(&server_toml).with_context(in_state_dir)?;
+    let agent_config = AgentConfig::load(&agent_toml).with_context(in_state_dir)?;
+    let server = lanyard_server::start_with_listener(server_config, listener).await?;
+    let agent = lanyard_agent::start(agent_config).await?;
 
     let client = WorkloadApiClient::connect_to(agent.endpoint()).await?;
     let svid = client
@@ -139,6 +148,18 @@ async fn bind_oidc() -> anyhow::Result<TcpListener> {
     }
 }
 
+/// `path` as a TOML string, quoted and escaped; a path that is not UTF-8
+/// cannot be written into the config faithfully, so it is refused.
+fn toml_path(path: &Path) -> anyhow::Result<String> {
+    let text = path.to_str().with_context(|| {
+        format!(
+            "{} is not UTF-8; set LANYARD_QUICKSTART_DIR to a UTF-8 path",
+            path.display()
+        )
+    })?;
+    Ok(toml::Value::String(text.to_owned()).to_string())
+}
+
 fn write_configs(
     state_dir: &Path,
     issuer: &str,
@@ -151,7 +172,7 @@ fn write_configs(
         r#"# Written by the Lanyard quickstart.
 trust_domain = "{TRUST_DOMAIN}"
 issuer = "{issuer}"
-data_dir = "{data_dir}"
+data_dir = {data_dir}
 
 [oidc]
 listen = "{oidc_addr}"
@@ -160,20 +181,20 @@ listen = "{oidc_addr}"
 spiffe_id = "{spiffe_id}"
 selectors = ["unix:uid:{uid}"]
 "#,
-        data_dir = state_dir.join("server").display(),
+        data_dir = toml_path(&state_dir.join("server"))?,
     );
     let agent = format!(
         r#"# Written by the Lanyard quickstart.
 trust_domain = "{TRUST_DOMAIN}"
 
 [server]
-node_socket = "{node_socket}"
+node_socket = {node_socket}
 
 [workload_api]
-socket = "{socket}"
+socket = {socket}
 "#,
-        node_socket = state_dir.join("server/node.sock").display(),
-        socket = socket.display(),
+        node_socket = toml_path(&state_dir.join("server/node.sock"))?,
+        socket = toml_path(socket)?,
     );
     std::fs::write(state_dir.join("server.toml"), server)?;
     std::fs::write(state_dir.join("agent.toml"), agent)?;

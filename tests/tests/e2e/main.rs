@@ -17,3 +17,4 @@ mod cloud_exchange;
 mod jwt_svid_e2e;
 mod node_attestation;
 mod oidc_endpoint;
+mod quickstart;
