@@ -11,6 +11,9 @@ use serde::Deserialize;
 use crate::entries::EntrySpec;
 use crate::keys::{KeyType, PolicyError, RotationPolicy};
 
+mod issuer;
+pub use issuer::Issuer;
+
 const DEFAULT_OIDC_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_JWT_TTL_SECONDS: u32 = 300;
 const DEFAULT_JWT_MAX_TTL_SECONDS: u32 = 3600;
@@ -29,79 +32,6 @@ fn invalid(key: impl Into<String>, message: impl ToString) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.to_string(),
-    }
-}
-
-/// The OIDC issuer URL, byte for byte as it appears in `iss` and in discovery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issuer {
-    url: String,
-    path_start: usize,
-}
-
-impl Issuer {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("https://")
-            .or_else(|| url.strip_prefix("http://"))
-            .ok_or("must be an https:// URL (http:// only behind a TLS-terminating proxy)")?;
-        if url.contains(['?', '#']) {
-            return Err("must not have a query or fragment".into());
-        }
-        if url.ends_with('/') {
-            return Err("must not end with '/' (clouds compare `iss` byte for byte)".into());
-        }
-        let authority_len = rest.find('/').unwrap_or(rest.len());
-        if authority_len == 0 || rest[..authority_len].contains('@') {
-            return Err("must name a host and no userinfo".into());
-        }
-        Ok(Self {
-            url: url.to_owned(),
-            path_start: url.len() - rest.len() + authority_len,
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.url
-    }
-
-    /// The path prefix under which the documents are served ("" at the root).
-    pub fn path(&self) -> &str {
-        &self.url[self.path_start..]
-    }
-
-    /// The host part, for the names of a self-signed certificate.
-    pub fn host(&self) -> &str {
-        let authority = &self.url[self.url.find("://").map_or(0, |i| i + 3)..self.path_start];
-        match authority.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or(v6),
-            None => authority.split(':').next().unwrap_or(authority),
-        }
-    }
-
-    /// `host:port` to connect to (port 443 or 80 when the URL names none).
-    pub fn socket_address(&self) -> String {
-        let start = self.url.find("://").map_or(0, |i| i + 3);
-        let authority = &self.url[start..self.path_start];
-        let has_port = match authority.rfind(']') {
-            Some(end) => authority[end..].contains(':'),
-            None => authority.contains(':'),
-        };
-        if has_port {
-            authority.to_owned()
-        } else if self.url.starts_with("https://") {
-            format!("{authority}:443")
-        } else {
-            format!("{authority}:80")
-        }
-    }
-
-    pub fn discovery_url(&self) -> String {
-        format!("{}/.well-known/openid-configuration", self.url)
-    }
-
-    pub fn jwks_url(&self) -> String {
-        format!("{}/keys", self.url)
     }
 }
 
