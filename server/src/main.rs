@@ -27,7 +27,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Federation(args) => federation(args),
         Command::Oidc(OidcCommand::Thumbprint { issuer }) => {
-            let issuer = Issuer::parse(&issuer).map_err(|e| anyhow::anyhow!("--issuer: {e}"))?;
+            let issuer = parse_issuer(&issuer)?;
             println!("{}", lanyard_server::oidc_tools::thumbprint(&issuer).await?);
             Ok(())
         }
@@ -56,9 +56,9 @@ fn federation(args: FederationArgs) -> anyhow::Result<()> {
     let (issuer, key_type) = match (&args.config, args.issuer) {
         (Some(path), _) => {
             let config = ServerConfig::load(path)?;
-            (config.issuer.as_str().to_owned(), config.jwt.key_type)
+            (config.issuer, config.jwt.key_type)
         }
-        (None, Some(issuer)) => (issuer, args.key_type),
+        (None, Some(issuer)) => (parse_issuer(&issuer)?, args.key_type),
         (None, None) => anyhow::bail!("name the issuer with --config server.toml or --issuer URL"),
     };
     let rendered = federation::render(&federation::Request {
@@ -76,4 +76,10 @@ fn federation(args: FederationArgs) -> anyhow::Result<()> {
     }
     print!("{}", rendered.text);
     Ok(())
+}
+
+/// `--issuer` read exactly as `server.toml`'s `issuer` is, so what the clouds
+/// are told matches the `iss` the server signs.
+fn parse_issuer(issuer: &str) -> anyhow::Result<Issuer> {
+    Issuer::parse(issuer).map_err(|e| anyhow::anyhow!("--issuer {issuer:?}: {e}"))
 }

@@ -145,7 +145,7 @@ fn xml_text(xml: &str, tag: &str) -> Option<String> {
 fn aws_trust_policy(world: &World, subject: &str) -> anyhow::Result<Value> {
     let rendered = federation::render(&federation::Request {
         target: Target::Aws,
-        issuer: world.issuer.clone(),
+        issuer: lanyard_server::config::Issuer::parse(&world.issuer).map_err(anyhow::Error::msg)?,
         subject: subject.to_owned(),
         audience: None,
         allow_wildcard: false,

@@ -813,6 +813,18 @@ async fn entra_accepts_rs256_assertions_and_refuses_es256() -> anyhow::Result<()
     Ok(())
 }
 
+/// The role `federation vault` writes to `path`: the JSON body of
+/// `vault write <path> - <<'EOF' … EOF`.
+fn vault_role_body(printed: &str, path: &str) -> anyhow::Result<Value> {
+    let command = format!("vault write {path} - <<'EOF'\n");
+    let at = printed
+        .find(&command)
+        .with_context(|| format!("no {command:?} in:\n{printed}"))?;
+    let body = &printed[at + command.len()..];
+    let end = body.find("\nEOF").context("no EOF line")?;
+    Ok(serde_json::from_str(&body[..end])?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_example_logs_in_with_the_role_federation_prints() -> anyhow::Result<()> {
     const VAULT_PATH: &str = "/cloud/vault";
@@ -829,17 +841,21 @@ async fn vault_example_logs_in_with_the_role_federation_prints() -> anyhow::Resu
             "web-secrets",
         ],
     )?;
+    let role = vault_role_body(&printed, "auth/jwt/role/web")?;
+    let strings = |key: &str| -> anyhow::Result<Vec<String>> {
+        serde_json::from_value(role[key].clone()).with_context(|| format!("{key} in {role}"))
+    };
     let vault = Vault::start(VaultConfig {
         mount: "jwt".into(),
         issuer: world.issuer_trust()?,
         bound_issuer: None,
         roles: vec![VaultRole {
             name: "web".into(),
-            bound_audiences: vec![printed_value(&printed, "bound_audiences")?],
-            bound_subject: Some(printed_value(&printed, "bound_subject")?),
-            user_claim: printed_value(&printed, "user_claim")?,
+            bound_audiences: strings("bound_audiences")?,
+            bound_subject: role["bound_subject"].as_str().map(str::to_owned),
+            user_claim: role["user_claim"].as_str().unwrap_or_default().to_owned(),
             token_ttl_seconds: 900,
-            token_policies: vec![printed_value(&printed, "token_policies")?],
+            token_policies: strings("token_policies")?,
         }],
     })
     .await?;
