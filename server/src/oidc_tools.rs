@@ -2,8 +2,11 @@
 //! issuer hosted on a bucket or CDN (and GCP's uploadable `jwks_json`), and
 //! the SHA-1 certificate thumbprint AWS asks for when registering the issuer.
 
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_lc_rs::digest;
 use lanyard_proto::Jwks;
@@ -16,6 +19,10 @@ use tokio_rustls::TlsConnector;
 use crate::config::Issuer;
 use crate::entries::hex;
 use crate::oidc::OidcDocuments;
+
+/// How long `thumbprint` waits for the issuer's host to connect and finish
+/// the TLS handshake: a host that accepts and never answers must not hang it.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OidcToolError {
@@ -32,6 +39,16 @@ pub enum OidcToolError {
     Connect {
         address: String,
         source: std::io::Error,
+    },
+    #[error(
+        "issuer {0} is not https: there is no certificate to take a thumbprint of (AWS requires an https:// issuer)"
+    )]
+    NotHttps(String),
+    #[error("{host} ({address}) did not complete a TLS handshake within {limit:?}")]
+    Timeout {
+        host: String,
+        address: String,
+        limit: Duration,
     },
     #[error("{0} presented no certificate")]
     NoCertificate(String),
@@ -54,17 +71,34 @@ pub fn publish(issuer: &Issuer, jwks: &Jwks, out: &Path) -> Result<Vec<PathBuf>,
     ];
     let mut written = Vec::new();
     for (path, bytes) in files {
-        let write_error = |source| OidcToolError::Write {
+        write_public_file(&path, bytes).map_err(|source| OidcToolError::Write {
             path: path.clone(),
             source,
-        };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(write_error)?;
-        }
-        std::fs::write(&path, bytes).map_err(write_error)?;
+        })?;
         written.push(path);
     }
     Ok(written)
+}
+
+/// Replaces `path` with `contents`, mode 0644 whatever the umask (a web
+/// server must read it): a temporary file in the same directory renamed over
+/// it, so the host never serves a half-written document.
+fn write_public_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".lanyard-publish.")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(contents)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.as_file().sync_all()?;
+    // On failure the temporary file is removed when `tmp` drops.
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 /// Records the chain a server presents without judging it: the thumbprint is
@@ -130,6 +164,13 @@ impl ServerCertVerifier for ObserveChain {
 /// The SHA-1 thumbprint (hex) of the last certificate the issuer's host
 /// presents: the top of its chain, which is what AWS IAM wants.
 pub async fn thumbprint(issuer: &Issuer) -> Result<String, OidcToolError> {
+    thumbprint_within(issuer, HANDSHAKE_TIMEOUT).await
+}
+
+async fn thumbprint_within(issuer: &Issuer, limit: Duration) -> Result<String, OidcToolError> {
+    if !issuer.is_https() {
+        return Err(OidcToolError::NotHttps(issuer.as_str().to_owned()));
+    }
     let address = issuer.socket_address();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let observer = Arc::new(ObserveChain {
@@ -143,19 +184,24 @@ pub async fn thumbprint(issuer: &Issuer) -> Result<String, OidcToolError> {
         .with_no_client_auth();
     let name = ServerName::try_from(issuer.host().to_owned())
         .map_err(|e| OidcToolError::Issuer(issuer.as_str().to_owned(), e.to_string()))?;
-    let tcp = TcpStream::connect(&address)
+    let connect_error = |source| OidcToolError::Connect {
+        address: address.clone(),
+        source,
+    };
+    let handshake = async {
+        let tcp = TcpStream::connect(&address).await.map_err(connect_error)?;
+        TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(connect_error)
+    };
+    tokio::time::timeout(limit, handshake)
         .await
-        .map_err(|source| OidcToolError::Connect {
+        .map_err(|_| OidcToolError::Timeout {
+            host: issuer.host().to_owned(),
             address: address.clone(),
-            source,
-        })?;
-    TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|source| OidcToolError::Connect {
-            address: address.clone(),
-            source,
-        })?;
+            limit,
+        })??;
     let chain = observer.chain.lock().map(|c| c.clone()).unwrap_or_default();
     let top = chain.last().ok_or(OidcToolError::NoCertificate(address))?;
     Ok(hex(
@@ -200,6 +246,67 @@ mod tests {
             Issuer::parse("http://[::1]/x")?.socket_address(),
             "[::1]:80"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn published_files_are_public_and_replaced_whole() -> Result<(), Box<dyn std::error::Error>> {
+        let out = tempfile::tempdir()?;
+        let issuer = Issuer::parse("https://cdn.example.org/t")?;
+        let keys = out.path().join("t/keys");
+        std::fs::create_dir_all(out.path().join("t"))?;
+        std::fs::write(&keys, b"stale")?;
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600))?;
+        for path in publish(&issuer, &Jwks::default(), out.path())? {
+            let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "{}", path.display());
+        }
+        let jwks: serde_json::Value = serde_json::from_slice(&std::fs::read(&keys)?)?;
+        assert!(jwks["keys"].is_array(), "{jwks}");
+        let names: Vec<_> = std::fs::read_dir(out.path().join("t"))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(names.len(), 2, "no temporary file left behind: {names:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn an_issuer_path_cannot_leave_the_out_directory() {
+        // Issuer::parse is the gate: nothing with `..` reaches `publish`.
+        let error = Issuer::parse("https://cdn.example.org/../../x").err();
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("\"..\"")),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn thumbprints_need_https() -> Result<(), Box<dyn std::error::Error>> {
+        let error = thumbprint(&Issuer::parse("http://127.0.0.1:1/x")?).await;
+        assert!(
+            matches!(&error, Err(OidcToolError::NotHttps(url)) if url == "http://127.0.0.1:1/x"),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_silent_host_times_out_by_name() -> Result<(), Box<dyn std::error::Error>> {
+        // The kernel completes the TCP connection; nobody ever answers the ClientHello.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let issuer = Issuer::parse(&format!("https://{}", silent.local_addr()?))?;
+        let started = std::time::Instant::now();
+        let error = thumbprint_within(&issuer, Duration::from_millis(300))
+            .await
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("127.0.0.1 ") && e.contains("TLS handshake")),
+            "{error:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
         Ok(())
     }
 }
