@@ -376,6 +376,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn renaming_a_node_entry_takes_its_old_subtree_away_incrementally()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (authority, agent, direct) = authority(dir.path()).await?;
+        let td = authority.trust_domain().clone();
+        let spec =
+            |path: &str, parent: &SpiffeId| -> Result<EntrySpec, Box<dyn std::error::Error>> {
+                Ok(EntrySpec::new(
+                    td.id_with_path(path)?,
+                    parent.clone(),
+                    vec![Selector::parse("unix:uid:1")?],
+                    Duration::from_secs(60),
+                ))
+            };
+        let store = authority.store();
+        store
+            .create_entry("node", &spec("/node/x", &agent)?, 1)
+            .await?;
+        store
+            .create_entry("child", &spec("/child", &td.id_with_path("/node/x")?)?, 2)
+            .await?;
+        let full = authority.entry_update_for_agent(&agent, 0).await?;
+        assert_eq!(full.upserts.len(), 3, "direct, node and child");
+
+        // The node entry now names /node/y: nothing hangs under that, and
+        // the child still names /node/x, which no entry of this agent is.
+        store
+            .update_entry("node", &spec("/node/y", &agent)?, 3)
+            .await?;
+        let update = authority
+            .entry_update_for_agent(&agent, full.revision)
+            .await?;
+        let held: Vec<String> = if update.full {
+            update.upserts.iter().map(|e| e.id.clone()).collect()
+        } else {
+            assert!(
+                update.deleted_ids.contains(&"child".to_owned()),
+                "{update:?}"
+            );
+            vec![direct.clone(), "node".to_owned()]
+        };
+        assert!(!held.contains(&"child".to_owned()), "{update:?}");
+        assert!(
+            update.upserts.iter().any(|e| e.id == "node"),
+            "the renamed entry itself is sent: {update:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn only_the_parent_agent_may_mint() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let (authority, agent, entry_id) = authority(dir.path()).await?;

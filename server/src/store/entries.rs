@@ -116,6 +116,10 @@ impl Datastore {
         now: i64,
     ) -> Result<RegistrationEntry, StoreError> {
         let mut tx = self.pool().begin().await?;
+        // The revision row first: it takes the write lock before the duplicate
+        // check reads, so two concurrent creates cannot both pass the check
+        // (PostgreSQL), nor fail on a stale read snapshot (SQLite).
+        let revision = next_revision(&mut tx).await?;
         let selectors = selectors_json(spec);
         let duplicate = sqlx::query(
             "SELECT id FROM registration_entries WHERE spiffe_id = $1 AND parent_id = $2 AND selectors = $3 AND deleted = 0",
@@ -131,7 +135,6 @@ impl Datastore {
                 "an entry with this SPIFFE ID, parent and selectors already exists: {existing}"
             )));
         }
-        let revision = next_revision(&mut tx).await?;
         // A tombstone with the same id (a re-created config entry) is replaced.
         sqlx::query("DELETE FROM registration_entries WHERE id = $1 AND deleted = 1")
             .bind(id)
@@ -283,6 +286,13 @@ impl Datastore {
     ) -> Result<RegistrationEntry, StoreError> {
         let mut tx = self.pool().begin().await?;
         let revision = next_revision(&mut tx).await?;
+        let previous_id: Option<String> =
+            sqlx::query("SELECT spiffe_id FROM registration_entries WHERE id = $1 AND deleted = 0")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get("spiffe_id"))
+                .transpose()?;
         let updated = sqlx::query(
             "UPDATE registration_entries SET spiffe_id = $1, parent_id = $2, selectors = $3, jwt_svid_ttl_seconds = $4, \
              admin = $5, updated_at = $6, revision = $7 WHERE id = $8 AND deleted = 0",
@@ -299,6 +309,18 @@ impl Datastore {
         .await?;
         if updated.rows_affected() == 0 {
             return Err(StoreError::not_found("entry", id));
+        }
+        if let Some(previous_id) = previous_id.filter(|p| p != spec.spiffe_id.as_str()) {
+            // Entries under the old SPIFFE ID now hang from nothing of this
+            // entry's: marking them changed lets an incremental sync take them
+            // away from the agent that held them through it.
+            sqlx::query(
+                "UPDATE registration_entries SET revision = $1 WHERE parent_id = $2 AND deleted = 0",
+            )
+            .bind(revision)
+            .bind(&previous_id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         self.get_entry(id).await
@@ -378,6 +400,39 @@ mod tests {
             vec![Selector::parse(&format!("unix:uid:{uid}")).unwrap()],
             Duration::from_secs(300),
         )
+    }
+
+    #[tokio::test]
+    async fn concurrent_identical_creates_make_one_entry() {
+        for (_dir, store) in datastores().await {
+            let attempts: Vec<_> = (0..8)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        store
+                            .create_entry(&format!("e{i}"), &spec("/web", 1000), 10)
+                            .await
+                    })
+                })
+                .collect();
+            let mut created = 0;
+            for attempt in attempts {
+                match attempt.await.unwrap() {
+                    Ok(_) => created += 1,
+                    Err(StoreError::Conflict(_)) => {}
+                    Err(other) => panic!("neither created nor a conflict: {other}"),
+                }
+            }
+            assert_eq!(created, 1);
+            assert_eq!(
+                store
+                    .list_entries(&EntryFilter::default())
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+        }
     }
 
     #[tokio::test]
