@@ -109,7 +109,19 @@ impl KeyManager {
         let rows = self.store.list_keys().await?;
         let mut everyone: Vec<(String, KeyRecord)> = Vec::with_capacity(rows.len());
         for row in &rows {
-            everyone.push((row.owner.clone(), to_record(row)?));
+            let mut record = to_record(row)?;
+            if self.policy.extend_retention(&mut record, now) && row.owner == self.owner {
+                // Kept, so that a later lower max TTL cannot shorten it again.
+                self.store
+                    .set_key_remove_at(&record.kid, record.remove_at)
+                    .await?;
+                tracing::info!(
+                    kid = record.kid,
+                    remove_at = record.remove_at,
+                    "JWT signing key stays published longer: the max token TTL was raised"
+                );
+            }
+            everyone.push((row.owner.clone(), record));
         }
         let mut own: Vec<KeyRecord> = everyone
             .iter()
@@ -215,6 +227,54 @@ mod tests {
 
     fn kids(jwks: &Jwks) -> Vec<String> {
         jwks.keys.iter().map(|k| k.kid.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_raised_max_ttl_keeps_the_signing_key_published_for_the_longer_tokens() {
+        for (dir, store) in datastores().await {
+            let keys_dir = dir.path().join("keys");
+            let t0 = 1_800_000_000;
+            let open = |ttl_hours: u64, now: i64| {
+                KeyManager::open(
+                    store.clone(),
+                    &keys_dir,
+                    "server-a",
+                    RotationPolicy::with_max_token_ttl(Duration::from_secs(ttl_hours * 3600)),
+                    KeyType::EcP256,
+                    now,
+                )
+            };
+            let first = open(1, t0).await.unwrap();
+            let kid = first.current().unwrap().signer.kid().to_owned();
+            let stored = |kid: String| {
+                let store = store.clone();
+                async move {
+                    store
+                        .list_keys()
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .find(|r| r.kid == kid)
+                }
+            };
+            let retire_at = stored(kid.clone()).await.unwrap().retire_at;
+
+            // Restarted with 48 h tokens while the key still signs: it may sign
+            // one just before it retires, valid 48 h after.
+            let raised = open(48, t0 + DAY).await.unwrap();
+            assert_eq!(raised.current().unwrap().signer.kid(), kid);
+            let last_exp = retire_at + 48 * HOUR;
+            assert!(stored(kid.clone()).await.unwrap().remove_at > last_exp);
+
+            // Lowered again later: the key keeps its extended publication.
+            let lowered = open(1, retire_at + 2 * HOUR).await.unwrap();
+            assert!(kids(&lowered.current().unwrap().jwks).contains(&kid));
+            lowered.rotate(last_exp).await.unwrap();
+            assert!(
+                kids(&lowered.current().unwrap().jwks).contains(&kid),
+                "published until the last 48 h token has expired"
+            );
+        }
     }
 
     #[tokio::test]

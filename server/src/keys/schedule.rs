@@ -220,6 +220,20 @@ impl RotationPolicy {
         }
     }
 
+    /// A key that may still sign must stay published until the longest token
+    /// this policy allows has expired; `remove_at` was computed under the
+    /// policy of its creation, so a raised `max_token_ttl` extends it (never
+    /// shortens it: tokens signed under the old policy keep their due).
+    /// Returns whether `record` changed.
+    pub fn extend_retention(&self, record: &mut KeyRecord, now: i64) -> bool {
+        let due = record.retire_at.saturating_add(self.retention_secs());
+        if now < record.retire_at && record.remove_at < due {
+            record.remove_at = due;
+            return true;
+        }
+        false
+    }
+
     /// How long a retired key stays published.
     fn retention_secs(&self) -> i64 {
         secs(self.max_token_ttl).saturating_add(secs(self.safety_margin))

@@ -65,6 +65,15 @@ impl Datastore {
         rows.iter().map(decode).collect()
     }
 
+    pub async fn set_key_remove_at(&self, kid: &str, remove_at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE signing_keys SET remove_at = $1 WHERE kid = $2")
+            .bind(remove_at)
+            .bind(kid)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     pub async fn delete_key(&self, kid: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM signing_keys WHERE kid = $1")
             .bind(kid)
