@@ -362,6 +362,14 @@ impl RawConfig {
         if !admin.socket.is_absolute() {
             return Err(invalid("admin.socket", "must be an absolute path"));
         }
+        if admin.uid.is_some() && admin.socket.starts_with(&self.data_dir) {
+            // data_dir is kept 0700: the other uid could not reach the socket.
+            return Err(invalid(
+                "admin.socket",
+                "with admin.uid set, must be outside data_dir (which only the server's uid may enter), \
+                 e.g. /run/lanyard-admin/admin.sock",
+            ));
+        }
         Ok(ServerConfig {
             server_id,
             admin,
@@ -456,6 +464,10 @@ selectors = ["unix:uid:1000"]
             (
                 format!("{GOOD}jwt_svid_ttl_seconds = 999999\n"),
                 "config key `entries[0].jwt_svid_ttl_seconds`",
+            ),
+            (
+                format!("{GOOD}[admin]\nuid = 1001\n"),
+                "config key `admin.socket`",
             ),
             (
                 format!("{GOOD}[oidc]\nlisten = \"nowhere\"\n"),

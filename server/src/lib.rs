@@ -193,13 +193,14 @@ pub async fn start_with_listener(
     };
     // With an admin uid other than ours the socket must be connectable by it;
     // the peer-uid check on every call is what keeps everyone else out.
-    let admin_mode = if config.admin.uid.is_some() {
-        0o666
+    // Its directory, when created here, must then be enterable by that uid too.
+    let (admin_mode, admin_dir_mode) = if config.admin.uid.is_some() {
+        (0o666, 0o711)
     } else {
-        0o600
+        (0o600, 0o700)
     };
     let admin_listener =
-        transport::bind_unix_socket(&config.admin.socket, admin_mode, 0o700).await?;
+        transport::bind_unix_socket(&config.admin.socket, admin_mode, admin_dir_mode).await?;
     let server_uid = nix::unistd::geteuid().as_raw();
     let admin_service = admin_api::AdminService::new(
         authority.clone(),
