@@ -1,8 +1,9 @@
 //! The Node API's TLS listener. Client certificates are optional at the TLS
 //! layer (an agent attesting for the first time has none) but, when present,
-//! must chain to the trust domain's CA; the peer's SPIFFE ID and serial ride
-//! along with each connection so handlers can check them against the agent's
-//! record.
+//! must chain to the trust domain's CA; the peer's SPIFFE ID, serial and
+//! expiry ride along with each connection so handlers can check them against
+//! the agent's record and the clock (rustls checks validity only at the
+//! handshake, and an HTTP/2 connection can outlive the certificate).
 
 use std::io;
 use std::pin::Pin;
@@ -48,6 +49,23 @@ pub enum NodeTlsError {
 pub struct PeerSvid {
     pub spiffe_id: SpiffeId,
     pub serial: String,
+    /// The certificate's notAfter, in Unix seconds.
+    pub not_after: i64,
+}
+
+impl PeerSvid {
+    /// The identity in a verified client certificate; None if it holds none.
+    pub fn from_certificate(cert: &[u8]) -> Option<Self> {
+        let (spiffe_id, serial) = peer_identity(cert)?;
+        // Parsed a second time (once per connection) so that the CA's
+        // peer_identity keeps its shape.
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+        Some(Self {
+            spiffe_id,
+            serial,
+            not_after: parsed.validity().not_after.timestamp(),
+        })
+    }
 }
 
 /// Per-connection facts handed to every request on it.
@@ -233,9 +251,7 @@ pub async fn accept(
             };
             let leaf: Option<&CertificateDer<'_>> =
                 tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-            let peer_svid = leaf
-                .and_then(|cert| peer_identity(cert))
-                .map(|(spiffe_id, serial)| PeerSvid { spiffe_id, serial });
+            let peer_svid = leaf.and_then(|cert| PeerSvid::from_certificate(cert));
             let stream = NodeTlsStream {
                 inner: tls,
                 info: NodeConnectInfo { peer: peer_svid },
@@ -244,4 +260,35 @@ pub async fn accept(
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_svid_carries_its_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let td = lanyard_proto::TrustDomain::new("example.org").unwrap();
+        let now = SystemTime::now();
+        let ca = CertificateAuthority::load_or_generate(dir.path(), &td, now).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap();
+        let id = td.id_with_path("/node/a").unwrap();
+        let issued = ca
+            .issue_agent_svid(csr.der(), &id, Duration::from_secs(600), now)
+            .unwrap();
+        let peer = PeerSvid::from_certificate(&issued.der).unwrap();
+        assert_eq!(
+            peer,
+            PeerSvid {
+                spiffe_id: id,
+                serial: issued.serial,
+                not_after: issued.expires_at,
+            }
+        );
+        assert_eq!(PeerSvid::from_certificate(b"not a certificate"), None);
+    }
 }
