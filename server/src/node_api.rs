@@ -2,9 +2,11 @@
 //!
 //! Two transports carry it. Remote agents speak mTLS: they attest once with a
 //! join token, then present their X.509 SVID, which is checked on every call
-//! against the agent's record (evicted or superseded SVIDs are refused). The
-//! local agent may instead use a Unix socket that trusts only this server's
-//! uid (or root) and is known as `node_api.agent_id`.
+//! against the agent's record and the clock (see [`agent_check`]). The local
+//! agent may instead use a Unix socket that trusts only this server's uid (or
+//! root) and is known as `node_api.agent_id`.
+
+mod agent_check;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,6 +26,7 @@ use crate::ca::{CaError, CertificateAuthority, IssuedCert};
 use crate::node_tls::NodeConnectInfo;
 use crate::peer;
 use crate::store::StoreError;
+use agent_check::{Call, Refusal};
 
 #[derive(Debug)]
 pub struct NodeService {
@@ -54,31 +57,9 @@ impl NodeService {
     /// the Unix socket when the kernel says the peer is this server's uid.
     async fn caller<T>(&self, request: &Request<T>) -> Result<SpiffeId, Status> {
         if let Some(info) = request.extensions().get::<NodeConnectInfo>() {
-            let peer = info.peer.as_ref().ok_or_else(|| {
-                Status::unauthenticated("an agent SVID is required; attest first")
-            })?;
-            let agent = match self.authority.store().get_agent(&peer.spiffe_id).await {
-                Ok(agent) => agent,
-                Err(StoreError::NotFound { .. }) => {
-                    return Err(Status::permission_denied(format!(
-                        "agent {} is not attested",
-                        peer.spiffe_id
-                    )));
-                }
-                Err(e) => return Err(unavailable(e)),
-            };
-            if agent.evicted {
-                tracing::warn!(target: "lanyard::audit", agent = %peer.spiffe_id, "evicted agent refused");
-                return Err(Status::permission_denied(format!(
-                    "agent {} has been evicted",
-                    peer.spiffe_id
-                )));
-            }
-            if agent.serial != peer.serial {
-                return Err(Status::permission_denied(
-                    "this agent SVID has been superseded; use the renewed one",
-                ));
-            }
+            let peer = info.peer.as_ref().ok_or(Refusal::NoSvid)?;
+            let agent =
+                agent_check::admit(self.authority.store(), peer, Call::Other, now()).await?;
             return Ok(agent.spiffe_id);
         }
         if request.extensions().get::<UdsConnectInfo>().is_some() {
@@ -165,33 +146,40 @@ impl Node for NodeService {
         &self,
         request: Request<RenewAgentRequest>,
     ) -> Result<Response<AgentSvidResponse>, Status> {
-        let agent = self.caller(&request).await?;
-        if request.extensions().get::<NodeConnectInfo>().is_none() {
+        let Some(info) = request.extensions().get::<NodeConnectInfo>() else {
+            self.caller(&request).await?;
             return Err(Status::failed_precondition(
                 "the local agent has no SVID to renew",
             ));
-        }
+        };
+        let peer = info.peer.as_ref().ok_or(Refusal::NoSvid)?;
+        let store = self.authority.store();
+        let checked = agent_check::admit(store, peer, Call::Renewal, now()).await?;
+        let agent = &checked.spiffe_id;
         let issued = self
             .ca
             .issue_agent_svid(
                 &request.get_ref().csr,
-                &agent,
+                agent,
                 self.agent_svid_ttl,
                 SystemTime::now(),
             )
             .map_err(csr_status)?;
-        self.authority
-            .store()
-            .renew_agent(&agent, &issued.serial, now())
+        // Compare-and-swap against what was checked: a concurrent renewal
+        // with the same SVID (or an eviction) makes this one fail.
+        store
+            .renew_agent(&checked, &peer.serial, &issued.serial, now())
             .await
             .map_err(|e| match e {
-                StoreError::NotFound { .. } => {
-                    Status::permission_denied(format!("agent {agent} has been evicted"))
+                StoreError::Conflict(message) => {
+                    tracing::warn!(target: "lanyard::audit", agent = %agent, presented = peer.serial, "agent renewal lost a race");
+                    Status::permission_denied(message)
                 }
                 other => unavailable(other),
             })?;
-        tracing::info!(target: "lanyard::audit", agent = %agent, serial = issued.serial, "agent SVID renewed");
-        Ok(Response::new(self.svid_response(&agent, issued)))
+        let from_previous = checked.serial != peer.serial;
+        tracing::info!(target: "lanyard::audit", agent = %agent, serial = issued.serial, presented = peer.serial, from_previous, "agent SVID renewed");
+        Ok(Response::new(self.svid_response(agent, issued)))
     }
 
     async fn sync_entries(

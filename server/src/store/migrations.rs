@@ -50,6 +50,12 @@ const MIGRATIONS: &[&str] = &[
         remove_at BIGINT NOT NULL
     );
     "#,
+    // 2: the serial an agent renewed from, accepted for one more renewal until
+    // the new SVID is first used (a lost renewal response must not lock the
+    // agent out). NULL when there is none.
+    r#"
+    ALTER TABLE agents ADD COLUMN prev_serial TEXT
+    "#,
 ];
 
 pub async fn apply(pool: &AnyPool) -> Result<(), StoreError> {
@@ -105,5 +111,38 @@ mod tests {
             "n",
         );
         assert_eq!(rows, super::MIGRATIONS.len() as i64);
+    }
+
+    /// A datastore written by a server before migration 2 keeps its agents.
+    #[tokio::test]
+    async fn agents_survive_the_prev_serial_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let old = sqlx::AnyPool::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .execute(&old)
+            .await
+            .unwrap();
+        for statement in super::MIGRATIONS[0]
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            sqlx::query(statement).execute(&old).await.unwrap();
+        }
+        for statement in [
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (1, 0)",
+            "INSERT INTO agents (spiffe_id, serial, attested_at, last_seen, evicted) VALUES ('spiffe://example.org/node/a', '0a', 1, 2, 0)",
+        ] {
+            sqlx::query(statement).execute(&old).await.unwrap();
+        }
+        old.close().await;
+
+        let store = Datastore::open_sqlite(&path).await.unwrap();
+        let id = lanyard_proto::SpiffeId::parse("spiffe://example.org/node/a").unwrap();
+        let agent = store.get_agent(&id).await.unwrap();
+        assert_eq!((agent.serial.as_str(), agent.prev_serial), ("0a", None));
     }
 }

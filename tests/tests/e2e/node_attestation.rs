@@ -1,6 +1,7 @@
 //! Node attestation and the mTLS Node API, end to end over real TCP and TLS:
 //! join tokens are single use; an agent syncs and mints only its own entries;
-//! a superseded or evicted SVID is refused; no client certificate, no service.
+//! a superseded or evicted SVID is refused (the one renewed from may renew
+//! again until the new one is used); no client certificate, no service.
 
 use anyhow::Context;
 use lanyard_agent::node_client::{self, AgentCredentials, ServerEndpoint};
@@ -190,6 +191,88 @@ async fn attested_agents_scenario(datastore_url: &str) -> anyhow::Result<()> {
         &std::fs::metadata(state.join(lanyard_agent::node_client::CREDENTIALS_FILE))?.permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
+
+    server.shutdown().await;
+    Ok(())
+}
+
+fn refused_code<T>(result: Result<T, node_client::NodeClientError>) -> Option<Code> {
+    match result {
+        Err(node_client::NodeClientError::Refused(status)) => Some(status.code()),
+        _ => None,
+    }
+}
+
+/// A renewal whose response never reaches the agent does not lock it out: the
+/// old SVID may renew again (and do nothing else) until the new one is used.
+/// Of two renewals racing with the same SVID, exactly one yields a usable SVID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_renewal_response_is_recovered_by_renewing_again() -> anyhow::Result<()> {
+    let urls_dir = tempfile::tempdir()?;
+    for url in lanyard_tests::datastore_urls(urls_dir.path()).await? {
+        lost_renewal_scenario(&url).await?;
+    }
+    Ok(())
+}
+
+async fn lost_renewal_scenario(datastore_url: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), datastore_url).await?;
+    let endpoint = ServerEndpoint::new(
+        &server
+            .node_addr
+            .context("mTLS Node API enabled")?
+            .to_string(),
+        &server.ca_bundle,
+    )?;
+    let mut admin = AdminClient::new(unix_channel(&server.admin_socket));
+    let id = "spiffe://example.org/node/c";
+    let creds = node_client::attest(&endpoint, &join_token(&mut admin, id).await?).await?;
+    let entry = create_entry(&mut admin, "spiffe://example.org/api", id).await?;
+
+    // The server commits this renewal, but the agent never sees the answer.
+    let lost = node_client::renew(&endpoint, &creds).await?;
+    let mut old = node(&endpoint, Some(&creds))?;
+    let refused = mint(&mut old, &entry).await;
+    assert!(
+        matches!(&refused, Err(s) if s.code() == Code::PermissionDenied && s.message().contains("may only renew")),
+        "{refused:?}"
+    );
+    let renewed = node_client::renew(&endpoint, &creds).await?;
+    let mut dead = node(&endpoint, Some(&lost))?;
+    assert_eq!(
+        mint(&mut dead, &entry).await.map_err(|s| s.code()),
+        Err(Code::PermissionDenied),
+        "the SVID whose response was lost"
+    );
+
+    // The first call with the new SVID kills the old one, even for renewal.
+    let mut fresh = node(&endpoint, Some(&renewed))?;
+    assert_eq!(mint(&mut fresh, &entry).await?, "spiffe://example.org/api");
+    assert_eq!(
+        refused_code(node_client::renew(&endpoint, &creds).await),
+        Some(Code::PermissionDenied)
+    );
+
+    // Two renewals with the same SVID (a stolen copy racing the agent). If both
+    // saw the same record, one is refused; if one came after the other had
+    // committed, it renewed from the previous serial and replaced the first.
+    // Either way exactly one SVID comes out usable.
+    let (a, b) = tokio::join!(
+        node_client::renew(&endpoint, &renewed),
+        node_client::renew(&endpoint, &renewed)
+    );
+    let mut usable = 0;
+    for outcome in [a, b] {
+        match outcome {
+            Ok(won) => {
+                let mut client = node(&endpoint, Some(&won))?;
+                usable += usize::from(mint(&mut client, &entry).await.is_ok());
+            }
+            lost => assert_eq!(refused_code(lost), Some(Code::PermissionDenied)),
+        }
+    }
+    assert_eq!(usable, 1);
 
     server.shutdown().await;
     Ok(())

@@ -1,0 +1,199 @@
+//! Whether an agent presenting an X.509 SVID over mTLS may make a call: the
+//! SVID must not have expired, the agent must be attested and not evicted, and
+//! the serial must be the current one — or, for a renewal only, the one the
+//! current SVID was renewed from, so that an agent whose renewal response was
+//! lost can renew again. The first call with the current SVID kills the
+//! previous one.
+
+use lanyard_proto::SpiffeId;
+use tonic::Status;
+
+use crate::node_tls::PeerSvid;
+use crate::store::{AgentRecord, Datastore, StoreError};
+
+/// What the caller wants: only a renewal may present the previous serial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Renewal,
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("an agent SVID is required; attest first")]
+    NoSvid,
+    #[error("this agent SVID expired at {0} (Unix time); reconnect with a renewed one")]
+    Expired(i64),
+    #[error("agent {0} is not attested")]
+    NotAttested(SpiffeId),
+    #[error("agent {0} has been evicted")]
+    Evicted(SpiffeId),
+    #[error("this agent SVID has been superseded; use the renewed one")]
+    Superseded,
+    #[error(
+        "this agent SVID has been renewed but the renewed one was never used: it may only renew again"
+    )]
+    RenewOnly,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NoSvid | Refusal::Expired(_) => Status::unauthenticated(refusal.to_string()),
+            Refusal::Store(e) => super::unavailable(e),
+            other => Status::permission_denied(other.to_string()),
+        }
+    }
+}
+
+/// The agent's record, as checked, if `peer` may make `call` at `now` (Unix
+/// seconds). Pass the record to [`Datastore::renew_agent`] when renewing.
+pub async fn admit(
+    store: &Datastore,
+    peer: &PeerSvid,
+    call: Call,
+    now: i64,
+) -> Result<AgentRecord, Refusal> {
+    if now > peer.not_after {
+        return Err(Refusal::Expired(peer.not_after));
+    }
+    let agent = match store.get_agent(&peer.spiffe_id).await {
+        Ok(agent) => agent,
+        Err(StoreError::NotFound { .. }) => {
+            return Err(Refusal::NotAttested(peer.spiffe_id.clone()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if agent.evicted {
+        tracing::warn!(target: "lanyard::audit", agent = %peer.spiffe_id, "evicted agent refused");
+        return Err(Refusal::Evicted(agent.spiffe_id));
+    }
+    if agent.serial == peer.serial {
+        // The renewed SVID arrived: the one it replaced must stop working.
+        if agent.prev_serial.is_some()
+            && !store
+                .forget_previous_serial(&agent.spiffe_id, &agent.serial)
+                .await?
+        {
+            return Err(Refusal::Superseded); // renewed or evicted meanwhile
+        }
+        return Ok(agent);
+    }
+    if agent.prev_serial.as_deref() == Some(peer.serial.as_str()) {
+        return match call {
+            Call::Renewal => Ok(agent),
+            Call::Other => Err(Refusal::RenewOnly),
+        };
+    }
+    Err(Refusal::Superseded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::datastores;
+
+    const NOW: i64 = 1_000_000;
+
+    fn id() -> SpiffeId {
+        SpiffeId::parse("spiffe://example.org/node/a").unwrap()
+    }
+
+    fn peer(serial: &str) -> PeerSvid {
+        PeerSvid {
+            spiffe_id: id(),
+            serial: serial.to_owned(),
+            not_after: NOW + 600,
+        }
+    }
+
+    fn code(result: Result<AgentRecord, Refusal>) -> Result<String, tonic::Code> {
+        result.map(|a| a.serial).map_err(|r| Status::from(r).code())
+    }
+
+    #[tokio::test]
+    async fn an_expired_svid_is_refused_on_an_open_connection() {
+        for (_dir, store) in datastores().await {
+            store.attest_agent(&id(), "01", NOW).await.unwrap();
+            let mut svid = peer("01");
+            svid.not_after = NOW;
+            assert_eq!(
+                code(admit(&store, &svid, Call::Other, NOW).await),
+                Ok("01".into()),
+                "valid through its notAfter second"
+            );
+            for call in [Call::Other, Call::Renewal] {
+                let refused = admit(&store, &svid, call, NOW + 1).await;
+                assert!(
+                    matches!(&refused, Err(Refusal::Expired(t)) if *t == NOW),
+                    "{refused:?}"
+                );
+                assert_eq!(code(refused), Err(tonic::Code::Unauthenticated));
+            }
+        }
+    }
+
+    /// Renew, lose the response, renew again with the old SVID; the old SVID
+    /// serves nothing else, and dies once the new one has been used.
+    #[tokio::test]
+    async fn a_lost_renewal_response_does_not_lock_the_agent_out() {
+        use tonic::Code::PermissionDenied;
+        for (_dir, store) in datastores().await {
+            store.attest_agent(&id(), "01", NOW).await.unwrap();
+            let checked = admit(&store, &peer("01"), Call::Renewal, NOW)
+                .await
+                .unwrap();
+            store.renew_agent(&checked, "01", "02", NOW).await.unwrap();
+
+            // "02" never reached the agent.
+            assert_eq!(
+                code(admit(&store, &peer("01"), Call::Other, NOW).await),
+                Err(PermissionDenied)
+            );
+            let retry = admit(&store, &peer("01"), Call::Renewal, NOW)
+                .await
+                .unwrap();
+            store.renew_agent(&retry, "01", "03", NOW).await.unwrap();
+            assert_eq!(
+                code(admit(&store, &peer("02"), Call::Renewal, NOW).await),
+                Err(PermissionDenied),
+                "the lost SVID is dead"
+            );
+
+            assert_eq!(
+                code(admit(&store, &peer("03"), Call::Other, NOW).await),
+                Ok("03".into())
+            );
+            for call in [Call::Other, Call::Renewal] {
+                let refused = admit(&store, &peer("01"), call, NOW).await;
+                assert!(matches!(refused, Err(Refusal::Superseded)), "{refused:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn eviction_refuses_the_current_and_the_previous_svid() {
+        for (_dir, store) in datastores().await {
+            let first = store.attest_agent(&id(), "01", NOW).await.unwrap();
+            store.renew_agent(&first, "01", "02", NOW).await.unwrap();
+            store.evict_agent(&id()).await.unwrap();
+            for serial in ["01", "02"] {
+                for call in [Call::Other, Call::Renewal] {
+                    let refused = admit(&store, &peer(serial), call, NOW).await;
+                    assert!(matches!(refused, Err(Refusal::Evicted(_))), "{refused:?}");
+                }
+            }
+            let unknown = PeerSvid {
+                spiffe_id: SpiffeId::parse("spiffe://example.org/node/b").unwrap(),
+                ..peer("01")
+            };
+            let refused = admit(&store, &unknown, Call::Other, NOW).await;
+            assert!(
+                matches!(refused, Err(Refusal::NotAttested(_))),
+                "{refused:?}"
+            );
+        }
+    }
+}
