@@ -3,14 +3,20 @@
 //! given its recycled PID.
 //!
 //! Best: the kernel's pidfd for the peer taken at accept time (`SO_PEERPIDFD`,
-//! Linux ≥ 6.5). Else a pidfd opened by PID right after accept. Else the
-//! process start time from `/proc/<pid>/stat`. A pidfd becomes readable when
-//! its process exits, and a PID cannot be reused while the process behind a
-//! pidfd has not exited, so "not yet readable" after attestation proves that
-//! every `/proc/<pid>` read was of the pinned process.
+//! Linux ≥ 6.5). Only where the kernel lacks that option, a pidfd opened by
+//! PID right after accept; else the process start time from
+//! `/proc/<pid>/stat`. Both fallbacks pin whatever owns the PID at that
+//! moment, so they are never used when SO_PEERPIDFD exists but fails: then
+//! the peer is gone, and its PID may already be someone else's.
+//!
+//! A pidfd becomes readable when its process exits, and a PID cannot be
+//! reused while the process behind a pidfd has not exited, so "not yet
+//! readable" after attestation proves that every `/proc/<pid>` read was of
+//! the pinned process.
 
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 
+use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt};
 
@@ -36,13 +42,16 @@ pub enum ProcessPin {
 impl ProcessPin {
     /// Pins the process at the other end of `socket`, whose PID SO_PEERCRED gave as `pid`.
     pub fn for_peer(socket: BorrowedFd<'_>, pid: i32) -> Result<Self, PinError> {
-        if let Ok(pidfd) = getsockopt(&socket, sockopt::PeerPidfd) {
-            return Ok(Self::Pidfd { pid, pidfd });
+        match getsockopt(&socket, sockopt::PeerPidfd) {
+            Ok(pidfd) => return Ok(Self::Pidfd { pid, pidfd }),
+            Err(errno) => peer_pidfd_unsupported(errno, pid)?,
         }
-        if let Some(pidfd) = pidfd_open(pid) {
-            return Ok(Self::Pidfd { pid, pidfd });
+        match pidfd_open(pid) {
+            Ok(pidfd) => Ok(Self::Pidfd { pid, pidfd }),
+            Err(Errno::ESRCH) => Err(PinError::Exited(pid)),
+            // No pidfd_open (Linux < 5.3, or a seccomp filter refusing it).
+            Err(_) => Self::by_start_time(pid),
         }
-        Self::by_start_time(pid)
     }
 
     /// The fallback pin: the start time the process has now.
@@ -85,16 +94,35 @@ impl ProcessPin {
     }
 }
 
-/// `pidfd_open(2)` (Linux ≥ 5.3) for kernels without SO_PEERPIDFD; None where
-/// the kernel lacks it too.
+/// Ok when SO_PEERPIDFD failed with `errno` only because the kernel does not
+/// have it, so pinning by PID is the best there is; else why the caller
+/// cannot be pinned.
+fn peer_pidfd_unsupported(errno: Errno, pid: i32) -> Result<(), PinError> {
+    match errno {
+        // Linux < 6.5: sock_getsockopt answers every SOL_SOCKET option it
+        // does not know with ENOPROTOOPT.
+        Errno::ENOPROTOOPT => Ok(()),
+        // The option exists but the peer has no live process any more
+        // (pidfd_prepare: EINVAL; no peer PID recorded: ENODATA).
+        Errno::EINVAL | Errno::ESRCH | Errno::ENODATA => Err(PinError::Exited(pid)),
+        // Out of descriptors or memory, or refused by a security module: the
+        // peer may be alive, but falling back to its bare PID would be racy.
+        other => Err(PinError::Check {
+            pid,
+            reason: format!("SO_PEERPIDFD: {other}"),
+        }),
+    }
+}
+
+/// `pidfd_open(2)` (Linux ≥ 5.3) for kernels without SO_PEERPIDFD.
 #[allow(unsafe_code)]
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes two integers and returns a new file descriptor
-    // or -1; nix has no wrapper for it.
+    // or -1 with errno set; nix has no wrapper for it.
     let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
-    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    let fd = i32::try_from(Errno::result(fd)?).map_err(|_| Errno::EOVERFLOW)?;
     // SAFETY: the syscall just returned this descriptor and nothing else owns it.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks since boot.
@@ -154,6 +182,34 @@ mod tests {
         Ok(())
     }
 
+    /// Only a kernel without SO_PEERPIDFD lets the pin fall back to the bare
+    /// PID; any other failure means no pin (and no identity).
+    #[test]
+    fn only_a_missing_so_peerpidfd_falls_back_to_the_pid() {
+        assert!(peer_pidfd_unsupported(Errno::ENOPROTOOPT, 7).is_ok());
+        for gone in [Errno::EINVAL, Errno::ESRCH, Errno::ENODATA] {
+            assert!(
+                matches!(peer_pidfd_unsupported(gone, 7), Err(PinError::Exited(7))),
+                "{gone}"
+            );
+        }
+        for other in [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOMEM,
+            Errno::EPERM,
+            Errno::EOPNOTSUPP,
+        ] {
+            assert!(
+                matches!(
+                    peer_pidfd_unsupported(other, 7),
+                    Err(PinError::Check { pid: 7, .. })
+                ),
+                "{other}"
+            );
+        }
+    }
+
     /// A child is pinned both ways, exits and is reaped (its PID is now free
     /// for reuse): neither pin verifies any more.
     #[test]
@@ -162,7 +218,7 @@ mod tests {
         let pid = i32::try_from(child.id())?;
         let by_fd = ProcessPin::Pidfd {
             pid,
-            pidfd: pidfd_open(pid).ok_or("pidfd_open")?,
+            pidfd: pidfd_open(pid)?,
         };
         let by_time = ProcessPin::by_start_time(pid)?;
         by_fd.verify()?;
