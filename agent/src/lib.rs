@@ -105,6 +105,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
                 config.data_dir.clone(),
                 creds,
                 client.clone(),
+                config.server_timeout,
                 shutdown_rx.clone(),
             );
             tasks.spawn(async move {
@@ -116,7 +117,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     };
     let state = Arc::new(SyncedState::default());
     let reachability = Arc::new(Reachability::default());
-    match state.sync_once(&server).await {
+    match state.sync_once(&server, config.server_timeout).await {
         Ok(count) => tracing::info!(entries = count, "synced with the server"),
         Err(e) => reachability.mark_down(&e),
     }
@@ -137,10 +138,10 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         WorkloadService::new(state.clone(), issuer, attestor, config.trust_domain.clone());
 
     let sync_shutdown = shutdown_rx.clone();
-    let interval = config.sync_interval;
+    let (interval, deadline) = (config.sync_interval, config.server_timeout);
     tasks.spawn(async move {
         state
-            .sync_forever(server, interval, reachability, sync_shutdown)
+            .sync_forever(server, interval, deadline, reachability, sync_shutdown)
             .await;
         Ok(())
     });

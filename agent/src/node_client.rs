@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use lanyard_proto::SpiffeId;
@@ -17,7 +18,7 @@ use lanyard_proto::pem::encode as pem;
 use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -258,6 +259,34 @@ fn tls_config(
     Ok(config)
 }
 
+/// Longest wait for a connection to the server (TCP and TLS handshake).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings, idle connections included: a server host that vanished
+/// without a reset is noticed within interval + timeout, not after TCP gives
+/// up retransmitting (~15 min), and calls on the dead connection fail.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The settings of every channel to the server; the URI only satisfies
+/// tonic, the connector decides where to dial.
+fn endpoint() -> Endpoint {
+    Endpoint::from_static("http://lanyard-server")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+}
+
+/// A lazily connecting channel to a server on this machine, over its local
+/// Node API socket.
+pub fn local_channel(node_socket: &Path) -> Channel {
+    let path = node_socket.to_owned();
+    endpoint().connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+        let path = path.clone();
+        async move { UnixStream::connect(path).await.map(TokioIo::new) }
+    }))
+}
+
 /// A lazily connecting channel to the Node API over TLS, presenting
 /// `identity` when given.
 pub fn channel(
@@ -269,21 +298,19 @@ pub fn channel(
     let address = server.address.clone();
     let name =
         ServerName::try_from(SERVER_NAME).map_err(|e| NodeClientError::Address(e.to_string()))?;
-    // The URI only satisfies tonic; every connection dials `address` with TLS.
+    // Every connection dials `address` with TLS.
     Ok(
-        Endpoint::from_static("http://lanyard-server").connect_with_connector_lazy(
-            tower::service_fn(move |_: Uri| {
-                let (connector, address, name) = (connector.clone(), address.clone(), name.clone());
-                async move {
-                    let tcp = TcpStream::connect(&address).await?;
-                    // gRPC's small frames must not wait on Nagle's algorithm
-                    // (~40 ms per exchange against a delayed ACK).
-                    tcp.set_nodelay(true)?;
-                    let tls = connector.connect(name, tcp).await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(tls))
-                }
-            }),
-        ),
+        endpoint().connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let (connector, address, name) = (connector.clone(), address.clone(), name.clone());
+            async move {
+                let tcp = TcpStream::connect(&address).await?;
+                // gRPC's small frames must not wait on Nagle's algorithm
+                // (~40 ms per exchange against a delayed ACK).
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        })),
     )
 }
 

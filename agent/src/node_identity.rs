@@ -12,6 +12,10 @@ use crate::server_client::ServerClient;
 
 /// After a failed renewal or save, try again this soon (the SVID is still valid).
 const RENEW_RETRY: Duration = Duration::from_secs(30);
+/// A renewal gets at least this long, however short the configured server
+/// timeout: the server refuses the old SVID once it has issued the new one,
+/// so giving up on a slow answer that then arrives would lock the agent out.
+const RENEW_MIN_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeIdentityError {
@@ -21,6 +25,8 @@ pub enum NodeIdentityError {
     NotAttested(PathBuf),
     #[error("the agent SVID in {0} has expired and no join token was given to attest again")]
     Expired(PathBuf),
+    #[error("the server did not answer within {} s", .0.as_secs())]
+    Timeout(Duration),
 }
 
 fn now() -> i64 {
@@ -60,7 +66,8 @@ pub async fn establish(
 }
 
 /// Renews the SVID at half its remaining life, saves it, and points `client`
-/// at a channel that presents it; until `shutdown` changes.
+/// at a channel that presents it; until `shutdown` changes. Each renewal is
+/// given up after `server_timeout` (at least [`RENEW_MIN_DEADLINE`]).
 ///
 /// The server refuses the old SVID as soon as it has issued the new one, so
 /// the new one is used even when saving it fails; saving is retried until it
@@ -70,8 +77,10 @@ pub async fn renew_forever(
     data_dir: PathBuf,
     mut creds: AgentCredentials,
     client: ServerClient,
+    server_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let deadline = server_timeout.max(RENEW_MIN_DEADLINE);
     let mut renew_at = Instant::now() + half_life(&creds);
     let mut saved = true;
     loop {
@@ -90,10 +99,14 @@ pub async fn renew_forever(
         if Instant::now() < renew_at {
             continue;
         }
-        let renewed = node_client::renew(&server, &creds).await.and_then(|new| {
-            let channel = node_client::channel(&server, Some(&new))?;
-            Ok((new, channel))
-        });
+        let renewed =
+            match tokio::time::timeout(deadline, node_client::renew(&server, &creds)).await {
+                Ok(Ok(new)) => node_client::channel(&server, Some(&new))
+                    .map(|channel| (new, channel))
+                    .map_err(NodeIdentityError::from),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(NodeIdentityError::Timeout(deadline)),
+            };
         match renewed {
             Ok((new, channel)) => {
                 client.replace_channel(channel);

@@ -9,7 +9,6 @@ use lanyard_proto::node::{
     GetJwtBundleRequest, MintJwtSvidRequest, MintJwtSvidResponse, SyncEntriesRequest,
     SyncEntriesResponse,
 };
-use lanyard_proto::transport::unix_channel;
 use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +29,7 @@ pub struct ServerClient {
 impl ServerClient {
     /// A server on this machine, over its local Node API socket.
     pub fn local(node_socket: &Path) -> Self {
-        Self::over(unix_channel(node_socket))
+        Self::over(crate::node_client::local_channel(node_socket))
     }
 
     pub fn over(channel: Channel) -> Self {

@@ -13,6 +13,14 @@ use crate::attestor::unix::Needs;
 use crate::reachability::Reachability;
 use crate::server_client::{ServerClient, ServerClientError};
 
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Server(#[from] ServerClientError),
+    #[error("the server did not finish the sync within {} ms", .0.as_millis())]
+    Timeout(Duration),
+}
+
 /// An entry as the agent serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentEntry {
@@ -146,8 +154,21 @@ impl SyncedState {
         });
     }
 
-    /// Fetches entries and bundle from the server once.
-    pub async fn sync_once(&self, server: &ServerClient) -> Result<usize, ServerClientError> {
+    /// Fetches entries and bundle from the server once, giving up after
+    /// `deadline` (a server that accepts and never answers must not stall
+    /// the sync loop).
+    pub async fn sync_once(
+        &self,
+        server: &ServerClient,
+        deadline: Duration,
+    ) -> Result<usize, SyncError> {
+        tokio::time::timeout(deadline, self.fetch_and_apply(server))
+            .await
+            .map_err(|_| SyncError::Timeout(deadline))?
+            .map_err(SyncError::from)
+    }
+
+    async fn fetch_and_apply(&self, server: &ServerClient) -> Result<usize, ServerClientError> {
         let since = self.revision.load(Ordering::Acquire);
         let mut response = server.sync_entries(since).await?;
         if !response.full && response.revision < since {
@@ -189,7 +210,8 @@ impl SyncedState {
         Ok(count)
     }
 
-    /// Syncs every `interval` until `shutdown` changes. After a failure it
+    /// Syncs every `interval` (each sync within `deadline`) until `shutdown`
+    /// changes. After a failure it
     /// retries sooner, with jittered exponential backoff capped at `interval`
     /// (so that many agents do not hit a returning server in step); the
     /// outage is logged once through `reachability`, not on every attempt.
@@ -197,6 +219,7 @@ impl SyncedState {
         &self,
         server: ServerClient,
         interval: Duration,
+        deadline: Duration,
         reachability: Arc<Reachability>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -208,7 +231,7 @@ impl SyncedState {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => return,
             }
-            match self.sync_once(&server).await {
+            match self.sync_once(&server, deadline).await {
                 Ok(_) => {
                     failing = false;
                     backoff.reset();
@@ -315,6 +338,33 @@ mod tests {
             .map(|e| e.id)
             .collect();
         assert_eq!(ids, ["a", "b"], "one per SPIFFE ID, first entry wins");
+        Ok(())
+    }
+
+    /// A server that accepts the connection and never answers: the sync
+    /// ends with a timeout, not never.
+    #[tokio::test]
+    async fn a_sync_against_a_silent_server_times_out() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("node.sock");
+        let listener = tokio::net::UnixListener::bind(&socket)?;
+        let silent = tokio::spawn(async move {
+            // Holds the connection open, reads nothing, writes nothing.
+            let accepted = listener.accept().await;
+            std::future::pending::<()>().await;
+            drop(accepted);
+        });
+        let state = SyncedState::default();
+        let deadline = Duration::from_millis(200);
+        let result = state
+            .sync_once(&ServerClient::local(&socket), deadline)
+            .await;
+        assert!(
+            matches!(result, Err(SyncError::Timeout(d)) if d == deadline),
+            "{result:?}"
+        );
+        assert!(state.entries_snapshot().entries().is_empty());
+        silent.abort();
         Ok(())
     }
 
