@@ -134,6 +134,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         reachability.clone(),
     );
     let attestor = Arc::new(UnixAttestor::new(config.workload_attestor.clone()));
+    let record_exe = config.workload_attestor.needs_connected_exe();
     let service =
         WorkloadService::new(state.clone(), issuer, attestor, config.trust_domain.clone());
 
@@ -149,7 +150,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(service))
-            .serve_with_incoming_shutdown(peer::incoming(listener), async move {
+            .serve_with_incoming_shutdown(peer::incoming(listener, record_exe), async move {
                 let _ = serve_shutdown.changed().await;
             })
             .await

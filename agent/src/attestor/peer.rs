@@ -1,6 +1,7 @@
 //! The Workload API's connections: each accepted Unix stream carries what the
-//! kernel said about its peer at accept time (SO_PEERCRED and a pin on the
-//! process), handed to every request on it through tonic's `Connected`.
+//! kernel said about its peer at accept time (SO_PEERCRED, a pin on the
+//! process and, with binary selectors on, which file it runs), handed to
+//! every request on it through tonic's `Connected`.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -15,6 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::Connected;
 
+use super::binary::ConnectedExe;
 use super::pin::{PinError, ProcessPin};
 
 /// What `SO_PEERCRED` told us about the process on the other end of the socket.
@@ -30,6 +32,8 @@ pub struct PeerCredentials {
 pub struct Peer {
     pub credentials: PeerCredentials,
     pub pin: ProcessPin,
+    /// The file it ran when accepted: binary selectors describe only that.
+    pub exe: ConnectedExe,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,12 +52,14 @@ pub enum PeerError {
 pub struct PeerInfo(pub Arc<Result<Peer, PeerError>>);
 
 impl PeerInfo {
-    fn of(stream: &UnixStream) -> Self {
-        Self(Arc::new(identify(stream)))
+    fn of(stream: &UnixStream, record_exe: bool) -> Self {
+        Self(Arc::new(identify(stream, record_exe)))
     }
 }
 
-fn identify(stream: &UnixStream) -> Result<Peer, PeerError> {
+/// The pin first, then the executable: a pin that still holds at call time
+/// proves the executable was read from the pinned process.
+fn identify(stream: &UnixStream, record_exe: bool) -> Result<Peer, PeerError> {
     let cred =
         getsockopt(&stream.as_fd(), sockopt::PeerCredentials).map_err(PeerError::Credentials)?;
     let pid = cred.pid();
@@ -61,6 +67,11 @@ fn identify(stream: &UnixStream) -> Result<Peer, PeerError> {
         return Err(PeerError::NoPid);
     }
     let pin = ProcessPin::for_peer(stream.as_fd(), pid)?;
+    let exe = if record_exe {
+        ConnectedExe::record(pid)
+    } else {
+        ConnectedExe::Skipped
+    };
     Ok(Peer {
         credentials: PeerCredentials {
             uid: cred.uid(),
@@ -68,6 +79,7 @@ fn identify(stream: &UnixStream) -> Result<Peer, PeerError> {
             pid,
         },
         pin,
+        exe,
     })
 }
 
@@ -79,8 +91,10 @@ pub struct PeerStream {
 }
 
 impl PeerStream {
-    pub fn new(stream: UnixStream) -> Self {
-        let info = PeerInfo::of(&stream);
+    /// `record_exe`: whether binary selectors are on, so the caller's
+    /// executable is recorded.
+    pub fn new(stream: UnixStream, record_exe: bool) -> Self {
+        let info = PeerInfo::of(&stream, record_exe);
         Self { stream, info }
     }
 
@@ -90,8 +104,12 @@ impl PeerStream {
 }
 
 /// Accepted connections of `listener`, each identified as it is accepted.
-pub fn incoming(listener: UnixListener) -> impl Stream<Item = io::Result<PeerStream>> {
-    UnixListenerStream::new(listener).map(|accepted| accepted.map(PeerStream::new))
+pub fn incoming(
+    listener: UnixListener,
+    record_exe: bool,
+) -> impl Stream<Item = io::Result<PeerStream>> {
+    UnixListenerStream::new(listener)
+        .map(move |accepted| accepted.map(|stream| PeerStream::new(stream, record_exe)))
 }
 
 impl Connected for PeerStream {

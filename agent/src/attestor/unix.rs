@@ -6,7 +6,7 @@ use lanyard_proto::Selector;
 use lanyard_proto::selector::UNIX_SELECTOR_TYPE;
 use nix::unistd::{Gid, Group, Uid, User};
 
-use super::binary::{BinaryError, BinaryInspector};
+use super::binary::{BinaryError, BinaryInspector, ExeIdentity};
 use super::peer::{Peer, PeerCredentials};
 use super::pin::PinError;
 
@@ -21,6 +21,14 @@ pub struct UnixAttestorConfig {
     /// Emit `unix:sha256:<hex digest of the executable>`.
     pub sha256_selectors: bool,
     pub max_binary_bytes: u64,
+}
+
+impl UnixAttestorConfig {
+    /// Whether callers' executables are looked at, so must be recorded when
+    /// they connect (a stat each; skipped when binary selectors are off).
+    pub fn needs_connected_exe(&self) -> bool {
+        self.path_selectors || self.sha256_selectors
+    }
 }
 
 impl Default for UnixAttestorConfig {
@@ -133,13 +141,15 @@ impl UnixAttestor {
         }
         if self.config.path_selectors
             && needs.path
-            && let Some(path) = BinaryInspector::path(pid)?
+            && let Some(path) = BinaryInspector::path(pid, connected_exe(peer)?)?
         {
             facts.push(("path", path.to_string_lossy().into_owned()));
         }
         if self.config.sha256_selectors
             && needs.sha256
-            && let Some(hash) = self.binaries.sha256(pid, self.config.max_binary_bytes)?
+            && let Some(hash) =
+                self.binaries
+                    .sha256(pid, connected_exe(peer)?, self.config.max_binary_bytes)?
         {
             facts.push(("sha256", hash));
         }
@@ -148,6 +158,11 @@ impl UnixAttestor {
         peer.pin.verify()?;
         Ok(to_selectors(facts))
     }
+}
+
+/// The executable recorded when the caller connected.
+fn connected_exe(peer: &Peer) -> Result<&ExeIdentity, BinaryError> {
+    peer.exe.identity(peer.credentials.pid)
 }
 
 /// `uid`, `gid`, and (with `names`) `user`/`group` where the ids have names.
@@ -197,6 +212,7 @@ fn parse_groups(status: &str) -> Option<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attestor::binary::ConnectedExe;
     use crate::attestor::pin::ProcessPin;
 
     fn me() -> Result<Peer, Box<dyn std::error::Error>> {
@@ -208,6 +224,7 @@ mod tests {
                 pid,
             },
             pin: ProcessPin::by_start_time(pid)?,
+            exe: ConnectedExe::Known(ExeIdentity::of_process(pid)?),
         })
     }
 
@@ -292,6 +309,49 @@ mod tests {
         );
         assert_eq!(all, Needs::ALL);
         assert_eq!(full.attest_for(&peer, all)?, full.attest(&peer)?);
+        Ok(())
+    }
+
+    /// Binary selectors are given only for the executable recorded at
+    /// connect; uid-only attestation never looks at it.
+    #[test]
+    fn binary_selectors_need_the_executable_of_connect_time()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let full = UnixAttestor::new(UnixAttestorConfig {
+            path_selectors: true,
+            sha256_selectors: true,
+            max_binary_bytes: u64::MAX,
+        });
+        let path_only = Needs {
+            path: true,
+            ..Needs::default()
+        };
+        let hash_only = Needs {
+            sha256: true,
+            ..Needs::default()
+        };
+        let mut peer = me()?;
+        peer.exe = ConnectedExe::Skipped;
+        full.attest_for(&peer, Needs::default())?;
+        for needs in [path_only, hash_only] {
+            assert!(matches!(
+                full.attest_for(&peer, needs),
+                Err(AttestError::Binary(BinaryError::Unrecorded { .. }))
+            ));
+        }
+        // As if we had called execve since connecting: another file was recorded.
+        let mut other = std::process::Command::new("sleep").arg("30").spawn()?;
+        let other_exe = ExeIdentity::of_process(i32::try_from(other.id())?);
+        other.kill()?;
+        other.wait()?;
+        peer.exe = ConnectedExe::Known(other_exe?);
+        full.attest_for(&peer, Needs::default())?;
+        for needs in [path_only, hash_only] {
+            assert!(matches!(
+                full.attest_for(&peer, needs),
+                Err(AttestError::Binary(BinaryError::Exec(_)))
+            ));
+        }
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! `unix:sha256` and `unix:path` selectors through the real socket: an entry
-//! pinned to a binary's hash or path is served to that binary only.
+//! pinned to a binary's hash or path is served to that binary only, and not
+//! to a connection whose process has since exec'd that binary.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,9 +12,13 @@ use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World};
 use tonic::Code;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_workload-probe");
+const HANDOFF: &str = env!("CARGO_BIN_EXE_handoff-probe");
 const OTHER_BINARY: &str = env!("CARGO_BIN_EXE_test-lanyard-agent");
 const BY_HASH: &str = "/selectors/by-hash";
 const BY_PATH: &str = "/selectors/by-path";
+const SLEEP_BY_PATH: &str = "/selectors/sleep-by-path";
+const SLEEP_BY_HASH: &str = "/selectors/sleep-by-hash";
+const HANDOFF_BY_PATH: &str = "/selectors/handoff-by-path";
 
 fn probe_output(binary: &Path, endpoint: &str) -> anyhow::Result<(String, Option<i32>)> {
     let output = Command::new(binary)
@@ -107,6 +112,70 @@ async fn binary_selectors_are_off_unless_enabled() -> anyhow::Result<()> {
     let (output, code) = tokio::task::block_in_place(|| probe_output(Path::new(PROBE), &endpoint))?;
     assert!(output.starts_with("denied"), "{output}");
     assert_eq!(code, Some(1));
+    world.stop().await;
+    Ok(())
+}
+
+/// `handoff-probe <args>` against `endpoint`: its child's line and exit code.
+fn handoff(endpoint: &str, args: &[&str]) -> anyhow::Result<(String, Option<i32>)> {
+    // `output` returns once the child, which inherited stdout, is done too.
+    let output = Command::new(HANDOFF)
+        .args(args)
+        .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
+        .output()?;
+    Ok((
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        output.status.code(),
+    ))
+}
+
+/// Borrowing a binary's identity through execve: a process connects, the
+/// agent accepts, the process hands the connection to a child and execs a
+/// binary that entries are pinned to (by path and by hash). Its PID and so
+/// the agent's pin are unchanged, and /proc now shows the pinned binary; but
+/// it is not what connected, so the child gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_kept_across_an_exec_gets_no_binary_identity() -> anyhow::Result<()> {
+    let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("no sleep binary"))?;
+    // What /proc/<pid>/exe shows: the file behind any symbolic links.
+    let sleep_file = sleep.canonicalize()?;
+    let sleep_hash = sha256_hex(&mut std::fs::File::open(&sleep_file)?)?;
+    let handoff_file = Path::new(HANDOFF).canonicalize()?;
+    let world = World::start_with_agent_tables(
+        "",
+        &[
+            EntrySpec::new(
+                SLEEP_BY_PATH,
+                &[&format!("unix:path:{}", sleep_file.display())],
+            ),
+            EntrySpec::new(SLEEP_BY_HASH, &[&format!("unix:sha256:{sleep_hash}")]),
+            EntrySpec::new(
+                HANDOFF_BY_PATH,
+                &[&format!("unix:path:{}", handoff_file.display())],
+            ),
+        ],
+        "[workload_attestor]\npath_selectors = true\nsha256_selectors = true\n",
+    )
+    .await?;
+    let endpoint = world.endpoint();
+
+    // Control: the same handoff without the exec gets the connecting
+    // binary's own identity.
+    let (kept, code) = tokio::task::block_in_place(|| handoff(&endpoint, &["--parent-waits"]))?;
+    assert_eq!(kept, format!("ok spiffe://{TRUST_DOMAIN}{HANDOFF_BY_PATH}"));
+    assert_eq!(code, Some(0));
+
+    let sleep_arg = sleep.display().to_string();
+    // The exit status is that of the exec'd sleep, which the child kills.
+    let (execd, _) =
+        tokio::task::block_in_place(|| handoff(&endpoint, &["--parent-execs", &sleep_arg, "30"]))?;
+    assert!(execd.starts_with("denied"), "{execd}");
+    assert!(execd.contains("execve"), "{execd}");
+
     world.stop().await;
     Ok(())
 }
