@@ -16,15 +16,19 @@ pub mod state;
 pub mod workload_api;
 pub mod workload_client;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lanyard_proto::transport::{self, SocketError};
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::attestor::peer;
+use crate::attestor::peer::{self, ConnectionLimiter, ConnectionLimits};
 use crate::attestor::unix::UnixAttestor;
 use crate::config::{AgentConfig, ServerConnection};
 use crate::jwt_issuer::JwtSvidIssuer;
@@ -38,6 +42,13 @@ use crate::workload_api::WorkloadService;
 /// decided per call from the caller's kernel credentials.
 const WORKLOAD_SOCKET_MODE: u32 = 0o666;
 const WORKLOAD_SOCKET_DIR_MODE: u32 = 0o755;
+/// HTTP/2 pings on Workload API connections: a peer that stopped answering
+/// (hung, or frozen with the socket open; the kernel reports dead ones) is
+/// dropped and its place among the capped connections given back.
+const WORKLOAD_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const WORKLOAD_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The open-files limit assumed when it cannot be read (Linux's default soft limit).
+const DEFAULT_OPEN_FILES: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -83,9 +94,59 @@ impl RunningAgent {
     }
 }
 
+/// Raises the soft limit on open files to the hard one (every Workload API
+/// connection holds descriptors) and returns the soft limit now in force.
+fn raise_open_files_limit() -> u64 {
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit");
+            return DEFAULT_OPEN_FILES;
+        }
+    };
+    if soft >= hard {
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => hard,
+        Err(e) => {
+            tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+            soft
+        }
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown`: connections capped by
+/// `limiter`, each caller identified at accept (its executable recorded
+/// when `record_exe`).
+fn serve_workload_api(
+    service: WorkloadService,
+    listener: UnixListener,
+    limiter: Arc<ConnectionLimiter>,
+    record_exe: bool,
+    shutdown: impl Future<Output = ()>,
+) -> impl Future<Output = Result<(), AgentError>> {
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(WORKLOAD_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(WORKLOAD_KEEPALIVE_TIMEOUT))
+        .add_service(SpiffeWorkloadApiServer::new(service));
+    async move {
+        server
+            .serve_with_incoming_shutdown(peer::incoming(listener, limiter, record_exe), shutdown)
+            .await
+            .map_err(|e| AgentError::Serve(e.to_string()))
+    }
+}
+
 /// Syncs once with the server (so a running agent can answer at once), then
 /// serves the Workload API and keeps syncing.
 pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
+    let limits = ConnectionLimits::for_open_files(raise_open_files_limit());
+    tracing::debug!(
+        per_uid = limits.per_uid,
+        total = limits.total,
+        "Workload API connection limits"
+    );
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let server = match &config.server {
@@ -147,15 +208,15 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         Ok(())
     });
     let mut serve_shutdown = shutdown_rx;
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(SpiffeWorkloadApiServer::new(service))
-            .serve_with_incoming_shutdown(peer::incoming(listener, record_exe), async move {
-                let _ = serve_shutdown.changed().await;
-            })
-            .await
-            .map_err(|e| AgentError::Serve(e.to_string()))
-    });
+    tasks.spawn(serve_workload_api(
+        service,
+        listener,
+        ConnectionLimiter::new(limits),
+        record_exe,
+        async move {
+            let _ = serve_shutdown.changed().await;
+        },
+    ));
     tracing::info!(
         "Workload API listening; SPIFFE_ENDPOINT_SOCKET=unix://{}",
         config.socket.display()
@@ -165,4 +226,130 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         shutdown,
         tasks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload_client::WorkloadClient;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+    use tonic::Code;
+
+    /// The client preface and an empty SETTINGS frame: enough for the server
+    /// to answer with its own SETTINGS.
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    /// Only a bound for a broken test; nothing here waits on time otherwise.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// A raw connection the server has accepted and is serving: it answers
+    /// the HTTP/2 preface.
+    async fn served_raw(
+        socket: &std::path::Path,
+    ) -> Result<UnixStream, Box<dyn std::error::Error>> {
+        let mut stream = UnixStream::connect(socket).await?;
+        stream.write_all(H2_PREFACE).await?;
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut byte)).await??;
+        assert_eq!(n, 1, "the server closed a connection under the cap");
+        Ok(stream)
+    }
+
+    /// Whether the server closed `stream` without a word.
+    async fn closed_unanswered(mut stream: UnixStream) -> Result<bool, Box<dyn std::error::Error>> {
+        let mut byte = [0u8; 1];
+        Ok(
+            match tokio::time::timeout(PATIENCE, stream.read(&mut byte)).await? {
+                Ok(n) => n == 0,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            },
+        )
+    }
+
+    async fn served_call(client: &mut WorkloadClient) -> Result<(), Box<dyn std::error::Error>> {
+        // No entries: the caller is attested and found to have no identity,
+        // which only a served call can say.
+        let denied = client.fetch_jwt(vec!["a".to_owned()], None).await;
+        assert_eq!(
+            denied.as_ref().err().and_then(|e| e.code()),
+            Some(Code::PermissionDenied)
+        );
+        assert!(
+            format!("{denied:?}").contains("no identity issued"),
+            "{denied:?}"
+        );
+        Ok(())
+    }
+
+    /// One uid holding its whole share of connections: the next one is
+    /// closed at once, while those it holds are still served; a connection
+    /// closed gives its place back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_beyond_the_per_uid_cap_are_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        const CAP: usize = 3;
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("api.sock");
+        // No server behind it: nothing here gets as far as minting.
+        let issuer = JwtSvidIssuer::new(
+            ServerClient::local(&dir.path().join("no-server.sock")),
+            10,
+            Duration::from_secs(5),
+            Arc::new(Reachability::default()),
+        );
+        let service = WorkloadService::new(
+            Arc::new(SyncedState::default()),
+            issuer,
+            Arc::new(UnixAttestor::default()),
+            lanyard_proto::TrustDomain::new("example.org")?,
+        );
+        let limiter = ConnectionLimiter::new(ConnectionLimits {
+            per_uid: CAP,
+            total: 100,
+        });
+        let (stop, mut stopped) = watch::channel(false);
+        let serving = tokio::spawn(serve_workload_api(
+            service,
+            UnixListener::bind(&socket)?,
+            limiter.clone(),
+            false,
+            async move {
+                let _ = stopped.changed().await;
+            },
+        ));
+        let uid = nix::unistd::getuid().as_raw();
+
+        let mut client = WorkloadClient::new(&socket.display().to_string())?;
+        served_call(&mut client).await?;
+        let mut idle = Vec::new();
+        for _ in 1..CAP {
+            idle.push(served_raw(&socket).await?);
+        }
+        assert_eq!(limiter.open_of(uid), CAP);
+
+        let excess = UnixStream::connect(&socket).await?;
+        assert!(
+            closed_unanswered(excess).await?,
+            "a connection over the cap was served"
+        );
+        assert_eq!(limiter.open_of(uid), CAP);
+        served_call(&mut client).await?;
+
+        // Closing one frees its place once the server has noticed.
+        drop(idle.pop());
+        let freed = tokio::time::timeout(PATIENCE, async {
+            while limiter.open_of(uid) >= CAP {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(freed.is_ok(), "a closed connection kept its place");
+        idle.push(served_raw(&socket).await?);
+        served_call(&mut client).await?;
+
+        let _ = stop.send(true);
+        drop((idle, client));
+        serving.await??;
+        Ok(())
+    }
 }

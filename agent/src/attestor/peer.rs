@@ -2,22 +2,46 @@
 //! kernel said about its peer at accept time (SO_PEERCRED, a pin on the
 //! process and, with binary selectors on, which file it runs), handed to
 //! every request on it through tonic's `Connected`.
+//!
+//! The socket is open to every local user and each connection holds two of
+//! the agent's descriptors (the socket and the pidfd), so connections are
+//! capped per uid and in total: without that, one user holding idle
+//! connections could use up the agent's descriptors, after which it could
+//! neither accept nor read /proc nor reach its server.
 
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::io;
 use std::os::fd::AsFd;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
-use nix::sys::socket::{getsockopt, sockopt};
+use futures::Stream;
+use nix::sys::socket::{UnixCredentials, getsockopt, sockopt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::Connected;
 
 use super::binary::ConnectedExe;
 use super::pin::{PinError, ProcessPin};
+
+/// Most Workload API connections one uid may hold at once. A workload needs
+/// one per client it runs; a few hundred leaves room for busy hosts sharing
+/// one uid, while no uid alone can take most of the total.
+pub const MAX_CONNECTIONS_PER_UID: usize = 256;
+/// Most Workload API connections in all (fewer when the descriptor limit is lower).
+pub const MAX_CONNECTIONS: usize = 16_384;
+/// Descriptors a connection holds: its socket and the caller's pidfd.
+const FDS_PER_CONNECTION: u64 = 2;
+/// Descriptors kept for everything else: the server channel, /proc reads, logs.
+const RESERVED_FDS: u64 = 256;
+/// After a failed accept (EMFILE above all) the listener stays readable;
+/// retrying at once would spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Refused connections are logged as warnings at most this often per uid.
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What `SO_PEERCRED` told us about the process on the other end of the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +62,6 @@ pub struct Peer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    #[error("cannot read the caller's credentials: {0}")]
-    Credentials(nix::Error),
     #[error("the caller's PID is not visible to the agent (another PID namespace?)")]
     NoPid,
     #[error(transparent)]
@@ -51,17 +73,13 @@ pub enum PeerError {
 #[derive(Debug, Clone)]
 pub struct PeerInfo(pub Arc<Result<Peer, PeerError>>);
 
-impl PeerInfo {
-    fn of(stream: &UnixStream, record_exe: bool) -> Self {
-        Self(Arc::new(identify(stream, record_exe)))
-    }
-}
-
 /// The pin first, then the executable: a pin that still holds at call time
 /// proves the executable was read from the pinned process.
-fn identify(stream: &UnixStream, record_exe: bool) -> Result<Peer, PeerError> {
-    let cred =
-        getsockopt(&stream.as_fd(), sockopt::PeerCredentials).map_err(PeerError::Credentials)?;
+fn identify(
+    stream: &UnixStream,
+    cred: UnixCredentials,
+    record_exe: bool,
+) -> Result<Peer, PeerError> {
     let pid = cred.pid();
     if pid <= 0 {
         return Err(PeerError::NoPid);
@@ -83,19 +101,167 @@ fn identify(stream: &UnixStream, record_exe: bool) -> Result<Peer, PeerError> {
     })
 }
 
-/// A Unix stream with its peer identified.
+/// How many Workload API connections may be open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub per_uid: usize,
+    pub total: usize,
+}
+
+impl ConnectionLimits {
+    /// The default caps, lowered so that connections fit in `open_files`
+    /// (the soft RLIMIT_NOFILE) with room to spare.
+    pub fn for_open_files(open_files: u64) -> Self {
+        let fit = open_files.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION;
+        let total = usize::try_from(fit)
+            .unwrap_or(usize::MAX)
+            .clamp(1, MAX_CONNECTIONS);
+        Self {
+            per_uid: MAX_CONNECTIONS_PER_UID.min(total),
+            total,
+        }
+    }
+}
+
+/// Counts open connections; a connection is admitted with a
+/// [`ConnectionPermit`], which gives its place back when dropped.
+#[derive(Debug)]
+pub struct ConnectionLimiter {
+    limits: ConnectionLimits,
+    open: Mutex<OpenConnections>,
+}
+
+#[derive(Debug, Default)]
+struct OpenConnections {
+    total: usize,
+    by_uid: HashMap<u32, usize>,
+    /// When a refusal of each uid was last logged as a warning.
+    warned: HashMap<u32, Instant>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Uid,
+    Total,
+}
+
+impl ConnectionLimiter {
+    pub fn new(limits: ConnectionLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            open: Mutex::new(OpenConnections::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OpenConnections> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for one more connection of `uid`, or None (logged) when
+    /// `uid` or everyone together already holds the most allowed.
+    pub fn try_acquire(self: &Arc<Self>, uid: u32) -> Option<ConnectionPermit> {
+        let (refusal, warn) = {
+            let mut open = self.lock();
+            let of_uid = open.by_uid.get(&uid).copied().unwrap_or(0);
+            let refusal = if of_uid >= self.limits.per_uid {
+                Refusal::Uid
+            } else if open.total >= self.limits.total {
+                Refusal::Total
+            } else {
+                open.total += 1;
+                *open.by_uid.entry(uid).or_default() += 1;
+                return Some(ConnectionPermit {
+                    limiter: self.clone(),
+                    uid,
+                });
+            };
+            let now = Instant::now();
+            open.warned
+                .retain(|_, at| now.duration_since(*at) < REFUSAL_WARNING_INTERVAL);
+            let warn = !open.warned.contains_key(&uid);
+            if warn {
+                open.warned.insert(uid, now);
+            }
+            (refusal, warn)
+        };
+        // Logged outside the lock; warnings are rate-limited so that a
+        // caller retrying in a loop cannot flood the log.
+        match (refusal, warn) {
+            (Refusal::Uid, true) => tracing::warn!(
+                uid,
+                limit = self.limits.per_uid,
+                "Workload API connection refused: this uid already holds the most connections allowed per uid"
+            ),
+            (Refusal::Total, true) => tracing::warn!(
+                uid,
+                limit = self.limits.total,
+                "Workload API connection refused: the agent already holds the most connections allowed"
+            ),
+            (_, false) => tracing::debug!(uid, ?refusal, "Workload API connection refused"),
+        }
+        None
+    }
+
+    #[cfg(test)]
+    pub(crate) fn open_of(&self, uid: u32) -> usize {
+        self.lock().by_uid.get(&uid).copied().unwrap_or(0)
+    }
+}
+
+/// One admitted connection's place, held by its [`PeerStream`].
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    limiter: Arc<ConnectionLimiter>,
+    uid: u32,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut open = self.limiter.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Some(count) = open.by_uid.get_mut(&self.uid) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.by_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// A Unix stream with its peer identified and its place among the open
+/// connections; the place is given back when the stream is dropped.
 #[derive(Debug)]
 pub struct PeerStream {
     stream: UnixStream,
     info: PeerInfo,
+    _permit: ConnectionPermit,
 }
 
 impl PeerStream {
-    /// `record_exe`: whether binary selectors are on, so the caller's
-    /// executable is recorded.
-    pub fn new(stream: UnixStream, record_exe: bool) -> Self {
-        let info = PeerInfo::of(&stream, record_exe);
-        Self { stream, info }
+    /// The accepted `stream` with its peer identified, or None (the stream
+    /// closed) when the limiter refuses it. `record_exe`: whether binary
+    /// selectors are on, so the caller's executable is recorded.
+    pub fn admit(
+        stream: UnixStream,
+        limiter: &Arc<ConnectionLimiter>,
+        record_exe: bool,
+    ) -> Option<Self> {
+        let cred = match getsockopt(&stream.as_fd(), sockopt::PeerCredentials) {
+            Ok(cred) => cred,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a Workload API caller's credentials; closing its connection");
+                return None;
+            }
+        };
+        // Counted before anything else is opened for it (the pidfd).
+        let permit = limiter.try_acquire(cred.uid())?;
+        let info = PeerInfo(Arc::new(identify(&stream, cred, record_exe)));
+        Some(Self {
+            stream,
+            info,
+            _permit: permit,
+        })
     }
 
     pub fn info(&self) -> &PeerInfo {
@@ -103,13 +269,35 @@ impl PeerStream {
     }
 }
 
-/// Accepted connections of `listener`, each identified as it is accepted.
+/// Accepted connections of `listener` within `limiter`'s caps, each
+/// identified as it is accepted; refused ones are closed and skipped.
 pub fn incoming(
     listener: UnixListener,
+    limiter: Arc<ConnectionLimiter>,
     record_exe: bool,
-) -> impl Stream<Item = io::Result<PeerStream>> {
-    UnixListenerStream::new(listener)
-        .map(move |accepted| accepted.map(|stream| PeerStream::new(stream, record_exe)))
+) -> impl Stream<Item = Result<PeerStream, Infallible>> {
+    futures::stream::unfold(listener, move |listener| {
+        let limiter = limiter.clone();
+        async move {
+            let mut failing = false;
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        if let Some(admitted) = PeerStream::admit(stream, &limiter, record_exe) {
+                            return Some((Ok(admitted), listener));
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "accepting a Workload API connection failed; retrying");
+                        }
+                        failing = true;
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    }
+                }
+            }
+        }
+    })
 }
 
 impl Connected for PeerStream {
@@ -157,5 +345,46 @@ impl AsyncWrite for PeerStream {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each uid has its own share; all of them together share the total;
+    /// dropped permits give their places back.
+    #[test]
+    fn caps_per_uid_and_in_total() {
+        let limiter = ConnectionLimiter::new(ConnectionLimits {
+            per_uid: 2,
+            total: 3,
+        });
+        let a1 = limiter.try_acquire(1000);
+        let a2 = limiter.try_acquire(1000);
+        assert!(a1.is_some() && a2.is_some());
+        assert!(limiter.try_acquire(1000).is_none(), "over uid 1000's share");
+        let b1 = limiter.try_acquire(1001);
+        assert!(b1.is_some(), "another uid has its own share");
+        assert!(limiter.try_acquire(1002).is_none(), "over the total");
+        drop(a1);
+        assert_eq!(limiter.open_of(1000), 1);
+        let again = limiter.try_acquire(1000);
+        assert!(again.is_some());
+        drop((a2, again, b1));
+        assert_eq!(limiter.open_of(1000), 0);
+        assert_eq!(limiter.lock().total, 0);
+        assert!(limiter.lock().by_uid.is_empty());
+    }
+
+    #[test]
+    fn limits_fit_the_open_files_limit() {
+        let small = ConnectionLimits::for_open_files(1024);
+        assert_eq!(small.total, (1024 - 256) / 2);
+        assert_eq!(small.per_uid, MAX_CONNECTIONS_PER_UID);
+        let large = ConnectionLimits::for_open_files(1 << 20);
+        assert_eq!(large.total, MAX_CONNECTIONS);
+        let tiny = ConnectionLimits::for_open_files(100);
+        assert_eq!((tiny.total, tiny.per_uid), (1, 1));
     }
 }
