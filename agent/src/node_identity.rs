@@ -12,10 +12,6 @@ use crate::server_client::ServerClient;
 
 /// After a failed renewal or save, try again this soon (the SVID is still valid).
 const RENEW_RETRY: Duration = Duration::from_secs(30);
-/// A renewal gets at least this long, however short the configured server
-/// timeout: the server refuses the old SVID once it has issued the new one,
-/// so giving up on a slow answer that then arrives would lock the agent out.
-const RENEW_MIN_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeIdentityError {
@@ -67,11 +63,13 @@ pub async fn establish(
 
 /// Renews the SVID at half its remaining life, saves it, and points `client`
 /// at a channel that presents it; until `shutdown` changes. Each renewal is
-/// given up after `server_timeout` (at least [`RENEW_MIN_DEADLINE`]).
+/// given up after `server_timeout` and retried: the server accepts the
+/// previous SVID for a renewal until the new one is used, so a response lost
+/// to the deadline costs a retry, not the agent's identity.
 ///
-/// The server refuses the old SVID as soon as it has issued the new one, so
-/// the new one is used even when saving it fails; saving is retried until it
-/// succeeds, so that a restart does not come back with the refused one.
+/// The new SVID is used even when saving it fails, and its first use kills
+/// the old one; saving is retried until it succeeds, so that a restart does
+/// not come back with the refused one.
 pub async fn renew_forever(
     server: ServerEndpoint,
     data_dir: PathBuf,
@@ -80,7 +78,6 @@ pub async fn renew_forever(
     server_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let deadline = server_timeout.max(RENEW_MIN_DEADLINE);
     let mut renew_at = Instant::now() + half_life(&creds);
     let mut saved = true;
     loop {
@@ -100,12 +97,12 @@ pub async fn renew_forever(
             continue;
         }
         let renewed =
-            match tokio::time::timeout(deadline, node_client::renew(&server, &creds)).await {
+            match tokio::time::timeout(server_timeout, node_client::renew(&server, &creds)).await {
                 Ok(Ok(new)) => node_client::channel(&server, Some(&new))
                     .map(|channel| (new, channel))
                     .map_err(NodeIdentityError::from),
                 Ok(Err(e)) => Err(e.into()),
-                Err(_) => Err(NodeIdentityError::Timeout(deadline)),
+                Err(_) => Err(NodeIdentityError::Timeout(server_timeout)),
             };
         match renewed {
             Ok((new, channel)) => {
