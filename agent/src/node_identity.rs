@@ -88,6 +88,9 @@ pub async fn renew_forever(
         };
         tokio::select! {
             _ = tokio::time::sleep_until(wake.into()) => {}
+            // The server issued a successor this agent never used (its answer
+            // was lost, or the agent restarted before saving it): renew now.
+            _ = client.renewal_requested() => renew_at = Instant::now(),
             _ = shutdown.changed() => return,
         }
         if !saved {

@@ -9,6 +9,7 @@ use lanyard_proto::node::{
     GetJwtBundleRequest, MintJwtSvidRequest, MintJwtSvidResponse, SyncEntriesRequest,
     SyncEntriesResponse,
 };
+use tokio::sync::Notify;
 use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,8 @@ pub enum ServerClientError {
 #[derive(Debug, Clone)]
 pub struct ServerClient {
     node: Arc<RwLock<NodeClient<Channel>>>,
+    /// Woken when the server says this agent's SVID may only renew.
+    renewal: Arc<Notify>,
 }
 
 impl ServerClient {
@@ -35,6 +38,7 @@ impl ServerClient {
     pub fn over(channel: Channel) -> Self {
         Self {
             node: Arc::new(RwLock::new(NodeClient::new(channel))),
+            renewal: Arc::new(Notify::new()),
         }
     }
 
@@ -44,6 +48,23 @@ impl ServerClient {
             Ok(mut guard) => *guard = client,
             Err(poisoned) => *poisoned.into_inner() = client,
         }
+    }
+
+    /// Resolves when a call was refused because the SVID it presented may
+    /// only renew (see [`lanyard_proto::RENEW_REQUIRED_METADATA`]).
+    pub async fn renewal_requested(&self) {
+        self.renewal.notified().await;
+    }
+
+    /// Passes `status` through, first noting a request to renew.
+    fn observe(&self, status: tonic::Status) -> tonic::Status {
+        if status
+            .metadata()
+            .contains_key(lanyard_proto::RENEW_REQUIRED_METADATA)
+        {
+            self.renewal.notify_one();
+        }
+        status
     }
 
     /// The current client; the lock is never held across a call.
@@ -62,7 +83,8 @@ impl ServerClient {
         Ok(self
             .node()
             .sync_entries(SyncEntriesRequest { since_revision })
-            .await?
+            .await
+            .map_err(|status| self.observe(status))?
             .into_inner())
     }
 
@@ -70,7 +92,8 @@ impl ServerClient {
         let response = self
             .node()
             .get_jwt_bundle(GetJwtBundleRequest {})
-            .await?
+            .await
+            .map_err(|status| self.observe(status))?
             .into_inner();
         Ok(serde_json::from_slice(&response.jwks)?)
     }
@@ -86,7 +109,8 @@ impl ServerClient {
                 entry_id: entry_id.to_owned(),
                 audience: audience.to_vec(),
             })
-            .await?
+            .await
+            .map_err(|status| self.observe(status))?
             .into_inner())
     }
 }

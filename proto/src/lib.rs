@@ -35,3 +35,8 @@ pub mod admin {
 
 /// Metadata key every Workload API call must carry with the value `true`.
 pub const WORKLOAD_API_HEADER: &str = "workload.spiffe.io";
+
+/// Response metadata of a Node API refusal that the agent's SVID can only
+/// renew: the server issued a successor that never reached use (a lost
+/// response, a crash before saving), so the agent should renew at once.
+pub const RENEW_REQUIRED_METADATA: &str = "lanyard-renew-required";

@@ -43,6 +43,14 @@ impl From<Refusal> for Status {
         match refusal {
             Refusal::NoSvid | Refusal::Expired(_) => Status::unauthenticated(refusal.to_string()),
             Refusal::Store(e) => super::unavailable(e),
+            Refusal::RenewOnly => {
+                let mut status = Status::permission_denied(refusal.to_string());
+                status.metadata_mut().insert(
+                    lanyard_proto::RENEW_REQUIRED_METADATA,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                status
+            }
             other => Status::permission_denied(other.to_string()),
         }
     }

@@ -146,6 +146,30 @@ fn agent_attests_once_and_survives_restarts_until_evicted() -> anyhow::Result<()
         "ok spiffe://example.org/remote"
     );
 
+    // A renewal whose answer never arrived: the server moved on to a
+    // successor SVID that the agent never saved. Restarted with the old one,
+    // the agent is told it may only renew, renews at once and serves again.
+    assert!(agent.terminate()?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let server = lanyard_agent::node_client::ServerEndpoint::new(
+            &format!("127.0.0.1:{node_port}"),
+            &dir.path().join("server/ca/bundle.pem"),
+        )?;
+        let stored = lanyard_agent::node_client::AgentCredentials::load(&agent_dir)?
+            .ok_or_else(|| anyhow::anyhow!("no stored agent SVID"))?;
+        let _lost = lanyard_agent::node_client::renew(&server, &stored).await?;
+        anyhow::Ok(())
+    })?;
+    drop(runtime);
+    let agent = start_agent(None)?;
+    assert_eq!(
+        probe_until(&endpoint, "ok")?,
+        "ok spiffe://example.org/remote"
+    );
+
     // Evicted: the server refuses the agent; a new identity cannot be minted.
     admin(dir.path(), &["agent", "evict", AGENT_ID])?;
     let denied = Command::new(PROBE)
