@@ -89,7 +89,7 @@ impl RunningAgent {
 
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        lanyard_proto::daemon::drain(&mut self.tasks, "lanyard-agent").await;
         let _ = std::fs::remove_file(&self.socket);
     }
 }

@@ -101,7 +101,7 @@ impl RunningServer {
 
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        lanyard_proto::daemon::drain(&mut self.tasks, "lanyard-server").await;
     }
 }
 
