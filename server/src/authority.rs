@@ -304,20 +304,26 @@ mod tests {
         Ok((authority, agent, spec.content_id()))
     }
 
+    /// An entry for `unix:uid:1` at `path` under `parent`.
+    fn uid1_entry(
+        td: &TrustDomain,
+        path: &str,
+        parent: &SpiffeId,
+    ) -> Result<EntrySpec, Box<dyn std::error::Error>> {
+        Ok(EntrySpec::new(
+            td.id_with_path(path)?,
+            parent.clone(),
+            vec![Selector::parse("unix:uid:1")?],
+            Duration::from_secs(60),
+        ))
+    }
+
     #[tokio::test]
     async fn node_entries_extend_an_agent_transitively() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let (authority, agent, direct) = authority(dir.path()).await?;
         let td = authority.trust_domain().clone();
-        let spec =
-            |path: &str, parent: &SpiffeId| -> Result<EntrySpec, Box<dyn std::error::Error>> {
-                Ok(EntrySpec::new(
-                    td.id_with_path(path)?,
-                    parent.clone(),
-                    vec![Selector::parse("unix:uid:1")?],
-                    Duration::from_secs(60),
-                ))
-            };
+        let spec = |path: &str, parent: &SpiffeId| uid1_entry(&td, path, parent);
         let node = td.id_with_path("/node/group")?;
         let store = authority.store();
         store
@@ -381,15 +387,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let (authority, agent, direct) = authority(dir.path()).await?;
         let td = authority.trust_domain().clone();
-        let spec =
-            |path: &str, parent: &SpiffeId| -> Result<EntrySpec, Box<dyn std::error::Error>> {
-                Ok(EntrySpec::new(
-                    td.id_with_path(path)?,
-                    parent.clone(),
-                    vec![Selector::parse("unix:uid:1")?],
-                    Duration::from_secs(60),
-                ))
-            };
+        let spec = |path: &str, parent: &SpiffeId| uid1_entry(&td, path, parent);
         let store = authority.store();
         store
             .create_entry("node", &spec("/node/x", &agent)?, 1)

@@ -60,6 +60,23 @@ fn node(
     Ok(NodeClient::new(node_client::channel(server, creds)?))
 }
 
+/// A server, how an agent reaches its mTLS Node API, and an Admin client.
+async fn start_server_with_clients(
+    dir: &std::path::Path,
+    datastore_url: &str,
+) -> anyhow::Result<(RunningServer, ServerEndpoint, AdminClient<Channel>)> {
+    let server = start_server(dir, datastore_url).await?;
+    let endpoint = ServerEndpoint::new(
+        &server
+            .node_addr
+            .context("mTLS Node API enabled")?
+            .to_string(),
+        &server.ca_bundle,
+    )?;
+    let admin = AdminClient::new(unix_channel(&server.admin_socket));
+    Ok((server, endpoint, admin))
+}
+
 async fn mint(client: &mut NodeClient<Channel>, entry_id: &str) -> Result<String, tonic::Status> {
     let request = MintJwtSvidRequest {
         entry_id: entry_id.to_owned(),
@@ -80,15 +97,8 @@ async fn attested_agents_get_exactly_their_own_identities() -> anyhow::Result<()
 
 async fn attested_agents_scenario(datastore_url: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = start_server(dir.path(), datastore_url).await?;
-    let endpoint = ServerEndpoint::new(
-        &server
-            .node_addr
-            .context("mTLS Node API enabled")?
-            .to_string(),
-        &server.ca_bundle,
-    )?;
-    let mut admin = AdminClient::new(unix_channel(&server.admin_socket));
+    let (server, endpoint, mut admin) =
+        start_server_with_clients(dir.path(), datastore_url).await?;
 
     let (id_a, id_b) = ("spiffe://example.org/node/a", "spiffe://example.org/node/b");
     let token_a = join_token(&mut admin, id_a).await?;
@@ -217,15 +227,8 @@ async fn a_lost_renewal_response_is_recovered_by_renewing_again() -> anyhow::Res
 
 async fn lost_renewal_scenario(datastore_url: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = start_server(dir.path(), datastore_url).await?;
-    let endpoint = ServerEndpoint::new(
-        &server
-            .node_addr
-            .context("mTLS Node API enabled")?
-            .to_string(),
-        &server.ca_bundle,
-    )?;
-    let mut admin = AdminClient::new(unix_channel(&server.admin_socket));
+    let (server, endpoint, mut admin) =
+        start_server_with_clients(dir.path(), datastore_url).await?;
     let id = "spiffe://example.org/node/c";
     let creds = node_client::attest(&endpoint, &join_token(&mut admin, id).await?).await?;
     let entry = create_entry(&mut admin, "spiffe://example.org/api", id).await?;
