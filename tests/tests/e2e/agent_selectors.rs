@@ -20,15 +20,24 @@ const SLEEP_BY_PATH: &str = "/selectors/sleep-by-path";
 const SLEEP_BY_HASH: &str = "/selectors/sleep-by-hash";
 const HANDOFF_BY_PATH: &str = "/selectors/handoff-by-path";
 
-fn probe_output(binary: &Path, endpoint: &str) -> anyhow::Result<(String, Option<i32>)> {
+/// Runs `binary args` against the agent at `endpoint`: its stdout, trimmed, and exit code.
+fn run_against(
+    binary: &Path,
+    args: &[&str],
+    endpoint: &str,
+) -> anyhow::Result<(String, Option<i32>)> {
     let output = Command::new(binary)
-        .arg("selectors-test")
+        .args(args)
         .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
         .output()?;
     Ok((
         String::from_utf8_lossy(&output.stdout).trim().to_owned(),
         output.status.code(),
     ))
+}
+
+fn probe_output(binary: &Path, endpoint: &str) -> anyhow::Result<(String, Option<i32>)> {
+    run_against(binary, &["selectors-test"], endpoint)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,14 +128,7 @@ async fn binary_selectors_are_off_unless_enabled() -> anyhow::Result<()> {
 /// `handoff-probe <args>` against `endpoint`: its child's line and exit code.
 fn handoff(endpoint: &str, args: &[&str]) -> anyhow::Result<(String, Option<i32>)> {
     // `output` returns once the child, which inherited stdout, is done too.
-    let output = Command::new(HANDOFF)
-        .args(args)
-        .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
-        .output()?;
-    Ok((
-        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
-        output.status.code(),
-    ))
+    run_against(Path::new(HANDOFF), args, endpoint)
 }
 
 /// Borrowing a binary's identity through execve: a process connects, the
