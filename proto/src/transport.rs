@@ -9,6 +9,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+pub mod authority;
+pub use authority::AuthorityBlind;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     #[error("socket {path}: {source}")]

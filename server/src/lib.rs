@@ -26,11 +26,12 @@ use std::sync::Arc;
 
 use lanyard_proto::admin::admin_server::AdminServer;
 use lanyard_proto::node::node_server::NodeServer;
-use lanyard_proto::transport::{self, SocketError};
+use lanyard_proto::transport::{self, AuthorityBlind, SocketError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::authority::Authority;
@@ -268,9 +269,13 @@ pub async fn start_with_listener(
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .add_service(NodeServer::from_arc(node_service.clone()))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(node_listener), async move {
-                let _ = node_shutdown.changed().await;
-            })
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(node_listener)
+                    .map(|accepted| accepted.map(AuthorityBlind::new)),
+                async move {
+                    let _ = node_shutdown.changed().await;
+                },
+            )
             .await
             .map_err(|e| ServerError::Task("Node API", e.to_string()))
     });
@@ -278,9 +283,13 @@ pub async fn start_with_listener(
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .add_service(AdminServer::new(admin_service))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), async move {
-                let _ = admin_shutdown.changed().await;
-            })
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(admin_listener)
+                    .map(|accepted| accepted.map(AuthorityBlind::new)),
+                async move {
+                    let _ = admin_shutdown.changed().await;
+                },
+            )
             .await
             .map_err(|e| ServerError::Task("Admin API", e.to_string()))
     });

@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
+use lanyard_proto::transport::AuthorityBlind;
 use nix::sys::socket::{UnixCredentials, getsockopt, sockopt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
@@ -233,7 +234,9 @@ impl Drop for ConnectionPermit {
 /// connections; the place is given back when the stream is dropped.
 #[derive(Debug)]
 pub struct PeerStream {
-    stream: UnixStream,
+    /// Requests on it reach tonic without `:authority`, which names nothing
+    /// on a Unix socket and which h2 would refuse in the forms many clients send.
+    stream: AuthorityBlind<UnixStream>,
     info: PeerInfo,
     _permit: ConnectionPermit,
 }
@@ -258,7 +261,7 @@ impl PeerStream {
         let permit = limiter.try_acquire(cred.uid())?;
         let info = PeerInfo(Arc::new(identify(&stream, cred, record_exe)));
         Some(Self {
-            stream,
+            stream: AuthorityBlind::new(stream),
             info,
             _permit: permit,
         })
