@@ -14,6 +14,7 @@ mod agent_workload_api;
 mod binaries;
 mod cloud_emulators;
 mod cloud_exchange;
+mod foreign_clients;
 mod jwt_svid_e2e;
 mod node_attestation;
 mod oidc_endpoint;
