@@ -17,7 +17,7 @@ use lanyard_proto::{Selector, SpiffeId};
 use tonic::{Request, Response, Status};
 
 use crate::authority::{Authority, unix_seconds};
-use crate::entries::{EntrySpec, RegistrationEntry, hex};
+use crate::entries::{self, EntrySpec, RegistrationEntry, hex};
 use crate::peer;
 use crate::store::{EntryFilter, StoreError};
 
@@ -50,14 +50,16 @@ impl AdminService {
     }
 
     /// Validates an operator's entry, naming the field at fault.
-    async fn entry_spec(
-        &self,
-        spiffe_id: &str,
-        parent_id: &str,
-        selectors: &[String],
-        ttl_seconds: u32,
-        admin: bool,
-    ) -> Result<EntrySpec, Status> {
+    async fn entry_spec(&self, wanted: &Entry) -> Result<EntrySpec, Status> {
+        let Entry {
+            spiffe_id,
+            parent_id,
+            selectors,
+            jwt_svid_ttl_seconds: ttl_seconds,
+            admin,
+            ..
+        } = wanted;
+        let ttl_seconds = *ttl_seconds;
         let trust_domain = self.authority.trust_domain();
         let member = |field: &str, raw: &str| -> Result<SpiffeId, Status> {
             let id = SpiffeId::parse(raw)
@@ -104,7 +106,12 @@ impl AdminService {
             )));
         }
         let mut spec = EntrySpec::new(spiffe_id, parent_id, selectors, ttl);
-        spec.admin = admin;
+        spec.admin = *admin;
+        spec.x509_svid_ttl = entries::x509_svid_ttl(wanted.x509_svid_ttl_seconds)
+            .map_err(|e| Status::invalid_argument(format!("x509_svid_ttl_seconds: {e}")))?;
+        entries::check_hint(&wanted.hint)
+            .map_err(|e| Status::invalid_argument(format!("hint: {e}")))?;
+        spec.hint = wanted.hint.clone();
         Ok(spec)
     }
 
@@ -152,6 +159,8 @@ fn to_admin(entry: RegistrationEntry) -> Entry {
         created_at: entry.created_at,
         updated_at: entry.updated_at,
         revision: entry.revision,
+        x509_svid_ttl_seconds: u32::try_from(entry.x509_svid_ttl.as_secs()).unwrap_or(u32::MAX),
+        hint: entry.hint,
     }
 }
 
@@ -198,13 +207,16 @@ impl Admin for AdminService {
         let uid = self.caller(&request)?;
         let body = request.into_inner();
         let spec = self
-            .entry_spec(
-                &body.spiffe_id,
-                &body.parent_id,
-                &body.selectors,
-                body.jwt_svid_ttl_seconds,
-                body.admin,
-            )
+            .entry_spec(&Entry {
+                spiffe_id: body.spiffe_id,
+                parent_id: body.parent_id,
+                selectors: body.selectors,
+                jwt_svid_ttl_seconds: body.jwt_svid_ttl_seconds,
+                admin: body.admin,
+                x509_svid_ttl_seconds: body.x509_svid_ttl_seconds,
+                hint: body.hint,
+                ..Entry::default()
+            })
             .await?;
         let entry = self
             .authority
@@ -268,15 +280,7 @@ impl Admin for AdminService {
         let wanted = body
             .entry
             .ok_or_else(|| Status::invalid_argument("entry is required"))?;
-        let spec = self
-            .entry_spec(
-                &wanted.spiffe_id,
-                &wanted.parent_id,
-                &wanted.selectors,
-                wanted.jwt_svid_ttl_seconds,
-                wanted.admin,
-            )
-            .await?;
+        let spec = self.entry_spec(&wanted).await?;
         let entry = self
             .authority
             .store()

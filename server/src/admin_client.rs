@@ -149,6 +149,8 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
             parent_id,
             selectors,
             jwt_svid_ttl,
+            x509_svid_ttl,
+            hint,
             admin,
             admin_args,
         } => {
@@ -159,6 +161,8 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
                     selectors,
                     jwt_svid_ttl_seconds: jwt_svid_ttl,
                     admin,
+                    x509_svid_ttl_seconds: x509_svid_ttl,
+                    hint,
                 })
                 .await?
                 .into_inner();
@@ -197,6 +201,8 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
             parent_id,
             selectors,
             jwt_svid_ttl,
+            x509_svid_ttl,
+            hint,
             admin,
             admin_args,
         } => {
@@ -216,6 +222,12 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
             }
             if let Some(v) = jwt_svid_ttl {
                 entry.jwt_svid_ttl_seconds = v;
+            }
+            if let Some(v) = x509_svid_ttl {
+                entry.x509_svid_ttl_seconds = v;
+            }
+            if let Some(v) = hint {
+                entry.hint = v;
             }
             if let Some(v) = admin {
                 entry.admin = v;
@@ -257,6 +269,8 @@ fn render(entries: &[Entry], output: Output) -> String {
                         "parent_id": e.parent_id,
                         "selectors": e.selectors,
                         "jwt_svid_ttl_seconds": e.jwt_svid_ttl_seconds,
+                        "x509_svid_ttl_seconds": e.x509_svid_ttl_seconds,
+                        "hint": e.hint,
                         "admin": e.admin,
                         "created_at": e.created_at,
                         "updated_at": e.updated_at,
@@ -270,9 +284,12 @@ fn render(entries: &[Entry], output: Output) -> String {
             .iter()
             .map(|e| {
                 let mut text = format!(
-                    "Entry ID      : {}\nSPIFFE ID     : {}\nParent ID     : {}\nRevision      : {}\nJWT-SVID TTL  : {}s\nAdmin         : {}",
-                    e.id, e.spiffe_id, e.parent_id, e.revision, e.jwt_svid_ttl_seconds, e.admin
+                    "Entry ID      : {}\nSPIFFE ID     : {}\nParent ID     : {}\nRevision      : {}\nJWT-SVID TTL  : {}s\nX509-SVID TTL : {}s\nAdmin         : {}",
+                    e.id, e.spiffe_id, e.parent_id, e.revision, e.jwt_svid_ttl_seconds, e.x509_svid_ttl_seconds, e.admin
                 );
+                if !e.hint.is_empty() {
+                    text.push_str(&format!("\nHint          : {}", e.hint));
+                }
                 for selector in &e.selectors {
                     text.push_str(&format!("\nSelector      : {selector}"));
                 }

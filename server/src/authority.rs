@@ -187,21 +187,7 @@ impl Authority {
         now: SystemTime,
     ) -> Result<MintedJwtSvid, MintError> {
         validate_audience(audience)?;
-        let entry = match self.store.get_entry(entry_id).await {
-            Ok(entry) if &entry.parent_id == agent => entry,
-            Ok(entry) => {
-                // Perhaps under one of the agent's node entries.
-                let reachable = self.entries_for_agent(agent).await?;
-                if !reachable.iter().any(|e| e.id == entry.id) {
-                    return Err(MintError::NotAuthorized(entry_id.to_owned()));
-                }
-                entry
-            }
-            Err(StoreError::NotFound { .. }) => {
-                return Err(MintError::NotAuthorized(entry_id.to_owned()));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let entry = self.entry_of_agent(agent, entry_id).await?;
         let issued_at = unix_seconds(now);
         let ttl = entry.jwt_svid_ttl.min(self.max_ttl);
         let expires_at = issued_at.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
@@ -232,6 +218,28 @@ impl Authority {
             issued_at,
             expires_at,
         })
+    }
+
+    /// The entry `entry_id` if `agent` holds it (as its parent, or through
+    /// one of its node entries): the one check before anything is signed.
+    pub async fn entry_of_agent(
+        &self,
+        agent: &SpiffeId,
+        entry_id: &str,
+    ) -> Result<RegistrationEntry, MintError> {
+        match self.store.get_entry(entry_id).await {
+            Ok(entry) if &entry.parent_id == agent => Ok(entry),
+            Ok(entry) => {
+                // Perhaps under one of the agent's node entries.
+                let reachable = self.entries_for_agent(agent).await?;
+                if !reachable.iter().any(|e| e.id == entry.id) {
+                    return Err(MintError::NotAuthorized(entry_id.to_owned()));
+                }
+                Ok(entry)
+            }
+            Err(StoreError::NotFound { .. }) => Err(MintError::NotAuthorized(entry_id.to_owned())),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn new_jti(&self) -> Result<String, KeyError> {

@@ -319,6 +319,51 @@ impl CertificateAuthority {
         })
     }
 
+    /// A workload's X509-SVID for `spiffe_id` over the public key of `csr`,
+    /// as the X509-SVID standard has it: exactly one URI SAN, not a CA,
+    /// digitalSignature (and keyEncipherment for RSA keys), serverAuth and
+    /// clientAuth, a random serial. Nothing else the CSR asks for is honoured.
+    pub fn issue_workload_svid(
+        &self,
+        csr: &[u8],
+        spiffe_id: &SpiffeId,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedCert, CaError> {
+        let request =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))
+                .map_err(CaError::BadCsr)?;
+        let mut params = CertificateParams::default();
+        // A subject besides the SAN: some TLS stacks refuse an empty one
+        // unless the SAN extension is critical.
+        let mut name = DistinguishedName::new();
+        name.push(DnType::OrganizationName, "Lanyard");
+        params.distinguished_name = name;
+        params.subject_alt_names = vec![SanType::URI(spiffe_id.as_str().try_into()?)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let rsa = [
+            &rcgen::PKCS_RSA_SHA256,
+            &rcgen::PKCS_RSA_SHA384,
+            &rcgen::PKCS_RSA_SHA512,
+        ];
+        if rsa.contains(&request.public_key.algorithm()) {
+            params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+        }
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let signer = self.signer(now)?;
+        Self::sign(&signer, params, ttl, now, |params| {
+            CertificateSigningRequestParams {
+                params,
+                public_key: request.public_key.clone(),
+            }
+            .signed_by(&signer.issuer)
+        })
+    }
+
     /// The server's own Node API certificate for `key`, with the chain to present.
     pub fn issue_server_cert(
         &self,
@@ -500,6 +545,38 @@ mod tests {
         )?;
         let reloaded = CertificateAuthority::load_or_generate(dir.path(), &td, now)?;
         assert_eq!(reloaded.bundle(), bundle, "the orphan is not published");
+        Ok(())
+    }
+
+    /// The X509-SVID standard's leaf: one URI SAN, not a CA, the usages it
+    /// names, and a lifetime bounded by the request.
+    #[test]
+    fn workload_svid_follows_the_x509_svid_profile() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let td = TrustDomain::new("example.org")?;
+        let now = SystemTime::now();
+        let ca = CertificateAuthority::load_or_generate(dir.path(), &td, now)?;
+        let id = td.id_with_path("/web")?;
+        let issued = ca.issue_workload_svid(&csr()?, &id, Duration::from_secs(600), now)?;
+        let (parsed_id, serial) = peer_identity(&issued.der).ok_or("no identity")?;
+        assert_eq!((parsed_id, serial), (id, issued.serial.clone()));
+        let (_, cert) = x509_parser::parse_x509_certificate(&issued.der)?;
+        let constraints = cert.basic_constraints()?.ok_or("no basicConstraints")?;
+        assert!(!constraints.value.ca);
+        let usage = cert.key_usage()?.ok_or("no keyUsage")?.value;
+        assert!(usage.digital_signature() && !usage.key_cert_sign() && !usage.key_encipherment());
+        let eku = cert.extended_key_usage()?.ok_or("no EKU")?.value;
+        assert!(eku.server_auth && eku.client_auth);
+        let san = cert.subject_alternative_name()?.ok_or("no SAN")?.value;
+        assert_eq!(san.general_names.len(), 1, "only the SPIFFE ID: {san:?}");
+        assert_eq!(
+            issued.expires_at,
+            unix_seconds(now + Duration::from_secs(600))
+        );
+        assert!(
+            cert.validity().not_before.timestamp() < unix_seconds(now),
+            "backdated for skew"
+        );
         Ok(())
     }
 

@@ -115,6 +115,12 @@ pub enum EntryCommand {
         /// JWT-SVID lifetime in seconds; default: the server's.
         #[arg(long, default_value_t = 0)]
         jwt_svid_ttl: u32,
+        /// X509-SVID lifetime in seconds; default: 3600.
+        #[arg(long, default_value_t = 0)]
+        x509_svid_ttl: u32,
+        /// Handed to workloads with the SVID, to tell identities apart.
+        #[arg(long, default_value = "")]
+        hint: String,
         #[arg(long)]
         admin: bool,
         #[command(flatten)]
@@ -149,6 +155,10 @@ pub enum EntryCommand {
         selectors: Vec<String>,
         #[arg(long)]
         jwt_svid_ttl: Option<u32>,
+        #[arg(long)]
+        x509_svid_ttl: Option<u32>,
+        #[arg(long)]
+        hint: Option<String>,
         #[arg(long)]
         admin: Option<bool>,
         #[command(flatten)]

@@ -8,7 +8,7 @@ use lanyard_proto::config_file::{self, ConfigFileError};
 use lanyard_proto::{Selector, SpiffeId, TrustDomain};
 use serde::Deserialize;
 
-use crate::entries::EntrySpec;
+use crate::entries::{self, EntrySpec};
 use crate::keys::{KeyType, PolicyError, RotationPolicy};
 
 mod issuer;
@@ -167,6 +167,8 @@ struct RawEntry {
     parent_id: Option<String>,
     selectors: Vec<String>,
     jwt_svid_ttl_seconds: Option<u32>,
+    x509_svid_ttl_seconds: Option<u32>,
+    hint: Option<String>,
 }
 
 impl ServerConfig {
@@ -294,12 +296,19 @@ impl RawConfig {
                     format!("must be between 1 and jwt.max_ttl_seconds ({max_ttl})"),
                 ));
             }
-            entries.push(EntrySpec::new(
+            let mut spec = EntrySpec::new(
                 spiffe_id,
                 parent_id,
                 selectors,
                 Duration::from_secs(ttl.into()),
-            ));
+            );
+            spec.x509_svid_ttl = entries::x509_svid_ttl(raw.x509_svid_ttl_seconds.unwrap_or(0))
+                .map_err(|e| invalid(key("x509_svid_ttl_seconds"), e))?;
+            if let Some(hint) = raw.hint {
+                entries::check_hint(&hint).map_err(|e| invalid(key("hint"), e))?;
+                spec.hint = hint;
+            }
+            entries.push(spec);
         }
 
         let datastore_url = match self.datastore.url {

@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime};
 use lanyard_proto::SpiffeId;
 use lanyard_proto::node::node_server::Node;
 use lanyard_proto::node::{
-    AgentSvidResponse, AttestAgentRequest, GetJwtBundleRequest, GetJwtBundleResponse,
-    MintJwtSvidRequest, MintJwtSvidResponse, RenewAgentRequest, SyncEntriesRequest,
-    SyncEntriesResponse,
+    AgentSvidResponse, AttestAgentRequest, GetBundleRequest, GetBundleResponse, MintJwtSvidRequest,
+    MintJwtSvidResponse, MintX509SvidRequest, MintX509SvidResponse, RenewAgentRequest,
+    SyncEntriesRequest, SyncEntriesResponse,
 };
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -88,9 +88,27 @@ fn csr_status(error: CaError) -> Status {
     match error {
         CaError::BadCsr(_) => Status::invalid_argument(error.to_string()),
         other => {
-            tracing::error!(error = %other, "issuing an agent SVID failed");
+            tracing::error!(error = %other, "issuing an X509-SVID failed");
             Status::internal("issuing the SVID failed")
         }
+    }
+}
+
+/// A refused or failed mint as the agent sees it; refusals are audited.
+fn mint_status(agent: &SpiffeId, entry_id: &str, error: MintError) -> Status {
+    match error {
+        MintError::NotAuthorized(_) => {
+            tracing::warn!(target: "lanyard::audit", agent = %agent, entry = entry_id, "mint refused: not the agent's entry");
+            Status::permission_denied(error.to_string())
+        }
+        MintError::EmptyAudience | MintError::BadAudience(_) => {
+            Status::invalid_argument(error.to_string())
+        }
+        MintError::Key(_) | MintError::Keys(_) => {
+            tracing::error!(error = %error, "signing a JWT-SVID failed");
+            Status::internal("signing failed")
+        }
+        MintError::Store(e) => unavailable(e),
     }
 }
 
@@ -214,18 +232,7 @@ impl Node for NodeService {
             .authority
             .mint_jwt_svid(&agent, &body.entry_id, &body.audience, SystemTime::now())
             .await
-            .map_err(|e| match e {
-                MintError::NotAuthorized(_) => {
-                    tracing::warn!(target: "lanyard::audit", agent = %agent, entry = body.entry_id, "mint refused: not the agent's entry");
-                    Status::permission_denied(e.to_string())
-                }
-                MintError::EmptyAudience | MintError::BadAudience(_) => Status::invalid_argument(e.to_string()),
-                MintError::Key(_) | MintError::Keys(_) => {
-                    tracing::error!(error = %e, "signing a JWT-SVID failed");
-                    Status::internal("signing failed")
-                }
-                MintError::Store(e) => unavailable(e),
-            })?;
+            .map_err(|e| mint_status(&agent, &body.entry_id, e))?;
         Ok(Response::new(MintJwtSvidResponse {
             spiffe_id: minted.spiffe_id.to_string(),
             token: minted.token,
@@ -234,10 +241,45 @@ impl Node for NodeService {
         }))
     }
 
-    async fn get_jwt_bundle(
+    async fn mint_x509_svid(
         &self,
-        request: Request<GetJwtBundleRequest>,
-    ) -> Result<Response<GetJwtBundleResponse>, Status> {
+        request: Request<MintX509SvidRequest>,
+    ) -> Result<Response<MintX509SvidResponse>, Status> {
+        let agent = self.caller(&request).await?;
+        let body = request.into_inner();
+        let entry = self
+            .authority
+            .entry_of_agent(&agent, &body.entry_id)
+            .await
+            .map_err(|e| mint_status(&agent, &body.entry_id, e))?;
+        let issued = self
+            .ca
+            .issue_workload_svid(
+                &body.csr,
+                &entry.spiffe_id,
+                entry.x509_svid_ttl,
+                SystemTime::now(),
+            )
+            .map_err(csr_status)?;
+        tracing::info!(
+            target: "lanyard::audit",
+            agent = %agent,
+            spiffe_id = %entry.spiffe_id,
+            serial = issued.serial,
+            exp = issued.expires_at,
+            "signed X509-SVID"
+        );
+        Ok(Response::new(MintX509SvidResponse {
+            spiffe_id: entry.spiffe_id.to_string(),
+            cert_chain: vec![issued.der.to_vec()],
+            expires_at: issued.expires_at,
+        }))
+    }
+
+    async fn get_bundle(
+        &self,
+        request: Request<GetBundleRequest>,
+    ) -> Result<Response<GetBundleResponse>, Status> {
         self.caller(&request).await?;
         let jwks = serde_json::to_vec(
             &self
@@ -246,9 +288,10 @@ impl Node for NodeService {
                 .map_err(|e| Status::unavailable(e.to_string()))?,
         )
         .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(GetJwtBundleResponse {
+        Ok(Response::new(GetBundleResponse {
             trust_domain: self.authority.trust_domain().to_string(),
             jwks,
+            x509_authorities: self.ca.bundle().iter().map(|c| c.to_vec()).collect(),
         }))
     }
 }

@@ -12,7 +12,7 @@ use sqlx::{Any, Row, Transaction};
 use super::{Datastore, StoreError};
 use crate::entries::{EntrySpec, RegistrationEntry};
 
-const COLUMNS: &str = "id, spiffe_id, parent_id, selectors, jwt_svid_ttl_seconds, admin, created_at, updated_at, revision, deleted";
+const COLUMNS: &str = "id, spiffe_id, parent_id, selectors, jwt_svid_ttl_seconds, admin, created_at, updated_at, revision, deleted, x509_svid_ttl_seconds, hint";
 
 /// A change an agent must apply, in revision order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,7 @@ fn decode(row: &AnyRow) -> Result<Row_, StoreError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| corrupt(e.to_string()))?;
     let ttl: i64 = row.try_get("jwt_svid_ttl_seconds")?;
+    let x509_ttl: i64 = row.try_get("x509_svid_ttl_seconds")?;
     let revision: i64 = row.try_get("revision")?;
     Ok(Row_ {
         entry: RegistrationEntry {
@@ -64,6 +65,8 @@ fn decode(row: &AnyRow) -> Result<Row_, StoreError> {
             parent_id,
             selectors,
             jwt_svid_ttl: Duration::from_secs(u64::try_from(ttl).unwrap_or(0)),
+            x509_svid_ttl: Duration::from_secs(u64::try_from(x509_ttl).unwrap_or(0)),
+            hint: row.try_get("hint")?,
             admin: row.try_get::<i64, _>("admin")? != 0,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
@@ -80,7 +83,11 @@ fn selectors_json(spec: &EntrySpec) -> String {
 }
 
 fn ttl_seconds(spec: &EntrySpec) -> i64 {
-    i64::try_from(spec.jwt_svid_ttl.as_secs()).unwrap_or(i64::MAX)
+    seconds(spec.jwt_svid_ttl)
+}
+
+fn seconds(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// `reach(id, depth)`: `$1` at depth 0, and the SPIFFE ID of every live entry
@@ -141,7 +148,7 @@ impl Datastore {
             .execute(&mut *tx)
             .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO registration_entries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)"
+            "INSERT INTO registration_entries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11)"
         )))
         .bind(id)
         .bind(spec.spiffe_id.as_str())
@@ -152,6 +159,8 @@ impl Datastore {
         .bind(now)
         .bind(now)
         .bind(revision)
+        .bind(seconds(spec.x509_svid_ttl))
+        .bind(&spec.hint)
         .execute(&mut *tx)
         .await
         .map_err(|e| match e {
@@ -295,7 +304,7 @@ impl Datastore {
                 .transpose()?;
         let updated = sqlx::query(
             "UPDATE registration_entries SET spiffe_id = $1, parent_id = $2, selectors = $3, jwt_svid_ttl_seconds = $4, \
-             admin = $5, updated_at = $6, revision = $7 WHERE id = $8 AND deleted = 0",
+             admin = $5, updated_at = $6, revision = $7, x509_svid_ttl_seconds = $9, hint = $10 WHERE id = $8 AND deleted = 0",
         )
         .bind(spec.spiffe_id.as_str())
         .bind(spec.parent_id.as_str())
@@ -305,6 +314,8 @@ impl Datastore {
         .bind(now)
         .bind(revision)
         .bind(id)
+        .bind(seconds(spec.x509_svid_ttl))
+        .bind(&spec.hint)
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {

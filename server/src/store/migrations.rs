@@ -56,6 +56,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE agents ADD COLUMN prev_serial TEXT
     "#,
+    // 3: X509-SVIDs for workloads: their lifetime per entry, and the hint
+    // handed out with every SVID of the entry.
+    r#"
+    ALTER TABLE registration_entries ADD COLUMN x509_svid_ttl_seconds BIGINT NOT NULL DEFAULT 3600;
+    ALTER TABLE registration_entries ADD COLUMN hint TEXT NOT NULL DEFAULT ''
+    "#,
 ];
 
 pub async fn apply(pool: &AnyPool) -> Result<(), StoreError> {
