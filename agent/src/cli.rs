@@ -1,13 +1,14 @@
 //! Command line of `lanyard-agent`.
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::cloud;
-use crate::workload_client::{Health, WorkloadClient};
+use crate::workload_client::{FetchedX509, Health, WorkloadClient};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -166,6 +167,33 @@ pub enum FetchCommand {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Fetch this process's X509-SVIDs: print what they are, or write them out.
+    X509 {
+        /// Write svid.pem (chain, leaf first), svid.key (PKCS#8, mode 0600) and
+        /// bundle.pem into this directory; further SVIDs as svid.1.pem, ….
+        #[arg(long)]
+        write: Option<PathBuf>,
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Print the X.509 bundles (CA certificates per trust domain) as PEM, or JSON.
+    X509Bundle {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+}
+
+/// How X.509 material is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people: a summary of each SVID; bundles as PEM.
+    Text,
+    /// JSON with PEM strings (never the private key).
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +241,36 @@ pub async fn run_api(command: ApiCommand) -> anyhow::Result<()> {
                 .await?;
             println!("{}", serde_json::to_string_pretty(&bundles)?);
         }
+        ApiCommand::Fetch(FetchCommand::X509 {
+            write,
+            socket,
+            output,
+        }) => {
+            let svids = WorkloadClient::new(&socket.endpoint)?.fetch_x509().await?;
+            if let Some(dir) = &write {
+                write_x509(dir, &svids)?;
+            }
+            print_x509(&svids, output, write.as_deref())?;
+        }
+        ApiCommand::Fetch(FetchCommand::X509Bundle { socket, output }) => {
+            let bundles = WorkloadClient::new(&socket.endpoint)?
+                .fetch_x509_bundles()
+                .await?;
+            match output {
+                Format::Text => {
+                    for certificates in bundles.values() {
+                        print!("{}", pem_certificates(certificates));
+                    }
+                }
+                Format::Json => {
+                    let json: serde_json::Map<String, serde_json::Value> = bundles
+                        .iter()
+                        .map(|(td, certificates)| (td.clone(), pem_list(certificates).into()))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&json)?);
+                }
+            }
+        }
         ApiCommand::Validate(ValidateCommand::Jwt {
             audience,
             token,
@@ -241,6 +299,106 @@ pub async fn run_api(command: ApiCommand) -> anyhow::Result<()> {
                     }))?
                 ),
             }
+        }
+    }
+    Ok(())
+}
+
+fn pem_certificates(certificates: &[Vec<u8>]) -> String {
+    certificates
+        .iter()
+        .map(|der| lanyard_proto::pem::encode("CERTIFICATE", der))
+        .collect()
+}
+
+fn pem_list(certificates: &[Vec<u8>]) -> Vec<serde_json::Value> {
+    certificates
+        .iter()
+        .map(|der| lanyard_proto::pem::encode("CERTIFICATE", der).into())
+        .collect()
+}
+
+/// svid.pem, svid.key (0600) and bundle.pem for the first SVID; svid.N.* for
+/// the N-th after it. Each file is replaced atomically.
+fn write_x509(dir: &std::path::Path, svids: &[FetchedX509]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (i, svid) in svids.iter().enumerate() {
+        let suffix = if i == 0 {
+            String::new()
+        } else {
+            format!(".{i}")
+        };
+        let key = lanyard_proto::pem::encode("PRIVATE KEY", &svid.key);
+        lanyard_proto::fsutil::write_private_file(
+            &dir.join(format!("svid{suffix}.key")),
+            key.as_bytes(),
+        )?;
+        for (name, contents) in [
+            (format!("svid{suffix}.pem"), pem_certificates(&svid.chain)),
+            (
+                format!("bundle{suffix}.pem"),
+                pem_certificates(&svid.bundle),
+            ),
+        ] {
+            // Certificates are public: readable by whoever may enter `dir`.
+            let path = dir.join(name);
+            lanyard_proto::fsutil::write_private_file(&path, contents.as_bytes())?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                .with_context(|| format!("setting the mode of {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn print_x509(
+    svids: &[FetchedX509],
+    output: Format,
+    written: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    match output {
+        Format::Text => {
+            for (i, svid) in svids.iter().enumerate() {
+                let leaf = svid
+                    .chain
+                    .first()
+                    .context("an X509-SVID without a certificate")?;
+                let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+                    .map_err(|e| anyhow::anyhow!("the agent's certificate does not parse: {e}"))?;
+                println!("SPIFFE ID    : {}", svid.spiffe_id);
+                if !svid.hint.is_empty() {
+                    println!("Hint         : {}", svid.hint);
+                }
+                println!("Valid after  : {}", cert.validity().not_before);
+                println!("Valid until  : {}", cert.validity().not_after);
+                println!("Chain        : {} certificate(s)", svid.chain.len());
+                println!("Bundle       : {} CA certificate(s)", svid.bundle.len());
+                if let Some(dir) = written {
+                    let suffix = if i == 0 {
+                        String::new()
+                    } else {
+                        format!(".{i}")
+                    };
+                    println!(
+                        "Written      : {}/svid{suffix}.{{pem,key}}, bundle{suffix}.pem",
+                        dir.display()
+                    );
+                }
+                println!();
+            }
+        }
+        Format::Json => {
+            let list: Vec<_> = svids
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "spiffe_id": s.spiffe_id,
+                        "hint": s.hint,
+                        "chain_pem": pem_list(&s.chain),
+                        "bundle_pem": pem_list(&s.bundle),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
         }
     }
     Ok(())

@@ -60,6 +60,9 @@ pub struct AgentConfig {
     pub server_timeout: Duration,
     /// Most JWT-SVIDs kept (least recently used ones are dropped).
     pub jwt_svid_cache_size: usize,
+    /// Whether the X509-SVID profile is served (the SPIFFE Workload API
+    /// standard requires it; an operator may switch it off).
+    pub x509_svids: bool,
     pub workload_attestor: UnixAttestorConfig,
 }
 
@@ -91,6 +94,7 @@ struct RawServer {
 struct RawWorkloadApi {
     socket: Option<PathBuf>,
     jwt_svid_cache_size: Option<usize>,
+    x509: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +235,7 @@ impl AgentConfig {
             sync_interval: Duration::from_secs(interval.into()),
             server_timeout: Duration::from_secs(timeout.into()),
             jwt_svid_cache_size: cache_size,
+            x509_svids: raw.workload_api.x509.unwrap_or(true),
             workload_attestor: UnixAttestorConfig {
                 path_selectors: attestor.path_selectors.unwrap_or(false),
                 sha256_selectors: attestor.sha256_selectors.unwrap_or(false),

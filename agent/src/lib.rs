@@ -15,6 +15,7 @@ pub mod server_client;
 pub mod state;
 pub mod workload_api;
 pub mod workload_client;
+pub mod x509_svids;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ use crate::reachability::Reachability;
 use crate::server_client::ServerClient;
 use crate::state::SyncedState;
 use crate::workload_api::WorkloadService;
+use crate::x509_svids::X509SvidCache;
+use futures::FutureExt;
 
 /// Workload API socket mode: every local process may connect; who gets what is
 /// decided per call from the caller's kernel credentials.
@@ -196,8 +199,26 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     );
     let attestor = Arc::new(UnixAttestor::new(config.workload_attestor.clone()));
     let record_exe = config.workload_attestor.needs_connected_exe();
-    let service =
-        WorkloadService::new(state.clone(), issuer, attestor, config.trust_domain.clone());
+    let x509 = config.x509_svids.then(|| {
+        Arc::new(X509SvidCache::new(
+            server.clone(),
+            config.server_timeout,
+            reachability.clone(),
+        ))
+    });
+    if let Some(x509) = x509.clone() {
+        tasks.spawn(
+            x509.renew_forever(state.clone(), shutdown_rx.clone())
+                .map(Ok),
+        );
+    }
+    let service = WorkloadService::new(
+        state.clone(),
+        issuer,
+        attestor,
+        config.trust_domain.clone(),
+        x509,
+    );
 
     let sync_shutdown = shutdown_rx.clone();
     let (interval, deadline) = (config.sync_interval, config.server_timeout);
@@ -302,6 +323,7 @@ mod tests {
             issuer,
             Arc::new(UnixAttestor::default()),
             lanyard_proto::TrustDomain::new("example.org")?,
+            None,
         );
         let limiter = ConnectionLimiter::new(ConnectionLimits {
             per_uid: CAP,

@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 use lanyard_proto::Jwks;
 use lanyard_proto::node::node_client::NodeClient;
 use lanyard_proto::node::{
-    GetJwtBundleRequest, MintJwtSvidRequest, MintJwtSvidResponse, SyncEntriesRequest,
-    SyncEntriesResponse,
+    GetBundleRequest, MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidRequest,
+    MintX509SvidResponse, SyncEntriesRequest, SyncEntriesResponse,
 };
 use tokio::sync::Notify;
 use tonic::transport::Channel;
@@ -88,14 +88,35 @@ impl ServerClient {
             .into_inner())
     }
 
-    pub async fn jwt_bundle(&self) -> Result<Jwks, ServerClientError> {
+    /// The trust domain's bundle: JWT keys and X.509 authorities (DER).
+    pub async fn bundle(&self) -> Result<(Jwks, Vec<Vec<u8>>), ServerClientError> {
         let response = self
             .node()
-            .get_jwt_bundle(GetJwtBundleRequest {})
+            .get_bundle(GetBundleRequest {})
             .await
             .map_err(|status| self.observe(status))?
             .into_inner();
-        Ok(serde_json::from_slice(&response.jwks)?)
+        Ok((
+            serde_json::from_slice(&response.jwks)?,
+            response.x509_authorities,
+        ))
+    }
+
+    /// An X509-SVID for `entry_id` over the key of `csr` (DER).
+    pub async fn mint_x509_svid(
+        &self,
+        entry_id: &str,
+        csr: Vec<u8>,
+    ) -> Result<MintX509SvidResponse, tonic::Status> {
+        Ok(self
+            .node()
+            .mint_x509_svid(MintX509SvidRequest {
+                entry_id: entry_id.to_owned(),
+                csr,
+            })
+            .await
+            .map_err(|status| self.observe(status))?
+            .into_inner())
     }
 
     pub async fn mint_jwt_svid(

@@ -27,6 +27,8 @@ pub struct AgentEntry {
     pub id: String,
     pub spiffe_id: SpiffeId,
     pub selectors: Vec<Selector>,
+    /// Handed to workloads with each SVID of this entry.
+    pub hint: String,
 }
 
 impl AgentEntry {
@@ -99,12 +101,18 @@ impl EntrySet {
     }
 }
 
+/// The trust domain's X.509 authorities, DER, as the server published them.
+pub type X509Authorities = Arc<Vec<Vec<u8>>>;
+
 #[derive(Debug)]
 pub struct SyncedState {
     entries: RwLock<Arc<EntrySet>>,
     /// The entry revision `entries` is as of; 0 before the first sync.
     revision: AtomicU64,
     bundle: watch::Sender<Option<Arc<Jwks>>>,
+    x509_authorities: watch::Sender<Option<X509Authorities>>,
+    /// Bumped whenever the entries in force change.
+    entries_changed: watch::Sender<u64>,
 }
 
 impl Default for SyncedState {
@@ -113,6 +121,8 @@ impl Default for SyncedState {
             entries: RwLock::new(Arc::new(EntrySet::default())),
             revision: AtomicU64::new(0),
             bundle: watch::channel(None).0,
+            x509_authorities: watch::channel(None).0,
+            entries_changed: watch::channel(0).0,
         }
     }
 }
@@ -136,12 +146,35 @@ impl SyncedState {
         self.bundle.subscribe()
     }
 
+    pub fn x509_authorities(&self) -> watch::Receiver<Option<X509Authorities>> {
+        self.x509_authorities.subscribe()
+    }
+
+    /// Changes whenever the entries in force change.
+    pub fn entries_changed(&self) -> watch::Receiver<u64> {
+        self.entries_changed.subscribe()
+    }
+
     fn replace_entries(&self, entries: Vec<AgentEntry>) {
+        if self.entries_snapshot().entries() == entries.as_slice() {
+            return;
+        }
         let entries = Arc::new(EntrySet::new(entries));
         match self.entries.write() {
             Ok(mut guard) => *guard = entries,
             Err(poisoned) => *poisoned.into_inner() = entries,
         }
+        self.entries_changed.send_modify(|version| *version += 1);
+    }
+
+    fn replace_x509_authorities(&self, authorities: Vec<Vec<u8>>) {
+        self.x509_authorities.send_if_modified(|current| {
+            if current.as_deref() == Some(&authorities) {
+                return false;
+            }
+            *current = Some(Arc::new(authorities));
+            true
+        });
     }
 
     fn replace_bundle(&self, jwks: Jwks) {
@@ -185,6 +218,7 @@ impl SyncedState {
                     id: raw.id,
                     spiffe_id,
                     selectors,
+                    hint: raw.hint,
                 }),
                 _ => tracing::warn!(entry = raw.id, "server sent a malformed entry; ignoring it"),
             }
@@ -206,7 +240,9 @@ impl SyncedState {
         let count = entries.len();
         self.replace_entries(entries);
         self.revision.store(response.revision, Ordering::Release);
-        self.replace_bundle(server.jwt_bundle().await?);
+        let (jwks, x509_authorities) = server.bundle().await?;
+        self.replace_bundle(jwks);
+        self.replace_x509_authorities(x509_authorities);
         Ok(count)
     }
 
@@ -298,6 +334,7 @@ mod tests {
                 .iter()
                 .map(|s| Selector::parse(s).unwrap())
                 .collect(),
+            hint: String::new(),
         }
     }
 

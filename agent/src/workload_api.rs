@@ -10,9 +10,9 @@ use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use lanyard_proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
     ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
-    X509svidRequest, X509svidResponse,
+    X509svid, X509svidRequest, X509svidResponse,
 };
-use lanyard_proto::{Jwks, SpiffeId, TrustDomain, WORKLOAD_API_HEADER};
+use lanyard_proto::{Jwks, Selector, SpiffeId, TrustDomain, WORKLOAD_API_HEADER};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -20,11 +20,59 @@ use crate::attestor::peer::PeerInfo;
 use crate::attestor::unix::UnixAttestor;
 use crate::jwt_issuer::JwtSvidIssuer;
 use crate::jwt_validate::{self, VerifyingKeys};
-use crate::state::{AgentEntry, SyncedState};
+use crate::state::{AgentEntry, EntrySet, SyncedState, X509Authorities};
+use crate::x509_svids::{X509Svid, X509SvidCache};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// What a FetchX509SVID message showed: the very SVIDs, hints and bundle
+/// (held, so that a freed SVID's address cannot pass for a new one's).
 #[derive(Debug)]
+struct Shown {
+    svids: Vec<Arc<X509Svid>>,
+    hints: Vec<String>,
+    authorities: X509Authorities,
+}
+
+impl PartialEq for Shown {
+    fn eq(&self, other: &Self) -> bool {
+        self.svids.len() == other.svids.len()
+            && self
+                .svids
+                .iter()
+                .zip(&other.svids)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+            && self.hints == other.hints
+            && Arc::ptr_eq(&self.authorities, &other.authorities)
+    }
+}
+
+/// What a FetchX509SVID stream waits on.
+struct X509Watch {
+    entries: watch::Receiver<u64>,
+    svids: watch::Receiver<u64>,
+    authorities: watch::Receiver<Option<X509Authorities>>,
+}
+
+impl X509Watch {
+    fn mark_seen(&mut self) {
+        self.entries.borrow_and_update();
+        self.svids.borrow_and_update();
+        self.authorities.borrow_and_update();
+    }
+
+    /// Waits for a change; true when the entries changed. An error when the
+    /// agent is shutting down.
+    async fn changed(&mut self) -> Result<bool, watch::error::RecvError> {
+        tokio::select! {
+            changed = self.entries.changed() => changed.map(|()| true),
+            changed = self.svids.changed() => changed.map(|()| false),
+            changed = self.authorities.changed() => changed.map(|()| false),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct WorkloadService {
     state: Arc<SyncedState>,
     issuer: JwtSvidIssuer,
@@ -32,7 +80,9 @@ pub struct WorkloadService {
     trust_domain: TrustDomain,
     /// The current bundle's keys, parsed once: rebuilt only when the bundle
     /// (an `Arc` replaced on every change) is a different one.
-    verifying_keys: Mutex<Option<(Arc<Jwks>, Arc<VerifyingKeys>)>>,
+    verifying_keys: Arc<Mutex<Option<(Arc<Jwks>, Arc<VerifyingKeys>)>>>,
+    /// None when the X509-SVID profile is switched off.
+    x509: Option<Arc<X509SvidCache>>,
 }
 
 impl WorkloadService {
@@ -41,13 +91,15 @@ impl WorkloadService {
         issuer: JwtSvidIssuer,
         attestor: Arc<UnixAttestor>,
         trust_domain: TrustDomain,
+        x509: Option<Arc<X509SvidCache>>,
     ) -> Self {
         Self {
             state,
             issuer,
             attestor,
             trust_domain,
-            verifying_keys: Mutex::new(None),
+            verifying_keys: Arc::new(Mutex::new(None)),
+            x509,
         }
     }
 
@@ -67,19 +119,12 @@ impl WorkloadService {
         }
     }
 
-    /// The identities of the calling process, from what the kernel says about it.
-    async fn identities<T>(&self, request: &Request<T>) -> Result<Vec<AgentEntry>, Status> {
-        require_header(request)?;
-        let peer = request
-            .extensions()
-            .get::<PeerInfo>()
-            .cloned()
-            .ok_or_else(|| Status::internal("caller credentials unavailable"))?;
-        // Selectors are found out once per call, and only of the kinds the
-        // entries in force use; they are matched against the same snapshot.
-        let entries = self.state.entries_snapshot();
+    /// The caller's selectors, of the kinds `entries` use, from what the
+    /// kernel says about it (and its pin still holding).
+    async fn attest(&self, peer: &PeerInfo, entries: &EntrySet) -> Result<Vec<Selector>, Status> {
         let needs = entries.needs();
         let attestor = self.attestor.clone();
+        let peer = peer.clone();
         let attest = move || match peer.0.as_ref() {
             Ok(peer) => attestor
                 .attest_for(peer, needs)
@@ -100,17 +145,70 @@ impl WorkloadService {
             tracing::debug!(%reason, "caller could not be attested");
             Status::permission_denied(format!("caller could not be attested: {reason}"))
         })?;
-        let identities = entries.identities_for(&selectors);
-        if identities.is_empty() {
-            tracing::debug!(
-                uid = caller.uid,
-                gid = caller.gid,
-                pid = caller.pid,
-                "caller has no identity"
-            );
-            return Err(Status::permission_denied("no identity issued"));
-        }
-        Ok(identities)
+        tracing::trace!(
+            uid = caller.uid,
+            gid = caller.gid,
+            pid = caller.pid,
+            "caller attested"
+        );
+        Ok(selectors)
+    }
+
+    /// The identities of the calling process, from what the kernel says about it.
+    async fn identities<T>(&self, request: &Request<T>) -> Result<Vec<AgentEntry>, Status> {
+        require_header(request)?;
+        let peer = peer_of(request)?;
+        // Selectors are found out once per call, and only of the kinds the
+        // entries in force use; they are matched against the same snapshot.
+        let entries = self.state.entries_snapshot();
+        let selectors = self.attest(&peer, &entries).await?;
+        identities_in(&entries, &selectors)
+    }
+
+    /// The X509-SVID cache, or Unimplemented when the operator switched the profile off.
+    fn x509_svids(&self) -> Result<&Arc<X509SvidCache>, Status> {
+        self.x509.as_ref().ok_or_else(|| {
+            Status::unimplemented("X509-SVIDs are switched off on this agent (workload_api.x509)")
+        })
+    }
+
+    /// One FetchX509SVID message for `identities`, and what it shows (to
+    /// send a message only when something in it changed).
+    async fn x509_response(
+        &self,
+        x509: &X509SvidCache,
+        identities: &[AgentEntry],
+    ) -> Result<(X509svidResponse, Shown), Status> {
+        let authorities = self
+            .state
+            .x509_authorities()
+            .borrow()
+            .clone()
+            .ok_or_else(|| Status::unavailable("trust bundle not yet fetched from the server"))?;
+        let svids =
+            futures::future::try_join_all(identities.iter().map(|entry| x509.get(entry))).await?;
+        let bundle = authorities.concat();
+        let response = X509svidResponse {
+            svids: svids
+                .iter()
+                .zip(identities)
+                .map(|(svid, entry)| X509svid {
+                    spiffe_id: svid.spiffe_id.clone(),
+                    x509_svid: svid.chain.concat(),
+                    x509_svid_key: svid.key.clone(),
+                    bundle: bundle.clone(),
+                    hint: entry.hint.clone(),
+                })
+                .collect(),
+            crl: Vec::new(),
+            federated_bundles: HashMap::new(),
+        };
+        let shown = Shown {
+            svids,
+            hints: identities.iter().map(|e| e.hint.clone()).collect(),
+            authorities,
+        };
+        Ok((response, shown))
     }
 
     fn bundles_response(&self, jwks: &Jwks) -> Result<JwtBundlesResponse, Status> {
@@ -119,6 +217,24 @@ impl WorkloadService {
             bundles: HashMap::from([(self.trust_domain.id_string(), bytes)]),
         })
     }
+}
+
+fn peer_of<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .cloned()
+        .ok_or_else(|| Status::internal("caller credentials unavailable"))
+}
+
+/// The identities `selectors` have among `entries`; none is PermissionDenied.
+fn identities_in(entries: &EntrySet, selectors: &[Selector]) -> Result<Vec<AgentEntry>, Status> {
+    let identities = entries.identities_for(selectors);
+    if identities.is_empty() {
+        tracing::debug!("caller has no identity");
+        return Err(Status::permission_denied("no identity issued"));
+    }
+    Ok(identities)
 }
 
 /// Every call must carry `workload.spiffe.io: true`, so that a browser or an
@@ -147,9 +263,56 @@ impl SpiffeWorkloadApi for WorkloadService {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         require_header(&request)?;
-        Err(Status::unimplemented(
-            "X509-SVIDs are not issued by this agent yet",
-        ))
+        let x509 = self.x509_svids()?.clone();
+        let peer = peer_of(&request)?;
+        let entries = self.state.entries_snapshot();
+        let selectors = self.attest(&peer, &entries).await?;
+        let identities = identities_in(&entries, &selectors)?;
+        let mut watch = X509Watch {
+            entries: self.state.entries_changed(),
+            svids: x509.changed(),
+            authorities: self.state.x509_authorities(),
+        };
+        watch.mark_seen();
+        let (first, sent) = self.x509_response(&x509, &identities).await?;
+        let service = self.clone();
+        let updates = futures::stream::unfold(Some((watch, peer, selectors, sent)), move |next| {
+            let service = service.clone();
+            let x509 = x509.clone();
+            async move {
+                let (mut watch, peer, mut selectors, mut sent) = next?;
+                loop {
+                    let entries_changed = watch.changed().await.ok()?;
+                    let entries = service.state.entries_snapshot();
+                    if entries_changed {
+                        // Entries may use other selector kinds now; this
+                        // also checks that the caller is still the same process.
+                        selectors = match service.attest(&peer, &entries).await {
+                            Ok(selectors) => selectors,
+                            Err(status) => return Some((Err(status), None)),
+                        };
+                    }
+                    let identities = match identities_in(&entries, &selectors) {
+                        Ok(identities) => identities,
+                        Err(status) => return Some((Err(status), None)),
+                    };
+                    match service.x509_response(&x509, &identities).await {
+                        Ok((response, shown)) if shown != sent => {
+                            sent = shown;
+                            return Some((Ok(response), Some((watch, peer, selectors, sent))));
+                        }
+                        Ok(_) => {}
+                        Err(status) => {
+                            // The caller keeps what it has; the renewal loop
+                            // or the next change tries again.
+                            tracing::debug!(error = %status.message(), "X509-SVID update not sent");
+                        }
+                    }
+                }
+            }
+        });
+        let stream = futures::stream::once(async move { Ok(first) }).chain(updates);
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn fetch_x509_bundles(
@@ -157,9 +320,33 @@ impl SpiffeWorkloadApi for WorkloadService {
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         require_header(&request)?;
-        Err(Status::unimplemented(
-            "X.509 bundles are not served by this agent yet",
-        ))
+        self.x509_svids()?;
+        self.identities(&request).await?;
+        let mut authorities = self.state.x509_authorities();
+        let first = authorities
+            .borrow_and_update()
+            .clone()
+            .ok_or_else(|| Status::unavailable("trust bundle not yet fetched from the server"))?;
+        let key = self.trust_domain.id_string();
+        let response = move |authorities: &X509Authorities| X509BundlesResponse {
+            crl: Vec::new(),
+            bundles: HashMap::from([(key.clone(), authorities.concat())]),
+        };
+        let first = response(&first);
+        let updates = futures::stream::unfold(authorities, move |mut rx| {
+            let response = response.clone();
+            async move {
+                loop {
+                    rx.changed().await.ok()?;
+                    let latest = rx.borrow_and_update().clone();
+                    if let Some(authorities) = latest {
+                        return Some((Ok(response(&authorities)), rx));
+                    }
+                }
+            }
+        });
+        let stream = futures::stream::once(async move { Ok(first) }).chain(updates);
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn fetch_jwtsvid(

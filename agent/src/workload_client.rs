@@ -8,7 +8,9 @@ use std::time::Duration;
 use lanyard_proto::WORKLOAD_API_HEADER;
 use lanyard_proto::transport::{SocketError, socket_path_from_endpoint, unix_channel};
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use lanyard_proto::workload::{JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest};
+use lanyard_proto::workload::{
+    JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
+};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -29,6 +31,10 @@ pub enum ClientError {
     Timeout(PathBuf, u64),
     #[error("{0}: the agent closed the bundle stream without sending a bundle")]
     NoBundle(PathBuf),
+    #[error("{0}: the agent closed the stream without sending anything")]
+    NoMessage(PathBuf),
+    #[error("{socket}: the agent sent certificates that do not parse: {message}")]
+    BadCertificates { socket: PathBuf, message: String },
     #[error("{socket}: bundle of {trust_domain} is not JSON: {source}")]
     BadBundle {
         socket: PathBuf,
@@ -51,6 +57,28 @@ impl ClientError {
 pub struct FetchedJwt {
     pub spiffe_id: String,
     pub token: String,
+}
+
+/// One X509-SVID as the agent handed it out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FetchedX509 {
+    pub spiffe_id: String,
+    pub hint: String,
+    /// DER certificates, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// PKCS#8 DER.
+    pub key: Vec<u8>,
+    /// DER certificates of the trust domain's authorities.
+    pub bundle: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for FetchedX509 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchedX509")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("hint", &self.hint)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,6 +185,71 @@ impl WorkloadClient {
                 token: s.svid,
             })
             .collect())
+    }
+
+    /// The caller's X509-SVIDs: the first message of the stream.
+    pub async fn fetch_x509(&mut self) -> Result<Vec<FetchedX509>, ClientError> {
+        let mut client = self.client.clone();
+        let request = Self::request(X509svidRequest {});
+        let mut stream = self
+            .bounded(client.fetch_x509svid(request))
+            .await?
+            .into_inner();
+        let first = self
+            .bounded(stream.message())
+            .await?
+            .ok_or_else(|| ClientError::NoMessage(self.socket.clone()))?;
+        first
+            .svids
+            .into_iter()
+            .map(|svid| {
+                Ok(FetchedX509 {
+                    chain: self.certificates(&svid.x509_svid)?,
+                    bundle: self.certificates(&svid.bundle)?,
+                    spiffe_id: svid.spiffe_id,
+                    hint: svid.hint,
+                    key: svid.x509_svid_key,
+                })
+            })
+            .collect()
+    }
+
+    /// The first set of X.509 bundles: trust domain ID → DER certificates.
+    pub async fn fetch_x509_bundles(
+        &mut self,
+    ) -> Result<BTreeMap<String, Vec<Vec<u8>>>, ClientError> {
+        let mut client = self.client.clone();
+        let request = Self::request(X509BundlesRequest {});
+        let mut stream = self
+            .bounded(client.fetch_x509_bundles(request))
+            .await?
+            .into_inner();
+        let first = self
+            .bounded(stream.message())
+            .await?
+            .ok_or_else(|| ClientError::NoBundle(self.socket.clone()))?;
+        first
+            .bundles
+            .into_iter()
+            .map(|(trust_domain, der)| Ok((trust_domain, self.certificates(&der)?)))
+            .collect()
+    }
+
+    /// Concatenated DER certificates, one by one.
+    fn certificates(&self, mut der: &[u8]) -> Result<Vec<Vec<u8>>, ClientError> {
+        let mut certificates = Vec::new();
+        while !der.is_empty() {
+            let (rest, _) = x509_parser::parse_x509_certificate(der).map_err(|e| {
+                ClientError::BadCertificates {
+                    socket: self.socket.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            let (one, _) = der.split_at(der.len() - rest.len());
+            certificates.push(one.to_vec());
+            der = rest;
+        }
+        Ok(certificates)
     }
 
     /// The first (full) set of JWT bundles: trust domain ID → JWKS.

@@ -62,6 +62,7 @@ async fn deleted_entries_stop_and_new_ones_start_within_the_sync_interval() -> a
             selectors: vec![format!("unix:uid:{}", my_uid())],
             jwt_svid_ttl_seconds: 0,
             admin: false,
+            ..CreateEntryRequest::default()
         })
         .await?;
     let deadline = Instant::now() + DEADLINE;

@@ -237,7 +237,7 @@ fn every_authority_form_gets_an_answer() -> anyhow::Result<()> {
     }
 
     // The server's Unix sockets stand on the same stack: Admin (Health) and
-    // the local Node API (GetJwtBundle), both with C-core's form.
+    // the local Node API (GetBundle), both with C-core's form.
     let server_dir = world.dir.path().join("server");
     for (socket, path) in [
         (
@@ -246,7 +246,7 @@ fn every_authority_form_gets_an_answer() -> anyhow::Result<()> {
         ),
         (
             server_dir.join("node.sock"),
-            "/lanyard.node.v1.Node/GetJwtBundle",
+            "/lanyard.node.v1.Node/GetBundle",
         ),
     ] {
         let text = socket.display().to_string();

@@ -49,6 +49,7 @@ async fn create_entry(
         selectors: vec!["unix:uid:1000".to_owned()],
         jwt_svid_ttl_seconds: 0,
         admin: false,
+        ..CreateEntryRequest::default()
     };
     Ok(admin.create_entry(request).await?.into_inner().id)
 }

@@ -206,6 +206,7 @@ pub async fn run(
             selectors: vec![format!("unix:uid:{}", my_uid())],
             jwt_svid_ttl_seconds: 0,
             admin: false,
+            ..CreateEntryRequest::default()
         })
         .await?;
     wait_answering(&socket, Instant::now(), Duration::from_secs(30)).await?;

@@ -11,7 +11,7 @@ use lanyard_agent::node_client::{self, ServerEndpoint};
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{Entry, GenerateJoinTokenRequest, UpdateEntryRequest};
 use lanyard_proto::node::node_client::NodeClient;
-use lanyard_proto::node::{GetJwtBundleRequest, SyncEntriesRequest, SyncEntriesResponse};
+use lanyard_proto::node::{GetBundleRequest, SyncEntriesRequest, SyncEntriesResponse};
 use lanyard_proto::transport::unix_channel;
 use lanyard_tests::{TRUST_DOMAIN, World};
 use sqlx::Row;
@@ -95,7 +95,7 @@ pub async fn run(
     // Every agent connects (mTLS handshake) before anything is timed.
     futures::future::try_join_all(clients.iter().map(|c| {
         let mut c = c.clone();
-        async move { c.get_jwt_bundle(GetJwtBundleRequest {}).await }
+        async move { c.get_bundle(GetBundleRequest {}).await }
     }))
     .await?;
     let setup = setup_started.elapsed();
