@@ -81,6 +81,8 @@ pub struct RunningServer {
     pub ca_bundle: PathBuf,
     /// PEM of the certificate the OIDC endpoint presents when self-signed.
     pub oidc_self_signed_cert: Option<PathBuf>,
+    /// The trust domain's X.509 CA (rotated by the server's own clock).
+    pub ca: Arc<ca::CertificateAuthority>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<Result<(), ServerError>>,
 }
@@ -307,6 +309,7 @@ pub async fn start_with_listener(
         admin_socket: config.admin.socket.clone(),
         node_addr,
         ca_bundle: config.data_dir.join("ca").join(ca::BUNDLE_FILE),
+        ca: ca.clone(),
         oidc_self_signed_cert: (config.oidc.tls.is_none() && !config.oidc.plain_http)
             .then(|| config.data_dir.join(tls::SELF_SIGNED_CERT_FILE)),
         shutdown,

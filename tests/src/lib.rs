@@ -23,6 +23,8 @@ pub const TRUST_DOMAIN: &str = "example.org";
 pub struct EntrySpec {
     pub spiffe_id: String,
     pub selectors: Vec<String>,
+    /// The entry's X509-SVID lifetime; the server's default when None.
+    pub x509_svid_ttl_seconds: Option<u32>,
 }
 
 impl EntrySpec {
@@ -35,7 +37,14 @@ impl EntrySpec {
         Self {
             spiffe_id: format!("spiffe://{TRUST_DOMAIN}{path}"),
             selectors: selectors.iter().map(|s| s.to_string()).collect(),
+            x509_svid_ttl_seconds: None,
         }
+    }
+
+    /// The same entry with X509-SVIDs of `seconds`.
+    pub fn with_x509_ttl(mut self, seconds: u32) -> Self {
+        self.x509_svid_ttl_seconds = Some(seconds);
+        self
     }
 }
 
@@ -219,6 +228,9 @@ fn server_toml(dir: &Path, issuer: &str, entries: &[EntrySpec]) -> String {
             entry.spiffe_id,
             selectors.join(", ")
         ));
+        if let Some(ttl) = entry.x509_svid_ttl_seconds {
+            text.push_str(&format!("x509_svid_ttl_seconds = {ttl}\n"));
+        }
     }
     text
 }

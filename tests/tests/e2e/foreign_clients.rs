@@ -170,6 +170,60 @@ fn py_spiffe_default_client_fetches_a_jwt_svid() -> anyhow::Result<()> {
     world.assert_verifies(token, "py-aud")
 }
 
+/// PEM text as DER blocks (certificates and PKCS#8 keys).
+fn pem_to_der(text: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    rustls_pemfile::read_all(&mut text.as_bytes())
+        .map(|item| match item? {
+            rustls_pemfile::Item::X509Certificate(der) => Ok(der.to_vec()),
+            rustls_pemfile::Item::Pkcs8Key(der) => Ok(der.secret_pkcs8_der().to_vec()),
+            other => bail!("unexpected PEM item {other:?}"),
+        })
+        .collect()
+}
+
+fn pem_strings(value: &Value) -> anyhow::Result<String> {
+    Ok(value
+        .as_array()
+        .context("not a list")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect())
+}
+
+#[test]
+fn py_spiffe_default_client_fetches_an_x509_svid() -> anyhow::Result<()> {
+    let Some(python) = third_party_python()? else {
+        return Ok(());
+    };
+    let world = Binaries::start("")?;
+    let fetched = run_python(&python, "spiffe_client.py", &["x509"], &world.endpoint())?;
+    assert_eq!(fetched["spiffe_id"], ID);
+    // The `spiffe` crate, independently, takes it as an X509-SVID: one URI
+    // SAN, a leaf that is no CA, a key that fits the certificate.
+    let chain = pem_to_der(&pem_strings(&fetched["chain_pem"])?)?.concat();
+    let key = pem_to_der(fetched["key_pem"].as_str().context("no key")?)?.concat();
+    let svid = spiffe::X509Svid::parse_from_der(&chain, &key)?;
+    assert_eq!(svid.spiffe_id().to_string(), ID);
+    // The bundle is the server's published CA set.
+    let mut served = pem_to_der(&pem_strings(&fetched["bundle_pem"])?)?;
+    let published = std::fs::read_to_string(world.dir.path().join("server/ca/bundle.pem"))?;
+    let mut published = pem_to_der(&published)?;
+    served.sort();
+    published.sort();
+    assert_eq!(served, published);
+
+    let bundles = run_python(
+        &python,
+        "spiffe_client.py",
+        &["x509-bundles"],
+        &world.endpoint(),
+    )?;
+    let mut bundle = pem_to_der(&pem_strings(&bundles["bundles"]["example.org"])?)?;
+    bundle.sort();
+    assert_eq!(bundle, published);
+    Ok(())
+}
+
 /// One raw FetchJWTSVID over HTTP/2 with `authority` (None: no
 /// `:authority` at all); the gRPC status, message and decoded response.
 fn fetch_jwt_raw(

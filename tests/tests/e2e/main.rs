@@ -19,3 +19,4 @@ mod jwt_svid_e2e;
 mod node_attestation;
 mod oidc_endpoint;
 mod quickstart;
+mod x509_svids;
