@@ -23,6 +23,9 @@ use crate::jwt_validate::{self, VerifyingKeys};
 use crate::state::{AgentEntry, EntrySet, SyncedState, X509Authorities};
 use crate::x509_svids::{X509Svid, X509SvidCache};
 
+/// A JWT bundle and its keys, parsed once.
+type ParsedBundle = (Arc<Jwks>, Arc<VerifyingKeys>);
+
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// What a FetchX509SVID message showed: the very SVIDs, hints and bundle
@@ -80,7 +83,7 @@ pub struct WorkloadService {
     trust_domain: TrustDomain,
     /// The current bundle's keys, parsed once: rebuilt only when the bundle
     /// (an `Arc` replaced on every change) is a different one.
-    verifying_keys: Arc<Mutex<Option<(Arc<Jwks>, Arc<VerifyingKeys>)>>>,
+    verifying_keys: Arc<Mutex<Option<ParsedBundle>>>,
     /// None when the X509-SVID profile is switched off.
     x509: Option<Arc<X509SvidCache>>,
 }
@@ -379,10 +382,11 @@ impl SpiffeWorkloadApi for WorkloadService {
         .await?;
         let svids = minted
             .into_iter()
-            .map(|svid| Jwtsvid {
+            .zip(&identities)
+            .map(|(svid, entry)| Jwtsvid {
                 spiffe_id: svid.spiffe_id,
                 svid: svid.token,
-                hint: String::new(),
+                hint: entry.hint.clone(),
             })
             .collect();
         Ok(Response::new(JwtsvidResponse { svids }))

@@ -288,6 +288,17 @@ pub async fn datastore_urls(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(urls)
 }
 
+/// PEM text as DER blocks: certificates and PKCS#8 keys, in order.
+pub fn pem_to_der(text: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    rustls_pemfile::read_all(&mut text.as_bytes())
+        .map(|item| match item? {
+            rustls_pemfile::Item::X509Certificate(der) => Ok(der.to_vec()),
+            rustls_pemfile::Item::Pkcs8Key(der) => Ok(der.secret_pkcs8_der().to_vec()),
+            other => anyhow::bail!("unexpected PEM item {other:?}"),
+        })
+        .collect()
+}
+
 /// The effective uid of this process.
 pub fn my_uid() -> u32 {
     nix::unistd::geteuid().as_raw()

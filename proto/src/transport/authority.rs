@@ -326,10 +326,8 @@ impl ClientFrames {
                 }
             }
         }
-        if end_headers {
-            if let Some(block) = self.pending.take() {
-                self.rewrite(block, output)?;
-            }
+        if end_headers && let Some(block) = self.pending.take() {
+            self.rewrite(block, output)?;
         }
         self.position = Position::FrameStart;
         Ok(())

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
 use lanyard_proto::workload::{JwtsvidRequest, JwtsvidResponse};
 use lanyard_tests::process::Daemon;
-use lanyard_tests::{https_client_trusting, my_uid};
+use lanyard_tests::{https_client_trusting, my_uid, pem_to_der};
 use prost::Message;
 use serde_json::Value;
 
@@ -168,17 +168,6 @@ fn py_spiffe_default_client_fetches_a_jwt_svid() -> anyhow::Result<()> {
     assert_eq!(fetched["spiffe_id"], ID);
     let token = fetched["token"].as_str().context("no token")?;
     world.assert_verifies(token, "py-aud")
-}
-
-/// PEM text as DER blocks (certificates and PKCS#8 keys).
-fn pem_to_der(text: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-    rustls_pemfile::read_all(&mut text.as_bytes())
-        .map(|item| match item? {
-            rustls_pemfile::Item::X509Certificate(der) => Ok(der.to_vec()),
-            rustls_pemfile::Item::Pkcs8Key(der) => Ok(der.secret_pkcs8_der().to_vec()),
-            other => bail!("unexpected PEM item {other:?}"),
-        })
-        .collect()
 }
 
 fn pem_strings(value: &Value) -> anyhow::Result<String> {

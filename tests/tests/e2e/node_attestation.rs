@@ -8,7 +8,7 @@ use lanyard_agent::node_client::{self, AgentCredentials, ServerEndpoint};
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{CreateEntryRequest, EvictAgentRequest, GenerateJoinTokenRequest};
 use lanyard_proto::node::node_client::NodeClient;
-use lanyard_proto::node::{MintJwtSvidRequest, SyncEntriesRequest};
+use lanyard_proto::node::{MintJwtSvidRequest, MintX509SvidRequest, SyncEntriesRequest};
 use lanyard_proto::transport::unix_channel;
 use lanyard_server::RunningServer;
 use lanyard_server::config::ServerConfig;
@@ -86,6 +86,27 @@ async fn mint(client: &mut NodeClient<Channel>, entry_id: &str) -> Result<String
     Ok(client.mint_jwt_svid(request).await?.into_inner().spiffe_id)
 }
 
+/// An X509-SVID for `entry_id` over a fresh key; the SPIFFE ID its leaf names.
+async fn mint_x509(
+    client: &mut NodeClient<Channel>,
+    entry_id: &str,
+) -> Result<String, tonic::Status> {
+    let key = rcgen::KeyPair::generate().map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let request = MintX509SvidRequest {
+        entry_id: entry_id.to_owned(),
+        csr: csr.der().to_vec(),
+    };
+    let minted = client.mint_x509_svid(request).await?.into_inner();
+    let leaf = minted.cert_chain.first().cloned().unwrap_or_default();
+    let (id, _) = lanyard_server::ca::peer_identity(&leaf)
+        .ok_or_else(|| tonic::Status::internal("the leaf names no SPIFFE ID"))?;
+    assert_eq!(id.as_str(), minted.spiffe_id);
+    Ok(minted.spiffe_id)
+}
+
 /// Against SQLite, and against PostgreSQL where one is configured (always in CI).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attested_agents_get_exactly_their_own_identities() -> anyhow::Result<()> {
@@ -132,6 +153,26 @@ async fn attested_agents_scenario(datastore_url: &str) -> anyhow::Result<()> {
         mint(&mut a, &entry_b).await.map_err(|s| s.code()),
         Err(Code::PermissionDenied),
         "B's entry"
+    );
+    // X509-SVIDs: the same ownership check, over a key the agent made.
+    assert_eq!(
+        mint_x509(&mut a, &entry_a).await?,
+        "spiffe://example.org/web"
+    );
+    assert_eq!(
+        mint_x509(&mut a, &entry_b).await.map_err(|s| s.code()),
+        Err(Code::PermissionDenied),
+        "B's entry, as an X509-SVID"
+    );
+    let garbage = a
+        .mint_x509_svid(MintX509SvidRequest {
+            entry_id: entry_a.clone(),
+            csr: b"not a csr".to_vec(),
+        })
+        .await;
+    assert_eq!(
+        garbage.map_err(|s| s.code()).err(),
+        Some(Code::InvalidArgument)
     );
     let mut b = node(&endpoint, Some(&creds_b))?;
     assert_eq!(mint(&mut b, &entry_b).await?, "spiffe://example.org/db");

@@ -15,12 +15,13 @@ use lanyard_proto::admin::{DeleteEntryRequest, ListEntriesRequest};
 use lanyard_proto::transport::unix_channel;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_proto::workload::{X509BundlesRequest, X509svidRequest};
-use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid};
+use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid, pem_to_der};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use spiffe::{TrustDomain, X509Source};
 use spiffe_rustls::{TrustDomainPolicy, authorizer, mtls_server};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tonic::Code;
+use tonic::metadata::MetadataValue;
 
 /// Only a bound for a broken test; nothing here waits on time otherwise.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -38,7 +39,7 @@ fn with_header<T>(body: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(body);
     request
         .metadata_mut()
-        .insert(WORKLOAD_API_HEADER, "true".parse().expect("static value"));
+        .insert(WORKLOAD_API_HEADER, MetadataValue::from_static("true"));
     request
 }
 
@@ -417,14 +418,7 @@ async fn cli_writes_svid_key_and_bundle() -> anyhow::Result<()> {
         & 0o777;
     assert_eq!(key_mode, 0o600);
     let pem_der = |name: &str| -> anyhow::Result<Vec<Vec<u8>>> {
-        let text = std::fs::read(out.join(name))?;
-        Ok(rustls_pemfile::read_all(&mut text.as_slice())
-            .map(|item| match item? {
-                rustls_pemfile::Item::X509Certificate(der) => Ok(der.to_vec()),
-                rustls_pemfile::Item::Pkcs8Key(der) => Ok(der.secret_pkcs8_der().to_vec()),
-                other => anyhow::bail!("unexpected PEM item {other:?}"),
-            })
-            .collect::<anyhow::Result<_>>()?)
+        pem_to_der(&std::fs::read_to_string(out.join(name))?)
     };
     let chain = pem_der("svid.pem")?.concat();
     let key = pem_der("svid.key")?.concat();
