@@ -9,7 +9,7 @@ use tonic::{Code, Status};
 
 use crate::jwt_cache::{CacheKey, CachedSvid, JwtSvidCache, Lookup};
 use crate::reachability::Reachability;
-use crate::server_client::ServerClient;
+use crate::server_client::{ServerClient, on_behalf};
 use crate::state::AgentEntry;
 
 #[derive(Debug, Clone)]
@@ -91,37 +91,18 @@ impl JwtSvidIssuer {
     /// Asks the server, waiting at most the configured timeout. Refusals
     /// (bad audience, entry gone) pass through; anything else is `Unavailable`.
     async fn mint(&self, entry_id: &str, audience: &[String]) -> Result<CachedSvid, Status> {
-        let answer =
-            tokio::time::timeout(self.timeout, self.server.mint_jwt_svid(entry_id, audience)).await;
-        let minted = match answer {
-            Ok(Ok(minted)) => minted,
-            Ok(Err(status))
-                if matches!(
-                    status.code(),
-                    Code::InvalidArgument | Code::PermissionDenied
-                ) =>
-            {
-                self.reachability.mark_up();
-                return Err(status);
-            }
-            Ok(Err(status)) => return Err(self.unavailable(&status)),
-            Err(_) => {
-                return Err(
-                    self.unavailable(&format!("no answer within {} s", self.timeout.as_secs()))
-                );
-            }
-        };
-        self.reachability.mark_up();
+        let minted = on_behalf(
+            &self.reachability,
+            self.timeout,
+            "a JWT-SVID",
+            self.server.mint_jwt_svid(entry_id, audience),
+        )
+        .await?;
         Ok(CachedSvid {
             spiffe_id: minted.spiffe_id,
             token: minted.token,
             issued_at: minted.issued_at,
             expires_at: minted.expires_at,
         })
-    }
-
-    fn unavailable(&self, error: &dyn std::fmt::Display) -> Status {
-        self.reachability.mark_down(error);
-        Status::unavailable("the server could not be reached to issue a JWT-SVID")
     }
 }

@@ -1,7 +1,9 @@
 //! The agent's client of the server's Node API.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use lanyard_proto::Jwks;
 use lanyard_proto::node::node_client::NodeClient;
@@ -12,12 +14,50 @@ use lanyard_proto::node::{
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 
+use crate::reachability::Reachability;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerClientError {
     #[error("server call failed: {0}")]
     Rpc(#[from] tonic::Status),
     #[error("server sent an invalid JWKS: {0}")]
     BadJwks(#[from] serde_json::Error),
+}
+
+/// Waits at most `timeout` for the server's answer to `call`, made on a
+/// workload's behalf to issue `what`. Refusals (a bad request, an entry that
+/// is not this agent's) pass through and show the server is up; anything else
+/// is `Unavailable` and marks the server down.
+pub async fn on_behalf<T>(
+    reachability: &Reachability,
+    timeout: Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    let unavailable = |error: &dyn std::fmt::Display| {
+        reachability.mark_down(error);
+        tonic::Status::unavailable(format!("the server could not be reached to issue {what}"))
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(answer)) => {
+            reachability.mark_up();
+            Ok(answer)
+        }
+        Ok(Err(status))
+            if matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+            ) =>
+        {
+            reachability.mark_up();
+            Err(status)
+        }
+        Ok(Err(status)) => Err(unavailable(&status)),
+        Err(_) => Err(unavailable(&format!(
+            "no answer within {} s",
+            timeout.as_secs()
+        ))),
+    }
 }
 
 /// Cheap to clone; every clone sees a channel swapped in by

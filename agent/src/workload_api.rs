@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures::{Stream, StreamExt};
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
@@ -22,6 +22,10 @@ use crate::jwt_issuer::JwtSvidIssuer;
 use crate::jwt_validate::{self, VerifyingKeys};
 use crate::state::{AgentEntry, EntrySet, SyncedState, X509Authorities};
 use crate::x509_svids::{X509Svid, X509SvidCache};
+
+/// How soon a FetchX509SVID stream tries again to send an update it could
+/// not make (a new entry's SVID while the server is away).
+const X509_UPDATE_RETRY: Duration = Duration::from_secs(5);
 
 /// A JWT bundle and its keys, parsed once.
 type ParsedBundle = (Arc<Jwks>, Arc<VerifyingKeys>);
@@ -284,8 +288,16 @@ impl SpiffeWorkloadApi for WorkloadService {
             let x509 = x509.clone();
             async move {
                 let (mut watch, peer, mut selectors, mut sent) = next?;
+                // After a failed update, look again this soon even if nothing changes.
+                let mut retry: Option<Duration> = None;
                 loop {
-                    let entries_changed = watch.changed().await.ok()?;
+                    let entries_changed = match retry.take() {
+                        Some(delay) => match tokio::time::timeout(delay, watch.changed()).await {
+                            Ok(changed) => changed.ok()?,
+                            Err(_) => false,
+                        },
+                        None => watch.changed().await.ok()?,
+                    };
                     let entries = service.state.entries_snapshot();
                     if entries_changed {
                         // Entries may use other selector kinds now; this
@@ -306,9 +318,9 @@ impl SpiffeWorkloadApi for WorkloadService {
                         }
                         Ok(_) => {}
                         Err(status) => {
-                            // The caller keeps what it has; the renewal loop
-                            // or the next change tries again.
-                            tracing::debug!(error = %status.message(), "X509-SVID update not sent");
+                            // The caller keeps what it has until this works.
+                            tracing::debug!(error = %status.message(), "X509-SVID update not sent; retrying");
+                            retry = Some(X509_UPDATE_RETRY);
                         }
                     }
                 }

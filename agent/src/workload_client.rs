@@ -29,8 +29,6 @@ pub enum ClientError {
     },
     #[error("{0}: the agent did not answer within {1} s")]
     Timeout(PathBuf, u64),
-    #[error("{0}: the agent closed the bundle stream without sending a bundle")]
-    NoBundle(PathBuf),
     #[error("{0}: the agent closed the stream without sending anything")]
     NoMessage(PathBuf),
     #[error("{socket}: the agent sent certificates that do not parse: {message}")]
@@ -187,18 +185,23 @@ impl WorkloadClient {
             .collect())
     }
 
+    /// The first message of the server stream that `opened` opens (the
+    /// stream is dropped after it).
+    async fn first_message<M>(
+        &self,
+        opened: impl Future<Output = Result<tonic::Response<tonic::Streaming<M>>, Status>>,
+    ) -> Result<M, ClientError> {
+        let mut stream = self.bounded(opened).await?.into_inner();
+        self.bounded(stream.message())
+            .await?
+            .ok_or_else(|| ClientError::NoMessage(self.socket.clone()))
+    }
+
     /// The caller's X509-SVIDs: the first message of the stream.
     pub async fn fetch_x509(&mut self) -> Result<Vec<FetchedX509>, ClientError> {
         let mut client = self.client.clone();
         let request = Self::request(X509svidRequest {});
-        let mut stream = self
-            .bounded(client.fetch_x509svid(request))
-            .await?
-            .into_inner();
-        let first = self
-            .bounded(stream.message())
-            .await?
-            .ok_or_else(|| ClientError::NoMessage(self.socket.clone()))?;
+        let first = self.first_message(client.fetch_x509svid(request)).await?;
         first
             .svids
             .into_iter()
@@ -220,14 +223,9 @@ impl WorkloadClient {
     ) -> Result<BTreeMap<String, Vec<Vec<u8>>>, ClientError> {
         let mut client = self.client.clone();
         let request = Self::request(X509BundlesRequest {});
-        let mut stream = self
-            .bounded(client.fetch_x509_bundles(request))
-            .await?
-            .into_inner();
         let first = self
-            .bounded(stream.message())
-            .await?
-            .ok_or_else(|| ClientError::NoBundle(self.socket.clone()))?;
+            .first_message(client.fetch_x509_bundles(request))
+            .await?;
         first
             .bundles
             .into_iter()
@@ -258,14 +256,9 @@ impl WorkloadClient {
     ) -> Result<BTreeMap<String, serde_json::Value>, ClientError> {
         let mut client = self.client.clone();
         let request = Self::request(JwtBundlesRequest {});
-        let mut stream = self
-            .bounded(client.fetch_jwt_bundles(request))
-            .await?
-            .into_inner();
         let first = self
-            .bounded(stream.message())
-            .await?
-            .ok_or_else(|| ClientError::NoBundle(self.socket.clone()))?;
+            .first_message(client.fetch_jwt_bundles(request))
+            .await?;
         let mut bundles = BTreeMap::new();
         for (trust_domain, bytes) in first.bundles {
             let jwks = serde_json::from_slice(&bytes).map_err(|source| ClientError::BadBundle {

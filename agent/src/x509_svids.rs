@@ -11,10 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use tokio::sync::watch;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::reachability::Reachability;
-use crate::server_client::ServerClient;
+use crate::server_client::{ServerClient, on_behalf};
 use crate::state::{AgentEntry, SyncedState};
 
 /// An SVID is renewed once this fraction of its life has passed: before
@@ -138,27 +138,13 @@ impl X509SvidCache {
             tracing::error!(error = %e, "cannot make a key for an X509-SVID");
             Status::internal("the agent could not make a key")
         })?;
-        let answer =
-            tokio::time::timeout(self.timeout, self.server.mint_x509_svid(&entry.id, csr)).await;
-        let minted = match answer {
-            Ok(Ok(minted)) => minted,
-            Ok(Err(status))
-                if matches!(
-                    status.code(),
-                    Code::InvalidArgument | Code::PermissionDenied
-                ) =>
-            {
-                self.reachability.mark_up();
-                return Err(status);
-            }
-            Ok(Err(status)) => return Err(self.unavailable(&status)),
-            Err(_) => {
-                return Err(
-                    self.unavailable(&format!("no answer within {} s", self.timeout.as_secs()))
-                );
-            }
-        };
-        self.reachability.mark_up();
+        let minted = on_behalf(
+            &self.reachability,
+            self.timeout,
+            "an X509-SVID",
+            self.server.mint_x509_svid(&entry.id, csr),
+        )
+        .await?;
         check_signed(&minted.cert_chain, &key, entry).map_err(|e| {
             tracing::error!(error = %e, entry = entry.id, "refusing an X509-SVID from the server");
             Status::unavailable("the server's X509-SVID was not usable")
@@ -171,11 +157,6 @@ impl X509SvidCache {
             expires_at: minted.expires_at,
             renew_at: Instant::now() + Duration::from_secs(lifetime).mul_f64(RENEW_AT_FRACTION),
         })
-    }
-
-    fn unavailable(&self, error: &dyn std::fmt::Display) -> Status {
-        self.reachability.mark_down(error);
-        Status::unavailable("the server could not be reached to issue an X509-SVID")
     }
 
     /// Drops SVIDs whose entries left, renews those due, and sleeps until

@@ -301,19 +301,28 @@ impl CertificateAuthority {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<IssuedCert, CaError> {
-        let request =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))
-                .map_err(CaError::BadCsr)?;
+        let request = parse_csr(csr)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(agent_id.as_str().try_into()?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.sign_request(request, params, ttl, now)
+    }
+
+    /// Signs `params` over the public key of `request`, and nothing else of it.
+    fn sign_request(
+        &self,
+        request: CertificateSigningRequestParams,
+        params: CertificateParams,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedCert, CaError> {
         let signer = self.signer(now)?;
         Self::sign(&signer, params, ttl, now, |params| {
             CertificateSigningRequestParams {
                 params,
-                public_key: request.public_key.clone(),
+                public_key: request.public_key,
             }
             .signed_by(&signer.issuer)
         })
@@ -330,9 +339,7 @@ impl CertificateAuthority {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<IssuedCert, CaError> {
-        let request =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))
-                .map_err(CaError::BadCsr)?;
+        let request = parse_csr(csr)?;
         let mut params = CertificateParams::default();
         // A subject besides the SAN: some TLS stacks refuse an empty one
         // unless the SAN extension is critical.
@@ -354,14 +361,7 @@ impl CertificateAuthority {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let signer = self.signer(now)?;
-        Self::sign(&signer, params, ttl, now, |params| {
-            CertificateSigningRequestParams {
-                params,
-                public_key: request.public_key.clone(),
-            }
-            .signed_by(&signer.issuer)
-        })
+        self.sign_request(request, params, ttl, now)
     }
 
     /// The server's own Node API certificate for `key`, with the chain to present.
@@ -408,6 +408,11 @@ impl CertificateAuthority {
             expires_at,
         })
     }
+}
+
+fn parse_csr(csr: &[u8]) -> Result<CertificateSigningRequestParams, CaError> {
+    CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))
+        .map_err(CaError::BadCsr)
 }
 
 fn secs(duration: Duration) -> i64 {

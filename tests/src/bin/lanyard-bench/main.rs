@@ -31,7 +31,7 @@ struct Args {
     /// Seconds of each measured window (after a warm-up of a fifth of it, at least 1 s).
     #[arg(long, default_value_t = 5.0)]
     window: f64,
-    /// Only these rows (1-8), comma separated.
+    /// Only these rows (1-9), comma separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
     /// Agents in the sync row (its entries are 100 per agent).
@@ -148,6 +148,7 @@ fn main() -> anyhow::Result<()> {
             echo_socket.clone(),
             &spiffe_id,
             &token,
+            Default::default(),
         ))?;
         let cached = |socket: &PathBuf, callers: usize| {
             client_rt.block_on(async {
@@ -187,6 +188,43 @@ fn main() -> anyhow::Result<()> {
                 pass: Some(ratio <= 1.5),
             });
         }
+        drop(echo);
+    }
+
+    if wants(9) {
+        eprintln!("row 9: FetchX509SVID first message (SVID held) vs bare echo…");
+        let x509 = client_rt
+            .block_on(async { workload::first_x509(&mut workload::client(&socket)).await })?;
+        let echo = server_rt.block_on(workload::start_echo(
+            dir.path().join("echo-x509.sock"),
+            "",
+            "",
+            x509,
+        ))?;
+        let first_messages = |socket: &PathBuf| {
+            client_rt.block_on(async {
+                let workers = (0..args.callers)
+                    .map(|_| workload::X509First {
+                        client: workload::client(socket),
+                    })
+                    .collect();
+                stats::run(workers, warmup, window).await
+            })
+        };
+        let echo_sample = first_messages(&echo.socket)?;
+        let lanyard = first_messages(&socket)?;
+        let ratio = lanyard.per_second() / echo_sample.per_second();
+        rows.push(Row {
+            figure: format!(
+                "9. FetchX509SVID first message, SVID held, {} callers",
+                args.callers
+            ),
+            measured: rate_with_p99(&lanyard),
+            baseline: format!("echo {}", rate_with_p99(&echo_sample)),
+            ratio: format!("{ratio:.2}×"),
+            target: "≥ 0.6 × echo".to_owned(),
+            pass: Some(ratio >= 0.6),
+        });
         drop(echo);
     }
 

@@ -105,17 +105,57 @@ impl Worker for Validate {
     }
 }
 
-/// The bare echo server: FetchJWTSVID returns `response` as it is.
+/// Opens a FetchX509SVID stream each call and reads its first message (the
+/// agent holds the SVID: no mint).
+pub struct X509First {
+    pub client: Client,
+}
+
+impl Worker for X509First {
+    async fn call(&mut self, _n: u64) -> anyhow::Result<()> {
+        let mut stream = self
+            .client
+            .fetch_x509svid(request(X509svidRequest {}))
+            .await
+            .context("FetchX509SVID")?
+            .into_inner();
+        let first = stream
+            .message()
+            .await
+            .context("FetchX509SVID message")?
+            .context("FetchX509SVID stream ended without a message")?;
+        anyhow::ensure!(!first.svids.is_empty(), "FetchX509SVID sent no SVID");
+        Ok(())
+    }
+}
+
+/// The first FetchX509SVID message the agent sends this process.
+pub async fn first_x509(client: &mut Client) -> anyhow::Result<X509svidResponse> {
+    client
+        .fetch_x509svid(request(X509svidRequest {}))
+        .await
+        .context("FetchX509SVID")?
+        .into_inner()
+        .message()
+        .await?
+        .context("FetchX509SVID stream ended without a message")
+}
+
+/// The bare echo server: FetchJWTSVID returns `response` as it is, and
+/// FetchX509SVID a stream of `x509` then nothing more (as an agent's stream
+/// stays open until something changes).
 #[derive(Debug)]
 struct Echo {
     response: JwtsvidResponse,
+    x509: X509svidResponse,
 }
 
 type Never<T> = futures::stream::Empty<Result<T, Status>>;
+type OneThenOpen<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl SpiffeWorkloadApi for Echo {
-    type FetchX509SVIDStream = Never<X509svidResponse>;
+    type FetchX509SVIDStream = OneThenOpen<X509svidResponse>;
     type FetchX509BundlesStream = Never<X509BundlesResponse>;
     type FetchJWTBundlesStream = Never<JwtBundlesResponse>;
 
@@ -123,7 +163,11 @@ impl SpiffeWorkloadApi for Echo {
         &self,
         _: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        Err(Status::unimplemented("echo"))
+        use futures::StreamExt;
+        let first = futures::stream::once(futures::future::ready(Ok(self.x509.clone())));
+        Ok(Response::new(Box::pin(
+            first.chain(futures::stream::pending()),
+        )))
     }
 
     async fn fetch_x509_bundles(
@@ -163,11 +207,13 @@ pub struct EchoServer {
 }
 
 /// Starts the echo server on `socket` (on the current runtime), answering
-/// FetchJWTSVID with one SVID carrying `spiffe_id` and `token`.
+/// FetchJWTSVID with one SVID carrying `spiffe_id` and `token`, and
+/// FetchX509SVID with `x509`.
 pub async fn start_echo(
     socket: PathBuf,
     spiffe_id: &str,
     token: &str,
+    x509: X509svidResponse,
 ) -> anyhow::Result<EchoServer> {
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("binding {}", socket.display()))?;
@@ -179,6 +225,7 @@ pub async fn start_echo(
                 hint: String::new(),
             }],
         },
+        x509,
     };
     let (stop, mut stopped) = watch::channel(false);
     tokio::spawn(async move {
