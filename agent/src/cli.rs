@@ -28,8 +28,14 @@ pub enum Command {
         /// Path of agent.toml.
         #[arg(long, short, env = "LANYARD_AGENT_CONFIG")]
         config: PathBuf,
-        /// Single-use token to attest with when no agent SVID is stored yet.
-        #[arg(long, env = "LANYARD_JOIN_TOKEN")]
+        /// A file (mode 0600) holding the single-use token to attest with when
+        /// no agent SVID is stored yet. The token itself may also come from the
+        /// environment (LANYARD_JOIN_TOKEN) or server.join_token(_file).
+        #[arg(long, env = "LANYARD_JOIN_TOKEN_FILE")]
+        join_token_file: Option<PathBuf>,
+        /// Refused: a token on the command line is in /proc/<pid>/cmdline,
+        /// readable by every local user, who could redeem it first.
+        #[arg(long, hide = true)]
         join_token: Option<String>,
     },
     /// Talk to a running agent's Workload API as this process.

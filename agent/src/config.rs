@@ -30,6 +30,39 @@ fn invalid(key: &str, message: impl ToString) -> ConfigError {
     }
 }
 
+/// Where the join token comes from. A file is read only when the agent has
+/// no SVID to use, so it may be removed after the first attestation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinToken {
+    Value(String),
+    File(PathBuf),
+}
+
+impl JoinToken {
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            Self::Value(token) => Ok(token.clone()),
+            Self::File(path) => read_join_token_file(path),
+        }
+    }
+}
+
+/// The join token in `path`: a file only its owner may read (0600 or
+/// stricter), since whoever reads the token first can attest as this node.
+pub fn read_join_token_file(path: &Path) -> Result<String, String> {
+    let bytes = lanyard_proto::fsutil::read_private_file(path)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} does not exist", path.display()))?;
+    let token = String::from_utf8(bytes)
+        .map_err(|_| format!("{} is not UTF-8 text", path.display()))?
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(token)
+}
+
 /// How the agent reaches its server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerConnection {
@@ -42,7 +75,7 @@ pub enum ServerConnection {
         /// PEM of the trust domain's CA, which authenticates the server.
         trust_bundle: PathBuf,
         /// Used only when no agent SVID is stored in `data_dir` yet.
-        join_token: Option<String>,
+        join_token: Option<JoinToken>,
     },
 }
 
@@ -86,6 +119,7 @@ struct RawServer {
     address: Option<String>,
     trust_bundle: Option<PathBuf>,
     join_token: Option<String>,
+    join_token_file: Option<PathBuf>,
     request_timeout_seconds: Option<u32>,
 }
 
@@ -175,10 +209,29 @@ impl AgentConfig {
                         "is required with server.address: the server is never trusted on first use",
                     )
                 })?;
+                let join_token = match (raw.server.join_token, raw.server.join_token_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(
+                            "server.join_token_file",
+                            "give either server.join_token or server.join_token_file, not both",
+                        ));
+                    }
+                    (Some(token), None) => {
+                        Some(token).filter(|t| !t.is_empty()).map(JoinToken::Value)
+                    }
+                    (None, Some(path)) if path.is_absolute() => Some(JoinToken::File(path)),
+                    (None, Some(_)) => {
+                        return Err(invalid(
+                            "server.join_token_file",
+                            "must be an absolute path",
+                        ));
+                    }
+                    (None, None) => None,
+                };
                 ServerConnection::Remote {
                     address,
                     trust_bundle,
-                    join_token: raw.server.join_token.filter(|t| !t.is_empty()),
+                    join_token,
                 }
             }
         };
@@ -271,7 +324,7 @@ mod tests {
             ServerConnection::Remote {
                 address: "server:8081".into(),
                 trust_bundle: "/etc/lanyard/ca.pem".into(),
-                join_token: Some("abc".into()),
+                join_token: Some(JoinToken::Value("abc".into())),
             }
         );
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/a"));

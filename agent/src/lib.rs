@@ -24,12 +24,11 @@ use std::time::Duration;
 
 use lanyard_proto::transport::{self, SocketError};
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
-use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::attestor::peer::{self, ConnectionLimiter, ConnectionLimits};
+use crate::attestor::peer::{self, WorkloadLimiter};
 use crate::attestor::unix::UnixAttestor;
 use crate::config::{AgentConfig, ServerConnection};
 use crate::jwt_issuer::JwtSvidIssuer;
@@ -40,6 +39,7 @@ use crate::state::SyncedState;
 use crate::workload_api::WorkloadService;
 use crate::x509_svids::X509SvidCache;
 use futures::FutureExt;
+use lanyard_proto::transport::limits::{self, ConnectionLimiter};
 
 /// Workload API socket mode: every local process may connect; who gets what is
 /// decided per call from the caller's kernel credentials.
@@ -50,8 +50,6 @@ const WORKLOAD_SOCKET_DIR_MODE: u32 = 0o755;
 /// dropped and its place among the capped connections given back.
 const WORKLOAD_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const WORKLOAD_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// The open-files limit assumed when it cannot be read (Linux's default soft limit).
-const DEFAULT_OPEN_FILES: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -97,35 +95,13 @@ impl RunningAgent {
     }
 }
 
-/// Raises the soft limit on open files to the hard one (every Workload API
-/// connection holds descriptors) and returns the soft limit now in force.
-fn raise_open_files_limit() -> u64 {
-    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok(limits) => limits,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the open-files limit");
-            return DEFAULT_OPEN_FILES;
-        }
-    };
-    if soft >= hard {
-        return soft;
-    }
-    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-        Ok(()) => hard,
-        Err(e) => {
-            tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
-            soft
-        }
-    }
-}
-
 /// Serves `service` on `listener` until `shutdown`: connections capped by
 /// `limiter`, each caller identified at accept (its executable recorded
 /// when `record_exe`).
 fn serve_workload_api(
     service: WorkloadService,
     listener: UnixListener,
-    limiter: Arc<ConnectionLimiter>,
+    limiter: Arc<WorkloadLimiter>,
     record_exe: bool,
     shutdown: impl Future<Output = ()>,
 ) -> impl Future<Output = Result<(), AgentError>> {
@@ -144,9 +120,9 @@ fn serve_workload_api(
 /// Syncs once with the server (so a running agent can answer at once), then
 /// serves the Workload API and keeps syncing.
 pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
-    let limits = ConnectionLimits::for_open_files(raise_open_files_limit());
+    let limits = peer::limits_for_open_files(limits::raise_open_files_limit());
     tracing::debug!(
-        per_uid = limits.per_uid,
+        per_uid = limits.per_peer,
         total = limits.total,
         "Workload API connection limits"
     );
@@ -161,8 +137,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         } => {
             let endpoint = ServerEndpoint::new(address, trust_bundle)?;
             let creds =
-                node_identity::establish(&endpoint, &config.data_dir, join_token.as_deref())
-                    .await?;
+                node_identity::establish(&endpoint, &config.data_dir, join_token.as_ref()).await?;
             let client = ServerClient::over(node_client::channel(&endpoint, Some(&creds))?);
             let renewal = node_identity::renew_forever(
                 endpoint,
@@ -232,7 +207,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     tasks.spawn(serve_workload_api(
         service,
         listener,
-        ConnectionLimiter::new(limits),
+        ConnectionLimiter::new("Workload API", limits),
         record_exe,
         async move {
             let _ = serve_shutdown.changed().await;
@@ -253,6 +228,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
 mod tests {
     use super::*;
     use crate::workload_client::WorkloadClient;
+    use lanyard_proto::transport::limits::ConnectionLimits;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixStream;
     use tonic::Code;
@@ -325,10 +301,13 @@ mod tests {
             lanyard_proto::TrustDomain::new("example.org")?,
             None,
         );
-        let limiter = ConnectionLimiter::new(ConnectionLimits {
-            per_uid: CAP,
-            total: 100,
-        });
+        let limiter = ConnectionLimiter::new(
+            "Workload API",
+            ConnectionLimits {
+                per_peer: CAP,
+                total: 100,
+            },
+        );
         let (stop, mut stopped) = watch::channel(false);
         let serving = tokio::spawn(serve_workload_api(
             service,
@@ -347,20 +326,20 @@ mod tests {
         for _ in 1..CAP {
             idle.push(served_raw(&socket).await?);
         }
-        assert_eq!(limiter.open_of(uid), CAP);
+        assert_eq!(limiter.open_of(&uid), CAP);
 
         let excess = UnixStream::connect(&socket).await?;
         assert!(
             closed_unanswered(excess).await?,
             "a connection over the cap was served"
         );
-        assert_eq!(limiter.open_of(uid), CAP);
+        assert_eq!(limiter.open_of(&uid), CAP);
         served_call(&mut client).await?;
 
         // Closing one frees its place once the server has noticed.
         drop(idle.pop());
         let freed = tokio::time::timeout(PATIENCE, async {
-            while limiter.open_of(uid) >= CAP {
+            while limiter.open_of(&uid) >= CAP {
                 tokio::task::yield_now().await;
             }
         })

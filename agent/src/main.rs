@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use lanyard_agent::cli::{self, Cli, Command};
-use lanyard_agent::config::{AgentConfig, ServerConnection};
+use lanyard_agent::config::{AgentConfig, JoinToken, ServerConnection, read_join_token_file};
 use lanyard_proto::daemon;
 
 /// Client commands run inside other tools (the AWS CLI shows a
@@ -23,15 +23,39 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config, join_token } => {
+        Command::Run {
+            config,
+            join_token_file,
+            join_token,
+        } => {
+            if join_token.is_some() {
+                anyhow::bail!(
+                    "--join-token is refused: a token on the command line is in the process list, \
+                     where any local user can read it and attest as this node first (consider this \
+                     one seen and generate a new one); give it with --join-token-file (mode 0600), \
+                     LANYARD_JOIN_TOKEN or server.join_token_file"
+                );
+            }
             let mut config = AgentConfig::load(&config)?;
-            match (join_token, &mut config.server) {
+            let given = match (join_token_file, std::env::var("LANYARD_JOIN_TOKEN")) {
+                (Some(path), _) => {
+                    // Checked now, so a wrong path or mode fails at once.
+                    read_join_token_file(&path)
+                        .map_err(|e| anyhow::anyhow!("--join-token-file: {e}"))?;
+                    Some(JoinToken::File(path))
+                }
+                (None, Ok(token)) if !token.trim().is_empty() => {
+                    Some(JoinToken::Value(token.trim().to_owned()))
+                }
+                (None, _) => None,
+            };
+            match (given, &mut config.server) {
                 (Some(token), ServerConnection::Remote { join_token, .. }) => {
                     *join_token = Some(token)
                 }
                 (Some(_), ServerConnection::Local { .. }) => {
                     anyhow::bail!(
-                        "--join-token is for a remote server (server.address); this config names server.node_socket"
+                        "a join token is for a remote server (server.address); this config names server.node_socket"
                     )
                 }
                 (None, _) => {}

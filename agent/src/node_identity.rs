@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+use crate::config::JoinToken;
 use crate::node_client::{self, AgentCredentials, NodeClientError, ServerEndpoint};
 use crate::server_client::ServerClient;
 
@@ -17,8 +18,12 @@ const RENEW_RETRY: Duration = Duration::from_secs(30);
 pub enum NodeIdentityError {
     #[error(transparent)]
     Node(#[from] NodeClientError),
-    #[error("no agent SVID in {0} and no join token: give server.join_token or --join-token")]
+    #[error(
+        "no agent SVID in {0} and no join token: give server.join_token_file, --join-token-file or LANYARD_JOIN_TOKEN"
+    )]
     NotAttested(PathBuf),
+    #[error("join token: {0}")]
+    JoinToken(String),
     #[error("the agent SVID in {0} has expired and no join token was given to attest again")]
     Expired(PathBuf),
     #[error("the server did not answer within {} s", .0.as_secs())]
@@ -37,7 +42,7 @@ fn now() -> i64 {
 pub async fn establish(
     server: &ServerEndpoint,
     data_dir: &Path,
-    join_token: Option<&str>,
+    join_token: Option<&JoinToken>,
 ) -> Result<AgentCredentials, NodeIdentityError> {
     let stored = AgentCredentials::load(data_dir)?;
     match (stored, join_token) {
@@ -46,7 +51,8 @@ pub async fn establish(
             Ok(creds)
         }
         (stored, Some(token)) => {
-            let creds = node_client::attest(server, token).await?;
+            let token = token.read().map_err(NodeIdentityError::JoinToken)?;
+            let creds = node_client::attest(server, &token).await?;
             creds.save(data_dir)?;
             let action = if stored.is_some() {
                 "re-attested"

@@ -10,6 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub mod authority;
+pub mod limits;
 pub use authority::AuthorityBlind;
 
 #[derive(Debug, thiserror::Error)]

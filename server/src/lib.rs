@@ -26,13 +26,11 @@ use std::sync::Arc;
 
 use lanyard_proto::admin::admin_server::AdminServer;
 use lanyard_proto::node::node_server::NodeServer;
-use lanyard_proto::transport::{self, AuthorityBlind, SocketError};
+use lanyard_proto::transport::{self, SocketError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::authority::Authority;
 use crate::config::ServerConfig;
@@ -217,6 +215,11 @@ pub async fn start_with_listener(
         },
     );
 
+    let limiters = listener::Limiters::for_open_files(
+        transport::limits::raise_open_files_limit(),
+        config.oidc.plain_http,
+    );
+    tracing::debug!(?limiters, "connection caps");
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let acceptor = tls
@@ -227,6 +230,7 @@ pub async fn start_with_listener(
             oidc_listener,
             acceptor,
             documents.clone(),
+            limiters.oidc.clone(),
             shutdown_rx.clone(),
         )
         .then_ok(),
@@ -243,6 +247,7 @@ pub async fn start_with_listener(
             node_tls::accept(
                 listener,
                 acceptor.clone(),
+                limiters.node_tls.clone(),
                 connections_tx,
                 shutdown_rx.clone(),
             )
@@ -255,6 +260,8 @@ pub async fn start_with_listener(
         let mut tls_shutdown = shutdown_rx.clone();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(listener::KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(listener::KEEPALIVE_TIMEOUT))
                 .add_service(NodeServer::from_arc(service))
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::ReceiverStream::new(connections_rx),
@@ -268,12 +275,14 @@ pub async fn start_with_listener(
     }
     let shutdown_rx_admin = shutdown_rx.clone();
     let mut node_shutdown = shutdown_rx;
+    let node_limiter = limiters.node_socket.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(listener::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(listener::KEEPALIVE_TIMEOUT))
             .add_service(NodeServer::from_arc(node_service.clone()))
             .serve_with_incoming_shutdown(
-                UnixListenerStream::new(node_listener)
-                    .map(|accepted| accepted.map(AuthorityBlind::new)),
+                listener::unix_incoming(node_listener, "Node API socket", node_limiter),
                 async move {
                     let _ = node_shutdown.changed().await;
                 },
@@ -282,12 +291,14 @@ pub async fn start_with_listener(
             .map_err(|e| ServerError::Task("Node API", e.to_string()))
     });
     let mut admin_shutdown = shutdown_rx_admin;
+    let admin_limiter = limiters.admin_socket.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(listener::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(listener::KEEPALIVE_TIMEOUT))
             .add_service(AdminServer::new(admin_service))
             .serve_with_incoming_shutdown(
-                UnixListenerStream::new(admin_listener)
-                    .map(|accepted| accepted.map(AuthorityBlind::new)),
+                listener::unix_incoming(admin_listener, "Admin API", admin_limiter),
                 async move {
                     let _ = admin_shutdown.changed().await;
                 },

@@ -6,6 +6,7 @@
 //! handshake, and an HTTP/2 connection can outlive the certificate).
 
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::RwLock;
@@ -13,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use lanyard_proto::SpiffeId;
+use lanyard_proto::transport::limits::{ConnectionLimiter, ConnectionPermit};
 use rcgen::KeyPair;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -79,6 +81,8 @@ pub struct NodeConnectInfo {
 pub struct NodeTlsStream {
     inner: TlsStream<TcpStream>,
     info: NodeConnectInfo,
+    /// Its place among the Node API's connections, given back when it closes.
+    _permit: ConnectionPermit<IpAddr>,
 }
 
 impl Connected for NodeTlsStream {
@@ -239,26 +243,35 @@ pub async fn maintain(
 pub async fn accept(
     listener: TcpListener,
     acceptor: Arc<SharedAcceptor>,
+    limiter: Arc<ConnectionLimiter<IpAddr>>,
     connections: mpsc::Sender<io::Result<NodeTlsStream>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    listener::accept_loop(listener, "Node API", shutdown, |tcp, peer| {
-        let (acceptor, connections) = (acceptor.clone(), connections.clone());
-        async move {
-            let Some(tls) = listener::handshake(&acceptor.current(), tcp, peer, "Node API").await
-            else {
-                return;
-            };
-            let leaf: Option<&CertificateDer<'_>> =
-                tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-            let peer_svid = leaf.and_then(|cert| PeerSvid::from_certificate(cert));
-            let stream = NodeTlsStream {
-                inner: tls,
-                info: NodeConnectInfo { peer: peer_svid },
-            };
-            let _ = connections.send(Ok(stream)).await;
-        }
-    })
+    listener::accept_loop(
+        listener,
+        "Node API",
+        limiter,
+        shutdown,
+        |tcp, peer, permit| {
+            let (acceptor, connections) = (acceptor.clone(), connections.clone());
+            async move {
+                let Some(tls) =
+                    listener::handshake(&acceptor.current(), tcp, peer, "Node API").await
+                else {
+                    return;
+                };
+                let leaf: Option<&CertificateDer<'_>> =
+                    tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                let peer_svid = leaf.and_then(|cert| PeerSvid::from_certificate(cert));
+                let stream = NodeTlsStream {
+                    inner: tls,
+                    info: NodeConnectInfo { peer: peer_svid },
+                    _permit: permit,
+                };
+                let _ = connections.send(Ok(stream)).await;
+            }
+        },
+    )
     .await;
 }
 

@@ -2,16 +2,19 @@
 //! and the JWKS it points to, over HTTPS, for cloud STSs to fetch.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use lanyard_proto::Jwks;
+use lanyard_proto::transport::limits::ConnectionLimiter;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -139,24 +142,41 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
+/// A client must send a whole request head within this (and the next one
+/// on a kept-alive connection, so it is also the idle timeout).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// No connection lives longer: a cloud fetches two small documents.
+const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Serves the documents on `listener` until `shutdown` changes: over TLS
 /// when given an acceptor, else plain HTTP (behind a TLS-terminating proxy).
+/// HTTP/1.1 only: what the clouds' fetchers speak, and less to defend.
 pub async fn serve(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     documents: Arc<SharedDocuments>,
+    limiter: Arc<ConnectionLimiter<IpAddr>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    listener::accept_loop(listener, "OIDC", shutdown, |tcp, peer| {
+    listener::accept_loop(listener, "OIDC", limiter, shutdown, |tcp, peer, permit| {
         let (acceptor, documents) = (acceptor.clone(), documents.clone());
         async move {
-            match acceptor {
-                None => serve_connection(tcp, documents, peer).await,
-                Some(acceptor) => {
-                    if let Some(tls) = listener::handshake(&acceptor, tcp, peer, "OIDC").await {
-                        serve_connection(tls, documents, peer).await;
+            let _permit = permit;
+            let served = async {
+                match acceptor {
+                    None => serve_connection(tcp, documents, peer).await,
+                    Some(acceptor) => {
+                        if let Some(tls) = listener::handshake(&acceptor, tcp, peer, "OIDC").await {
+                            serve_connection(tls, documents, peer).await;
+                        }
                     }
                 }
+            };
+            if tokio::time::timeout(MAX_CONNECTION_LIFETIME, served)
+                .await
+                .is_err()
+            {
+                tracing::debug!(%peer, "OIDC connection closed at its lifetime limit");
             }
         }
     })
@@ -171,7 +191,9 @@ where
         let response = documents.current().respond(&request);
         async move { Ok::<_, Infallible>(response) }
     });
-    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+    if let Err(e) = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(io), service)
         .await
     {

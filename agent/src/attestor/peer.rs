@@ -9,17 +9,18 @@
 //! connections could use up the agent's descriptors, after which it could
 //! neither accept nor read /proc nor reach its server.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::os::fd::AsFd;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use futures::Stream;
 use lanyard_proto::transport::AuthorityBlind;
+use lanyard_proto::transport::limits::{
+    AcceptErrors, ConnectionLimiter, ConnectionLimits, ConnectionPermit,
+};
 use nix::sys::socket::{UnixCredentials, getsockopt, sockopt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
@@ -38,11 +39,6 @@ pub const MAX_CONNECTIONS: usize = 16_384;
 const FDS_PER_CONNECTION: u64 = 2;
 /// Descriptors kept for everything else: the server channel, /proc reads, logs.
 const RESERVED_FDS: u64 = 256;
-/// After a failed accept (EMFILE above all) the listener stays readable;
-/// retrying at once would spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// Refused connections are logged as warnings at most this often per uid.
-const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What `SO_PEERCRED` told us about the process on the other end of the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,133 +98,19 @@ fn identify(
     })
 }
 
-/// How many Workload API connections may be open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    pub per_uid: usize,
-    pub total: usize,
+/// The Workload API's caps: the defaults, lowered so that connections fit
+/// in `open_files` (the soft RLIMIT_NOFILE) with room to spare.
+pub fn limits_for_open_files(open_files: u64) -> ConnectionLimits {
+    ConnectionLimits::within(
+        MAX_CONNECTIONS_PER_UID,
+        MAX_CONNECTIONS,
+        open_files.saturating_sub(RESERVED_FDS),
+        FDS_PER_CONNECTION,
+    )
 }
 
-impl ConnectionLimits {
-    /// The default caps, lowered so that connections fit in `open_files`
-    /// (the soft RLIMIT_NOFILE) with room to spare.
-    pub fn for_open_files(open_files: u64) -> Self {
-        let fit = open_files.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION;
-        let total = usize::try_from(fit)
-            .unwrap_or(usize::MAX)
-            .clamp(1, MAX_CONNECTIONS);
-        Self {
-            per_uid: MAX_CONNECTIONS_PER_UID.min(total),
-            total,
-        }
-    }
-}
-
-/// Counts open connections; a connection is admitted with a
-/// [`ConnectionPermit`], which gives its place back when dropped.
-#[derive(Debug)]
-pub struct ConnectionLimiter {
-    limits: ConnectionLimits,
-    open: Mutex<OpenConnections>,
-}
-
-#[derive(Debug, Default)]
-struct OpenConnections {
-    total: usize,
-    by_uid: HashMap<u32, usize>,
-    /// When a refusal of each uid was last logged as a warning.
-    warned: HashMap<u32, Instant>,
-}
-
-/// Why a connection was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    Uid,
-    Total,
-}
-
-impl ConnectionLimiter {
-    pub fn new(limits: ConnectionLimits) -> Arc<Self> {
-        Arc::new(Self {
-            limits,
-            open: Mutex::new(OpenConnections::default()),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, OpenConnections> {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A place for one more connection of `uid`, or None (logged) when
-    /// `uid` or everyone together already holds the most allowed.
-    pub fn try_acquire(self: &Arc<Self>, uid: u32) -> Option<ConnectionPermit> {
-        let (refusal, warn) = {
-            let mut open = self.lock();
-            let of_uid = open.by_uid.get(&uid).copied().unwrap_or(0);
-            let refusal = if of_uid >= self.limits.per_uid {
-                Refusal::Uid
-            } else if open.total >= self.limits.total {
-                Refusal::Total
-            } else {
-                open.total += 1;
-                *open.by_uid.entry(uid).or_default() += 1;
-                return Some(ConnectionPermit {
-                    limiter: self.clone(),
-                    uid,
-                });
-            };
-            let now = Instant::now();
-            open.warned
-                .retain(|_, at| now.duration_since(*at) < REFUSAL_WARNING_INTERVAL);
-            let warn = !open.warned.contains_key(&uid);
-            if warn {
-                open.warned.insert(uid, now);
-            }
-            (refusal, warn)
-        };
-        // Logged outside the lock; warnings are rate-limited so that a
-        // caller retrying in a loop cannot flood the log.
-        match (refusal, warn) {
-            (Refusal::Uid, true) => tracing::warn!(
-                uid,
-                limit = self.limits.per_uid,
-                "Workload API connection refused: this uid already holds the most connections allowed per uid"
-            ),
-            (Refusal::Total, true) => tracing::warn!(
-                uid,
-                limit = self.limits.total,
-                "Workload API connection refused: the agent already holds the most connections allowed"
-            ),
-            (_, false) => tracing::debug!(uid, ?refusal, "Workload API connection refused"),
-        }
-        None
-    }
-
-    #[cfg(test)]
-    pub(crate) fn open_of(&self, uid: u32) -> usize {
-        self.lock().by_uid.get(&uid).copied().unwrap_or(0)
-    }
-}
-
-/// One admitted connection's place, held by its [`PeerStream`].
-#[derive(Debug)]
-pub struct ConnectionPermit {
-    limiter: Arc<ConnectionLimiter>,
-    uid: u32,
-}
-
-impl Drop for ConnectionPermit {
-    fn drop(&mut self) {
-        let mut open = self.limiter.lock();
-        open.total = open.total.saturating_sub(1);
-        if let Some(count) = open.by_uid.get_mut(&self.uid) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.by_uid.remove(&self.uid);
-            }
-        }
-    }
-}
+/// Workload API connections, counted per uid.
+pub type WorkloadLimiter = ConnectionLimiter<u32>;
 
 /// A Unix stream with its peer identified and its place among the open
 /// connections; the place is given back when the stream is dropped.
@@ -238,7 +120,7 @@ pub struct PeerStream {
     /// on a Unix socket and which h2 would refuse in the forms many clients send.
     stream: AuthorityBlind<UnixStream>,
     info: PeerInfo,
-    _permit: ConnectionPermit,
+    _permit: ConnectionPermit<u32>,
 }
 
 impl PeerStream {
@@ -247,7 +129,7 @@ impl PeerStream {
     /// selectors are on, so the caller's executable is recorded.
     pub fn admit(
         stream: UnixStream,
-        limiter: &Arc<ConnectionLimiter>,
+        limiter: &Arc<WorkloadLimiter>,
         record_exe: bool,
     ) -> Option<Self> {
         let cred = match getsockopt(&stream.as_fd(), sockopt::PeerCredentials) {
@@ -276,13 +158,13 @@ impl PeerStream {
 /// identified as it is accepted; refused ones are closed and skipped.
 pub fn incoming(
     listener: UnixListener,
-    limiter: Arc<ConnectionLimiter>,
+    limiter: Arc<WorkloadLimiter>,
     record_exe: bool,
 ) -> impl Stream<Item = Result<PeerStream, Infallible>> {
     futures::stream::unfold(listener, move |listener| {
         let limiter = limiter.clone();
         async move {
-            let mut failing = false;
+            let mut errors = AcceptErrors::new("Workload API");
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
@@ -290,13 +172,7 @@ pub fn incoming(
                             return Some((Ok(admitted), listener));
                         }
                     }
-                    Err(e) => {
-                        if !failing {
-                            tracing::warn!(error = %e, "accepting a Workload API connection failed; retrying");
-                        }
-                        failing = true;
-                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    }
+                    Err(e) => errors.pause(&e).await,
                 }
             }
         }
@@ -355,39 +231,14 @@ impl AsyncWrite for PeerStream {
 mod tests {
     use super::*;
 
-    /// Each uid has its own share; all of them together share the total;
-    /// dropped permits give their places back.
-    #[test]
-    fn caps_per_uid_and_in_total() {
-        let limiter = ConnectionLimiter::new(ConnectionLimits {
-            per_uid: 2,
-            total: 3,
-        });
-        let a1 = limiter.try_acquire(1000);
-        let a2 = limiter.try_acquire(1000);
-        assert!(a1.is_some() && a2.is_some());
-        assert!(limiter.try_acquire(1000).is_none(), "over uid 1000's share");
-        let b1 = limiter.try_acquire(1001);
-        assert!(b1.is_some(), "another uid has its own share");
-        assert!(limiter.try_acquire(1002).is_none(), "over the total");
-        drop(a1);
-        assert_eq!(limiter.open_of(1000), 1);
-        let again = limiter.try_acquire(1000);
-        assert!(again.is_some());
-        drop((a2, again, b1));
-        assert_eq!(limiter.open_of(1000), 0);
-        assert_eq!(limiter.lock().total, 0);
-        assert!(limiter.lock().by_uid.is_empty());
-    }
-
     #[test]
     fn limits_fit_the_open_files_limit() {
-        let small = ConnectionLimits::for_open_files(1024);
+        let small = limits_for_open_files(1024);
         assert_eq!(small.total, (1024 - 256) / 2);
-        assert_eq!(small.per_uid, MAX_CONNECTIONS_PER_UID);
-        let large = ConnectionLimits::for_open_files(1 << 20);
+        assert_eq!(small.per_peer, small.total / 4);
+        let large = limits_for_open_files(1 << 20);
         assert_eq!(large.total, MAX_CONNECTIONS);
-        let tiny = ConnectionLimits::for_open_files(100);
-        assert_eq!((tiny.total, tiny.per_uid), (1, 1));
+        let tiny = limits_for_open_files(100);
+        assert_eq!((tiny.total, tiny.per_peer), (1, 1));
     }
 }

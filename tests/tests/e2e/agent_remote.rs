@@ -2,6 +2,7 @@
 //! from `lanyard-server token generate`, mTLS to the server, an SVID kept in
 //! the agent's data dir across restarts, and eviction taking effect.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -98,8 +99,8 @@ fn agent_attests_once_and_survives_restarts_until_evicted() -> anyhow::Result<()
         command
             .args(["run", "--config", agent_toml.to_str().unwrap_or_default()])
             .env("RUST_LOG", "info");
-        if let Some(token) = join_token {
-            command.args(["--join-token", token]);
+        if let Some(token_file) = join_token {
+            command.args(["--join-token-file", token_file]);
         }
         Daemon::start(command, "lanyard-agent", "Workload API listening")
     };
@@ -111,7 +112,34 @@ fn agent_attests_once_and_survives_restarts_until_evicted() -> anyhow::Result<()
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("join token"));
 
-    let agent = start_agent(Some(&token))?;
+    // On the command line a token is readable by every local user in
+    // /proc/<pid>/cmdline: refused before anything is redeemed.
+    let on_argv = Command::new(AGENT)
+        .args(["run", "--config", agent_toml.to_str().unwrap_or_default()])
+        .args(["--join-token", &token])
+        .output()?;
+    assert!(!on_argv.status.success());
+    let said = String::from_utf8_lossy(&on_argv.stderr);
+    assert!(
+        said.contains("process list") && said.contains("--join-token-file"),
+        "{said}"
+    );
+    // A token file others may read is refused too.
+    let token_file = dir.path().join("join-token");
+    std::fs::write(&token_file, format!("{token}\n"))?;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644))?;
+    let token_path = token_file.to_str().unwrap_or_default();
+    let loose = Command::new(AGENT)
+        .args(["run", "--config", agent_toml.to_str().unwrap_or_default()])
+        .args(["--join-token-file", token_path])
+        .output()?;
+    assert!(!loose.status.success());
+    let said = String::from_utf8_lossy(&loose.stderr);
+    assert!(said.contains("--join-token-file"), "{said}");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
+
+    // The token survived both refusals: it attests now.
+    let agent = start_agent(Some(token_path))?;
     let agents = admin(dir.path(), &["agent", "list"])?;
     assert_eq!(agents[0]["spiffe_id"], AGENT_ID);
     admin(

@@ -188,14 +188,13 @@ async fn bad_requests_get_the_spec_status_codes() -> anyhow::Result<()> {
         "{via_spiffe_crate:?}"
     );
 
-    // X.509-SVIDs do not exist yet: Unimplemented, not a hang or a fake.
+    // X509-SVIDs need the header too (x509_svids.rs tests what they serve).
     let mut raw = SpiffeWorkloadApiClient::new(unix_channel(&world.agent.socket));
-    let mut request = tonic::Request::new(X509svidRequest {});
-    request
-        .metadata_mut()
-        .insert(WORKLOAD_API_HEADER, "true".parse()?);
-    let x509 = raw.fetch_x509svid(request).await.map(|_| ());
-    assert_eq!(x509.map_err(|s| s.code()), Err(Code::Unimplemented));
+    let x509 = raw
+        .fetch_x509svid(tonic::Request::new(X509svidRequest {}))
+        .await
+        .map(|_| ());
+    assert_eq!(x509.map_err(|s| s.code()), Err(Code::InvalidArgument));
 
     // Bundles need the header too.
     let bundles = raw

@@ -83,7 +83,8 @@ impl AgentProcess {
         let mut command = Command::new(binary);
         command.arg("run").arg("--config").arg(config);
         if let Some(token) = join_token {
-            command.arg("--join-token").arg(token);
+            // The environment, not argv: a token on the command line is refused.
+            command.env("LANYARD_JOIN_TOKEN", token);
         }
         let child = command
             .env("RUST_LOG", "info")
