@@ -3,6 +3,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -16,6 +18,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Daemon {
     child: Child,
     name: String,
+    /// Bytes the daemon has written to stderr (its log) so far.
+    logged: Arc<AtomicUsize>,
 }
 
 impl Daemon {
@@ -29,9 +33,12 @@ impl Daemon {
             .with_context(|| format!("spawning {name}"))?;
         let stderr = child.stderr.take().context("stderr is piped")?;
         let (lines_tx, lines_rx) = mpsc::channel();
+        let logged = Arc::new(AtomicUsize::new(0));
+        let counter = logged.clone();
         // Keeps draining stderr for the daemon's whole life so it never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                counter.fetch_add(line.len() + 1, Ordering::Relaxed);
                 let _ = lines_tx.send(line);
             }
         });
@@ -42,6 +49,7 @@ impl Daemon {
                     return Ok(Self {
                         child,
                         name: name.to_owned(),
+                        logged,
                     });
                 }
                 Ok(line) => seen.push(line),
@@ -55,6 +63,11 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Bytes the daemon has logged (to stderr) since it started.
+    pub fn logged_bytes(&self) -> usize {
+        self.logged.load(Ordering::Relaxed)
     }
 
     /// Asks the daemon to stop with SIGTERM and returns whether it exited cleanly.

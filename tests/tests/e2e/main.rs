@@ -16,6 +16,7 @@ mod cloud_emulators;
 mod cloud_exchange;
 mod foreign_clients;
 mod jwt_svid_e2e;
+mod listener_flood;
 mod node_attestation;
 mod oidc_endpoint;
 mod quickstart;
