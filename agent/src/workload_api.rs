@@ -455,9 +455,16 @@ impl SpiffeWorkloadApi for WorkloadService {
                 Status::unavailable("trust bundle not yet fetched from the server")
             })?;
         let keys = self.verifying_keys(&bundle);
-        let validated =
-            jwt_validate::validate_with(&body.svid, &body.audience, &keys, SystemTime::now())
-                .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
+        // The agent holds only its own trust domain's bundle: a token whose
+        // `sub` is in any other trust domain is refused.
+        let validated = jwt_validate::validate_with(
+            &body.svid,
+            &body.audience,
+            &self.trust_domain,
+            &keys,
+            SystemTime::now(),
+        )
+        .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
         Ok(Response::new(ValidateJwtsvidResponse {
             spiffe_id: validated.spiffe_id.to_string(),
             claims: Some(jwt_validate::to_struct(validated.claims)),
