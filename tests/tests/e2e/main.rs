@@ -20,4 +20,5 @@ mod listener_flood;
 mod node_attestation;
 mod oidc_endpoint;
 mod quickstart;
+mod validate_strict;
 mod x509_svids;
