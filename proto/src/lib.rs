@@ -1,5 +1,6 @@
 //! Lanyard's wire contract and the small types that both server and agent share.
 
+pub mod audience;
 pub mod claims;
 pub mod config_file;
 pub mod daemon;
@@ -13,7 +14,7 @@ pub mod transport;
 pub use claims::{JwtHeader, JwtSvidClaims};
 pub use jwks::{Jwk, Jwks};
 pub use selector::{Selector, SelectorError};
-pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use spiffe_id::{AssignError, SpiffeId, SpiffeIdError, TrustDomain};
 
 /// The SPIFFE Workload API (no protobuf package, as the standard requires).
 #[allow(clippy::all, missing_debug_implementations)]

@@ -35,6 +35,12 @@ pub enum SelectorError {
         "unknown selector {0:?}: known types are unix:uid, unix:gid, unix:user, unix:group, unix:supplementary_gid, unix:supplementary_group, unix:path, unix:sha256"
     )]
     Unknown(String),
+    /// A known selector whose value the attestor can never produce.
+    #[error("selector {selector:?} can never match: {rule}")]
+    BadValue {
+        selector: String,
+        rule: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,19 +78,26 @@ impl Selector {
         Self::new(kind, value)
     }
 
-    /// Parses a selector and checks that an attestor of this release produces it.
+    /// Parses a selector and checks that an attestor of this release produces
+    /// it, with a value of the form it produces: what an operator registers.
+    /// (`parse` stays lenient: it reads what attestors and the datastore hold.)
     pub fn parse_known(input: &str) -> Result<Self, SelectorError> {
         let selector = Self::parse(input)?;
-        let known = selector.kind == UNIX_SELECTOR_TYPE
-            && selector
-                .value
-                .split_once(':')
-                .is_some_and(|(key, v)| UNIX_SELECTOR_KEYS.contains(&key) && !v.is_empty());
-        if known {
-            Ok(selector)
-        } else {
-            Err(SelectorError::Unknown(input.to_owned()))
+        let Some((key, value)) = selector.value.split_once(':').filter(|(key, _)| {
+            selector.kind == UNIX_SELECTOR_TYPE && UNIX_SELECTOR_KEYS.contains(key)
+        }) else {
+            return Err(SelectorError::Unknown(input.to_owned()));
+        };
+        if value.is_empty() {
+            return Err(SelectorError::EmptyValue(input.to_owned()));
         }
+        unix_value_rule(key, value).map_or(Ok(()), |rule| {
+            Err(SelectorError::BadValue {
+                selector: input.to_owned(),
+                rule,
+            })
+        })?;
+        Ok(selector)
     }
 
     /// The attestor that produces it, e.g. `unix`.
@@ -96,6 +109,61 @@ impl Selector {
     pub fn value(&self) -> &str {
         &self.value
     }
+}
+
+/// Linux's PATH_MAX: no executable path the kernel reports is longer.
+const MAX_PATH_LEN: usize = 4096;
+
+/// The rule a non-empty `unix:<key>:<value>` breaks, if any: each value must
+/// be one the unix attestor could report, or the entry never matches.
+fn unix_value_rule(key: &str, value: &str) -> Option<&'static str> {
+    match key {
+        "uid" | "gid" | "supplementary_gid" => (!is_canonical_u32(value)).then_some(
+            "the value must be a decimal number from 0 to 4294967295, without sign, spaces or leading zeros",
+        ),
+        "sha256" => (value.len() != 64
+            || !value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then_some("the value must be exactly 64 lowercase hex digits (a SHA-256)"),
+        "path" => path_rule(value),
+        // user, group, supplementary_group: names from the passwd and group databases.
+        _ => value
+            .chars()
+            .any(char::is_control)
+            .then_some("the name must not contain control characters (NUL, CR, LF, ...)"),
+    }
+}
+
+/// What the attestor prints for an id: `0`, or digits without a leading zero, within u32.
+fn is_canonical_u32(value: &str) -> bool {
+    value.bytes().all(|b| b.is_ascii_digit())
+        && (value == "0" || !value.starts_with('0'))
+        && value.parse::<u32>().is_ok()
+}
+
+/// The kernel reports an executable's path absolute and normalised.
+fn path_rule(path: &str) -> Option<&'static str> {
+    if !path.starts_with('/') {
+        return Some("the path must be absolute (start with '/')");
+    }
+    if path.contains('\0') {
+        return Some("the path must not contain NUL");
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Some("the path must be at most 4096 bytes");
+    }
+    if path == "/" {
+        return None;
+    }
+    if path
+        .split('/')
+        .skip(1)
+        .any(|segment| matches!(segment, "" | "." | ".."))
+    {
+        return Some(
+            "the path must be normalised: no '.', '..' or empty segments and no trailing slash",
+        );
+    }
+    None
 }
 
 impl fmt::Display for Selector {
@@ -159,7 +227,6 @@ mod tests {
     #[test]
     fn known_selectors_are_the_unix_attestors() {
         assert!(Selector::parse_known("unix:uid:1000").is_ok());
-        assert!(Selector::parse_known("unix:sha256:ab12").is_ok());
         assert!(matches!(
             Selector::parse_known("k8s:ns:default"),
             Err(SelectorError::Unknown(_))
@@ -170,7 +237,105 @@ mod tests {
         ));
         assert!(matches!(
             Selector::parse_known("unix:uid:"),
-            Err(SelectorError::Unknown(_))
+            Err(SelectorError::EmptyValue(_))
         ));
+    }
+
+    #[test]
+    fn values_the_attestor_can_produce_are_accepted() {
+        let sha = "0123456789abcdef".repeat(4);
+        for good in [
+            "unix:uid:0".to_owned(),
+            "unix:uid:1000".to_owned(),
+            "unix:uid:4294967295".to_owned(),
+            "unix:gid:0".to_owned(),
+            "unix:supplementary_gid:27".to_owned(),
+            format!("unix:sha256:{sha}"),
+            "unix:path:/".to_owned(),
+            "unix:path:/usr/bin/python3.12".to_owned(),
+            "unix:path:/opt/my app/bin".to_owned(),
+            "unix:path:/a/..b/.c/d..".to_owned(),
+            "unix:user:root".to_owned(),
+            "unix:user:Dom User".to_owned(),
+            "unix:group:www-data".to_owned(),
+            "unix:supplementary_group:docker".to_owned(),
+        ] {
+            let parsed = Selector::parse_known(&good);
+            assert!(parsed.is_ok(), "{good:?}: {parsed:?}");
+        }
+    }
+
+    /// The examples, and each rule's edge: refused, naming selector and rule.
+    #[test]
+    fn values_that_can_never_match_are_refused() {
+        let long_path = format!("unix:path:/{}", "a".repeat(4096));
+        let cases: Vec<(String, &str)> = vec![
+            ("unix:uid:-1".into(), "decimal"),
+            ("unix:uid:+1".into(), "decimal"),
+            ("unix:uid:abc".into(), "decimal"),
+            ("unix:uid:99999999999".into(), "decimal"),
+            ("unix:uid:4294967296".into(), "decimal"),
+            ("unix:uid:1e3".into(), "decimal"),
+            ("unix:uid:01000".into(), "leading zeros"),
+            ("unix:uid:00".into(), "leading zeros"),
+            ("unix:uid: 1000".into(), "spaces"),
+            ("unix:uid:1000 ".into(), "spaces"),
+            ("unix:uid:1000\n".into(), "decimal"),
+            ("unix:uid:\u{0661}".into(), "decimal"),
+            ("unix:gid:xyz".into(), "decimal"),
+            ("unix:supplementary_gid:foo".into(), "decimal"),
+            ("unix:sha256:not-hex".into(), "64 lowercase hex"),
+            (
+                format!("unix:sha256:{}", "A".repeat(64)),
+                "64 lowercase hex",
+            ),
+            (
+                format!("unix:sha256:{}", "a".repeat(63)),
+                "64 lowercase hex",
+            ),
+            (
+                format!("unix:sha256:{}", "a".repeat(65)),
+                "64 lowercase hex",
+            ),
+            ("unix:path:relative/bin".into(), "absolute"),
+            ("unix:path:/a/../b".into(), "normalised"),
+            ("unix:path:/a/./b".into(), "normalised"),
+            ("unix:path:/a//b".into(), "normalised"),
+            ("unix:path:/usr/bin/".into(), "normalised"),
+            ("unix:path:/a\0b".into(), "NUL"),
+            (long_path, "4096"),
+            ("unix:user:root\0admin".into(), "control characters"),
+            ("unix:user:root\r\n".into(), "control characters"),
+            ("unix:group:wheel\u{7f}".into(), "control characters"),
+            (
+                "unix:supplementary_group:a\u{85}".into(),
+                "control characters",
+            ),
+        ];
+        for (input, rule) in cases {
+            match Selector::parse_known(&input) {
+                Err(e @ SelectorError::BadValue { .. }) => {
+                    let message = e.to_string();
+                    assert!(message.contains(rule), "{input:?}: {message}");
+                    assert!(
+                        message.contains(&format!("{input:?}")),
+                        "names the selector: {message}"
+                    );
+                    assert!(!message.contains('\n'), "one line: {message:?}");
+                }
+                other => panic!("{input:?} was not refused for its value: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            Selector::parse_known("unix:user:"),
+            Err(SelectorError::EmptyValue(_))
+        ));
+    }
+
+    /// What attestors report and the datastore holds is read as it is.
+    #[test]
+    fn parse_stays_lenient() {
+        assert!(Selector::parse("unix:sha256:ab12").is_ok());
+        assert!(Selector::parse("unix:uid:01000").is_ok());
     }
 }

@@ -50,6 +50,20 @@ pub enum SpiffeIdError {
     TooLong,
 }
 
+/// The first path segment of the IDs the system gives itself (its server,
+/// the local agent, agents attested with a join token): `/lanyard/...`.
+pub const SYSTEM_SEGMENT: &str = "lanyard";
+
+/// Why a valid SPIFFE ID may not be handed to a workload or an agent by an
+/// operator; the message reads after the ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssignError {
+    #[error("is the trust domain's own ID: a workload or agent ID needs a path")]
+    NoPath,
+    #[error("is under /lanyard/, which is reserved for the system (its server and agents)")]
+    Reserved,
+}
+
 /// The name of a trust domain, e.g. `example.org`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TrustDomain(String);
@@ -137,6 +151,25 @@ impl SpiffeId {
 
     pub fn is_member_of(&self, trust_domain: &TrustDomain) -> bool {
         self.trust_domain_name() == trust_domain.as_str()
+    }
+
+    /// True when the first path segment is `lanyard`: the system's IDs.
+    pub fn is_reserved(&self) -> bool {
+        self.path().split('/').nth(1) == Some(SYSTEM_SEGMENT)
+    }
+
+    /// May an operator give this ID to an entry or a join token? Not the
+    /// bare trust-domain ID (it names the bundle, not a workload) and not a
+    /// reserved one (a remote node holding the local agent's ID would get
+    /// every identity registered on the server's host).
+    pub fn check_assignable(&self) -> Result<(), AssignError> {
+        if self.path().is_empty() {
+            return Err(AssignError::NoPath);
+        }
+        if self.is_reserved() {
+            return Err(AssignError::Reserved);
+        }
+        Ok(())
     }
 }
 
@@ -403,6 +436,39 @@ mod tests {
             TrustDomain::new("Example"),
             Err(SpiffeIdError::BadTrustDomainChar('E'))
         );
+    }
+
+    #[test]
+    fn system_ids_and_the_bare_trust_domain_are_not_assignable() -> Result<(), SpiffeIdError> {
+        for reserved in [
+            "spiffe://example.org/lanyard",
+            "spiffe://example.org/lanyard/agent/local",
+            "spiffe://example.org/lanyard/server",
+            "spiffe://example.org/lanyard/agent/join_token/abc",
+        ] {
+            let id = SpiffeId::parse(reserved)?;
+            assert!(id.is_reserved(), "{reserved}");
+            assert_eq!(
+                id.check_assignable(),
+                Err(AssignError::Reserved),
+                "{reserved}"
+            );
+        }
+        assert_eq!(
+            SpiffeId::parse("spiffe://example.org")?.check_assignable(),
+            Err(AssignError::NoPath)
+        );
+        for fine in [
+            "spiffe://example.org/lanyardx",
+            "spiffe://example.org/lanyard-agent",
+            "spiffe://example.org/Lanyard/agent",
+            "spiffe://example.org/web/lanyard/agent/local",
+            "spiffe://lanyard/web",
+        ] {
+            let id = SpiffeId::parse(fine)?;
+            assert_eq!(id.check_assignable(), Ok(()), "{fine}");
+        }
+        Ok(())
     }
 
     #[test]
