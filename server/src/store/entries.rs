@@ -5,12 +5,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use aws_lc_rs::digest;
 use lanyard_proto::{Selector, SpiffeId};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::{Datastore, StoreError};
-use crate::entries::{EntrySpec, RegistrationEntry};
+use crate::entries::{EntrySpec, RegistrationEntry, hex};
 
 const COLUMNS: &str = "id, spiffe_id, parent_id, selectors, jwt_svid_ttl_seconds, admin, created_at, updated_at, revision, deleted, x509_svid_ttl_seconds, hint";
 
@@ -77,6 +78,102 @@ fn decode(row: &AnyRow) -> Result<Row_, StoreError> {
     })
 }
 
+/// The key of the unique index on live entries (migration 4): a SHA-256 of
+/// exactly what makes two entries identical, their SPIFFE ID, parent and
+/// stored selectors. A hash, because PostgreSQL cannot index a row of long IDs
+/// (2704 bytes at most) and SQLite has no hash function to index it with.
+fn identity_key(spiffe_id: &str, parent_id: &str, selectors_json: &str) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    // NUL separates: no SPIFFE ID holds one and JSON escapes it.
+    for part in [spiffe_id, parent_id, selectors_json] {
+        ctx.update(part.as_bytes());
+        ctx.update(b"\0");
+    }
+    hex(ctx.finish().as_ref())
+}
+
+fn spec_identity_key(spec: &EntrySpec) -> String {
+    identity_key(
+        spec.spiffe_id.as_str(),
+        spec.parent_id.as_str(),
+        &selectors_json(spec),
+    )
+}
+
+/// The id of a live entry other than `except` that is identical to `spec`, if any.
+async fn identical_entry(
+    tx: &mut Transaction<'static, Any>,
+    spec: &EntrySpec,
+    except: &str,
+) -> Result<Option<String>, StoreError> {
+    // By the columns, not the key: a server from before migration 4 (an HA
+    // peer mid-upgrade) writes entries without one.
+    let row = sqlx::query(
+        "SELECT id FROM registration_entries WHERE spiffe_id = $1 AND parent_id = $2 AND selectors = $3 AND deleted = 0 AND id <> $4",
+    )
+    .bind(spec.spiffe_id.as_str())
+    .bind(spec.parent_id.as_str())
+    .bind(selectors_json(spec))
+    .bind(except)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|row| row.try_get("id")).transpose()?)
+}
+
+fn duplicate_of(existing: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "an entry with this SPIFFE ID, parent and selectors already exists: {existing}"
+    ))
+}
+
+/// Migration 4, in its transaction: every live entry gets its identity key.
+/// Identical live entries (an update could make them before) keep the oldest;
+/// the others become tombstones of a new revision, so agents drop them.
+pub(super) async fn backfill_identity_keys(
+    tx: &mut Transaction<'static, Any>,
+) -> Result<(), StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, spiffe_id, parent_id, selectors FROM registration_entries WHERE deleted = 0 ORDER BY created_at, id",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut seen = HashSet::new();
+    let mut tombstone_revision = None;
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        let key = identity_key(
+            &row.try_get::<String, _>("spiffe_id")?,
+            &row.try_get::<String, _>("parent_id")?,
+            &row.try_get::<String, _>("selectors")?,
+        );
+        if seen.insert(key.clone()) {
+            sqlx::query("UPDATE registration_entries SET identity_key = $1 WHERE id = $2")
+                .bind(&key)
+                .bind(&id)
+                .execute(&mut **tx)
+                .await?;
+            continue;
+        }
+        let revision = match tombstone_revision {
+            Some(revision) => revision,
+            None => *tombstone_revision.insert(next_revision(tx).await?),
+        };
+        sqlx::query(
+            "UPDATE registration_entries SET deleted = 1, updated_at = $1, revision = $2 WHERE id = $3",
+        )
+        .bind(crate::authority::unix_seconds(std::time::SystemTime::now()))
+        .bind(revision)
+        .bind(&id)
+        .execute(&mut **tx)
+        .await?;
+        tracing::warn!(
+            id,
+            "deleted an entry identical to an older one (migration 4)"
+        );
+    }
+    Ok(())
+}
+
 fn selectors_json(spec: &EntrySpec) -> String {
     let raw: Vec<String> = spec.selectors.iter().map(ToString::to_string).collect();
     serde_json::Value::from(raw).to_string()
@@ -128,19 +225,8 @@ impl Datastore {
         // (PostgreSQL), nor fail on a stale read snapshot (SQLite).
         let revision = next_revision(&mut tx).await?;
         let selectors = selectors_json(spec);
-        let duplicate = sqlx::query(
-            "SELECT id FROM registration_entries WHERE spiffe_id = $1 AND parent_id = $2 AND selectors = $3 AND deleted = 0",
-        )
-        .bind(spec.spiffe_id.as_str())
-        .bind(spec.parent_id.as_str())
-        .bind(&selectors)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = duplicate {
-            let existing: String = row.try_get("id")?;
-            return Err(StoreError::Conflict(format!(
-                "an entry with this SPIFFE ID, parent and selectors already exists: {existing}"
-            )));
+        if let Some(existing) = identical_entry(&mut tx, spec, id).await? {
+            return Err(duplicate_of(&existing));
         }
         // A tombstone with the same id (a re-created config entry) is replaced.
         sqlx::query("DELETE FROM registration_entries WHERE id = $1 AND deleted = 1")
@@ -148,7 +234,7 @@ impl Datastore {
             .execute(&mut *tx)
             .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO registration_entries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11)"
+            "INSERT INTO registration_entries ({COLUMNS}, identity_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12)"
         )))
         .bind(id)
         .bind(spec.spiffe_id.as_str())
@@ -161,9 +247,11 @@ impl Datastore {
         .bind(revision)
         .bind(seconds(spec.x509_svid_ttl))
         .bind(&spec.hint)
+        .bind(spec_identity_key(spec))
         .execute(&mut *tx)
         .await
         .map_err(|e| match e {
+            // The check above found no identical entry, so it is the id.
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::Conflict(format!("entry id {id:?} is already taken"))
             }
@@ -294,17 +382,23 @@ impl Datastore {
         now: i64,
     ) -> Result<RegistrationEntry, StoreError> {
         let mut tx = self.pool().begin().await?;
+        // The revision row first, as in create_entry: it serialises the check.
         let revision = next_revision(&mut tx).await?;
-        let previous_id: Option<String> =
+        let previous_id: String =
             sqlx::query("SELECT spiffe_id FROM registration_entries WHERE id = $1 AND deleted = 0")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?
-                .map(|row| row.try_get("spiffe_id"))
-                .transpose()?;
+                .ok_or_else(|| StoreError::not_found("entry", id))?
+                .try_get("spiffe_id")?;
+        // As create_entry refuses it: two identical entries are one too many.
+        if let Some(existing) = identical_entry(&mut tx, spec, id).await? {
+            return Err(duplicate_of(&existing));
+        }
         let updated = sqlx::query(
             "UPDATE registration_entries SET spiffe_id = $1, parent_id = $2, selectors = $3, jwt_svid_ttl_seconds = $4, \
-             admin = $5, updated_at = $6, revision = $7, x509_svid_ttl_seconds = $9, hint = $10 WHERE id = $8 AND deleted = 0",
+             admin = $5, updated_at = $6, revision = $7, x509_svid_ttl_seconds = $9, hint = $10, identity_key = $11 \
+             WHERE id = $8 AND deleted = 0",
         )
         .bind(spec.spiffe_id.as_str())
         .bind(spec.parent_id.as_str())
@@ -316,12 +410,19 @@ impl Datastore {
         .bind(id)
         .bind(seconds(spec.x509_svid_ttl))
         .bind(&spec.hint)
+        .bind(spec_identity_key(spec))
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(format!("an identical live entry exists (update of {id:?})"))
+            }
+            other => StoreError::Database(other),
+        })?;
         if updated.rows_affected() == 0 {
             return Err(StoreError::not_found("entry", id));
         }
-        if let Some(previous_id) = previous_id.filter(|p| p != spec.spiffe_id.as_str()) {
+        if previous_id != spec.spiffe_id.as_str() {
             // Entries under the old SPIFFE ID now hang from nothing of this
             // entry's: marking them changed lets an incremental sync take them
             // away from the agent that held them through it.
@@ -488,6 +589,70 @@ mod tests {
                 store.update_entry("nope", &spec("/x", 1), 14).await,
                 Err(StoreError::NotFound { .. })
             ));
+        }
+    }
+
+    /// Issue 11: an update may not make an entry identical to another live
+    /// one (create_entry already refused that), and the unique index backs it.
+    #[tokio::test]
+    async fn updates_cannot_make_two_identical_entries() {
+        for (_dir, store) in datastores().await {
+            store
+                .create_entry("a", &spec("/web", 1000), 1)
+                .await
+                .unwrap();
+            store
+                .create_entry("b", &spec("/web", 1001), 2)
+                .await
+                .unwrap();
+            let revision = store.entry_revision().await.unwrap();
+            let refused = store.update_entry("b", &spec("/web", 1000), 3).await;
+            assert!(
+                matches!(&refused, Err(StoreError::Conflict(m)) if m.contains("already exists: a")),
+                "{refused:?}"
+            );
+            assert_eq!(
+                store.get_entry("b").await.unwrap().selectors[0].to_string(),
+                "unix:uid:1001",
+                "nothing changed"
+            );
+            assert_eq!(store.entry_revision().await.unwrap(), revision);
+            // Updating an entry to what it already is stays fine.
+            store
+                .update_entry("a", &spec("/web", 1000), 4)
+                .await
+                .unwrap();
+            // Once the other is deleted, the update may go through.
+            store.delete_entry("a", 5).await.unwrap();
+            store
+                .update_entry("b", &spec("/web", 1000), 6)
+                .await
+                .unwrap();
+
+            // Below the checks: the index refuses a second live row with b's key.
+            let key: String =
+                sqlx::query("SELECT identity_key FROM registration_entries WHERE id = 'b'")
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap()
+                    .try_get("identity_key")
+                    .unwrap();
+            let insert = |id: &'static str, deleted: i64| {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO registration_entries ({COLUMNS}, identity_key) \
+                     SELECT '{id}', spiffe_id, parent_id, selectors, jwt_svid_ttl_seconds, admin, created_at, updated_at, revision, {deleted}, \
+                     x509_svid_ttl_seconds, hint, identity_key FROM registration_entries WHERE id = 'b'"
+                )))
+                .execute(store.pool())
+            };
+            assert!(!key.is_empty());
+            match insert("c", 0).await {
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {}
+                other => panic!("a second identical live entry was stored: {other:?}"),
+            }
+            insert("d", 1)
+                .await
+                .expect("tombstones are not in the index");
         }
     }
 

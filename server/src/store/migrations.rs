@@ -62,7 +62,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE registration_entries ADD COLUMN x509_svid_ttl_seconds BIGINT NOT NULL DEFAULT 3600;
     ALTER TABLE registration_entries ADD COLUMN hint TEXT NOT NULL DEFAULT ''
     "#,
+    // 4: no two identical live entries (same SPIFFE ID, parent and selectors),
+    // whatever the code path: a unique index over a hash of the three (see
+    // `entries::identity_key`), which `backfill_identity_keys` then fills in,
+    // in this transaction. NULL (rows of a server from before) is not indexed.
+    r#"
+    ALTER TABLE registration_entries ADD COLUMN identity_key TEXT;
+    CREATE UNIQUE INDEX registration_entries_identity ON registration_entries (identity_key) WHERE deleted = 0
+    "#,
 ];
+
+/// The migration after whose SQL `entries::backfill_identity_keys` runs.
+const IDENTITY_KEY_MIGRATION: i64 = 4;
 
 pub async fn apply(pool: &AnyPool) -> Result<(), StoreError> {
     sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
@@ -86,6 +97,9 @@ pub async fn apply(pool: &AnyPool) -> Result<(), StoreError> {
         let mut tx = pool.begin().await?;
         for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        if version == IDENTITY_KEY_MIGRATION {
+            super::entries::backfill_identity_keys(&mut tx).await?;
         }
         // Fails on the primary key if another server applied this version first.
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
@@ -117,6 +131,113 @@ mod tests {
             "n",
         );
         assert_eq!(rows, super::MIGRATIONS.len() as i64);
+    }
+
+    /// An empty database at `url` brought to schema version `version` by hand,
+    /// as a server of that release would have left it.
+    async fn at_version(url: &str, version: usize) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        let old = sqlx::AnyPool::connect(url).await.unwrap();
+        sqlx::query("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .execute(&old)
+            .await
+            .unwrap();
+        for (n, sql) in (1_i64..).zip(&super::MIGRATIONS[..version]) {
+            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(statement).execute(&old).await.unwrap();
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, 0)")
+                .bind(n)
+                .execute(&old)
+                .await
+                .unwrap();
+        }
+        old
+    }
+
+    /// SQLite in `dir`, and a fresh PostgreSQL database where one is configured.
+    async fn empty_database_urls(dir: &std::path::Path) -> Vec<String> {
+        let mut urls = vec![format!(
+            "sqlite://{}?mode=rwc",
+            dir.join("db.sqlite").display()
+        )];
+        if let Ok(base) = std::env::var("LANYARD_TEST_POSTGRES_URL") {
+            sqlx::any::install_default_drivers();
+            let admin = sqlx::AnyPool::connect(&base).await.unwrap();
+            let name = format!(
+                "lanyard_migration_{}_{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            );
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&admin)
+                .await
+                .unwrap();
+            admin.close().await;
+            let (prefix, _) = base.rsplit_once('/').unwrap();
+            urls.push(format!("{prefix}/{name}"));
+        }
+        urls
+    }
+
+    /// Identical live entries left by an older server (its update_entry did
+    /// not check): migration 4 keeps the oldest, makes the others tombstones
+    /// of a new revision (so agents drop them), and indexes the survivors.
+    #[tokio::test]
+    async fn migration_4_keeps_one_of_identical_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        for url in empty_database_urls(dir.path()).await {
+            let old = at_version(&url, 3).await;
+            let insert = "INSERT INTO registration_entries (id, spiffe_id, parent_id, selectors, jwt_svid_ttl_seconds, admin, created_at, updated_at, revision, deleted) \
+                          VALUES ($1, 'spiffe://example.org/web', 'spiffe://example.org/lanyard/agent/local', $2, 300, 0, $3, $3, $3, 0)";
+            for (id, selectors, at) in [
+                ("young", r#"["unix:uid:1000"]"#, 3_i64),
+                ("old", r#"["unix:uid:1000"]"#, 1),
+                ("other", r#"["unix:uid:1001"]"#, 2),
+            ] {
+                sqlx::query(insert)
+                    .bind(id)
+                    .bind(selectors)
+                    .bind(at)
+                    .execute(&old)
+                    .await
+                    .unwrap();
+            }
+            sqlx::query("UPDATE entry_revision SET value = 3 WHERE id = 1")
+                .execute(&old)
+                .await
+                .unwrap();
+            old.close().await;
+
+            let store = Datastore::open(&url).await.unwrap();
+            let live: Vec<String> = store
+                .list_entries(&super::super::EntryFilter::default())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect();
+            assert_eq!(live, ["old", "other"], "{url}");
+            let (changes, revision) = store.entry_changes_since(3).await.unwrap();
+            assert_eq!(revision, 4);
+            assert!(
+                matches!(changes.as_slice(), [super::super::EntryChange::Deleted { id, revision: 4, .. }] if id == "young"),
+                "{changes:?}"
+            );
+            // Every survivor carries its key, so the index now guards it.
+            let unkeyed: i64 = sqlx::Row::get(
+                &sqlx::query("SELECT COUNT(*) AS n FROM registration_entries WHERE deleted = 0 AND identity_key IS NULL")
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap(),
+                "n",
+            );
+            assert_eq!(unkeyed, 0);
+            store.close().await;
+        }
     }
 
     /// A datastore written by a server before migration 2 keeps its agents.
