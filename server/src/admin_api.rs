@@ -72,6 +72,8 @@ impl AdminService {
             Ok(id)
         };
         let spiffe_id = member("spiffe_id", spiffe_id)?;
+        self.check_assignable("spiffe_id", &spiffe_id)?;
+        // The parent may well be a system ID: the local agent or an attested one.
         let parent_id = if parent_id.is_empty() {
             self.policy.local_agent_id.clone()
         } else {
@@ -113,6 +115,22 @@ impl AdminService {
             .map_err(|e| Status::invalid_argument(format!("hint: {e}")))?;
         spec.hint = wanted.hint.clone();
         Ok(spec)
+    }
+
+    /// An ID an operator may give an entry or a join token: not the bare
+    /// trust domain, not under `/lanyard/`, and not the local agent's ID
+    /// (which `node_api.agent_id` may have put elsewhere): an entry or a node
+    /// holding it would reach every entry registered on the server's host.
+    fn check_assignable(&self, field: &str, id: &SpiffeId) -> Result<(), Status> {
+        id.check_assignable()
+            .map_err(|e| Status::invalid_argument(format!("{field} {:?} {e}", id.as_str())))?;
+        if id == &self.policy.local_agent_id {
+            return Err(Status::invalid_argument(format!(
+                "{field} {:?} is the local agent's ID (node_api.agent_id), which is reserved for the system",
+                id.as_str()
+            )));
+        }
+        Ok(())
     }
 
     async fn parent_is_known(&self, parent: &SpiffeId) -> Result<bool, Status> {
@@ -323,14 +341,15 @@ impl Admin for AdminService {
             )));
         }
         let trust_domain = self.authority.trust_domain();
+        // None: the store names the agent under /lanyard/agent/join_token/.
         let spiffe_id = optional_id("spiffe_id", &body.spiffe_id)?;
-        if let Some(id) = spiffe_id
-            .as_ref()
-            .filter(|id| !id.is_member_of(trust_domain))
-        {
-            return Err(Status::invalid_argument(format!(
-                "spiffe_id {id} is not in trust domain {trust_domain}"
-            )));
+        if let Some(id) = &spiffe_id {
+            if !id.is_member_of(trust_domain) {
+                return Err(Status::invalid_argument(format!(
+                    "spiffe_id {id} is not in trust domain {trust_domain}"
+                )));
+            }
+            self.check_assignable("spiffe_id", id)?;
         }
         let token = self
             .authority

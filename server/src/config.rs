@@ -277,6 +277,19 @@ impl RawConfig {
         for (i, raw) in self.entries.into_iter().enumerate() {
             let key = |field: &str| format!("entries[{i}].{field}");
             let spiffe_id = member(&key("spiffe_id"), &raw.spiffe_id)?;
+            spiffe_id
+                .check_assignable()
+                .map_err(|e| invalid(key("spiffe_id"), format!("{:?} {e}", raw.spiffe_id)))?;
+            // A custom node_api.agent_id is the system's too (see the Admin API).
+            if spiffe_id == node_api.agent_id {
+                return Err(invalid(
+                    key("spiffe_id"),
+                    format!(
+                        "{:?} is the local agent's ID (node_api.agent_id), which is reserved for the system",
+                        raw.spiffe_id
+                    ),
+                ));
+            }
             let parent_id = match &raw.parent_id {
                 Some(p) => member(&key("parent_id"), p)?,
                 None => node_api.agent_id.clone(),
@@ -499,6 +512,92 @@ selectors = ["unix:uid:1000"]
             );
             assert!(!message.contains('\n'), "one line: {message:?}");
         }
+    }
+
+    /// Issue 11, findings 4 and 6: entries that could never match, or that
+    /// would take a system ID, stop the server at start with one line.
+    #[test]
+    fn entries_with_unmatchable_selectors_or_system_ids_are_refused() {
+        let selector = |value: &str| GOOD.replace("unix:uid:1000", value);
+        let id = |value: &str| GOOD.replace("spiffe://example.org/web", value);
+        let cases = [
+            (selector("unix:uid:-1"), "entries[0].selectors", "decimal"),
+            (
+                selector("unix:uid:01000"),
+                "entries[0].selectors",
+                "leading zeros",
+            ),
+            (selector("unix:uid: 1000"), "entries[0].selectors", "spaces"),
+            (
+                selector("unix:uid:1000\\n"),
+                "entries[0].selectors",
+                "decimal",
+            ),
+            (selector("unix:gid:xyz"), "entries[0].selectors", "decimal"),
+            (
+                selector("unix:sha256:not-hex"),
+                "entries[0].selectors",
+                "64 lowercase hex",
+            ),
+            (
+                selector("unix:path:relative/bin"),
+                "entries[0].selectors",
+                "absolute",
+            ),
+            (
+                selector("unix:path:/a/../b"),
+                "entries[0].selectors",
+                "normalised",
+            ),
+            (
+                selector("unix:user:root\\u0000admin"),
+                "entries[0].selectors",
+                "control characters",
+            ),
+            (
+                id("spiffe://example.org"),
+                "entries[0].spiffe_id",
+                "needs a path",
+            ),
+            (
+                id("spiffe://example.org/lanyard/agent/local"),
+                "entries[0].spiffe_id",
+                "reserved for the system",
+            ),
+            (
+                id("spiffe://example.org/lanyard/server"),
+                "entries[0].spiffe_id",
+                "reserved for the system",
+            ),
+            (
+                format!(
+                    "{}[node_api]\nagent_id = \"spiffe://example.org/web\"\n",
+                    GOOD.replace(
+                        "[[entries]]",
+                        "[[entries]]\nparent_id = \"spiffe://example.org/web\""
+                    )
+                ),
+                "entries[0].spiffe_id",
+                "local agent's ID",
+            ),
+        ];
+        for (text, key, rule) in cases {
+            let message = error_of(&text);
+            assert!(
+                message.contains(&format!("config key `{key}`")) && message.contains(rule),
+                "{message:?} should name {key} and {rule:?}"
+            );
+            assert!(!message.contains('\n'), "one line: {message:?}");
+        }
+        // The parent may be a system ID, and /lanyardx is not /lanyard/.
+        let fine = id("spiffe://example.org/lanyardx").replace(
+            "[[entries]]",
+            "[[entries]]\nparent_id = \"spiffe://example.org/lanyard/agent/join_token/ab\"",
+        );
+        assert!(
+            ServerConfig::from_toml(&fine, "test.toml").is_ok(),
+            "{fine}"
+        );
     }
 
     #[test]

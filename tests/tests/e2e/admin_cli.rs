@@ -316,3 +316,243 @@ fn admin_socket_refuses_other_uids() -> anyhow::Result<()> {
     assert!(server.terminate()?);
     Ok(())
 }
+
+/// Issue 11, findings 4 and 6 and the update duplicate: through the real
+/// binary, the Admin API refuses selectors that can never match, the bare
+/// trust-domain ID and IDs under /lanyard/ (for entries and join tokens),
+/// and an update that would make two identical entries; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_refuses_what_can_never_match_or_is_the_systems() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path())?;
+    let admin = Admin {
+        socket: dir.path().join("server/admin.sock"),
+    };
+    let web = admin.json(&entry_create(
+        "spiffe://example.org/web",
+        &["-s", "unix:uid:1000"],
+    ))?;
+    let web_id = web[0]["id"].as_str().unwrap_or_default().to_owned();
+    let api = admin.json(&entry_create(
+        "spiffe://example.org/web",
+        &["-s", "unix:uid:1001"],
+    ))?;
+    let api_id = api[0]["id"].as_str().unwrap_or_default().to_owned();
+
+    let sha_upper = format!("unix:sha256:{}", "A".repeat(64));
+    let unmatchable = [
+        ("unix:uid:-1", "decimal"),
+        ("unix:uid:abc", "decimal"),
+        ("unix:uid:99999999999", "decimal"),
+        ("unix:uid:1e3", "decimal"),
+        ("unix:uid:01000", "leading zeros"),
+        ("unix:uid: 1000", "spaces"),
+        ("unix:uid:1000\n", "decimal"),
+        ("unix:gid:xyz", "decimal"),
+        ("unix:supplementary_gid:foo", "decimal"),
+        ("unix:sha256:not-hex", "64 lowercase hex"),
+        (sha_upper.as_str(), "64 lowercase hex"),
+        ("unix:path:relative/bin", "absolute"),
+        ("unix:path:/a/../b", "normalised"),
+        ("unix:path:/usr/bin/", "normalised"),
+        ("unix:user:root\radmin", "control characters"),
+    ];
+    for (selector, rule) in unmatchable {
+        let create = admin.error(&entry_create(
+            "spiffe://example.org/x",
+            &["-s", "unix:gid:0", "-s", selector],
+        ))?;
+        let update = admin.error(&["entry", "update", &web_id, "-s", selector])?;
+        for message in [create, update] {
+            assert!(
+                message.contains("InvalidArgument")
+                    && message.contains("selectors")
+                    && message.contains("can never match")
+                    && message.contains(rule),
+                "{selector:?}: {message}"
+            );
+        }
+    }
+
+    let reserved = [
+        "spiffe://example.org/lanyard/agent/local",
+        "spiffe://example.org/lanyard/server",
+        "spiffe://example.org/lanyard/agent/join_token/0123456789abcdef",
+        "spiffe://example.org/lanyard",
+    ];
+    for id in reserved {
+        for message in [
+            admin.error(&entry_create(id, &["-s", "unix:uid:0"]))?,
+            admin.error(&["entry", "update", &web_id, "--spiffe-id", id])?,
+            admin.error(&["token", "generate", "--spiffe-id", id])?,
+        ] {
+            assert!(
+                message.contains("InvalidArgument")
+                    && message.contains("spiffe_id")
+                    && message.contains("reserved for the system"),
+                "{id}: {message}"
+            );
+        }
+    }
+    for message in [
+        admin.error(&entry_create("spiffe://example.org", &["-s", "unix:uid:0"]))?,
+        admin.error(&[
+            "entry",
+            "update",
+            &web_id,
+            "--spiffe-id",
+            "spiffe://example.org",
+        ])?,
+        admin.error(&["token", "generate", "--spiffe-id", "spiffe://example.org"])?,
+    ] {
+        assert!(
+            message.contains("InvalidArgument")
+                && message.contains("spiffe_id")
+                && message.contains("needs a path"),
+            "{message}"
+        );
+    }
+
+    // An update may not make web and api identical (create never could).
+    let duplicate = admin.error(&["entry", "update", &api_id, "-s", "unix:uid:1000"])?;
+    assert!(
+        duplicate.contains("AlreadyExists") && duplicate.contains(&web_id),
+        "{duplicate}"
+    );
+
+    // NUL cannot travel in argv: the same refusal straight over the socket.
+    let mut client = lanyard_proto::admin::admin_client::AdminClient::new(
+        lanyard_proto::transport::unix_channel(&admin.socket),
+    );
+    let nul = client
+        .create_entry(lanyard_proto::admin::CreateEntryRequest {
+            spiffe_id: "spiffe://example.org/x".into(),
+            selectors: vec!["unix:user:root\0admin".into()],
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        matches!(&nul, Err(s) if s.code() == tonic::Code::InvalidArgument && s.message().contains("control characters")),
+        "{nul:?}"
+    );
+
+    // Nothing of that was stored, and web and api are as they were.
+    let entries = admin.json(&["entry", "list"])?;
+    assert_eq!(entries.as_array().map(Vec::len), Some(2), "{entries}");
+    assert_eq!(
+        admin.json(&["entry", "show", &api_id])?[0]["selectors"],
+        serde_json::json!(["unix:uid:1001"])
+    );
+    assert_eq!(
+        admin.json(&["entry", "show", &web_id])?[0]["spiffe_id"],
+        "spiffe://example.org/web"
+    );
+
+    // What stays allowed: /lanyardx, values the attestor does produce, the
+    // local agent as an explicit parent, and tokens with the default ID.
+    let sha = format!("unix:sha256:{}", "0123456789abcdef".repeat(4));
+    admin.json(&entry_create(
+        "spiffe://example.org/lanyardx",
+        &[
+            "--parent-id",
+            "spiffe://example.org/lanyard/agent/local",
+            "-s",
+            "unix:uid:0",
+            "-s",
+            "unix:gid:4294967295",
+            "-s",
+            "unix:path:/usr/bin/python3",
+            "-s",
+            &sha,
+            "-s",
+            "unix:user:www-data",
+        ],
+    ))?;
+    assert_eq!(
+        admin.json(&[
+            "token",
+            "generate",
+            "--spiffe-id",
+            "spiffe://example.org/lanyardx/n1"
+        ])?["spiffe_id"],
+        "spiffe://example.org/lanyardx/n1"
+    );
+    let token = admin.json(&["token", "generate"])?;
+    assert!(
+        token["spiffe_id"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("spiffe://example.org/lanyard/agent/join_token/"),
+        "{token}"
+    );
+
+    assert!(server.terminate()?);
+    Ok(())
+}
+
+/// The config file's [[entries]] get the same rules: the config loading that
+/// `run` does stops with one line naming the key (shown by `check-config`,
+/// which cannot hang on a config wrongly accepted).
+#[test]
+fn config_entries_that_can_never_match_or_are_the_systems_stop_the_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cases = [
+        (
+            "spiffe://example.org/web",
+            "unix:uid:01000",
+            "entries[0].selectors",
+            "leading zeros",
+        ),
+        (
+            "spiffe://example.org/web",
+            "unix:path:/a/../b",
+            "entries[0].selectors",
+            "normalised",
+        ),
+        (
+            "spiffe://example.org/web",
+            "unix:user:root\\u0000admin",
+            "entries[0].selectors",
+            "control characters",
+        ),
+        (
+            "spiffe://example.org/lanyard/server",
+            "unix:uid:0",
+            "entries[0].spiffe_id",
+            "reserved for the system",
+        ),
+        (
+            "spiffe://example.org",
+            "unix:uid:0",
+            "entries[0].spiffe_id",
+            "needs a path",
+        ),
+    ];
+    for (spiffe_id, selector, key, rule) in cases {
+        let config = dir.path().join("server.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "trust_domain = \"example.org\"\nissuer = \"https://127.0.0.1:1\"\ndata_dir = \"{}\"\n\
+                 [[entries]]\nspiffe_id = \"{spiffe_id}\"\nselectors = [\"{selector}\"]\n",
+                dir.path().join("server").display()
+            ),
+        )?;
+        let output = Command::new(SERVER)
+            .args([
+                "check-config",
+                "--config",
+                config.to_str().unwrap_or_default(),
+            ])
+            .env("RUST_LOG", "off")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{spiffe_id} {selector}: accepted");
+        assert!(
+            stderr.contains(&format!("config key `{key}`")) && stderr.contains(rule),
+            "{spiffe_id} {selector}: {stderr}"
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr:?}");
+    }
+    Ok(())
+}
