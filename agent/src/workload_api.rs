@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use futures::{Stream, StreamExt};
+use lanyard_proto::audience::{self, AudienceError};
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use lanyard_proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
@@ -369,9 +370,11 @@ impl SpiffeWorkloadApi for WorkloadService {
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
         require_header(&request)?;
-        if request.get_ref().audience.is_empty() {
-            return Err(Status::invalid_argument("audience must be specified"));
-        }
+        // The server's own audience rules, before anything is looked up or minted.
+        audience::check(&request.get_ref().audience).map_err(|e| match e {
+            AudienceError::Empty => Status::invalid_argument("audience must be specified"),
+            other => Status::invalid_argument(other.to_string()),
+        })?;
         let mut identities = self.identities(&request).await?;
         let body = request.into_inner();
         if !body.spiffe_id.is_empty() {

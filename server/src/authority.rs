@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use lanyard_proto::audience::{self, AudienceError};
 use lanyard_proto::{Jwks, JwtSvidClaims, SpiffeId, TrustDomain};
 
 use crate::config::Issuer;
@@ -15,10 +16,6 @@ use crate::store::{Datastore, EntryChange, StoreError};
 
 /// How deep entries may nest under an agent through node entries.
 const MAX_NESTING: usize = 8;
-/// Longest accepted audience value; cloud audiences are short URLs or ARNs.
-const MAX_AUDIENCE_LEN: usize = 1024;
-/// Most audiences in one token.
-const MAX_AUDIENCES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
@@ -28,8 +25,8 @@ pub enum MintError {
     NotAuthorized(String),
     #[error("audience is required")]
     EmptyAudience,
-    #[error("audience {0}")]
-    BadAudience(String),
+    #[error(transparent)]
+    BadAudience(AudienceError),
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
@@ -249,26 +246,12 @@ impl Authority {
     }
 }
 
+/// The audience rules the agent applies too (`lanyard_proto::audience`).
 fn validate_audience(audience: &[String]) -> Result<(), MintError> {
-    if audience.is_empty() {
-        return Err(MintError::EmptyAudience);
-    }
-    if audience.len() > MAX_AUDIENCES {
-        return Err(MintError::BadAudience(format!(
-            "has more than {MAX_AUDIENCES} values"
-        )));
-    }
-    for value in audience {
-        if value.is_empty() {
-            return Err(MintError::BadAudience("contains an empty value".into()));
-        }
-        if value.len() > MAX_AUDIENCE_LEN {
-            return Err(MintError::BadAudience(format!(
-                "value is longer than {MAX_AUDIENCE_LEN} bytes"
-            )));
-        }
-    }
-    Ok(())
+    audience::check(audience).map_err(|e| match e {
+        AudienceError::Empty => MintError::EmptyAudience,
+        other => MintError::BadAudience(other),
+    })
 }
 
 pub fn unix_seconds(time: SystemTime) -> i64 {
@@ -465,6 +448,16 @@ mod tests {
                 .await,
             Err(MintError::BadAudience(_))
         ));
+        // Control characters are never signed into `aud` (issue 11, finding 7).
+        for bad in ["aud\r\nx", "a\0b"] {
+            let refused = authority
+                .mint_jwt_svid(&agent, &entry_id, &[bad.to_owned()], now)
+                .await;
+            assert!(
+                matches!(&refused, Err(MintError::BadAudience(e)) if e.to_string().contains("control character")),
+                "{bad:?}: {refused:?}"
+            );
+        }
         Ok(())
     }
 }

@@ -63,3 +63,36 @@ async fn empty_spiffe_id_means_all_and_a_named_one_must_be_ours() -> anyhow::Res
     world.stop().await;
     Ok(())
 }
+
+/// Issue 11, finding 7: FetchJWTSVID applies the server's audience rules on
+/// the agent's socket, so an audience with control characters (or too many,
+/// or too long) is InvalidArgument, naming the problem, and is never signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audiences_with_control_characters_are_invalid_arguments() -> anyhow::Result<()> {
+    let world = World::start("", &[EntrySpec::mine("/api/aud")]).await?;
+    let mut client = WorkloadClient::new(&world.endpoint())?;
+    let cases: [(Vec<String>, &str); 5] = [
+        (vec!["aud\r\nx".into()], "control character '\\r'"),
+        (vec!["a\0b".into()], "control character '\\0'"),
+        (vec!["ok".into(), "c1\u{85}".into()], "audience value 1"),
+        (vec!["x".into(); 17], "more than 16"),
+        (vec!["a".repeat(1025)], "longer than 1024"),
+    ];
+    for (audience, problem) in cases {
+        let refused = client.fetch_jwt(audience.clone(), None).await;
+        match refused {
+            Err(e) => {
+                assert_eq!(e.code(), Some(Code::InvalidArgument), "{audience:?}: {e}");
+                assert!(e.to_string().contains(problem), "{audience:?}: {e}");
+            }
+            Ok(svids) => panic!("{audience:?} was signed: {svids:?}"),
+        }
+    }
+    // The agent is fine for a good audience afterwards.
+    let good = client
+        .fetch_jwt(vec!["sts.amazonaws.com".into()], None)
+        .await?;
+    assert_eq!(good.len(), 1);
+    world.stop().await;
+    Ok(())
+}
