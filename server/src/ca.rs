@@ -410,6 +410,12 @@ impl CertificateAuthority {
     }
 }
 
+/// Whether `csr` would be accepted for signing, without signing anything:
+/// lets a caller refuse a bad request before it spends something single-use.
+pub fn check_csr(csr: &[u8]) -> Result<(), CaError> {
+    parse_csr(csr).map(|_| ())
+}
+
 fn parse_csr(csr: &[u8]) -> Result<CertificateSigningRequestParams, CaError> {
     CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))
         .map_err(CaError::BadCsr)

@@ -22,7 +22,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::authority::{Authority, MintError, unix_seconds};
-use crate::ca::{CaError, CertificateAuthority, IssuedCert};
+use crate::ca::{self, CaError, CertificateAuthority, IssuedCert};
 use crate::node_tls::NodeConnectInfo;
 use crate::peer;
 use crate::store::StoreError;
@@ -129,6 +129,9 @@ impl Node for NodeService {
         if body.join_token.is_empty() {
             return Err(Status::invalid_argument("join_token is required"));
         }
+        // A CSR that cannot be signed is refused while the token is still
+        // unspent, so the agent can retry with a good one.
+        ca::check_csr(&body.csr).map_err(csr_status)?;
         let store = self.authority.store();
         let agent_id = match store
             .redeem_join_token(&body.join_token, now())
@@ -143,6 +146,14 @@ impl Node for NodeService {
                 )));
             }
         };
+        // Tokens made before IDs under /lanyard/ were refused could name the
+        // local agent: a remote node must never become it.
+        if agent_id == self.local_agent_id {
+            tracing::warn!(target: "lanyard::audit", agent = %agent_id, "agent attestation refused: the token names the local agent");
+            return Err(Status::permission_denied(
+                "attestation refused: the join token names the local agent's ID",
+            ));
+        }
         // The token is spent either way: a failure below needs a new token,
         // which is what an operator would expect of a single-use secret.
         let issued = self

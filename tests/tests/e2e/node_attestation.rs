@@ -8,7 +8,9 @@ use lanyard_agent::node_client::{self, AgentCredentials, ServerEndpoint};
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{CreateEntryRequest, EvictAgentRequest, GenerateJoinTokenRequest};
 use lanyard_proto::node::node_client::NodeClient;
-use lanyard_proto::node::{MintJwtSvidRequest, MintX509SvidRequest, SyncEntriesRequest};
+use lanyard_proto::node::{
+    AttestAgentRequest, MintJwtSvidRequest, MintX509SvidRequest, SyncEntriesRequest,
+};
 use lanyard_proto::transport::unix_channel;
 use lanyard_server::RunningServer;
 use lanyard_server::config::ServerConfig;
@@ -343,5 +345,110 @@ async fn a_server_from_another_trust_domain_is_not_trusted() -> anyhow::Result<(
     );
     server_a.shutdown().await;
     server_b.shutdown().await;
+    Ok(())
+}
+
+/// Issue 11: a CSR that cannot be signed no longer spends the join token;
+/// the Admin API refuses join tokens for the system's IDs and the bare
+/// trust domain; a token stored before that, naming the local agent, is
+/// refused at attestation; the server never signs an audience with control
+/// characters. SQLite, and PostgreSQL where configured (always in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_csr_leaves_the_token_and_system_ids_stay_the_systems() -> anyhow::Result<()> {
+    let urls_dir = tempfile::tempdir()?;
+    for url in lanyard_tests::datastore_urls(urls_dir.path()).await? {
+        bad_csr_and_system_ids_scenario(&url).await?;
+    }
+    Ok(())
+}
+
+async fn bad_csr_and_system_ids_scenario(datastore_url: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (server, endpoint, mut admin) =
+        start_server_with_clients(dir.path(), datastore_url).await?;
+    let id = "spiffe://example.org/node/csr";
+    let token = join_token(&mut admin, id).await?;
+    let garbage = node(&endpoint, None)?
+        .attest_agent(AttestAgentRequest {
+            join_token: token.clone(),
+            csr: b"not a csr".to_vec(),
+        })
+        .await;
+    assert!(
+        matches!(&garbage, Err(s) if s.code() == Code::InvalidArgument && s.message().contains("certificate signing request")),
+        "{garbage:?}"
+    );
+    let creds = node_client::attest(&endpoint, &token).await?;
+    assert_eq!(
+        creds.spiffe_id.as_str(),
+        id,
+        "the same token, with a good CSR"
+    );
+
+    for (wanted, rule) in [
+        (
+            "spiffe://example.org/lanyard/agent/local",
+            "reserved for the system",
+        ),
+        (
+            "spiffe://example.org/lanyard/server",
+            "reserved for the system",
+        ),
+        (
+            "spiffe://example.org/lanyard/agent/x",
+            "reserved for the system",
+        ),
+        ("spiffe://example.org", "needs a path"),
+    ] {
+        let refused = join_token(&mut admin, wanted).await;
+        let status = refused
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<tonic::Status>());
+        assert!(
+            matches!(status, Some(s) if s.code() == Code::InvalidArgument && s.message().contains(rule)),
+            "{wanted}: {refused:?}"
+        );
+    }
+
+    // A token stored by an older server for the local agent's ID.
+    let legacy = "00112233445566778899aabbccddeeff00112233";
+    let hash: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, legacy.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(datastore_url).await?;
+    sqlx::query("INSERT INTO join_tokens (token_hash, spiffe_id, created_at, expires_at, used_at) VALUES ($1, $2, 0, 9999999999, NULL)")
+        .bind(hash)
+        .bind("spiffe://example.org/lanyard/agent/local")
+        .execute(&db)
+        .await?;
+    db.close().await;
+    assert_eq!(
+        refused_code(node_client::attest(&endpoint, legacy).await),
+        Some(Code::PermissionDenied),
+        "a remote node must never become the local agent"
+    );
+
+    // The server's mint: control characters are never signed into `aud`.
+    let entry = create_entry(&mut admin, "spiffe://example.org/web", id).await?;
+    let mut client = node(&endpoint, Some(&creds))?;
+    for bad in ["aud\r\nx", "a\0b", "del\u{7f}"] {
+        let minted = client
+            .mint_jwt_svid(MintJwtSvidRequest {
+                entry_id: entry.clone(),
+                audience: vec!["sts.amazonaws.com".into(), bad.into()],
+            })
+            .await;
+        assert!(
+            matches!(&minted, Err(s) if s.code() == Code::InvalidArgument && s.message().contains("control character")),
+            "{bad:?}: {minted:?}"
+        );
+    }
+    assert_eq!(mint(&mut client, &entry).await?, "spiffe://example.org/web");
+
+    server.shutdown().await;
     Ok(())
 }
