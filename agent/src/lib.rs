@@ -174,6 +174,14 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     );
     let attestor = Arc::new(UnixAttestor::new(config.workload_attestor.clone()));
     let record_exe = config.workload_attestor.needs_connected_exe();
+    if record_exe {
+        // Every accepted connection inherits it: the kernel labels each read
+        // with its writer's PID, even bytes sent before the accept.
+        nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::PassCred, &true)
+            .map_err(|e| {
+                AgentError::Serve(format!("SO_PASSCRED on the Workload API socket: {e}"))
+            })?;
+    }
     let x509 = config.x509_svids.then(|| {
         Arc::new(X509SvidCache::new(
             server.clone(),

@@ -33,6 +33,10 @@ pub enum BinaryError {
     Exec(i32),
     #[error("the executable of process {pid} was not recorded when it connected: {reason}")]
     Unrecorded { pid: i32, reason: String },
+    #[error(
+        "the connection of process {0} was written by another process (handed over): no binary selectors"
+    )]
+    HandedOver(i32),
 }
 
 /// What a caller ran when its connection was accepted.

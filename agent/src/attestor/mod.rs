@@ -4,3 +4,4 @@ pub mod binary;
 pub mod peer;
 pub mod pin;
 pub mod unix;
+pub mod writer;

@@ -28,6 +28,7 @@ use tonic::transport::server::Connected;
 
 use super::binary::ConnectedExe;
 use super::pin::{PinError, ProcessPin};
+use super::writer::{HandedOver, WriterChecked};
 
 /// Most Workload API connections one uid may hold at once. A workload needs
 /// one per client it runs; a few hundred leaves room for busy hosts sharing
@@ -55,6 +56,9 @@ pub struct Peer {
     pub pin: ProcessPin,
     /// The file it ran when accepted: binary selectors describe only that.
     pub exe: ConnectedExe,
+    /// Set when another process wrote on the connection (binary selectors
+    /// on): the file above then says nothing of who is asking.
+    pub handed_over: HandedOver,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,7 @@ fn identify(
     stream: &UnixStream,
     cred: UnixCredentials,
     record_exe: bool,
+    handed_over: HandedOver,
 ) -> Result<Peer, PeerError> {
     let pid = cred.pid();
     if pid <= 0 {
@@ -95,6 +100,7 @@ fn identify(
         },
         pin,
         exe,
+        handed_over,
     })
 }
 
@@ -118,7 +124,7 @@ pub type WorkloadLimiter = ConnectionLimiter<u32>;
 pub struct PeerStream {
     /// Requests on it reach tonic without `:authority`, which names nothing
     /// on a Unix socket and which h2 would refuse in the forms many clients send.
-    stream: AuthorityBlind<UnixStream>,
+    stream: AuthorityBlind<WriterChecked>,
     info: PeerInfo,
     _permit: ConnectionPermit<u32>,
 }
@@ -141,9 +147,18 @@ impl PeerStream {
         };
         // Counted before anything else is opened for it (the pidfd).
         let permit = limiter.try_acquire(cred.uid())?;
-        let info = PeerInfo(Arc::new(identify(&stream, cred, record_exe)));
+        let handed_over = HandedOver::default();
+        let info = PeerInfo(Arc::new(identify(
+            &stream,
+            cred,
+            record_exe,
+            handed_over.clone(),
+        )));
+        // With binary selectors on, every read is checked for its writer
+        // (SO_PASSCRED on the listener labels them).
+        let expected = record_exe.then_some((cred.pid(), handed_over));
         Some(Self {
-            stream: AuthorityBlind::new(stream),
+            stream: AuthorityBlind::new(WriterChecked::new(stream, expected)),
             info,
             _permit: permit,
         })

@@ -162,6 +162,9 @@ impl UnixAttestor {
 
 /// The executable recorded when the caller connected.
 fn connected_exe(peer: &Peer) -> Result<&ExeIdentity, BinaryError> {
+    if peer.handed_over.is_set() {
+        return Err(BinaryError::HandedOver(peer.credentials.pid));
+    }
     peer.exe.identity(peer.credentials.pid)
 }
 
@@ -225,6 +228,7 @@ mod tests {
             },
             pin: ProcessPin::by_start_time(pid)?,
             exe: ConnectedExe::Known(ExeIdentity::of_process(pid)?),
+            handed_over: Default::default(),
         })
     }
 

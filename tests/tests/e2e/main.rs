@@ -6,6 +6,7 @@
 mod admin_cli;
 mod agent_cli;
 mod agent_entry_changes;
+mod agent_handoff;
 mod agent_outage;
 mod agent_pid_reuse;
 mod agent_remote;
