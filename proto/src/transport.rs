@@ -11,6 +11,62 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub mod authority;
 pub mod limits;
+
+/// The body of an `AsyncWrite` impl for a stream wrapper that writes
+/// straight through to its field `$field` (an `AsyncWrite + Unpin`): every
+/// wrapper here changes only how its stream is read or who holds it.
+#[macro_export]
+macro_rules! write_through {
+    ($field:ident) => {
+        fn poll_write(
+            self: ::std::pin::Pin<&mut Self>,
+            cx: &mut ::std::task::Context<'_>,
+            buf: &[u8],
+        ) -> ::std::task::Poll<::std::io::Result<usize>> {
+            ::tokio::io::AsyncWrite::poll_write(
+                ::std::pin::Pin::new(&mut self.get_mut().$field),
+                cx,
+                buf,
+            )
+        }
+
+        fn poll_flush(
+            self: ::std::pin::Pin<&mut Self>,
+            cx: &mut ::std::task::Context<'_>,
+        ) -> ::std::task::Poll<::std::io::Result<()>> {
+            ::tokio::io::AsyncWrite::poll_flush(
+                ::std::pin::Pin::new(&mut self.get_mut().$field),
+                cx,
+            )
+        }
+
+        fn poll_shutdown(
+            self: ::std::pin::Pin<&mut Self>,
+            cx: &mut ::std::task::Context<'_>,
+        ) -> ::std::task::Poll<::std::io::Result<()>> {
+            ::tokio::io::AsyncWrite::poll_shutdown(
+                ::std::pin::Pin::new(&mut self.get_mut().$field),
+                cx,
+            )
+        }
+
+        fn poll_write_vectored(
+            self: ::std::pin::Pin<&mut Self>,
+            cx: &mut ::std::task::Context<'_>,
+            bufs: &[::std::io::IoSlice<'_>],
+        ) -> ::std::task::Poll<::std::io::Result<usize>> {
+            ::tokio::io::AsyncWrite::poll_write_vectored(
+                ::std::pin::Pin::new(&mut self.get_mut().$field),
+                cx,
+                bufs,
+            )
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            ::tokio::io::AsyncWrite::is_write_vectored(&self.$field)
+        }
+    };
+}
 pub use authority::AuthorityBlind;
 
 #[derive(Debug, thiserror::Error)]
