@@ -41,6 +41,33 @@ pub enum SelectorError {
         selector: String,
         rule: &'static str,
     },
+    /// An entry's selectors name a binary but no uid or gid (see [`check_binary_anchored`]).
+    #[error("{BINARY_WITHOUT_UID_RULE}")]
+    BinaryWithoutUid,
+}
+
+/// Why an entry that selects `unix:path` or `unix:sha256` must also select
+/// `unix:uid` or `unix:gid`, as operators are told.
+pub const BINARY_WITHOUT_UID_RULE: &str = "an entry that selects unix:path or unix:sha256 must also select unix:uid or unix:gid: \
+     any local user who can run that binary could borrow the identity through an exec race, \
+     so a uid or gid must bound who gets it";
+
+/// The one rule over an entry's selectors taken together, applied where an
+/// entry is registered (Admin API, config file) and again by the agent to
+/// what the server sends (entries stored before the rule are not issued): a
+/// selector naming a binary (`unix:path`, `unix:sha256`) needs a `unix:uid`
+/// or `unix:gid` beside it. With one, a process racing an exec of that binary
+/// gains only what its own uid or gid could already reach.
+pub fn check_binary_anchored(selectors: &[Selector]) -> Result<(), SelectorError> {
+    let has = |keys: &[&str]| {
+        selectors
+            .iter()
+            .any(|s| s.unix_key().is_some_and(|key| keys.contains(&key)))
+    };
+    if has(&["path", "sha256"]) && !has(&["uid", "gid"]) {
+        return Err(SelectorError::BinaryWithoutUid);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -108,6 +135,14 @@ impl Selector {
     /// What the attestor observed, e.g. `uid:1000`.
     pub fn value(&self) -> &str {
         &self.value
+    }
+
+    /// `uid` of `unix:uid:1000`; None for other attestors' selectors.
+    fn unix_key(&self) -> Option<&str> {
+        if self.kind != UNIX_SELECTOR_TYPE {
+            return None;
+        }
+        self.value.split_once(':').map(|(key, _)| key)
     }
 }
 
@@ -330,6 +365,49 @@ mod tests {
             Selector::parse_known("unix:user:"),
             Err(SelectorError::EmptyValue(_))
         ));
+    }
+
+    /// Issue 11, finding 1: a binary selector needs a uid or gid beside it.
+    #[test]
+    fn binary_selectors_need_a_uid_or_gid() -> Result<(), SelectorError> {
+        let sha = format!("unix:sha256:{}", "0123456789abcdef".repeat(4));
+        let set = |list: &[&str]| -> Result<Vec<Selector>, SelectorError> {
+            list.iter().map(|s| Selector::parse(s)).collect()
+        };
+        for refused in [
+            vec!["unix:path:/usr/bin/sleep"],
+            vec![sha.as_str()],
+            vec!["unix:path:/usr/bin/sleep", sha.as_str()],
+            vec!["unix:path:/usr/bin/sleep", "unix:user:root"],
+            vec!["unix:path:/usr/bin/sleep", "unix:group:wheel"],
+            vec!["unix:path:/usr/bin/sleep", "unix:supplementary_gid:0"],
+            // Another attestor's uid bounds nothing here.
+            vec!["unix:path:/usr/bin/sleep", "k8s:uid:0"],
+        ] {
+            let error = check_binary_anchored(&set(&refused)?);
+            assert_eq!(error, Err(SelectorError::BinaryWithoutUid), "{refused:?}");
+        }
+        for accepted in [
+            vec!["unix:path:/usr/bin/sleep", "unix:uid:1000"],
+            vec![sha.as_str(), "unix:gid:0"],
+            vec!["unix:path:/usr/bin/sleep", sha.as_str(), "unix:uid:0"],
+            vec!["unix:uid:1000"],
+            vec!["unix:user:www-data"],
+            vec![],
+        ] {
+            assert_eq!(
+                check_binary_anchored(&set(&accepted)?),
+                Ok(()),
+                "{accepted:?}"
+            );
+        }
+        let message = SelectorError::BinaryWithoutUid.to_string();
+        assert!(
+            message.contains("unix:path or unix:sha256 must also select unix:uid or unix:gid"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "one line: {message:?}");
+        Ok(())
     }
 
     /// What attestors report and the datastore holds is read as it is.

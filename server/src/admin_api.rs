@@ -96,6 +96,8 @@ impl AdminService {
                     .map_err(|e| Status::invalid_argument(format!("selectors: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        lanyard_proto::selector::check_binary_anchored(&selectors)
+            .map_err(|e| Status::invalid_argument(format!("selectors: {e}")))?;
         let ttl = if ttl_seconds == 0 {
             self.policy.default_ttl
         } else {

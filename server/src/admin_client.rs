@@ -1,6 +1,7 @@
 //! The operator's side of the Admin API: runs a CLI verb against a running
 //! server's Admin socket and prints the answer for people or scripts.
 
+use lanyard_proto::Selector;
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{
     CreateEntryRequest, DeleteEntryRequest, Entry, EvictAgentRequest, GenerateJoinTokenRequest,
@@ -257,12 +258,37 @@ fn client(args: &AdminArgs) -> AdminClient<Channel> {
     AdminClient::new(unix_channel(&args.socket))
 }
 
+/// What `entry list`/`show` say of an entry stored before the rule that a
+/// binary selector needs a uid or gid beside it (see
+/// [`lanyard_proto::selector::check_binary_anchored`]): agents will not issue it.
+pub const BINARY_WITHOUT_UID_WARNING: &str =
+    "selects a binary without unix:uid or unix:gid; the agent will not issue it";
+
+/// Why agents will not issue `entry`, if they will not: today only an entry
+/// stored before binary selectors needed a uid or gid.
+fn entry_warnings(entry: &Entry) -> Vec<&'static str> {
+    let selectors: Vec<Selector> = entry
+        .selectors
+        .iter()
+        .filter_map(|s| Selector::parse(s).ok())
+        .collect();
+    match lanyard_proto::selector::check_binary_anchored(&selectors) {
+        Ok(()) => Vec::new(),
+        Err(_) => vec![BINARY_WITHOUT_UID_WARNING],
+    }
+}
+
+/// Entries for people (one block each, a `Warning       : …` line for each
+/// reason agents will not issue it) or as a JSON array whose objects carry,
+/// besides the entry's fields, `"issuable"` (false when agents will not issue
+/// it) and `"warnings"` (why, one sentence each; empty when issuable).
 fn render(entries: &[Entry], output: Output) -> String {
     match output {
         Output::Json => serde_json::Value::from(
             entries
                 .iter()
                 .map(|e| {
+                    let warnings = entry_warnings(e);
                     json!({
                         "id": e.id,
                         "spiffe_id": e.spiffe_id,
@@ -275,6 +301,8 @@ fn render(entries: &[Entry], output: Output) -> String {
                         "created_at": e.created_at,
                         "updated_at": e.updated_at,
                         "revision": e.revision,
+                        "issuable": warnings.is_empty(),
+                        "warnings": warnings,
                     })
                 })
                 .collect::<Vec<_>>(),
@@ -293,9 +321,51 @@ fn render(entries: &[Entry], output: Output) -> String {
                 for selector in &e.selectors {
                     text.push_str(&format!("\nSelector      : {selector}"));
                 }
+                for warning in entry_warnings(e) {
+                    text.push_str(&format!("\nWarning       : {warning}"));
+                }
                 text
             })
             .collect::<Vec<_>>()
             .join("\n\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(selectors: &[&str]) -> Entry {
+        Entry {
+            id: "e1".into(),
+            spiffe_id: "spiffe://example.org/web".into(),
+            selectors: selectors.iter().map(|s| (*s).to_owned()).collect(),
+            ..Entry::default()
+        }
+    }
+
+    /// An entry stored before binary selectors needed a uid or gid is marked,
+    /// for people and for scripts; others are not.
+    #[test]
+    fn entries_agents_will_not_issue_are_marked() -> Result<(), serde_json::Error> {
+        let old = entry(&["unix:path:/usr/bin/sleep"]);
+        let fine = entry(&["unix:path:/usr/bin/sleep", "unix:uid:1000"]);
+
+        let human = render(std::slice::from_ref(&old), Output::Human);
+        assert!(
+            human.ends_with(&format!("\nWarning       : {BINARY_WITHOUT_UID_WARNING}")),
+            "{human}"
+        );
+        assert!(!render(std::slice::from_ref(&fine), Output::Human).contains("Warning"));
+
+        let json: serde_json::Value = serde_json::from_str(&render(&[old, fine], Output::Json))?;
+        assert_eq!(json[0]["issuable"], false);
+        assert_eq!(
+            json[0]["warnings"],
+            serde_json::json!([BINARY_WITHOUT_UID_WARNING])
+        );
+        assert_eq!(json[1]["issuable"], true);
+        assert_eq!(json[1]["warnings"], serde_json::json!([]));
+        Ok(())
     }
 }

@@ -302,6 +302,8 @@ impl RawConfig {
                 .iter()
                 .map(|s| Selector::parse_known(s).map_err(|e| invalid(key("selectors"), e)))
                 .collect::<Result<Vec<_>, _>>()?;
+            lanyard_proto::selector::check_binary_anchored(&selectors)
+                .map_err(|e| invalid(key("selectors"), e))?;
             let ttl = raw.jwt_svid_ttl_seconds.unwrap_or(default_ttl);
             if ttl == 0 || ttl > max_ttl {
                 return Err(invalid(
@@ -555,6 +557,21 @@ selectors = ["unix:uid:1000"]
                 "control characters",
             ),
             (
+                selector("unix:path:/usr/bin/sleep"),
+                "entries[0].selectors",
+                "must also select unix:uid or unix:gid",
+            ),
+            (
+                selector(&format!("unix:sha256:{}", "ab".repeat(32))),
+                "entries[0].selectors",
+                "must also select unix:uid or unix:gid",
+            ),
+            (
+                selector("unix:path:/usr/bin/sleep\", \"unix:user:root"),
+                "entries[0].selectors",
+                "must also select unix:uid or unix:gid",
+            ),
+            (
                 id("spiffe://example.org"),
                 "entries[0].spiffe_id",
                 "needs a path",
@@ -588,6 +605,16 @@ selectors = ["unix:uid:1000"]
                 "{message:?} should name {key} and {rule:?}"
             );
             assert!(!message.contains('\n'), "one line: {message:?}");
+        }
+        // A binary beside a uid or a gid is fine.
+        for anchored in [
+            selector("unix:path:/usr/bin/sleep\", \"unix:uid:1000"),
+            selector(&format!("unix:sha256:{}\", \"unix:gid:0", "ab".repeat(32))),
+        ] {
+            assert!(
+                ServerConfig::from_toml(&anchored, "test.toml").is_ok(),
+                "{anchored}"
+            );
         }
         // The parent may be a system ID, and /lanyardx is not /lanyard/.
         let fine = id("spiffe://example.org/lanyardx").replace(

@@ -490,6 +490,67 @@ async fn the_admin_api_refuses_what_can_never_match_or_is_the_systems() -> anyho
     Ok(())
 }
 
+/// Issue 11, finding 1: an entry pinned to a binary (`unix:path`,
+/// `unix:sha256`) must also select a uid or gid, at create and at update, so
+/// that an exec race gains nothing the racer's own uid could not reach.
+#[test]
+fn binary_selectors_need_a_uid_or_gid() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path())?;
+    let admin = Admin {
+        socket: dir.path().join("server/admin.sock"),
+    };
+    let sleep = "unix:path:/usr/bin/sleep";
+    let sha = format!("unix:sha256:{}", "0123456789abcdef".repeat(4));
+    let rule = "must also select unix:uid or unix:gid";
+    let refused = |message: String| {
+        assert!(
+            message.contains("InvalidArgument")
+                && message.contains("selectors")
+                && message.contains(rule),
+            "{message}"
+        );
+    };
+
+    refused(admin.error(&entry_create("spiffe://example.org/sleep", &["-s", sleep]))?);
+    refused(admin.error(&entry_create("spiffe://example.org/sleep", &["-s", &sha]))?);
+    // A user or group name is not a uid or gid.
+    refused(admin.error(&entry_create(
+        "spiffe://example.org/sleep",
+        &["-s", sleep, "-s", "unix:user:root"],
+    ))?);
+    assert_eq!(admin.json(&["entry", "list"])?, serde_json::json!([]));
+
+    let created = admin.json(&entry_create(
+        "spiffe://example.org/sleep",
+        &["-s", sleep, "-s", "unix:uid:1000"],
+    ))?;
+    let id = created[0]["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(created[0]["issuable"], true);
+    assert_eq!(created[0]["warnings"], serde_json::json!([]));
+    admin.json(&entry_create(
+        "spiffe://example.org/hashed",
+        &["-s", &sha, "-s", "unix:gid:0"],
+    ))?;
+
+    // Dropping the uid by an update is refused too, and changes nothing.
+    refused(admin.error(&["entry", "update", &id, "-s", sleep])?);
+    refused(admin.error(&["entry", "update", &id, "-s", sleep, "-s", &sha])?);
+    assert_eq!(
+        admin.json(&["entry", "show", &id])?[0]["selectors"],
+        serde_json::json!(["unix:path:/usr/bin/sleep", "unix:uid:1000"])
+    );
+    // Swapping the uid for a gid is fine.
+    let updated = admin.json(&["entry", "update", &id, "-s", sleep, "-s", "unix:gid:1000"])?;
+    assert_eq!(
+        updated[0]["selectors"],
+        serde_json::json!(["unix:gid:1000", "unix:path:/usr/bin/sleep"])
+    );
+
+    assert!(server.terminate()?);
+    Ok(())
+}
+
 /// The config file's [[entries]] get the same rules: the config loading that
 /// `run` does stops with one line naming the key (shown by `check-config`,
 /// which cannot hang on a config wrongly accepted).
@@ -514,6 +575,12 @@ fn config_entries_that_can_never_match_or_are_the_systems_stop_the_server() -> a
             "unix:user:root\\u0000admin",
             "entries[0].selectors",
             "control characters",
+        ),
+        (
+            "spiffe://example.org/web",
+            "unix:path:/usr/bin/sleep",
+            "entries[0].selectors",
+            "must also select unix:uid or unix:gid",
         ),
         (
             "spiffe://example.org/lanyard/server",

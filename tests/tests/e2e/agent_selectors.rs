@@ -8,7 +8,7 @@ use std::process::Command;
 
 use lanyard_agent::attestor::binary::sha256_hex;
 use lanyard_agent::workload_client::WorkloadClient;
-use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World};
+use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid};
 use tonic::Code;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_workload-probe");
@@ -54,11 +54,13 @@ async fn path_and_hash_selectors_match_the_right_binary_only() -> anyhow::Result
     let copy_hash = sha256_hex(&mut std::fs::File::open(&copy)?)?;
     assert_ne!(probe_hash, copy_hash);
 
+    // Binary selectors need a uid (or gid) beside them: this test's own.
+    let uid = format!("unix:uid:{}", my_uid());
     let world = World::start_with_agent_tables(
         "",
         &[
-            EntrySpec::new(BY_HASH, &[&format!("unix:sha256:{probe_hash}")]),
-            EntrySpec::new(BY_PATH, &[&format!("unix:path:{}", copy.display())]),
+            EntrySpec::new(BY_HASH, &[&format!("unix:sha256:{probe_hash}"), &uid]),
+            EntrySpec::new(BY_PATH, &[&format!("unix:path:{}", copy.display()), &uid]),
         ],
         "[workload_attestor]\npath_selectors = true\nsha256_selectors = true\n",
     )
@@ -113,7 +115,10 @@ async fn binary_selectors_are_off_unless_enabled() -> anyhow::Result<()> {
         "",
         &[EntrySpec::new(
             BY_HASH,
-            &[&format!("unix:sha256:{probe_hash}")],
+            &[
+                &format!("unix:sha256:{probe_hash}"),
+                &format!("unix:uid:{}", my_uid()),
+            ],
         )],
     )
     .await?;
@@ -147,17 +152,20 @@ async fn a_connection_kept_across_an_exec_gets_no_binary_identity() -> anyhow::R
     let sleep_file = sleep.canonicalize()?;
     let sleep_hash = sha256_hex(&mut std::fs::File::open(&sleep_file)?)?;
     let handoff_file = Path::new(HANDOFF).canonicalize()?;
+    // The exec'd process keeps the uid, so the uid beside each binary
+    // selector leaves the exec the only thing under test.
+    let uid = format!("unix:uid:{}", my_uid());
     let world = World::start_with_agent_tables(
         "",
         &[
             EntrySpec::new(
                 SLEEP_BY_PATH,
-                &[&format!("unix:path:{}", sleep_file.display())],
+                &[&format!("unix:path:{}", sleep_file.display()), &uid],
             ),
-            EntrySpec::new(SLEEP_BY_HASH, &[&format!("unix:sha256:{sleep_hash}")]),
+            EntrySpec::new(SLEEP_BY_HASH, &[&format!("unix:sha256:{sleep_hash}"), &uid]),
             EntrySpec::new(
                 HANDOFF_BY_PATH,
-                &[&format!("unix:path:{}", handoff_file.display())],
+                &[&format!("unix:path:{}", handoff_file.display()), &uid],
             ),
         ],
         "[workload_attestor]\npath_selectors = true\nsha256_selectors = true\n",
