@@ -3,9 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use lanyard_proto::selector::check_binary_anchored;
 use lanyard_proto::{Jwks, Selector, SpiffeId};
 use tokio::sync::watch;
 
@@ -113,6 +114,10 @@ pub struct SyncedState {
     x509_authorities: watch::Sender<Option<X509Authorities>>,
     /// Bumped whenever the entries in force change.
     entries_changed: watch::Sender<u64>,
+    /// Ids of the entries the server sends that are not issued (see
+    /// [`SyncedState::refuse_binary_without_uid`]), so that each is logged
+    /// once and not on every sync.
+    refused: Mutex<HashSet<String>>,
 }
 
 impl Default for SyncedState {
@@ -123,6 +128,7 @@ impl Default for SyncedState {
             bundle: watch::channel(None).0,
             x509_authorities: watch::channel(None).0,
             entries_changed: watch::channel(0).0,
+            refused: Mutex::default(),
         }
     }
 }
@@ -209,7 +215,11 @@ impl SyncedState {
             response = server.sync_entries(0).await?;
         }
         let mut upserts = Vec::with_capacity(response.entries.len());
+        // Every entry sent replaces what the agent had under its id, even one
+        // it cannot serve.
+        let mut sent: Vec<String> = Vec::with_capacity(response.entries.len());
         for raw in response.entries {
+            sent.push(raw.id.clone());
             let spiffe_id = SpiffeId::parse(&raw.spiffe_id);
             let selectors: Result<Vec<Selector>, _> =
                 raw.selectors.iter().map(|s| Selector::parse(s)).collect();
@@ -223,14 +233,25 @@ impl SyncedState {
                 _ => tracing::warn!(entry = raw.id, "server sent a malformed entry; ignoring it"),
             }
         }
+        let (upserts, newly_refused) =
+            self.refuse_binary_without_uid(response.full, upserts, &response.deleted_entry_ids);
+        for entry in newly_refused {
+            tracing::warn!(
+                entry = entry.id,
+                spiffe_id = %entry.spiffe_id,
+                "not issuing this entry: it selects a binary (unix:path or unix:sha256) without unix:uid or unix:gid, \
+                 which any local user able to run that binary could borrow through an exec race; \
+                 update it to select the uid or gid that runs the binary"
+            );
+        }
         let entries = if response.full {
             upserts
         } else {
             let gone: HashSet<&str> = response
                 .deleted_entry_ids
                 .iter()
+                .chain(&sent)
                 .map(String::as_str)
-                .chain(upserts.iter().map(|u| u.id.as_str()))
                 .collect();
             let mut entries: Vec<AgentEntry> = self.entries_snapshot().entries().to_vec();
             entries.retain(|e| !gone.contains(e.id.as_str()));
@@ -244,6 +265,40 @@ impl SyncedState {
         self.replace_bundle(jwks);
         self.replace_x509_authorities(x509_authorities);
         Ok(count)
+    }
+
+    /// Splits what the server sent into the entries to serve and those no
+    /// caller may get: entries that select a binary without a uid or gid
+    /// ([`check_binary_anchored`]), stored before the server refused them
+    /// (or by an older server). Of the latter, returns only those not refused
+    /// before (in this agent's life, and not since served or deleted), to be
+    /// logged once each.
+    fn refuse_binary_without_uid(
+        &self,
+        full: bool,
+        upserts: Vec<AgentEntry>,
+        deleted: &[String],
+    ) -> (Vec<AgentEntry>, Vec<AgentEntry>) {
+        let (kept, refused): (Vec<AgentEntry>, Vec<AgentEntry>) = upserts
+            .into_iter()
+            .partition(|e| check_binary_anchored(&e.selectors).is_ok());
+        let mut known = match self.refused.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if full {
+            let now: HashSet<&str> = refused.iter().map(|e| e.id.as_str()).collect();
+            known.retain(|id| now.contains(id.as_str()));
+        } else {
+            for id in kept.iter().map(|e| &e.id).chain(deleted) {
+                known.remove(id);
+            }
+        }
+        let newly = refused
+            .into_iter()
+            .filter(|e| known.insert(e.id.clone()))
+            .collect();
+        (kept, newly)
     }
 
     /// Syncs every `interval` (each sync within `deadline`) until `shutdown`
@@ -403,6 +458,65 @@ mod tests {
         assert!(state.entries_snapshot().entries().is_empty());
         silent.abort();
         Ok(())
+    }
+
+    /// Issue 11, finding 1: an entry selecting a binary without a uid or gid
+    /// never reaches the entry set, and is reported once per id, not on every
+    /// sync; again only after it was served or deleted in between.
+    #[test]
+    fn binary_entries_without_uid_are_refused_and_reported_once() {
+        let state = SyncedState::default();
+        let old = entry("old", "spiffe://td/old", &["unix:path:/usr/bin/sleep"]);
+        let fixed = entry(
+            "old",
+            "spiffe://td/old",
+            &["unix:path:/usr/bin/sleep", "unix:uid:1000"],
+        );
+        let good = entry("good", "spiffe://td/good", &["unix:path:/x", "unix:gid:5"]);
+        let ids = |entries: &[AgentEntry]| -> Vec<String> {
+            entries.iter().map(|e| e.id.clone()).collect()
+        };
+        let sync = |full: bool, sent: &[&AgentEntry], deleted: &[&str]| {
+            let deleted: Vec<String> = deleted.iter().map(|d| (*d).to_owned()).collect();
+            let (kept, newly) = state.refuse_binary_without_uid(
+                full,
+                sent.iter().map(|e| (*e).clone()).collect(),
+                &deleted,
+            );
+            (ids(&kept), ids(&newly))
+        };
+        let none: Vec<String> = Vec::new();
+        assert_eq!(
+            sync(true, &[&old, &good], &[]),
+            (vec!["good".into()], vec!["old".into()])
+        );
+        // Full syncs again and again: refused each time, reported no more.
+        assert_eq!(
+            sync(true, &[&old, &good], &[]),
+            (vec!["good".into()], none.clone())
+        );
+        assert_eq!(sync(false, &[&old], &[]), (none.clone(), none.clone()));
+        // Fixed, then broken again (by an old server): reported again.
+        assert_eq!(
+            sync(false, &[&fixed], &[]),
+            (vec!["old".into()], none.clone())
+        );
+        assert_eq!(
+            sync(false, &[&old], &[]),
+            (none.clone(), vec!["old".into()])
+        );
+        // Deleted, then back.
+        assert_eq!(sync(false, &[], &["old"]), (none.clone(), none.clone()));
+        assert_eq!(
+            sync(false, &[&old], &[]),
+            (none.clone(), vec!["old".into()])
+        );
+        // Gone from a full sync, then back.
+        assert_eq!(
+            sync(true, &[&good], &[]),
+            (vec!["good".into()], none.clone())
+        );
+        assert_eq!(sync(true, &[&old], &[]), (none, vec!["old".into()]));
     }
 
     #[test]

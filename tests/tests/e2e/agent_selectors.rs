@@ -5,9 +5,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use lanyard_agent::attestor::binary::sha256_hex;
 use lanyard_agent::workload_client::WorkloadClient;
+use lanyard_proto::{Selector, SpiffeId};
+use lanyard_server::store::Datastore;
 use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid};
 use tonic::Code;
 
@@ -19,6 +22,10 @@ const BY_PATH: &str = "/selectors/by-path";
 const SLEEP_BY_PATH: &str = "/selectors/sleep-by-path";
 const SLEEP_BY_HASH: &str = "/selectors/sleep-by-hash";
 const HANDOFF_BY_PATH: &str = "/selectors/handoff-by-path";
+const OLD_PATH_ONLY: &str = "/selectors/old-path-only";
+const OLD_HASH_ONLY: &str = "/selectors/old-hash-only";
+const PATH_AND_UID: &str = "/selectors/path-and-uid";
+const SERVER: &str = env!("CARGO_BIN_EXE_test-lanyard-server");
 
 /// Runs `binary args` against the agent at `endpoint`: its stdout, trimmed, and exit code.
 fn run_against(
@@ -191,6 +198,135 @@ async fn a_connection_kept_across_an_exec_gets_no_binary_identity() -> anyhow::R
         execd.contains("execve") || execd.contains("handed over"),
         "{execd}"
     );
+
+    world.stop().await;
+    Ok(())
+}
+
+/// Issue 11, finding 1, entries stored before binary selectors needed a uid
+/// or gid: written straight into the running server's datastore (as an older
+/// server stored them, past today's Admin API), one selecting only this test
+/// binary's path and one only its hash are never issued to it, while an entry
+/// with its path and uid is; `entry list` marks the old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_binary_entry_without_a_uid_is_never_issued() -> anyhow::Result<()> {
+    let world = World::start_with_agent_config(
+        "",
+        &[],
+        "sync_interval_seconds = 1",
+        "[workload_attestor]\npath_selectors = true\nsha256_selectors = true\n",
+    )
+    .await?;
+    let me = std::env::current_exe()?.canonicalize()?;
+    let path = format!("unix:path:{}", me.display());
+    let hash = format!(
+        "unix:sha256:{}",
+        sha256_hex(&mut std::fs::File::open(&me)?)?
+    );
+    let uid = format!("unix:uid:{}", my_uid());
+    let id = |path: &str| SpiffeId::parse(&format!("spiffe://{TRUST_DOMAIN}{path}"));
+    let local_agent = id("/lanyard/agent/local")?;
+    let store = Datastore::open_sqlite(&world.dir.path().join("server/datastore.sqlite3")).await?;
+    // The old entries first: once the agent serves the last one, it has synced them.
+    for (entry_id, spiffe_path, selectors) in [
+        ("old-path-only", OLD_PATH_ONLY, vec![&path]),
+        ("old-hash-only", OLD_HASH_ONLY, vec![&hash]),
+        ("path-and-uid", PATH_AND_UID, vec![&path, &uid]),
+    ] {
+        let spec = lanyard_server::entries::EntrySpec::new(
+            id(spiffe_path)?,
+            local_agent.clone(),
+            selectors
+                .into_iter()
+                .map(|s| Selector::parse(s))
+                .collect::<Result<_, _>>()?,
+            Duration::from_secs(300),
+        );
+        store.create_entry(entry_id, &spec, 1).await?;
+    }
+    store.close().await;
+
+    let mut client = WorkloadClient::new(&world.endpoint())?;
+    let wanted = vec![format!("spiffe://{TRUST_DOMAIN}{PATH_AND_UID}")];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let served = client.fetch_jwt(vec!["a".to_owned()], None).await;
+        let ids: Option<Vec<String>> = served
+            .as_ref()
+            .ok()
+            .map(|svids| svids.iter().map(|s| s.spiffe_id.clone()).collect());
+        if ids.as_ref() == Some(&wanted) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline && ids.is_none_or(|ids| ids.len() <= 1),
+            "not (only) the path+uid entry: {served:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And so it stays, through more syncs: neither asked for by name, nor as X.509.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let all = client.fetch_jwt(vec!["a".to_owned()], None).await?;
+    assert_eq!(
+        all.iter().map(|s| s.spiffe_id.clone()).collect::<Vec<_>>(),
+        wanted
+    );
+    for old in [OLD_PATH_ONLY, OLD_HASH_ONLY] {
+        let named = client
+            .fetch_jwt(
+                vec!["a".to_owned()],
+                Some(format!("spiffe://{TRUST_DOMAIN}{old}")),
+            )
+            .await;
+        assert_eq!(
+            named.as_ref().err().and_then(|e| e.code()),
+            Some(Code::PermissionDenied),
+            "{old}: {named:?}"
+        );
+    }
+    let x509 = client.fetch_x509().await?;
+    assert_eq!(
+        x509.iter().map(|s| s.spiffe_id.clone()).collect::<Vec<_>>(),
+        wanted
+    );
+
+    // `entry list` marks them, for people and for scripts.
+    let list = |output: &str| -> anyhow::Result<String> {
+        let out = Command::new(SERVER)
+            .args(["entry", "list", "--output", output, "--socket"])
+            .arg(&world.server.admin_socket)
+            .env("RUST_LOG", "off")
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let (human, json) =
+        tokio::task::block_in_place(|| anyhow::Ok((list("human")?, list("json")?)))?;
+    let warning = "Warning       : selects a binary without unix:uid or unix:gid; the agent will not issue it";
+    assert_eq!(human.matches(warning).count(), 2, "{human}");
+    for block in human.split("\n\n") {
+        assert_eq!(
+            block.contains(warning),
+            !block.contains(PATH_AND_UID),
+            "{block}"
+        );
+    }
+    let json: serde_json::Value = serde_json::from_str(&json)?;
+    let entries = json.as_array().cloned().unwrap_or_default();
+    assert_eq!(entries.len(), 3, "{json}");
+    for entry in entries {
+        let old = entry["spiffe_id"] != format!("spiffe://{TRUST_DOMAIN}{PATH_AND_UID}");
+        assert_eq!(entry["issuable"], !old, "{entry}");
+        assert_eq!(
+            entry["warnings"].as_array().map(Vec::len),
+            Some(usize::from(old)),
+            "{entry}"
+        );
+    }
 
     world.stop().await;
     Ok(())
