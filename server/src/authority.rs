@@ -27,6 +27,13 @@ pub enum MintError {
     EmptyAudience,
     #[error(transparent)]
     BadAudience(AudienceError),
+    /// Stored before the rule it breaks (a binary selector without a uid or
+    /// gid): never signed for, whoever asks.
+    #[error("entry {entry:?} is not issued: {reason}")]
+    Unissuable {
+        entry: String,
+        reason: lanyard_proto::SelectorError,
+    },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
@@ -224,6 +231,21 @@ impl Authority {
         agent: &SpiffeId,
         entry_id: &str,
     ) -> Result<RegistrationEntry, MintError> {
+        let entry = self.owned_entry(agent, entry_id).await?;
+        lanyard_proto::selector::check_binary_anchored(&entry.selectors).map_err(|reason| {
+            MintError::Unissuable {
+                entry: entry.id.clone(),
+                reason,
+            }
+        })?;
+        Ok(entry)
+    }
+
+    async fn owned_entry(
+        &self,
+        agent: &SpiffeId,
+        entry_id: &str,
+    ) -> Result<RegistrationEntry, MintError> {
         match self.store.get_entry(entry_id).await {
             Ok(entry) if &entry.parent_id == agent => Ok(entry),
             Ok(entry) => {
@@ -411,6 +433,39 @@ mod tests {
             update.upserts.iter().any(|e| e.id == "node"),
             "the renamed entry itself is sent: {update:?}"
         );
+        Ok(())
+    }
+
+    /// An entry stored before binary selectors needed a uid or gid (as an
+    /// older server wrote it) is never signed for, even by its own agent.
+    #[tokio::test]
+    async fn an_entry_stored_before_the_binary_rule_is_never_signed()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (authority, agent, _) = authority(dir.path()).await?;
+        let old = EntrySpec::new(
+            authority.trust_domain().id_with_path("/old")?,
+            agent.clone(),
+            vec![Selector::parse("unix:path:/usr/bin/sleep")?],
+            Duration::from_secs(600),
+        );
+        authority.store().seed_entry(&old, 0).await?;
+        let refused = authority
+            .mint_jwt_svid(
+                &agent,
+                &old.content_id(),
+                &["aud".to_owned()],
+                SystemTime::now(),
+            )
+            .await;
+        assert!(
+            matches!(&refused, Err(MintError::Unissuable { .. })),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            authority.entry_of_agent(&agent, &old.content_id()).await,
+            Err(MintError::Unissuable { .. })
+        ));
         Ok(())
     }
 

@@ -101,6 +101,10 @@ fn mint_status(agent: &SpiffeId, entry_id: &str, error: MintError) -> Status {
             tracing::warn!(target: "lanyard::audit", agent = %agent, entry = entry_id, "mint refused: not the agent's entry");
             Status::permission_denied(error.to_string())
         }
+        MintError::Unissuable { .. } => {
+            tracing::warn!(target: "lanyard::audit", agent = %agent, entry = entry_id, error = %error, "mint refused: the entry breaks a rule it was stored before");
+            Status::failed_precondition(error.to_string())
+        }
         MintError::EmptyAudience | MintError::BadAudience(_) => {
             Status::invalid_argument(error.to_string())
         }
