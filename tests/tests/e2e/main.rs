@@ -4,6 +4,7 @@
 //! minutes of linking for nothing.
 
 mod admin_cli;
+mod advisories;
 mod agent_cli;
 mod agent_entry_changes;
 mod agent_handoff;
