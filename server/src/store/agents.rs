@@ -54,18 +54,31 @@ impl Datastore {
             .execute(self.pool())
             .await?;
         if updated.rows_affected() == 0 {
-            sqlx::query("INSERT INTO agents (spiffe_id, serial, attested_at, last_seen, evicted) VALUES ($1, $2, $3, $3, 0)")
+            let inserted = sqlx::query("INSERT INTO agents (spiffe_id, serial, attested_at, last_seen, evicted) VALUES ($1, $2, $3, $3, 0)")
                 .bind(spiffe_id.as_str())
                 .bind(serial)
                 .bind(now)
                 .execute(self.pool())
                 .await
                 .map_err(|e| match e {
+                    // The row exists: evicted, or written a moment ago by
+                    // another attestation for the same ID (said below).
                     sqlx::Error::Database(db) if db.is_unique_violation() => {
-                        StoreError::Conflict(format!("agent {spiffe_id} was evicted and cannot attest again"))
+                        StoreError::Conflict(String::new())
                     }
                     other => StoreError::Database(other),
-                })?;
+                });
+            if let Err(StoreError::Conflict(_)) = inserted {
+                let existing = self.get_agent(spiffe_id).await?;
+                return Err(StoreError::Conflict(if existing.evicted {
+                    format!("agent {spiffe_id} was evicted and cannot attest again")
+                } else {
+                    format!(
+                        "agent {spiffe_id} was attested by another join token at the same moment"
+                    )
+                }));
+            }
+            inserted?;
         }
         self.get_agent(spiffe_id).await
     }

@@ -508,10 +508,16 @@ async fn join_token_race_scenario(datastore_url: &str) -> anyhow::Result<()> {
     while let Some(outcome) = racers.join_next().await {
         match outcome? {
             Ok(creds) => issued.push(creds),
-            lost => assert_eq!(
-                refused(lost).map(|s| s.code()),
-                Some(Code::PermissionDenied)
-            ),
+            lost => {
+                let status = refused(lost);
+                assert_eq!(
+                    status.as_ref().map(|s| s.code()),
+                    Some(Code::PermissionDenied)
+                );
+                // Nothing was evicted: the refusal must not say so.
+                let message = status.map(|s| s.message().to_owned()).unwrap_or_default();
+                assert!(!message.contains("evicted"), "{message}");
+            }
         }
     }
     let mut usable = 0;
