@@ -16,6 +16,7 @@ mod agent_workload_api;
 mod binaries;
 mod cloud_emulators;
 mod cloud_exchange;
+mod config_properties;
 mod foreign_clients;
 mod jwt_svid_e2e;
 mod listener_flood;
