@@ -313,14 +313,14 @@ pub async fn run_api(command: ApiCommand) -> anyhow::Result<()> {
 fn pem_certificates(certificates: &[Vec<u8>]) -> String {
     certificates
         .iter()
-        .map(|der| lanyard_proto::pem::encode("CERTIFICATE", der))
+        .map(|der| lanyard_host::pem::encode("CERTIFICATE", der))
         .collect()
 }
 
 fn pem_list(certificates: &[Vec<u8>]) -> Vec<serde_json::Value> {
     certificates
         .iter()
-        .map(|der| lanyard_proto::pem::encode("CERTIFICATE", der).into())
+        .map(|der| lanyard_host::pem::encode("CERTIFICATE", der).into())
         .collect()
 }
 
@@ -334,8 +334,8 @@ fn write_x509(dir: &std::path::Path, svids: &[FetchedX509]) -> anyhow::Result<()
         } else {
             format!(".{i}")
         };
-        let key = lanyard_proto::pem::encode("PRIVATE KEY", &svid.key);
-        lanyard_proto::fsutil::write_private_file(
+        let key = lanyard_host::pem::encode("PRIVATE KEY", &svid.key);
+        lanyard_host::private_files::write_private_file(
             &dir.join(format!("svid{suffix}.key")),
             key.as_bytes(),
         )?;
@@ -348,7 +348,7 @@ fn write_x509(dir: &std::path::Path, svids: &[FetchedX509]) -> anyhow::Result<()
         ] {
             // Certificates are public: readable by whoever may enter `dir`.
             let path = dir.join(name);
-            lanyard_proto::fsutil::write_private_file(&path, contents.as_bytes())?;
+            lanyard_host::private_files::write_private_file(&path, contents.as_bytes())?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
                 .with_context(|| format!("setting the mode of {}", path.display()))?;
         }
@@ -483,7 +483,7 @@ pub async fn run_token_file(file: cloud::token_file::TokenFile, once: bool) -> a
         return Ok(());
     }
     let stop = async {
-        if let Err(error) = lanyard_proto::daemon::shutdown_signal().await {
+        if let Err(error) = lanyard_host::daemon::shutdown_signal().await {
             tracing::warn!(%error, "cannot listen for signals; stopping");
         }
     };

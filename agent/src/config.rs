@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lanyard_host::config_file::{self, ConfigFileError};
 use lanyard_proto::TrustDomain;
-use lanyard_proto::config_file::{self, ConfigFileError};
 use serde::Deserialize;
 
 use crate::attestor::unix::{DEFAULT_MAX_BINARY_BYTES, UnixAttestorConfig};
@@ -50,7 +50,7 @@ impl JoinToken {
 /// The join token in `path`: a file only its owner may read (0600 or
 /// stricter), since whoever reads the token first can attest as this node.
 pub fn read_join_token_file(path: &Path) -> Result<String, String> {
-    let bytes = lanyard_proto::fsutil::read_private_file(path)
+    let bytes = lanyard_host::private_files::read_private_file(path)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} does not exist", path.display()))?;
     let token = String::from_utf8(bytes)

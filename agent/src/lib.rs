@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanyard_proto::transport::{self, SocketError};
+use lanyard_host::transport::{self, SocketError};
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -39,7 +39,7 @@ use crate::state::SyncedState;
 use crate::workload_api::WorkloadService;
 use crate::x509_svids::X509SvidCache;
 use futures::FutureExt;
-use lanyard_proto::transport::limits::{self, ConnectionLimiter};
+use lanyard_host::transport::limits::{self, ConnectionLimiter};
 
 /// Workload API socket mode: every local process may connect; who gets what is
 /// decided per call from the caller's kernel credentials.
@@ -90,7 +90,7 @@ impl RunningAgent {
 
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        lanyard_proto::daemon::drain(&mut self.tasks, "lanyard-agent").await;
+        lanyard_host::daemon::drain(&mut self.tasks, "lanyard-agent").await;
         let _ = std::fs::remove_file(&self.socket);
     }
 }
@@ -236,7 +236,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
 mod tests {
     use super::*;
     use crate::workload_client::WorkloadClient;
-    use lanyard_proto::transport::limits::ConnectionLimits;
+    use lanyard_host::transport::limits::ConnectionLimits;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixStream;
     use tonic::Code;

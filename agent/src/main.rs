@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use lanyard_agent::cli::{self, Cli, Command};
 use lanyard_agent::config::{AgentConfig, JoinToken, ServerConnection, read_join_token_file};
-use lanyard_proto::daemon;
+use lanyard_host::daemon;
 
 /// Client commands run inside other tools (the AWS CLI shows a
 /// credential_process's stderr): only our warnings and real errors, and none

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use lanyard_host::pem::encode as pem;
+use lanyard_host::private_files::{self, FsError};
 use lanyard_proto::SpiffeId;
-use lanyard_proto::fsutil::{self, FsError};
 use lanyard_proto::node::node_client::NodeClient;
 use lanyard_proto::node::{AgentSvidResponse, AttestAgentRequest, RenewAgentRequest};
-use lanyard_proto::pem::encode as pem;
 use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -131,7 +131,7 @@ impl AgentCredentials {
     /// as it has issued a new one, so a new key beside an old SVID would lock
     /// the agent out).
     pub fn save(&self, dir: &Path) -> Result<(), NodeClientError> {
-        fsutil::ensure_private_dir(dir)?;
+        private_files::ensure_private_dir(dir)?;
         let mut text = pem("PRIVATE KEY", &self.key_pkcs8);
         text.push_str(&pem("CERTIFICATE", &self.svid));
         text.push_str(&format!(
@@ -141,7 +141,7 @@ impl AgentCredentials {
         for ca in &self.bundle {
             text.push_str(&pem("CERTIFICATE", ca));
         }
-        fsutil::write_private_file(&dir.join(CREDENTIALS_FILE), text.as_bytes())?;
+        private_files::write_private_file(&dir.join(CREDENTIALS_FILE), text.as_bytes())?;
         // Files of the three-file layout of earlier versions are superseded.
         for legacy in LEGACY_FILES {
             match std::fs::remove_file(dir.join(legacy)) {
@@ -163,7 +163,7 @@ impl AgentCredentials {
             dir: dir.to_owned(),
             message: message.to_owned(),
         };
-        let text = match fsutil::read_private_file(&dir.join(CREDENTIALS_FILE))? {
+        let text = match private_files::read_private_file(&dir.join(CREDENTIALS_FILE))? {
             Some(text) => text,
             None => match read_legacy(dir, &broken)? {
                 Some(text) => text,
@@ -225,11 +225,12 @@ fn read_legacy(
     broken: &dyn Fn(&str) -> NodeClientError,
 ) -> Result<Option<Vec<u8>>, NodeClientError> {
     let [key, svid, bundle] = LEGACY_FILES;
-    let Some(mut text) = fsutil::read_private_file(&dir.join(key))? else {
+    let Some(mut text) = private_files::read_private_file(&dir.join(key))? else {
         return Ok(None);
     };
     for (file, missing) in [(svid, "SVID missing"), (bundle, "bundle missing")] {
-        let part = fsutil::read_private_file(&dir.join(file))?.ok_or_else(|| broken(missing))?;
+        let part =
+            private_files::read_private_file(&dir.join(file))?.ok_or_else(|| broken(missing))?;
         text.push(b'\n');
         text.extend_from_slice(&part);
     }
@@ -416,7 +417,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         // Cut off after the key: no SVID, no bundle.
         let key_end = text.find("-----END PRIVATE KEY-----\n").unwrap() + 26;
-        fsutil::write_private_file(&path, &text.as_bytes()[..key_end]).unwrap();
+        private_files::write_private_file(&path, &text.as_bytes()[..key_end]).unwrap();
         let err = AgentCredentials::load(dir.path()).unwrap_err().to_string();
         assert!(
             err.contains("SVID CERTIFICATE does not follow the key"),
@@ -441,7 +442,7 @@ mod tests {
             (svid_file, svid_text),
             (bundle_file, pem("CERTIFICATE", &creds.bundle[0])),
         ] {
-            fsutil::write_private_file(&dir.path().join(file), text.as_bytes()).unwrap();
+            private_files::write_private_file(&dir.path().join(file), text.as_bytes()).unwrap();
         }
 
         let loaded = AgentCredentials::load(dir.path()).unwrap().unwrap();

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lanyard_host::transport::{SocketError, socket_path_from_endpoint, unix_channel};
 use lanyard_proto::WORKLOAD_API_HEADER;
-use lanyard_proto::transport::{SocketError, socket_path_from_endpoint, unix_channel};
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_proto::workload::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,

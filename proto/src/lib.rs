@@ -1,15 +1,13 @@
-//! Lanyard's wire contract and the small types that both server and agent share.
+//! Lanyard's wire contract and the identity types that both server and agent
+//! share. It carries no runtime: the messages and types need only prost and
+//! serde; the tonic client and server stubs come with the `grpc` feature.
+//! What the daemons share on a host (sockets, files, signals) is `lanyard-host`.
 
 pub mod audience;
 pub mod claims;
-pub mod config_file;
-pub mod daemon;
-pub mod fsutil;
 pub mod jwks;
-pub mod pem;
 pub mod selector;
 pub mod spiffe_id;
-pub mod transport;
 
 pub use claims::{JwtHeader, JwtSvidClaims};
 pub use jwks::{Jwk, Jwks};

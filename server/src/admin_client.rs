@@ -1,6 +1,7 @@
 //! The operator's side of the Admin API: runs a CLI verb against a running
 //! server's Admin socket and prints the answer for people or scripts.
 
+use lanyard_host::transport::unix_channel;
 use lanyard_proto::Selector;
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{
@@ -8,7 +9,6 @@ use lanyard_proto::admin::{
     GetBundleRequest, GetEntryRequest, HealthRequest, ListAgentsRequest, ListEntriesRequest,
     UpdateEntryRequest,
 };
-use lanyard_proto::transport::unix_channel;
 use serde_json::json;
 use tonic::transport::Channel;
 

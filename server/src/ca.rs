@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use lanyard_proto::fsutil::{self, FsError};
+use lanyard_host::private_files::{self, FsError};
 use lanyard_proto::{SpiffeId, TrustDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -121,7 +121,7 @@ impl CertificateAuthority {
         trust_domain: &TrustDomain,
         now: SystemTime,
     ) -> Result<Self, CaError> {
-        fsutil::ensure_private_dir(dir)?;
+        private_files::ensure_private_dir(dir)?;
         let mut generations = Vec::new();
         let entries = std::fs::read_dir(dir).map_err(|e| CaError::Invalid {
             path: dir.display().to_string(),
@@ -159,7 +159,7 @@ impl CertificateAuthority {
             path: path.display().to_string(),
             message,
         };
-        let key_pem = fsutil::read_private_file(&key_path)?
+        let key_pem = private_files::read_private_file(&key_path)?
             .ok_or_else(|| invalid(&key_path, "missing".into()))?;
         let key_pem = String::from_utf8(key_pem).map_err(|e| invalid(&key_path, e.to_string()))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, e.to_string()))?;
@@ -205,11 +205,11 @@ impl CertificateAuthority {
         let cert = params.self_signed(&key)?;
         // Certificate first: a generation exists once its key file does, so a
         // failure between the two writes leaves only an unused certificate.
-        fsutil::write_private_file(
+        private_files::write_private_file(
             &self.dir.join(format!("ca-{serial}-cert.pem")),
             cert.pem().as_bytes(),
         )?;
-        fsutil::write_private_file(
+        private_files::write_private_file(
             &self.dir.join(format!("ca-{serial}-key.pem")),
             key.serialize_pem().as_bytes(),
         )?;
@@ -252,9 +252,9 @@ impl CertificateAuthority {
         if changed || before == 0 {
             let bundle: String = generations
                 .iter()
-                .map(|g| lanyard_proto::pem::encode("CERTIFICATE", &g.cert))
+                .map(|g| lanyard_host::pem::encode("CERTIFICATE", &g.cert))
                 .collect();
-            fsutil::write_private_file(&self.dir.join(BUNDLE_FILE), bundle.as_bytes())?;
+            private_files::write_private_file(&self.dir.join(BUNDLE_FILE), bundle.as_bytes())?;
             match self.generations.write() {
                 Ok(mut guard) => *guard = generations,
                 Err(poisoned) => *poisoned.into_inner() = generations,
@@ -550,7 +550,7 @@ mod tests {
         let bundle = CertificateAuthority::load_or_generate(dir.path(), &td, now)?.bundle();
         // A key whose certificate was never written, as a crash mid-generation leaves it.
         let orphan = KeyPair::generate()?;
-        fsutil::write_private_file(
+        private_files::write_private_file(
             &dir.path().join("ca-7f00-key.pem"),
             orphan.serialize_pem().as_bytes(),
         )?;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lanyard_proto::config_file::{self, ConfigFileError};
+use lanyard_host::config_file::{self, ConfigFileError};
 use lanyard_proto::{Selector, SpiffeId, TrustDomain};
 use serde::Deserialize;
 

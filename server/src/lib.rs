@@ -8,8 +8,6 @@ pub mod cli;
 pub mod config;
 pub mod entries;
 pub mod federation;
-/// Secret files (keys) with owner-only modes; shared with the agent.
-pub use lanyard_proto::fsutil;
 pub mod keys;
 pub mod listener;
 pub mod node_api;
@@ -24,9 +22,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use lanyard_host::private_files;
+use lanyard_host::transport::{self, SocketError};
 use lanyard_proto::admin::admin_server::AdminServer;
 use lanyard_proto::node::node_server::NodeServer;
-use lanyard_proto::transport::{self, SocketError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -41,7 +40,7 @@ use crate::tls::TlsError;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
-    DataDir(#[from] fsutil::FsError),
+    DataDir(#[from] private_files::FsError),
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
@@ -102,7 +101,7 @@ impl RunningServer {
 
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        lanyard_proto::daemon::drain(&mut self.tasks, "lanyard-server").await;
+        lanyard_host::daemon::drain(&mut self.tasks, "lanyard-server").await;
     }
 }
 
@@ -120,7 +119,7 @@ pub async fn start_with_listener(
     config: ServerConfig,
     oidc_listener: TcpListener,
 ) -> Result<RunningServer, ServerError> {
-    fsutil::ensure_private_dir(&config.data_dir)?;
+    private_files::ensure_private_dir(&config.data_dir)?;
     let store = store::Datastore::open(&config.datastore_url).await?;
     let now = authority::unix_seconds(std::time::SystemTime::now());
     for spec in &config.entries {
@@ -366,7 +365,7 @@ fn server_identity(config: &ServerConfig) -> Result<String, ServerError> {
         return Ok(config.server_id.clone());
     }
     let path = config.data_dir.join("server-id");
-    if let Some(bytes) = fsutil::read_private_file(&path)? {
+    if let Some(bytes) = private_files::read_private_file(&path)? {
         let id = String::from_utf8_lossy(&bytes).trim().to_owned();
         if !id.is_empty() {
             return Ok(id);
@@ -376,7 +375,7 @@ fn server_identity(config: &ServerConfig) -> Result<String, ServerError> {
     aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| ServerError::Task("server id", "no randomness available".into()))?;
     let id = entries::hex(&bytes);
-    fsutil::write_private_file(&path, id.as_bytes())?;
+    private_files::write_private_file(&path, id.as_bytes())?;
     Ok(id)
 }
 

@@ -1,7 +1,7 @@
 //! The accept loops shared by the server's listeners: TCP (OIDC, Node API)
 //! with a TLS handshake deadline, and Unix sockets (Admin, local Node API).
 //! Every one caps connections per peer and in total (see
-//! [`lanyard_proto::transport::limits`]) and pauses after a failed accept.
+//! [`lanyard_host::transport::limits`]) and pauses after a failed accept.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use lanyard_proto::transport::AuthorityBlind;
-use lanyard_proto::transport::limits::{
+use lanyard_host::transport::AuthorityBlind;
+use lanyard_host::transport::limits::{
     AcceptErrors, ConnectionLimiter, ConnectionPermit, Permitted,
 };
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -137,7 +137,7 @@ impl Limiters {
     /// `behind_proxy`: OIDC clients all arrive from the proxy's address, so
     /// OIDC has no per-address cap below its total.
     pub fn for_open_files(open_files: u64, behind_proxy: bool) -> Self {
-        use lanyard_proto::transport::limits::ConnectionLimits;
+        use lanyard_host::transport::limits::ConnectionLimits;
         let budget = open_files.saturating_sub(RESERVED_FDS);
         let mut oidc = ConnectionLimits::within(256, 4096, budget / 4, 1);
         if behind_proxy {

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use lanyard_proto::daemon;
+use lanyard_host::daemon;
 use lanyard_server::cli::{Cli, Command, FederationArgs, OidcCommand};
 use lanyard_server::config::Issuer;
 use lanyard_server::config::ServerConfig;

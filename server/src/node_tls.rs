@@ -13,8 +13,8 @@ use std::sync::RwLock;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use lanyard_host::transport::limits::{ConnectionLimiter, ConnectionPermit};
 use lanyard_proto::SpiffeId;
-use lanyard_proto::transport::limits::{ConnectionLimiter, ConnectionPermit};
 use rcgen::KeyPair;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};

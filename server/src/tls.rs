@@ -14,7 +14,7 @@ use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
 use crate::config::{Issuer, TlsFiles};
-use crate::fsutil::{self, FsError};
+use lanyard_host::private_files::{self, FsError};
 
 pub const SELF_SIGNED_CERT_FILE: &str = "oidc-tls-cert.pem";
 const SELF_SIGNED_KEY_FILE: &str = "oidc-tls-key.pem";
@@ -185,7 +185,7 @@ fn self_signed(issuer: &Issuer, data_dir: &Path) -> Result<CertFiles, TlsError> 
         key: data_dir.join(SELF_SIGNED_KEY_FILE),
         configured: false,
     };
-    if fsutil::read_private_file(&files.key)?.is_some() && files.cert.exists() {
+    if private_files::read_private_file(&files.key)?.is_some() && files.cert.exists() {
         return Ok(files);
     }
     let mut names = vec![issuer.host().to_owned()];
@@ -197,8 +197,11 @@ fn self_signed(issuer: &Issuer, data_dir: &Path) -> Result<CertFiles, TlsError> 
     let certified = rcgen::generate_simple_self_signed(names)?;
     // Both replaced atomically, the key last: the pair counts as present only
     // once the key is there, so a failure in between means a fresh pair next time.
-    fsutil::write_private_file(&files.cert, certified.cert.pem().as_bytes())?;
-    fsutil::write_private_file(&files.key, certified.signing_key.serialize_pem().as_bytes())?;
+    private_files::write_private_file(&files.cert, certified.cert.pem().as_bytes())?;
+    private_files::write_private_file(
+        &files.key,
+        certified.signing_key.serialize_pem().as_bytes(),
+    )?;
     tracing::info!(cert = %files.cert.display(), "generated a self-signed OIDC certificate (configure oidc.tls_cert for production)");
     Ok(files)
 }

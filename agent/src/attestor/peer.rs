@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::Stream;
-use lanyard_proto::transport::AuthorityBlind;
-use lanyard_proto::transport::limits::{
+use lanyard_host::transport::AuthorityBlind;
+use lanyard_host::transport::limits::{
     AcceptErrors, ConnectionLimiter, ConnectionLimits, ConnectionPermit,
 };
 use nix::sys::socket::{UnixCredentials, getsockopt, sockopt};
@@ -213,7 +213,7 @@ impl AsyncRead for PeerStream {
 }
 
 impl AsyncWrite for PeerStream {
-    lanyard_proto::write_through!(stream);
+    lanyard_host::write_through!(stream);
 }
 
 #[cfg(test)]

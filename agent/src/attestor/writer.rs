@@ -106,5 +106,5 @@ impl AsyncRead for WriterChecked {
 }
 
 impl AsyncWrite for WriterChecked {
-    lanyard_proto::write_through!(stream);
+    lanyard_host::write_through!(stream);
 }

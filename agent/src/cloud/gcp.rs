@@ -118,7 +118,7 @@ pub async fn executable(
 /// Writes the success response where the library caches it
 /// (`GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE`): owner-only, replaced atomically.
 pub fn write_output_file(path: &Path, response: &ExecutableResponse) -> Result<(), CloudError> {
-    lanyard_proto::fsutil::write_private_file(path, response.to_json().as_bytes())?;
+    lanyard_host::private_files::write_private_file(path, response.to_json().as_bytes())?;
     Ok(())
 }
 

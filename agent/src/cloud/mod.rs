@@ -32,7 +32,7 @@ pub enum CloudError {
     #[error("{0}")]
     Exchange(String),
     #[error(transparent)]
-    Fs(#[from] lanyard_proto::fsutil::FsError),
+    Fs(#[from] lanyard_host::private_files::FsError),
 }
 
 /// A JWT-SVID with the times the helpers schedule by.

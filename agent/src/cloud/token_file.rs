@@ -8,7 +8,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lanyard_proto::fsutil;
+use lanyard_host::private_files;
 
 use super::{CloudError, Svid, fetch_svid};
 
@@ -56,7 +56,7 @@ impl TokenFile {
         if self.audience.iter().any(|a| a.trim().is_empty()) {
             return Err(CloudError::Invalid("--audience must not be empty".into()));
         }
-        let parent = fsutil::parent_dir(&self.path);
+        let parent = private_files::parent_dir(&self.path);
         if !parent.is_dir() {
             return Err(CloudError::Invalid(format!(
                 "--path {}: directory {} does not exist",
@@ -110,7 +110,7 @@ impl TokenFile {
     async fn fetch_if_new(&self, current: Option<&Svid>) -> Result<Svid, CloudError> {
         let svid = fetch_svid(&self.endpoint, &self.audience, self.spiffe_id.as_deref()).await?;
         if current.is_none_or(|c| c.token != svid.token) {
-            fsutil::write_private_file(&self.path, svid.token.as_bytes())?;
+            private_files::write_private_file(&self.path, svid.token.as_bytes())?;
             tracing::info!(
                 path = %self.path.display(),
                 spiffe_id = %svid.spiffe_id,

@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     let state_dir = state_dir();
-    lanyard_server::fsutil::ensure_private_dir(&state_dir)?;
+    lanyard_host::private_files::ensure_private_dir(&state_dir)?;
     let listener = bind_oidc().await?;
     let oidc_addr = listener.local_addr()?;
     let issuer = format!("https://{oidc_addr}");

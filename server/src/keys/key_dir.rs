@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::signing_key::{LEGACY_KEY_FILE, encode_pem};
 use super::{JwtSigningKey, KeyError, KeyType};
-use crate::fsutil::{self, FsError};
+use lanyard_host::private_files::{self, FsError};
 
 const KEY_FILE_SUFFIX: &str = ".pem";
 const MAX_KID_LEN: usize = 128;
@@ -22,7 +22,7 @@ pub struct KeyDir {
 impl KeyDir {
     /// Opens `dir`, creating it mode 0700 if needed (and refusing one that is not ours).
     pub fn open(dir: &Path) -> Result<Self, KeyError> {
-        fsutil::ensure_private_dir(dir)?;
+        private_files::ensure_private_dir(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -44,7 +44,7 @@ impl KeyDir {
     pub fn generate(&self, key_type: KeyType) -> Result<JwtSigningKey, KeyError> {
         let (key, pkcs8) = JwtSigningKey::generate(key_type)?;
         let path = self.key_path(key.kid())?;
-        fsutil::write_private_file(&path, encode_pem(&pkcs8).as_bytes())?;
+        private_files::write_private_file(&path, encode_pem(&pkcs8).as_bytes())?;
         tracing::info!(kid = key.kid(), %key_type, path = %path.display(), "generated a JWT signing key");
         Ok(key)
     }
@@ -52,7 +52,7 @@ impl KeyDir {
     /// Loads the key `kid`, checking that the file really holds that key.
     pub fn load(&self, kid: &str) -> Result<JwtSigningKey, KeyError> {
         let path = self.key_path(kid)?;
-        let pem = fsutil::read_private_file(&path)?.ok_or_else(|| KeyError::NotFound {
+        let pem = private_files::read_private_file(&path)?.ok_or_else(|| KeyError::NotFound {
             kid: kid.to_owned(),
             dir: self.dir.clone(),
         })?;
@@ -94,14 +94,14 @@ impl KeyDir {
     /// `None` when there is no such file. Safe to repeat after a crash.
     pub fn adopt_legacy_key(&self) -> Result<Option<JwtSigningKey>, KeyError> {
         let legacy = self.dir.join(LEGACY_KEY_FILE);
-        let Some(pem) = fsutil::read_private_file(&legacy)? else {
+        let Some(pem) = private_files::read_private_file(&legacy)? else {
             return Ok(None);
         };
         let key = JwtSigningKey::from_pem(&pem).map_err(|message| KeyError::Invalid {
             path: legacy.clone(),
             message,
         })?;
-        fsutil::write_private_file(&self.key_path(key.kid())?, &pem)?;
+        private_files::write_private_file(&self.key_path(key.kid())?, &pem)?;
         fs::remove_file(&legacy).map_err(|source| FsError::Io {
             path: legacy.clone(),
             source,

@@ -17,7 +17,7 @@ use lanyard_proto::jwks::KEY_USE_SIGNATURE;
 use lanyard_proto::{Jwk, JwtHeader, JwtSvidClaims};
 
 use super::KeyType;
-use crate::fsutil::{self, FsError};
+use lanyard_host::private_files::{self, FsError};
 
 /// The single-key file of [`JwtSigningKey::load_or_generate`].
 pub(super) const LEGACY_KEY_FILE: &str = "jwt-es256.pem";
@@ -74,13 +74,13 @@ impl JwtSigningKey {
     /// Loads the single ES256 key `<keys_dir>/jwt-es256.pem`, generating and
     /// persisting it on first start. (Rotated keys live in a [`super::KeyDir`].)
     pub fn load_or_generate(keys_dir: &Path) -> Result<Self, KeyError> {
-        fsutil::ensure_private_dir(keys_dir)?;
+        private_files::ensure_private_dir(keys_dir)?;
         let path = keys_dir.join(LEGACY_KEY_FILE);
-        if let Some(pem) = fsutil::read_private_file(&path)? {
+        if let Some(pem) = private_files::read_private_file(&path)? {
             return Self::from_pem(&pem).map_err(|message| KeyError::Invalid { path, message });
         }
         let (key, pkcs8) = Self::generate(KeyType::EcP256)?;
-        fsutil::write_private_file(&path, encode_pem(&pkcs8).as_bytes())?;
+        private_files::write_private_file(&path, encode_pem(&pkcs8).as_bytes())?;
         tracing::info!(path = %path.display(), "generated a new JWT signing key");
         Ok(key)
     }
@@ -426,7 +426,7 @@ mod tests {
     #[test]
     fn corrupt_key_file_is_named() -> TestResult {
         let dir = tempfile::tempdir()?;
-        fsutil::write_private_file(&dir.path().join(LEGACY_KEY_FILE), b"garbage")?;
+        private_files::write_private_file(&dir.path().join(LEGACY_KEY_FILE), b"garbage")?;
         let err = JwtSigningKey::load_or_generate(dir.path())
             .err()
             .map(|e| e.to_string())

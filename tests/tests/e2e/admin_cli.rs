@@ -422,7 +422,7 @@ async fn the_admin_api_refuses_what_can_never_match_or_is_the_systems() -> anyho
 
     // NUL cannot travel in argv: the same refusal straight over the socket.
     let mut client = lanyard_proto::admin::admin_client::AdminClient::new(
-        lanyard_proto::transport::unix_channel(&admin.socket),
+        lanyard_host::transport::unix_channel(&admin.socket),
     );
     let nul = client
         .create_entry(lanyard_proto::admin::CreateEntryRequest {

@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use lanyard_agent::node_client::{self, AgentCredentials, NodeClientError, ServerEndpoint};
+use lanyard_host::transport::unix_channel;
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{
     CreateEntryRequest, Entry, EvictAgentRequest, GenerateJoinTokenRequest,
@@ -45,7 +46,6 @@ use lanyard_proto::node::{
     AttestAgentRequest, MintJwtSvidRequest, MintX509SvidRequest, RenewAgentRequest,
     SyncEntriesRequest,
 };
-use lanyard_proto::transport::unix_channel;
 use lanyard_server::RunningServer;
 use lanyard_server::config::ServerConfig;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use lanyard_host::transport::unix_channel;
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{CreateEntryRequest, DeleteEntryRequest, ListEntriesRequest};
-use lanyard_proto::transport::unix_channel;
 use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid};
 use spiffe::{WorkloadApiClient, WorkloadApiError};
 

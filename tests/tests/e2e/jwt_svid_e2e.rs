@@ -6,8 +6,8 @@ use std::os::unix::process::CommandExt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
+use lanyard_host::transport::unix_channel;
 use lanyard_proto::WORKLOAD_API_HEADER;
-use lanyard_proto::transport::unix_channel;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_proto::workload::{JwtBundlesRequest, JwtsvidRequest, X509svidRequest};
 use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid};

@@ -45,7 +45,7 @@ async fn half_request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_half_requests_leaves_others_served() -> anyhow::Result<()> {
     // The test itself holds a thousand sockets.
-    lanyard_proto::transport::limits::raise_open_files_limit();
+    lanyard_host::transport::limits::raise_open_files_limit();
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

@@ -5,13 +5,13 @@
 
 use anyhow::Context;
 use lanyard_agent::node_client::{self, AgentCredentials, ServerEndpoint};
+use lanyard_host::transport::unix_channel;
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{CreateEntryRequest, EvictAgentRequest, GenerateJoinTokenRequest};
 use lanyard_proto::node::node_client::NodeClient;
 use lanyard_proto::node::{
     AttestAgentRequest, MintJwtSvidRequest, MintX509SvidRequest, SyncEntriesRequest,
 };
-use lanyard_proto::transport::unix_channel;
 use lanyard_server::RunningServer;
 use lanyard_server::config::ServerConfig;
 use tokio::net::TcpListener;

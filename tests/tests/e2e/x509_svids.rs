@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use lanyard_host::transport::unix_channel;
 use lanyard_proto::WORKLOAD_API_HEADER;
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{DeleteEntryRequest, ListEntriesRequest};
-use lanyard_proto::transport::unix_channel;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_proto::workload::{X509BundlesRequest, X509svidRequest};
 use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid, pem_to_der};

@@ -7,9 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use lanyard_host::transport::unix_channel;
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{CreateEntryRequest, GenerateJoinTokenRequest};
-use lanyard_proto::transport::unix_channel;
 use lanyard_tests::{TRUST_DOMAIN, World, my_uid};
 
 use crate::workload;

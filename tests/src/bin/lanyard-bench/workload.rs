@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use lanyard_host::transport::unix_channel;
 use lanyard_proto::WORKLOAD_API_HEADER;
-use lanyard_proto::transport::unix_channel;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_proto::workload::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigFileError {
     #[error("cannot read config {path}: {source}")]
     Read {
@@ -18,6 +19,24 @@ pub enum ConfigFileError {
         line: usize,
         message: String,
     },
+}
+
+/// Why a daemon's config was refused: the file, or one key's value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The refusal of config key `key` (dotted, as written in the file).
+pub fn invalid(key: impl Into<String>, message: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.to_string(),
+    }
 }
 
 /// The text of the config file at `path`.

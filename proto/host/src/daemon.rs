@@ -1,0 +1,187 @@
+//! What both daemons do at their edges: log to stderr, run their tasks until
+//! one fails or SIGTERM/SIGINT arrives, stop within a grace period, and
+//! report a fatal error on one line.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::process::ExitCode;
+
+use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    init_logging_with_default("info");
+}
+
+/// Logs to stderr, filtered by `RUST_LOG`, else by `default` (a filter such
+/// as `warn`; short-lived client commands keep their stderr for errors).
+pub fn init_logging_with_default(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The process exit code for `result`, printing an error as `<binary>: error: …`.
+pub fn exit_code<E: Display>(binary: &str, result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{binary}: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => Ok(()),
+        interrupted = tokio::signal::ctrl_c() => interrupted,
+    }
+}
+
+/// How long a stopping daemon lets open connections finish their calls.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits for a daemon's `tasks` after shutdown was signalled, for at most
+/// [`SHUTDOWN_GRACE`], then aborts the rest: graceful shutdown waits for every
+/// open connection, and a peer that keeps one open (an idle client, a
+/// bundle stream) must not keep the daemon from stopping.
+pub async fn drain<T: 'static>(tasks: &mut tokio::task::JoinSet<T>, daemon: &str) {
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            daemon,
+            grace_seconds = SHUTDOWN_GRACE.as_secs(),
+            "connections still open after the grace period; closing them"
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// A daemon's long-running tasks (listeners, refreshers) and the flag that
+/// tells them to stop. Tasks watch [`Tasks::stopping`] and end when it
+/// turns true.
+#[derive(Debug)]
+pub struct Tasks<E> {
+    daemon: &'static str,
+    stop: watch::Sender<bool>,
+    set: JoinSet<Result<(), E>>,
+}
+
+impl<E: From<JoinError> + Send + 'static> Tasks<E> {
+    /// No tasks yet; `daemon` names it in logs.
+    pub fn new(daemon: &'static str) -> Self {
+        Self {
+            daemon,
+            stop: watch::channel(false).0,
+            set: JoinSet::new(),
+        }
+    }
+
+    /// A receiver that turns true when the daemon stops.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// A future that resolves when the daemon stops (for graceful shutdown hooks).
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping();
+        async move {
+            // An error means the sender is gone: the daemon is gone too.
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    }
+
+    pub fn spawn(&mut self, task: impl Future<Output = Result<(), E>> + Send + 'static) {
+        self.set.spawn(task);
+    }
+
+    /// Waits until a task fails or every task has ended (after [`Tasks::stop`]).
+    /// A task with nothing to do may end early and quietly; that stops nothing.
+    pub async fn wait(&mut self) -> Result<(), E> {
+        while let Some(joined) = self.set.join_next().await {
+            joined??;
+        }
+        Ok(())
+    }
+
+    /// Tells every task to stop and waits for them for at most [`SHUTDOWN_GRACE`].
+    pub async fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        drain(&mut self.set, self.daemon).await;
+    }
+}
+
+/// A started daemon, as [`run_until_signal`] drives it.
+pub trait Daemon: Sized {
+    type Error;
+    /// Resolves when a task fails or every task has ended.
+    fn wait(&mut self) -> impl Future<Output = Result<(), Self::Error>>;
+    /// Stops the daemon within [`SHUTDOWN_GRACE`].
+    fn shutdown(self) -> impl Future<Output = ()>;
+}
+
+/// Why [`run_until_signal`] returned an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError<E: std::error::Error + 'static> {
+    #[error("stopped: {0}")]
+    Stopped(#[source] E),
+    #[error("listening for signals: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Runs `daemon` until it stops by itself (an error) or SIGTERM/SIGINT
+/// arrives (a clean shutdown).
+pub async fn run_until_signal<D>(mut daemon: D) -> Result<(), RunError<D::Error>>
+where
+    D: Daemon,
+    D::Error: std::error::Error + 'static,
+{
+    tokio::select! {
+        result = daemon.wait() => result.map_err(RunError::Stopped),
+        signal = shutdown_signal() => {
+            signal.map_err(RunError::Signals)?;
+            tracing::info!("shutting down");
+            daemon.shutdown().await;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_never_ends_is_aborted_after_the_grace_period() {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async {});
+        tasks.spawn(std::future::pending::<()>());
+        let started = tokio::time::Instant::now();
+        drain(&mut tasks, "test").await;
+        assert!(tasks.is_empty());
+        // Virtual time: the wait is the grace period, no more.
+        assert_eq!(started.elapsed(), SHUTDOWN_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tasks_that_end_are_not_kept_waiting() {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async {});
+        let started = tokio::time::Instant::now();
+        drain(&mut tasks, "test").await;
+        assert!(started.elapsed() < SHUTDOWN_GRACE);
+    }
+}
