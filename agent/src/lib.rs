@@ -1,4 +1,11 @@
 //! lanyard-agent: serves the SPIFFE Workload API on one node.
+#![cfg_attr(
+    test,
+    allow(
+        unused_crate_dependencies,
+        reason = "dev-dependencies serve the integration tests; the library build catches unused dependencies"
+    )
+)]
 
 pub mod attestor;
 pub mod cli;

@@ -1,3 +1,7 @@
+#![allow(
+    unused_crate_dependencies,
+    reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"
+)]
 use std::process::ExitCode;
 
 use anyhow::Context;

@@ -5,6 +5,10 @@
 //! Bounded for CI: a fixed number of cases per property, tokens of at most
 //! 1 MiB, and no failure persistence files (a failing case is printed,
 //! shrunk, by proptest).
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test shares its package's dependency list; the library target is where unused dependencies are caught"
+)]
 
 use std::time::{Duration, Instant, SystemTime};
 

@@ -2,6 +2,10 @@
 //! service. Each exchange reads its JWT-SVID with the `spiffe` crate (the way
 //! any SPIFFE workload would, from `SPIFFE_ENDPOINT_SOCKET`) and trades it at
 //! the service's real wire interface; every endpoint can be overridden.
+#![allow(
+    unused_crate_dependencies,
+    reason = "the dependencies serve the example binaries; this library holds only what they share"
+)]
 
 use anyhow::Context;
 use spiffe::WorkloadApiClient;

@@ -2,6 +2,13 @@
 //! share. It carries no runtime: the messages and types need only prost and
 //! serde; the tonic client and server stubs come with the `grpc` feature.
 //! What the daemons share on a host (sockets, files, signals) is `lanyard-host`.
+#![cfg_attr(
+    test,
+    allow(
+        unused_crate_dependencies,
+        reason = "dev-dependencies serve the integration tests; the library build catches unused dependencies"
+    )
+)]
 
 pub mod audience;
 pub mod claims;

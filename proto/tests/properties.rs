@@ -5,6 +5,10 @@
 //!
 //! Bounded for CI: a fixed number of cases per property and no failure
 //! persistence files (a failing case is printed, shrunk, by proptest).
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test shares its package's dependency list; the library target is where unused dependencies are caught"
+)]
 
 use lanyard_proto::audience::{self, AudienceError, MAX_AUDIENCE_LEN, MAX_AUDIENCES};
 use lanyard_proto::selector::UNIX_SELECTOR_KEYS;

@@ -1,4 +1,15 @@
 //! lanyard-server: the authority of a trust domain.
+#![cfg_attr(
+    test,
+    allow(
+        unused_crate_dependencies,
+        reason = "dev-dependencies serve the integration tests; the library build catches unused dependencies"
+    )
+)]
+
+// The binary reports errors with anyhow at its edge (main.rs); Cargo lists
+// dependencies per package, not per target.
+use anyhow as _;
 
 pub mod admin_api;
 pub mod admin_client;

@@ -1,5 +1,9 @@
 //! A real trust domain on this machine for end-to-end tests: a server and an
 //! agent in-process, on real sockets, with real TLS and a real data dir.
+#![allow(
+    unused_crate_dependencies,
+    reason = "this package also builds the daemons, the examples, the probes and the bench as binaries (so the e2e tests can run them), and they share one dependency list with this support library"
+)]
 
 pub mod emulators;
 pub mod process;

@@ -9,6 +9,10 @@
 //!
 //! The STS endpoint follows the standard AWS settings (`AWS_ENDPOINT_URL_STS`,
 //! `AWS_REGION`), or `--endpoint-url`.
+#![allow(
+    unused_crate_dependencies,
+    reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"
+)]
 
 use anyhow::Context;
 use aws_config::BehaviorVersion;

@@ -7,6 +7,10 @@
 //!
 //!     SPIFFE_ENDPOINT_SOCKET=unix:///run/lanyard/agent/api.sock \
 //!       cargo run -p lanyard-examples --bin entra-token -- --tenant-id <TENANT> --client-id <CLIENT_ID>
+#![allow(
+    unused_crate_dependencies,
+    reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"
+)]
 
 use clap::Parser;
 use serde_json::json;

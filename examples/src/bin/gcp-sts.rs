@@ -9,6 +9,10 @@
 //!       cargo run -p lanyard-examples --bin gcp-sts -- \
 //!         --audience //iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/lanyard-pool/providers/lanyard \
 //!         --service-account web@my-project.iam.gserviceaccount.com
+#![allow(
+    unused_crate_dependencies,
+    reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"
+)]
 
 use clap::Parser;
 use serde_json::json;

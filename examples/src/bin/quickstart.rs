@@ -3,6 +3,10 @@
 //! Starts lanyard-server (entries from its config file, self-signed TLS)
 //! and lanyard-agent in this process, registers the current user, prints a
 //! JWT-SVID fetched through the Workload API, and keeps serving until Ctrl-C.
+#![allow(
+    unused_crate_dependencies,
+    reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"
+)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

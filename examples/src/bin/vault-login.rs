@@ -5,6 +5,10 @@
 //!
 //!     SPIFFE_ENDPOINT_SOCKET=unix:///run/lanyard/agent/api.sock VAULT_ADDR=https://vault:8200 \
 //!       cargo run -p lanyard-examples --bin vault-login -- --role web
+#![allow(
+    unused_crate_dependencies,
+    reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"
+)]
 
 use std::path::PathBuf;
 

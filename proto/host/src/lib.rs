@@ -2,6 +2,13 @@
 //! host, apart from the wire contract in `lanyard-proto`: Unix sockets and the
 //! limits every listener keeps, files that hold secrets, config-file loading,
 //! signals and logging, and the small encodings and clocks both sides use.
+#![cfg_attr(
+    test,
+    allow(
+        unused_crate_dependencies,
+        reason = "dev-dependencies serve the integration tests; the library build catches unused dependencies"
+    )
+)]
 
 pub mod clock;
 pub mod config_file;

@@ -3,6 +3,10 @@
 //! what it got as JSON. Tests point the chain at `credential_process` or at
 //! `AWS_WEB_IDENTITY_TOKEN_FILE` through the environment and compare the
 //! result with what the STS emulator issued.
+#![allow(
+    unused_crate_dependencies,
+    reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"
+)]
 
 use anyhow::Context;
 use aws_config::BehaviorVersion;

@@ -14,6 +14,10 @@
 //! its connection, hands it to the child and execs `program` (which keeps
 //! its PID, so the agent's pin on it holds); the child waits for the exec,
 //! asks over the connection, then kills the parent.
+#![allow(
+    unused_crate_dependencies,
+    reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"
+)]
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;

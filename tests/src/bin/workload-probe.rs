@@ -1,6 +1,10 @@
 //! A workload for tests: asks the Workload API at `SPIFFE_ENDPOINT_SOCKET` for a
 //! JWT-SVID through the `spiffe` crate and prints `ok <spiffe-id>` or
 //! `denied <message>`/`error <message>`. Tests run it under other uids.
+#![allow(
+    unused_crate_dependencies,
+    reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"
+)]
 
 use std::process::ExitCode;
 

@@ -24,7 +24,7 @@ const ID: &str = "spiffe://example.org/foreign";
 
 /// The venv python with py-spiffe and hyper-h2, or None (said why) when this
 /// run was not given one; CI always is.
-pub fn third_party_python() -> anyhow::Result<Option<PathBuf>> {
+pub(crate) fn third_party_python() -> anyhow::Result<Option<PathBuf>> {
     match std::env::var_os("LANYARD_TEST_PYTHON") {
         Some(python) => Ok(Some(PathBuf::from(python))),
         None if std::env::var_os("CI").is_some() => {
@@ -44,7 +44,7 @@ pub fn third_party_python() -> anyhow::Result<Option<PathBuf>> {
 
 /// The real server and agent binaries on this machine, with one entry for
 /// this test's uid.
-pub struct Binaries {
+pub(crate) struct Binaries {
     pub dir: tempfile::TempDir,
     pub port: u16,
     _server: Daemon,
@@ -52,7 +52,7 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    pub fn start(agent_tables: &str) -> anyhow::Result<Self> {
+    pub(crate) fn start(agent_tables: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -91,16 +91,16 @@ impl Binaries {
         })
     }
 
-    pub fn agent_socket(&self) -> PathBuf {
+    pub(crate) fn agent_socket(&self) -> PathBuf {
         self.dir.path().join("agent/api.sock")
     }
 
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("unix://{}", self.agent_socket().display())
     }
 
     /// The published JWKS, fetched over the OIDC port.
-    pub fn jwks(&self) -> anyhow::Result<JwkSet> {
+    pub(crate) fn jwks(&self) -> anyhow::Result<JwkSet> {
         let client = https_client_trusting(&self.dir.path().join("server/oidc-tls-cert.pem"))?;
         let url = format!("https://127.0.0.1:{}/keys", self.port);
         tokio::runtime::Builder::new_current_thread()
@@ -118,7 +118,7 @@ impl Binaries {
     }
 
     /// Asserts `token` is a JWT-SVID for [`ID`] and `audience` signed by a published key.
-    pub fn assert_verifies(&self, token: &str, audience: &str) -> anyhow::Result<()> {
+    pub(crate) fn assert_verifies(&self, token: &str, audience: &str) -> anyhow::Result<()> {
         let kid = decode_header(token)?.kid.context("token has no kid")?;
         let jwks = self.jwks()?;
         let jwk = jwks
@@ -134,7 +134,7 @@ impl Binaries {
 }
 
 /// Runs `script` with the venv python; its one line of JSON output.
-pub fn run_python(
+pub(crate) fn run_python(
     python: &Path,
     script: &str,
     args: &[&str],

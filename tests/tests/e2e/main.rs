@@ -2,6 +2,10 @@
 //! third-party clients. One test binary, not one per file: each links the
 //! whole dependency tree, and fourteen of them cost gigabytes of disk and
 //! minutes of linking for nothing.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test shares its package's dependency list; the library target is where unused dependencies are caught"
+)]
 
 mod admin_cli;
 mod advisories;

@@ -16,7 +16,7 @@ use crate::workload;
 
 /// Where the agent binary is: built beside this one by
 /// `cargo build -p lanyard-tests --bin test-lanyard-agent` (same features).
-pub fn agent_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn agent_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("the bench binary has no directory")?;
     let release = dir.file_name().is_some_and(|n| n == "release");
@@ -55,7 +55,7 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
 }
 
 #[derive(Debug, Clone)]
-pub struct ProcessFigures {
+pub(crate) struct ProcessFigures {
     /// Start → first FetchJWTSVID answered, per restart, sorted.
     pub ready: Vec<Duration>,
     pub rss_idle_kib: u64,
@@ -154,7 +154,7 @@ fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
-pub async fn run(
+pub(crate) async fn run(
     world: &World,
     binary: &Path,
     dir: &Path,

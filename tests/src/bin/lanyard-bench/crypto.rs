@@ -21,13 +21,13 @@ fn signing_input() -> Vec<u8> {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub aws_lc_sign: f64,
     pub aws_lc_verify: f64,
 }
 
 /// aws-lc-rs ES256 signatures and verifications per second on this thread.
-pub fn aws_lc_limits(warmup: Duration, window: Duration) -> anyhow::Result<Limits> {
+pub(crate) fn aws_lc_limits(warmup: Duration, window: Duration) -> anyhow::Result<Limits> {
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
         .map_err(|_| anyhow::anyhow!("generating a P-256 key"))?;
@@ -57,12 +57,12 @@ pub fn aws_lc_limits(warmup: Duration, window: Duration) -> anyhow::Result<Limit
 
 /// The other two signing paths the issue names, one core each.
 #[derive(Debug, Clone, Copy)]
-pub struct Alternatives {
+pub(crate) struct Alternatives {
     pub p256_sign: f64,
     pub jsonwebtoken_encode: f64,
 }
 
-pub fn alternatives(warmup: Duration, window: Duration) -> anyhow::Result<Alternatives> {
+pub(crate) fn alternatives(warmup: Duration, window: Duration) -> anyhow::Result<Alternatives> {
     use p256::ecdsa::signature::Signer;
     let message = signing_input();
     let p256_key = p256::ecdsa::SigningKey::from_slice(&[0x4c; 32])

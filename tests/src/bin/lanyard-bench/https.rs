@@ -19,11 +19,11 @@ use tokio_rustls::client::TlsStream;
 
 use crate::stats::Worker;
 
-pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
-pub const JWKS_PATH: &str = "/keys";
+pub(crate) const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+pub(crate) const JWKS_PATH: &str = "/keys";
 
 /// A TLS connector trusting only the PEM certificate at `cert`.
-pub fn connector(cert: &Path) -> anyhow::Result<TlsConnector> {
+pub(crate) fn connector(cert: &Path) -> anyhow::Result<TlsConnector> {
     let mut roots = rustls::RootCertStore::empty();
     for der in CertificateDer::pem_file_iter(cert).context("reading the certificate")? {
         roots.add(der.context("parsing the certificate")?)?;
@@ -38,14 +38,14 @@ pub fn connector(cert: &Path) -> anyhow::Result<TlsConnector> {
 }
 
 /// One keep-alive connection that GETs the discovery document and the JWKS in turn.
-pub struct Getter {
+pub(crate) struct Getter {
     stream: TlsStream<TcpStream>,
     requests: [Vec<u8>; 2],
     buffer: Vec<u8>,
 }
 
 impl Getter {
-    pub async fn connect(connector: &TlsConnector, addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(connector: &TlsConnector, addr: SocketAddr) -> anyhow::Result<Self> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::IpAddress(addr.ip().into());
@@ -62,7 +62,7 @@ impl Getter {
     }
 
     /// GETs `which` (0 discovery, 1 JWKS); the body.
-    pub async fn get(&mut self, which: usize) -> anyhow::Result<Vec<u8>> {
+    pub(crate) async fn get(&mut self, which: usize) -> anyhow::Result<Vec<u8>> {
         self.stream.write_all(&self.requests[which]).await?;
         self.stream.flush().await?;
         self.buffer.clear();
@@ -113,7 +113,7 @@ impl Worker for Getter {
 
 /// Where nginx is, if installed (Debian puts it in /usr/sbin, which a
 /// non-root PATH may lack).
-pub fn find_nginx() -> Option<PathBuf> {
+pub(crate) fn find_nginx() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
@@ -124,14 +124,14 @@ pub fn find_nginx() -> Option<PathBuf> {
 /// nginx serving `discovery` and `jwks` on 127.0.0.1 with `cert`/`key`;
 /// stopped when dropped.
 #[derive(Debug)]
-pub struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     pub addr: SocketAddr,
     pub version: String,
 }
 
 impl Nginx {
-    pub fn start(
+    pub(crate) fn start(
         nginx: &Path,
         dir: &Path,
         cert: &Path,

@@ -9,14 +9,14 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// One caller: a connection and what it asks, call after call.
-pub trait Worker: Send + 'static {
+pub(crate) trait Worker: Send + 'static {
     /// The `n`th call of this worker.
     fn call(&mut self, n: u64) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// What a window measured.
 #[derive(Debug, Clone)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub calls: u64,
     pub window: Duration,
     /// Sorted, shortest first.
@@ -24,18 +24,18 @@ pub struct Sample {
 }
 
 impl Sample {
-    pub fn per_second(&self) -> f64 {
+    pub(crate) fn per_second(&self) -> f64 {
         self.calls as f64 / self.window.as_secs_f64()
     }
 
     /// The `p`-th percentile (0–100) of the call latencies.
-    pub fn percentile(&self, p: f64) -> Duration {
+    pub(crate) fn percentile(&self, p: f64) -> Duration {
         percentile(&self.latencies, p)
     }
 }
 
 /// The `p`-th percentile (0–100) of `sorted` (nearest rank).
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -45,7 +45,7 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Runs every worker concurrently on the current runtime for `warmup`, then
 /// measures for `window`.
-pub async fn run<W: Worker>(
+pub(crate) async fn run<W: Worker>(
     workers: Vec<W>,
     warmup: Duration,
     window: Duration,
@@ -95,7 +95,7 @@ async fn drive<W: Worker>(
 }
 
 /// Runs `op` on this thread for `window` after `warmup`; calls per second.
-pub fn single_thread_rate(
+pub(crate) fn single_thread_rate(
     warmup: Duration,
     window: Duration,
     mut op: impl FnMut() -> anyhow::Result<()>,
@@ -116,7 +116,7 @@ pub fn single_thread_rate(
     Ok(calls as f64 / start.elapsed().as_secs_f64())
 }
 
-pub fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1e3;
     if ms < 10.0 {
         format!("{ms:.3} ms")
@@ -126,7 +126,7 @@ pub fn ms(d: Duration) -> String {
 }
 
 /// Human count: 12,345.
-pub fn count(value: f64) -> String {
+pub(crate) fn count(value: f64) -> String {
     let whole = value.round() as u64;
     let digits = whole.to_string();
     let mut out = String::new();

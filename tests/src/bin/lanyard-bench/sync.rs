@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 const SHARED_ID: &str = "bench-shared";
 
 #[derive(Debug, Clone)]
-pub struct SyncFigures {
+pub(crate) struct SyncFigures {
     pub agents: usize,
     pub entries_per_agent: usize,
     pub entries_total: usize,
@@ -41,7 +41,7 @@ fn node(i: usize) -> String {
     format!("spiffe://{TRUST_DOMAIN}/bench/node/{i}")
 }
 
-pub async fn run(
+pub(crate) async fn run(
     world: &World,
     agents: usize,
     entries_per_agent: usize,

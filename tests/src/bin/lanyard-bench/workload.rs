@@ -24,10 +24,10 @@ use tonic::{Request, Response, Status};
 
 use crate::stats::Worker;
 
-pub type Client = SpiffeWorkloadApiClient<Channel>;
+pub(crate) type Client = SpiffeWorkloadApiClient<Channel>;
 
 /// A client on its own connection to the socket at `path`.
-pub fn client(path: &Path) -> Client {
+pub(crate) fn client(path: &Path) -> Client {
     SpiffeWorkloadApiClient::new(unix_channel(path))
 }
 
@@ -40,7 +40,7 @@ fn request<T>(body: T) -> Request<T> {
 }
 
 /// One FetchJWTSVID; the token of the first SVID.
-pub async fn fetch(client: &mut Client, audience: String) -> anyhow::Result<String> {
+pub(crate) async fn fetch(client: &mut Client, audience: String) -> anyhow::Result<String> {
     let response = client
         .fetch_jwtsvid(request(JwtsvidRequest {
             audience: vec![audience],
@@ -58,7 +58,7 @@ pub async fn fetch(client: &mut Client, audience: String) -> anyhow::Result<Stri
 }
 
 /// Asks for the same audience every call (the agent's cache answers).
-pub struct CachedFetch {
+pub(crate) struct CachedFetch {
     pub client: Client,
     pub audience: String,
 }
@@ -72,7 +72,7 @@ impl Worker for CachedFetch {
 }
 
 /// Asks for a new audience every call (every call is a cache miss).
-pub struct DistinctFetch {
+pub(crate) struct DistinctFetch {
     pub client: Client,
     pub prefix: String,
 }
@@ -86,7 +86,7 @@ impl Worker for DistinctFetch {
 }
 
 /// Validates the same token every call.
-pub struct Validate {
+pub(crate) struct Validate {
     pub client: Client,
     pub token: String,
     pub audience: String,
@@ -107,7 +107,7 @@ impl Worker for Validate {
 
 /// Opens a FetchX509SVID stream each call and reads its first message (the
 /// agent holds the SVID: no mint).
-pub struct X509First {
+pub(crate) struct X509First {
     pub client: Client,
 }
 
@@ -130,7 +130,7 @@ impl Worker for X509First {
 }
 
 /// The first FetchX509SVID message the agent sends this process.
-pub async fn first_x509(client: &mut Client) -> anyhow::Result<X509svidResponse> {
+pub(crate) async fn first_x509(client: &mut Client) -> anyhow::Result<X509svidResponse> {
     client
         .fetch_x509svid(request(X509svidRequest {}))
         .await
@@ -201,7 +201,7 @@ impl SpiffeWorkloadApi for Echo {
 
 /// A running echo server; stops when dropped.
 #[derive(Debug)]
-pub struct EchoServer {
+pub(crate) struct EchoServer {
     pub socket: PathBuf,
     _stop: watch::Sender<bool>,
 }
@@ -209,7 +209,7 @@ pub struct EchoServer {
 /// Starts the echo server on `socket` (on the current runtime), answering
 /// FetchJWTSVID with one SVID carrying `spiffe_id` and `token`, and
 /// FetchX509SVID with `x509`.
-pub async fn start_echo(
+pub(crate) async fn start_echo(
     socket: PathBuf,
     spiffe_id: &str,
     token: &str,
