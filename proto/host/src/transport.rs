@@ -69,6 +69,51 @@ macro_rules! write_through {
 }
 pub use authority::AuthorityBlind;
 
+/// An accepted stream with what was learnt about its peer at accept time
+/// (kernel credentials, a client certificate), which tonic hands to every
+/// request on the connection.
+#[derive(Debug)]
+pub struct Accepted<S, I> {
+    stream: S,
+    info: I,
+}
+
+impl<S, I> Accepted<S, I> {
+    pub fn new(stream: S, info: I) -> Self {
+        Self { stream, info }
+    }
+
+    pub fn info(&self) -> &I {
+        &self.info
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+}
+
+impl<S, I: Clone + Send + Sync + 'static> tonic::transport::server::Connected for Accepted<S, I> {
+    type ConnectInfo = I;
+
+    fn connect_info(&self) -> I {
+        self.info.clone()
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin, I: Unpin> tokio::io::AsyncRead for Accepted<S, I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin, I: Unpin> tokio::io::AsyncWrite for Accepted<S, I> {
+    crate::write_through!(stream);
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     #[error("socket {path}: {source}")]
