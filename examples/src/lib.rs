@@ -27,10 +27,7 @@ pub async fn fetch_jwt_svid(audience: &str) -> anyhow::Result<(String, String)> 
 /// they received without printing it: the first 12 hex digits of its SHA-256.
 pub fn fingerprint(secret: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
-    digest.as_ref()[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    lanyard_host::encoding::hex(&digest.as_ref()[..6])
 }
 
 /// An HTTPS client trusting the system's web PKI roots, plus the PEM

@@ -158,7 +158,7 @@ pub(crate) fn uuid() -> anyhow::Result<String> {
     aws_lc_rs::rand::fill(&mut b).map_err(|_| anyhow::anyhow!("system RNG failed"))?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let hex = lanyard_host::encoding::hex(&b);
     Ok(format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],

@@ -258,12 +258,9 @@ fn every_admin_verb_works_through_the_socket() -> anyhow::Result<()> {
     let der = rustls_pemfile::certs(&mut pem.as_slice())
         .next()
         .expect("a certificate")?;
-    let expected: String =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+    let expected = lanyard_host::encoding::hex(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der).as_ref(),
+    );
     assert_eq!(String::from_utf8(thumbprint.stdout)?.trim(), expected);
 
     assert!(server.terminate()?);

@@ -11,6 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
+use lanyard_host::encoding::hex;
 use lanyard_proto::workload::{JwtsvidRequest, JwtsvidResponse};
 use lanyard_tests::process::Daemon;
 use lanyard_tests::{https_client_trusting, my_uid, pem_to_der};
@@ -305,10 +306,6 @@ fn every_authority_form_gets_an_answer() -> anyhow::Result<()> {
         assert_eq!(messages, Some(1), "{path}: {result}");
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(text: &str) -> anyhow::Result<Vec<u8>> {

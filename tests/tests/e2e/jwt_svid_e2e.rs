@@ -3,9 +3,9 @@
 //! way a cloud STS does it: discovery document → jwks_uri → signature and claims.
 
 use std::os::unix::process::CommandExt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
+use lanyard_host::clock::now;
 use lanyard_host::transport::unix_channel;
 use lanyard_proto::WORKLOAD_API_HEADER;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -20,13 +20,6 @@ const AUDIENCE: &str = "sts.example.test";
 
 fn my_entry() -> EntrySpec {
     EntrySpec::mine(WORKLOAD_PATH)
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

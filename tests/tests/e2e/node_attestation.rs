@@ -413,11 +413,9 @@ async fn bad_csr_and_system_ids_scenario(datastore_url: &str) -> anyhow::Result<
 
     // A token stored by an older server for the local agent's ID.
     let legacy = "00112233445566778899aabbccddeeff00112233";
-    let hash: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, legacy.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = lanyard_host::encoding::hex(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, legacy.as_bytes()).as_ref(),
+    );
     sqlx::any::install_default_drivers();
     let db = sqlx::AnyPool::connect(datastore_url).await?;
     sqlx::query("INSERT INTO join_tokens (token_hash, spiffe_id, created_at, expires_at, used_at) VALUES ($1, $2, 0, 9999999999, NULL)")

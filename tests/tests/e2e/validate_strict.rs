@@ -5,12 +5,13 @@
 //! Also the SPIRE advisories that apply: tokens without `exp` or `aud`,
 //! `zip`/`jku`/`jwk`/`p2c` headers, a 1 MB token of dots.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use lanyard_host::clock::now;
 use lanyard_agent::workload_client::{ClientError, WorkloadClient};
 use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, pem_to_der};
 use serde_json::Value;
@@ -67,12 +68,6 @@ impl RealKey {
             self.kid
         )
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The agent's answer to `token`: its message when refused with

@@ -45,7 +45,10 @@ pub(crate) struct Getter {
 }
 
 impl Getter {
-    pub(crate) async fn connect(connector: &TlsConnector, addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(
+        connector: &TlsConnector,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::IpAddress(addr.ip().into());
