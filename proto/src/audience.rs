@@ -11,6 +11,7 @@ pub const MAX_AUDIENCE_LEN: usize = 1024;
 
 /// Why an audience is refused; each variant is one rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AudienceError {
     #[error("audience is required")]
     Empty,
@@ -25,6 +26,35 @@ pub enum AudienceError {
         code = u32::from(*found)
     )]
     ControlCharacter { index: usize, found: char },
+}
+
+/// An audience list that passed [`check`]: what the agent asks the server
+/// for and what the server signs into `aud`. Both sides build it with
+/// [`Audience::new`], so the rule cannot drift apart.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Audience(Vec<String>);
+
+impl Audience {
+    pub fn new(values: Vec<String>) -> Result<Self, AudienceError> {
+        check(&values)?;
+        Ok(Self(values))
+    }
+
+    pub fn values(&self) -> &[String] {
+        &self.0
+    }
+
+    pub fn into_values(self) -> Vec<String> {
+        self.0
+    }
+}
+
+impl TryFrom<Vec<String>> for Audience {
+    type Error = AudienceError;
+
+    fn try_from(values: Vec<String>) -> Result<Self, AudienceError> {
+        Self::new(values)
+    }
 }
 
 /// Checks a whole audience list, as FetchJWTSVID and the server's mint get it.
@@ -140,6 +170,23 @@ mod tests {
         for (audience, expected) in cases {
             assert_eq!(check(&audience), Err(expected), "{audience:?}");
         }
+    }
+
+    #[test]
+    fn an_audience_is_built_only_from_a_list_that_passes() {
+        let good = owned(&["sts.amazonaws.com", "vault"]);
+        assert_eq!(
+            Audience::new(good.clone()).map(Audience::into_values),
+            Ok(good)
+        );
+        assert_eq!(Audience::new(vec![]), Err(AudienceError::Empty));
+        assert_eq!(
+            Audience::try_from(owned(&["a\0"])).map(|a| a.values().len()),
+            Err(AudienceError::ControlCharacter {
+                index: 0,
+                found: '\0'
+            })
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub const UNIX_SELECTOR_KEYS: [&str; 8] = [
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SelectorError {
     #[error("selector {0:?} is not of the form type:value")]
     MissingSeparator(String),

@@ -15,6 +15,7 @@ const MAX_ID_LEN: usize = 2048;
 
 /// Why a string is not a valid SPIFFE ID or trust domain; each variant is one rule of the standard.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpiffeIdError {
     #[error("SPIFFE ID is empty")]
     Empty,
@@ -57,6 +58,7 @@ pub const SYSTEM_SEGMENT: &str = "lanyard";
 /// Why a valid SPIFFE ID may not be handed to a workload or an agent by an
 /// operator; the message reads after the ID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AssignError {
     #[error("is the trust domain's own ID: a workload or agent ID needs a path")]
     NoPath,

@@ -115,6 +115,7 @@ impl<S: tokio::io::AsyncWrite + Unpin, I: Unpin> tokio::io::AsyncWrite for Accep
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SocketError {
     #[error("socket {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
