@@ -11,44 +11,42 @@
 // dependencies per package, not per target.
 use anyhow as _;
 
-pub mod admin_api;
-pub mod admin_client;
+pub mod api;
 pub mod authority;
-pub mod ca;
-pub mod cli;
 pub mod config;
-pub mod entries;
-pub mod federation;
 pub mod keys;
-pub mod listener;
-pub mod node_api;
-pub mod node_tls;
 pub mod oidc;
-pub mod oidc_tools;
-pub mod peer;
+pub mod ops;
 pub mod store;
-pub mod tls;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use lanyard_host::daemon::{Daemon, Tasks};
 use lanyard_host::private_files;
+use lanyard_host::random::{self, NoRandomness};
 use lanyard_host::transport::{self, SocketError};
 use lanyard_proto::admin::admin_server::AdminServer;
 use lanyard_proto::node::node_server::NodeServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::authority::Authority;
+use crate::api::admin::{AdminPolicy, AdminService};
+use crate::api::listener::{self, Limiters};
+use crate::api::node::NodeService;
+use crate::api::node_tls;
+use crate::authority::ca::{self, CertificateAuthority};
+use crate::authority::{Authority, Issuer};
 use crate::config::ServerConfig;
 use crate::keys::{KeyError, KeyManager, KeyManagerError};
-use crate::oidc::{OidcDocuments, SharedDocuments};
-use crate::tls::TlsError;
+use crate::oidc::certificate::{self as tls, TlsError};
+use crate::oidc::endpoint::{self, OidcDocuments, SharedDocuments};
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
     #[error(transparent)]
     DataDir(#[from] private_files::FsError),
@@ -73,8 +71,15 @@ pub enum ServerError {
     },
     #[error("rendering OIDC documents: {0}")]
     Documents(#[from] serde_json::Error),
-    #[error("{0} stopped: {1}")]
-    Task(&'static str, String),
+    #[error("server id: {0}")]
+    ServerId(#[from] NoRandomness),
+    #[error("{api} stopped: {source}")]
+    Serve {
+        api: &'static str,
+        source: tonic::transport::Error,
+    },
+    #[error("server task stopped: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// A started server; dropping it does not stop it, `shutdown` does.
@@ -90,9 +95,8 @@ pub struct RunningServer {
     /// PEM of the certificate the OIDC endpoint presents when self-signed.
     pub oidc_self_signed_cert: Option<PathBuf>,
     /// The trust domain's X.509 CA (rotated by the server's own clock).
-    pub ca: Arc<ca::CertificateAuthority>,
-    shutdown: watch::Sender<bool>,
-    tasks: JoinSet<Result<(), ServerError>>,
+    pub ca: Arc<CertificateAuthority>,
+    tasks: Tasks<ServerError>,
 }
 
 impl RunningServer {
@@ -100,28 +104,29 @@ impl RunningServer {
     /// Tasks with nothing to do (e.g. no certificate files to watch) end early
     /// and quietly; that does not stop the server.
     pub async fn wait(&mut self) -> Result<(), ServerError> {
-        while let Some(joined) = self.tasks.join_next().await {
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(ServerError::Task("server task", e.to_string())),
-            }
-        }
-        Ok(())
+        self.tasks.wait().await
     }
 
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        lanyard_host::daemon::drain(&mut self.tasks, "lanyard-server").await;
+        self.tasks.stop().await;
+    }
+}
+
+impl Daemon for RunningServer {
+    type Error = ServerError;
+
+    fn wait(&mut self) -> impl Future<Output = Result<(), ServerError>> {
+        RunningServer::wait(self)
+    }
+
+    fn shutdown(self) -> impl Future<Output = ()> {
+        RunningServer::shutdown(self)
     }
 }
 
 /// Starts the server with its OIDC listener bound from the config.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
-    let addr = config.oidc.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Listen { addr, source })?;
+    let listener = bind_tcp(config.oidc.listen).await?;
     start_with_listener(config, listener).await
 }
 
@@ -131,14 +136,80 @@ pub async fn start_with_listener(
     oidc_listener: TcpListener,
 ) -> Result<RunningServer, ServerError> {
     private_files::ensure_private_dir(&config.data_dir)?;
+    let (authority, keys) = open_authority(&config).await?;
+    let ca = Arc::new(CertificateAuthority::load_or_generate(
+        &config.data_dir.join("ca"),
+        &config.trust_domain,
+        std::time::SystemTime::now(),
+    )?);
+    let limiters = Limiters::for_open_files(
+        transport::limits::raise_open_files_limit(),
+        config.oidc.plain_http,
+    );
+    tracing::debug!(?limiters, "connection caps");
+    let mut tasks = Tasks::new("lanyard-server");
+
+    let oidc_addr = serve_oidc(
+        &config,
+        oidc_listener,
+        &authority,
+        keys,
+        &limiters,
+        &mut tasks,
+    )?;
+    let node_service = Arc::new(NodeService::new(
+        authority.clone(),
+        ca.clone(),
+        config.node_api.agent_id.clone(),
+        config.node_api.agent_svid_ttl,
+    ));
+    serve_node_socket(&config, node_service.clone(), &limiters, &mut tasks).await?;
+    let node_addr = match config.node_api.listen {
+        Some(addr) => Some(serve_node_tls(addr, node_service, &ca, &limiters, &mut tasks).await?),
+        None => None,
+    };
+    serve_admin(&config, authority, &limiters, &mut tasks).await?;
+
+    tracing::info!(
+        admin_socket = %config.admin.socket.display(),
+        trust_domain = %config.trust_domain,
+        issuer = config.issuer.as_str(),
+        oidc = %oidc_addr,
+        node_socket = %config.node_api.socket.display(),
+        "lanyard-server is serving"
+    );
+    Ok(RunningServer {
+        oidc_addr,
+        node_socket: config.node_api.socket.clone(),
+        admin_socket: config.admin.socket.clone(),
+        node_addr,
+        ca_bundle: config.data_dir.join("ca").join(ca::BUNDLE_FILE),
+        ca,
+        oidc_self_signed_cert: (config.oidc.tls.is_none() && !config.oidc.plain_http)
+            .then(|| config.data_dir.join(tls::SELF_SIGNED_CERT_FILE)),
+        tasks,
+    })
+}
+
+async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })
+}
+
+/// The datastore (with the config file's entries), the signing keys and the
+/// authority over them.
+async fn open_authority(
+    config: &ServerConfig,
+) -> Result<(Arc<Authority>, Arc<KeyManager>), ServerError> {
     let store = store::Datastore::open(&config.datastore_url).await?;
-    let now = authority::unix_seconds(std::time::SystemTime::now());
+    let now = lanyard_host::clock::now();
     for spec in &config.entries {
         if store.seed_entry(spec, now).await? {
             tracing::info!(spiffe_id = %spec.spiffe_id, "registered entry from the config file");
         }
     }
-    let server_id = server_identity(&config)?;
+    let server_id = server_identity(config)?;
     let keys = Arc::new(
         KeyManager::open(
             store.clone(),
@@ -157,7 +228,19 @@ pub async fn start_with_listener(
         store,
         config.jwt.max_ttl,
     ));
+    Ok((authority, keys))
+}
 
+/// The OIDC discovery/JWKS endpoint, its certificate reloads, and the key
+/// rotation that republishes its documents. Returns where it listens.
+fn serve_oidc(
+    config: &ServerConfig,
+    listener: TcpListener,
+    authority: &Authority,
+    keys: Arc<KeyManager>,
+    limiters: &Limiters,
+    tasks: &mut Tasks<ServerError>,
+) -> Result<SocketAddr, ServerError> {
     let tls = if config.oidc.plain_http {
         None
     } else {
@@ -171,37 +254,112 @@ pub async fn start_with_listener(
         &config.issuer,
         &authority.jwks()?,
     )?));
-    let oidc_addr = oidc_listener
+    let addr = listener
         .local_addr()
         .map_err(|source| ServerError::Listen {
             addr: config.oidc.listen,
             source,
         })?;
+    let acceptor = tls
+        .as_ref()
+        .map(|(config, _, _)| TlsAcceptor::from(config.clone()));
+    tasks.spawn(
+        endpoint::serve(
+            listener,
+            acceptor,
+            documents.clone(),
+            limiters.oidc.clone(),
+            tasks.stopping(),
+        )
+        .then_ok(),
+    );
+    tasks.spawn(rotate_keys(keys, documents, config.issuer.clone(), tasks.stopping()).then_ok());
+    if let Some((_, resolver, files)) = tls {
+        tasks.spawn(tls::watch_and_reload(resolver, files, tasks.stopping()).then_ok());
+    }
+    Ok(addr)
+}
 
-    let node_listener = transport::bind_unix_socket(&config.node_api.socket, 0o600, 0o700).await?;
-    let ca = Arc::new(ca::CertificateAuthority::load_or_generate(
-        &config.data_dir.join("ca"),
-        &config.trust_domain,
-        std::time::SystemTime::now(),
-    )?);
-    let node_service = Arc::new(node_api::NodeService::new(
-        authority.clone(),
-        ca.clone(),
-        config.node_api.agent_id.clone(),
-        config.node_api.agent_svid_ttl,
-    ));
-    let node_tcp = match config.node_api.listen {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Listen { addr, source })?;
-            let bound = listener
-                .local_addr()
-                .map_err(|source| ServerError::Listen { addr, source })?;
-            Some((listener, bound))
-        }
-        None => None,
-    };
+/// A gRPC server with the keepalive every API uses.
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(listener::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(listener::KEEPALIVE_TIMEOUT))
+}
+
+/// The Node API on its Unix socket, for the local agent.
+async fn serve_node_socket(
+    config: &ServerConfig,
+    service: Arc<NodeService>,
+    limiters: &Limiters,
+    tasks: &mut Tasks<ServerError>,
+) -> Result<(), ServerError> {
+    let socket = transport::bind_unix_socket(&config.node_api.socket, 0o600, 0o700).await?;
+    let incoming = listener::unix_incoming(socket, "Node API socket", limiters.node_socket.clone());
+    let stopped = tasks.stopped();
+    tasks.spawn(async move {
+        grpc_server()
+            .add_service(NodeServer::from_arc(service))
+            .serve_with_incoming_shutdown(incoming, stopped)
+            .await
+            .map_err(|source| ServerError::Serve {
+                api: "Node API",
+                source,
+            })
+    });
+    Ok(())
+}
+
+/// The Node API over mTLS at `addr`, for remote agents, with the CA rotation
+/// that keeps its certificate fresh. Returns where it listens.
+async fn serve_node_tls(
+    addr: SocketAddr,
+    service: Arc<NodeService>,
+    ca: &Arc<CertificateAuthority>,
+    limiters: &Limiters,
+    tasks: &mut Tasks<ServerError>,
+) -> Result<SocketAddr, ServerError> {
+    let tcp = bind_tcp(addr).await?;
+    let bound = tcp
+        .local_addr()
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    let (acceptor, resolver) = node_tls::acceptor(ca)?;
+    let (connections_tx, connections_rx) = tokio::sync::mpsc::channel(64);
+    tasks.spawn(
+        node_tls::accept(
+            tcp,
+            acceptor.clone(),
+            limiters.node_tls.clone(),
+            connections_tx,
+            tasks.stopping(),
+        )
+        .then_ok(),
+    );
+    tasks.spawn(node_tls::maintain(ca.clone(), acceptor, resolver, tasks.stopping()).then_ok());
+    let stopped = tasks.stopped();
+    tasks.spawn(async move {
+        grpc_server()
+            .add_service(NodeServer::from_arc(service))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(connections_rx),
+                stopped,
+            )
+            .await
+            .map_err(|source| ServerError::Serve {
+                api: "Node API (mTLS)",
+                source,
+            })
+    });
+    Ok(bound)
+}
+
+/// The Admin API on its Unix socket, for operators.
+async fn serve_admin(
+    config: &ServerConfig,
+    authority: Arc<Authority>,
+    limiters: &Limiters,
+    tasks: &mut Tasks<ServerError>,
+) -> Result<(), ServerError> {
     // With an admin uid other than ours the socket must be connectable by it;
     // the peer-uid check on every call is what keeps everyone else out.
     // Its directory, when created here, must then be enterable by that uid too.
@@ -210,12 +368,12 @@ pub async fn start_with_listener(
     } else {
         (0o600, 0o700)
     };
-    let admin_listener =
+    let socket =
         transport::bind_unix_socket(&config.admin.socket, admin_mode, admin_dir_mode).await?;
     let server_uid = nix::unistd::geteuid().as_raw();
-    let admin_service = admin_api::AdminService::new(
-        authority.clone(),
-        admin_api::AdminPolicy {
+    let service = AdminService::new(
+        authority,
+        AdminPolicy {
             allowed_uids: std::iter::once(server_uid)
                 .chain(config.admin.uid)
                 .collect(),
@@ -224,118 +382,19 @@ pub async fn start_with_listener(
             max_ttl: config.jwt.max_ttl,
         },
     );
-
-    let limiters = listener::Limiters::for_open_files(
-        transport::limits::raise_open_files_limit(),
-        config.oidc.plain_http,
-    );
-    tracing::debug!(?limiters, "connection caps");
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    let acceptor = tls
-        .as_ref()
-        .map(|(config, _, _)| TlsAcceptor::from(config.clone()));
-    tasks.spawn(
-        oidc::serve(
-            oidc_listener,
-            acceptor,
-            documents.clone(),
-            limiters.oidc.clone(),
-            shutdown_rx.clone(),
-        )
-        .then_ok(),
-    );
-    tasks.spawn(rotate_keys(keys, documents, config.issuer.clone(), shutdown_rx.clone()).then_ok());
-    if let Some((_, resolver, files)) = tls {
-        tasks.spawn(tls::watch_and_reload(resolver, files, shutdown_rx.clone()).then_ok());
-    }
-    let node_addr = node_tcp.as_ref().map(|(_, addr)| *addr);
-    if let Some((listener, _)) = node_tcp {
-        let (acceptor, resolver) = node_tls::acceptor(&ca)?;
-        let (connections_tx, connections_rx) = tokio::sync::mpsc::channel(64);
-        tasks.spawn(
-            node_tls::accept(
-                listener,
-                acceptor.clone(),
-                limiters.node_tls.clone(),
-                connections_tx,
-                shutdown_rx.clone(),
-            )
-            .then_ok(),
-        );
-        tasks.spawn(
-            node_tls::maintain(ca.clone(), acceptor, resolver, shutdown_rx.clone()).then_ok(),
-        );
-        let service = node_service.clone();
-        let mut tls_shutdown = shutdown_rx.clone();
-        tasks.spawn(async move {
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(listener::KEEPALIVE_INTERVAL))
-                .http2_keepalive_timeout(Some(listener::KEEPALIVE_TIMEOUT))
-                .add_service(NodeServer::from_arc(service))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::ReceiverStream::new(connections_rx),
-                    async move {
-                        let _ = tls_shutdown.changed().await;
-                    },
-                )
-                .await
-                .map_err(|e| ServerError::Task("Node API (mTLS)", e.to_string()))
-        });
-    }
-    let shutdown_rx_admin = shutdown_rx.clone();
-    let mut node_shutdown = shutdown_rx;
-    let node_limiter = limiters.node_socket.clone();
+    let incoming = listener::unix_incoming(socket, "Admin API", limiters.admin_socket.clone());
+    let stopped = tasks.stopped();
     tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(listener::KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(listener::KEEPALIVE_TIMEOUT))
-            .add_service(NodeServer::from_arc(node_service.clone()))
-            .serve_with_incoming_shutdown(
-                listener::unix_incoming(node_listener, "Node API socket", node_limiter),
-                async move {
-                    let _ = node_shutdown.changed().await;
-                },
-            )
+        grpc_server()
+            .add_service(AdminServer::new(service))
+            .serve_with_incoming_shutdown(incoming, stopped)
             .await
-            .map_err(|e| ServerError::Task("Node API", e.to_string()))
+            .map_err(|source| ServerError::Serve {
+                api: "Admin API",
+                source,
+            })
     });
-    let mut admin_shutdown = shutdown_rx_admin;
-    let admin_limiter = limiters.admin_socket.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(listener::KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(listener::KEEPALIVE_TIMEOUT))
-            .add_service(AdminServer::new(admin_service))
-            .serve_with_incoming_shutdown(
-                listener::unix_incoming(admin_listener, "Admin API", admin_limiter),
-                async move {
-                    let _ = admin_shutdown.changed().await;
-                },
-            )
-            .await
-            .map_err(|e| ServerError::Task("Admin API", e.to_string()))
-    });
-    tracing::info!(
-        admin_socket = %config.admin.socket.display(),
-        trust_domain = %config.trust_domain,
-        issuer = config.issuer.as_str(),
-        oidc = %oidc_addr,
-        node_socket = %config.node_api.socket.display(),
-        "lanyard-server is serving"
-    );
-    Ok(RunningServer {
-        oidc_addr,
-        node_socket: config.node_api.socket.clone(),
-        admin_socket: config.admin.socket.clone(),
-        node_addr,
-        ca_bundle: config.data_dir.join("ca").join(ca::BUNDLE_FILE),
-        ca: ca.clone(),
-        oidc_self_signed_cert: (config.oidc.tls.is_none() && !config.oidc.plain_http)
-            .then(|| config.data_dir.join(tls::SELF_SIGNED_CERT_FILE)),
-        shutdown,
-        tasks,
-    })
+    Ok(())
 }
 
 /// How often the key schedule is applied; rotation points are hours apart.
@@ -345,7 +404,7 @@ const ROTATION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_s
 async fn rotate_keys(
     keys: Arc<KeyManager>,
     documents: Arc<SharedDocuments>,
-    issuer: config::Issuer,
+    issuer: Issuer,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -353,8 +412,7 @@ async fn rotate_keys(
             _ = tokio::time::sleep(ROTATION_CHECK_INTERVAL) => {}
             _ = shutdown.changed() => return,
         }
-        let now = authority::unix_seconds(std::time::SystemTime::now());
-        match keys.rotate(now).await {
+        match keys.rotate(lanyard_host::clock::now()).await {
             Ok(false) => {}
             Ok(true) => match keys
                 .current()
@@ -382,15 +440,12 @@ fn server_identity(config: &ServerConfig) -> Result<String, ServerError> {
             return Ok(id);
         }
     }
-    let mut bytes = [0u8; 8];
-    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| ServerError::Task("server id", "no randomness available".into()))?;
-    let id = entries::hex(&bytes);
+    let id = random::hex_id::<8>()?;
     private_files::write_private_file(&path, id.as_bytes())?;
     Ok(id)
 }
 
-/// Lets a task that cannot fail sit in the same `JoinSet` as those that can.
+/// Lets a task that cannot fail sit in the same task set as those that can.
 trait ThenOk: std::future::Future<Output = ()> + Sized {
     fn then_ok(self) -> impl std::future::Future<Output = Result<(), ServerError>> {
         async move {

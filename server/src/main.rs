@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use lanyard_host::daemon;
-use lanyard_server::cli::{Cli, Command, FederationArgs, OidcCommand};
-use lanyard_server::config::Issuer;
+use lanyard_server::authority::Issuer;
 use lanyard_server::config::ServerConfig;
-use lanyard_server::federation;
+use lanyard_server::ops::cli::{Cli, Command, FederationArgs, OidcCommand};
+use lanyard_server::ops::federation;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -26,13 +26,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Agent(_)
         | Command::Bundle(_)
         | Command::Healthcheck { .. }) => {
-            println!("{}", lanyard_server::admin_client::run(verb).await?);
+            println!("{}", lanyard_server::ops::admin_client::run(verb).await?);
             Ok(())
         }
         Command::Federation(args) => federation(args),
         Command::Oidc(OidcCommand::Thumbprint { issuer }) => {
             let issuer = parse_issuer(&issuer)?;
-            println!("{}", lanyard_server::oidc_tools::thumbprint(&issuer).await?);
+            println!(
+                "{}",
+                lanyard_server::ops::oidc_tools::thumbprint(&issuer).await?
+            );
             Ok(())
         }
         Command::CheckConfig { config } => {
@@ -42,15 +45,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { config } => {
             let config = ServerConfig::load(&config)?;
-            let mut server = lanyard_server::start(config).await?;
-            tokio::select! {
-                result = server.wait() => result.context("server stopped")?,
-                signal = daemon::shutdown_signal() => {
-                    signal.context("listening for signals")?;
-                    tracing::info!("shutting down");
-                    server.shutdown().await;
-                }
-            }
+            let server = lanyard_server::start(config).await?;
+            daemon::run_until_signal(server)
+                .await
+                .context("server stopped")?;
             Ok(())
         }
     }

@@ -10,8 +10,9 @@ use lanyard_proto::{Selector, SpiffeId};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
+use super::entry::{EntrySpec, RegistrationEntry};
 use super::{Datastore, StoreError};
-use crate::entries::{EntrySpec, RegistrationEntry, hex};
+use lanyard_host::encoding::hex;
 
 const COLUMNS: &str = "id, spiffe_id, parent_id, selectors, jwt_svid_ttl_seconds, admin, created_at, updated_at, revision, deleted, x509_svid_ttl_seconds, hint";
 
@@ -161,7 +162,7 @@ pub(super) async fn backfill_identity_keys(
         sqlx::query(
             "UPDATE registration_entries SET deleted = 1, updated_at = $1, revision = $2 WHERE id = $3",
         )
-        .bind(crate::authority::unix_seconds(std::time::SystemTime::now()))
+        .bind(lanyard_host::clock::now())
         .bind(revision)
         .bind(&id)
         .execute(&mut **tx)

@@ -8,7 +8,7 @@ use lanyard_proto::{SpiffeId, TrustDomain};
 use sqlx::Row;
 
 use super::{Datastore, StoreError};
-use crate::entries::hex;
+use lanyard_host::encoding::hex;
 
 /// A freshly generated token; the plaintext exists only in this value.
 #[derive(Debug, Clone)]

@@ -104,7 +104,7 @@ pub async fn apply(pool: &AnyPool) -> Result<(), StoreError> {
         // Fails on the primary key if another server applied this version first.
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
             .bind(version)
-            .bind(crate::authority::unix_seconds(std::time::SystemTime::now()))
+            .bind(lanyard_host::clock::now())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -5,6 +5,7 @@
 
 mod agents;
 mod entries;
+mod entry;
 mod join_tokens;
 mod keys;
 mod migrations;
@@ -17,6 +18,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use agents::AgentRecord;
 pub use entries::{EntryChange, EntryFilter};
+pub use entry::{DEFAULT_X509_SVID_TTL, EntrySpec, RegistrationEntry};
 pub use join_tokens::{JoinToken, RedeemError};
 pub use keys::KeyRecordRow;
 

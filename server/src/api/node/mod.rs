@@ -21,11 +21,13 @@ use lanyard_proto::node::{
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-use crate::authority::{Authority, MintError, unix_seconds};
-use crate::ca::{self, CaError, CertificateAuthority, IssuedCert};
-use crate::node_tls::NodeConnectInfo;
-use crate::peer;
-use crate::store::StoreError;
+use lanyard_host::clock;
+
+use crate::api::node_tls::NodeConnectInfo;
+use crate::api::peer;
+use crate::authority::ca::{self, CaError, CertificateAuthority, IssuedCert};
+use crate::authority::entries::RegistrationEntry;
+use crate::authority::{Authority, MintError, RegistryError};
 use agent_check::{Call, Refusal};
 
 #[derive(Debug)]
@@ -59,7 +61,8 @@ impl NodeService {
         if let Some(info) = request.extensions().get::<NodeConnectInfo>() {
             let peer = info.peer.as_ref().ok_or(Refusal::NoSvid)?;
             let agent =
-                agent_check::admit(self.authority.store(), peer, Call::Other, now()).await?;
+                agent_check::admit(self.authority.registry(), peer, Call::Other, clock::now())
+                    .await?;
             return Ok(agent.spiffe_id);
         }
         if request.extensions().get::<UdsConnectInfo>().is_some() {
@@ -79,7 +82,7 @@ impl NodeService {
     }
 }
 
-fn unavailable(error: StoreError) -> Status {
+fn unavailable(error: impl std::fmt::Display) -> Status {
     tracing::error!(error = %error, "datastore failure in the Node API");
     Status::unavailable("datastore unavailable")
 }
@@ -116,8 +119,17 @@ fn mint_status(agent: &SpiffeId, entry_id: &str, error: MintError) -> Status {
     }
 }
 
-fn now() -> i64 {
-    unix_seconds(SystemTime::now())
+/// An entry as the Node API sends it to agents.
+fn to_node(entry: &RegistrationEntry) -> lanyard_proto::node::Entry {
+    lanyard_proto::node::Entry {
+        id: entry.id.clone(),
+        spiffe_id: entry.spiffe_id.to_string(),
+        parent_id: entry.parent_id.to_string(),
+        selectors: entry.selectors.iter().map(ToString::to_string).collect(),
+        jwt_svid_ttl_seconds: u32::try_from(entry.jwt_svid_ttl.as_secs()).unwrap_or(u32::MAX),
+        x509_svid_ttl_seconds: u32::try_from(entry.x509_svid_ttl.as_secs()).unwrap_or(u32::MAX),
+        hint: entry.hint.clone(),
+    }
 }
 
 #[tonic::async_trait]
@@ -136,9 +148,9 @@ impl Node for NodeService {
         // A CSR that cannot be signed is refused while the token is still
         // unspent, so the agent can retry with a good one.
         ca::check_csr(&body.csr).map_err(csr_status)?;
-        let store = self.authority.store();
-        let agent_id = match store
-            .redeem_join_token(&body.join_token, now())
+        let registry = self.authority.registry();
+        let agent_id = match registry
+            .redeem_join_token(&body.join_token)
             .await
             .map_err(unavailable)?
         {
@@ -164,11 +176,11 @@ impl Node for NodeService {
             .ca
             .issue_agent_svid(&body.csr, &agent_id, self.agent_svid_ttl, SystemTime::now())
             .map_err(csr_status)?;
-        store
-            .attest_agent(&agent_id, &issued.serial, now())
+        registry
+            .attest_agent(&agent_id, &issued.serial)
             .await
             .map_err(|e| match e {
-                StoreError::Conflict(message) => Status::permission_denied(message),
+                RegistryError::Conflict(message) => Status::permission_denied(message),
                 other => unavailable(other),
             })?;
         tracing::info!(target: "lanyard::audit", agent = %agent_id, serial = issued.serial, "agent attested with a join token");
@@ -186,8 +198,8 @@ impl Node for NodeService {
             ));
         };
         let peer = info.peer.as_ref().ok_or(Refusal::NoSvid)?;
-        let store = self.authority.store();
-        let checked = agent_check::admit(store, peer, Call::Renewal, now()).await?;
+        let registry = self.authority.registry();
+        let checked = agent_check::admit(registry, peer, Call::Renewal, clock::now()).await?;
         let agent = &checked.spiffe_id;
         let issued = self
             .ca
@@ -200,11 +212,11 @@ impl Node for NodeService {
             .map_err(csr_status)?;
         // Compare-and-swap against what was checked: a concurrent renewal
         // with the same SVID (or an eviction) makes this one fail.
-        store
-            .renew_agent(&checked, &peer.serial, &issued.serial, now())
+        registry
+            .renew_agent(&checked, &peer.serial, &issued.serial)
             .await
             .map_err(|e| match e {
-                StoreError::Conflict(message) => {
+                RegistryError::Conflict(message) => {
                     tracing::warn!(target: "lanyard::audit", agent = %agent, presented = peer.serial, "agent renewal lost a race");
                     Status::permission_denied(message)
                 }
@@ -222,7 +234,7 @@ impl Node for NodeService {
         let agent = self.caller(&request).await?;
         if agent != self.local_agent_id {
             // Best effort: a failed write here must not fail the sync.
-            let _ = self.authority.store().touch_agent(&agent, now()).await;
+            let _ = self.authority.registry().touch_agent(&agent).await;
         }
         let update = self
             .authority
@@ -230,7 +242,7 @@ impl Node for NodeService {
             .await
             .map_err(unavailable)?;
         Ok(Response::new(SyncEntriesResponse {
-            entries: update.upserts.iter().map(|e| e.to_node()).collect(),
+            entries: update.upserts.iter().map(to_node).collect(),
             revision: update.revision,
             deleted_entry_ids: update.deleted_ids,
             full: update.full,
@@ -296,13 +308,7 @@ impl Node for NodeService {
         request: Request<GetBundleRequest>,
     ) -> Result<Response<GetBundleResponse>, Status> {
         self.caller(&request).await?;
-        let jwks = serde_json::to_vec(
-            &self
-                .authority
-                .jwks()
-                .map_err(|e| Status::unavailable(e.to_string()))?,
-        )
-        .map_err(|e| Status::internal(e.to_string()))?;
+        let jwks = super::jwks_reply(&self.authority, serde_json::to_vec)?;
         Ok(Response::new(GetBundleResponse {
             trust_domain: self.authority.trust_domain().to_string(),
             jwks,

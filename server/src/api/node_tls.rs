@@ -27,9 +27,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
-use crate::ca::{CaError, CertificateAuthority, peer_identity};
-use crate::listener;
-use crate::tls::ReloadingCert;
+use crate::api::listener;
+use crate::authority::ca::{CaError, CertificateAuthority, peer_identity};
+use crate::oidc::certificate::ReloadingCert;
 
 /// The server certificate's lifetime; it is reissued at half of it.
 const SERVER_CERT_TTL: Duration = Duration::from_secs(48 * 3600);

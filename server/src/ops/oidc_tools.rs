@@ -16,9 +16,9 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::Issuer;
-use crate::entries::hex;
-use crate::oidc::OidcDocuments;
+use crate::authority::Issuer;
+use crate::oidc::endpoint::OidcDocuments;
+use lanyard_host::encoding::hex;
 
 /// How long `thumbprint` waits for the issuer's host to connect and finish
 /// the TLS handshake: a host that accepts and never answers must not hang it.

@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Issuer;
-use crate::listener;
+use crate::api::listener;
+use crate::authority::Issuer;
 
 /// How long clients may cache the documents: short, so rotation shows quickly.
 const CACHE_CONTROL: &str = "public, max-age=300";

@@ -1,17 +1,27 @@
 //! The authority: decides which agent may have which identity, and signs it.
+//! It owns the registry of entries, agents and join tokens the APIs manage,
+//! the trust domain's X.509 CA and the issuer name its tokens carry.
+
+pub mod ca;
+pub mod entries;
+pub mod issuer;
+pub mod registry;
+
+pub use issuer::Issuer;
+pub use registry::{Registry, RegistryError};
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use lanyard_host::clock::unix_seconds;
+use lanyard_host::random;
 use lanyard_proto::audience::{self, AudienceError};
 use lanyard_proto::{Jwks, JwtSvidClaims, SpiffeId, TrustDomain};
 
-use crate::config::Issuer;
-use crate::entries::RegistrationEntry;
 use crate::keys::{KeyError, KeyManager, KeyManagerError};
+use crate::store::RegistrationEntry;
 use crate::store::{Datastore, EntryChange, StoreError};
 
 /// How deep entries may nest under an agent through node entries.
@@ -66,8 +76,8 @@ pub struct Authority {
     issuer: Issuer,
     keys: Arc<KeyManager>,
     store: Datastore,
+    registry: Registry,
     max_ttl: Duration,
-    rng: SystemRandom,
 }
 
 impl Authority {
@@ -82,9 +92,9 @@ impl Authority {
             trust_domain,
             issuer,
             keys,
+            registry: Registry::new(store.clone()),
             store,
             max_ttl,
-            rng: SystemRandom::new(),
         }
     }
 
@@ -96,8 +106,9 @@ impl Authority {
         &self.issuer
     }
 
-    pub fn store(&self) -> &Datastore {
-        &self.store
+    /// The entries, join tokens and agents the APIs manage.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Every entry `agent` may serve: those parented to it, and those parented
@@ -262,8 +273,7 @@ impl Authority {
     }
 
     fn new_jti(&self) -> Result<String, KeyError> {
-        let mut bytes = [0u8; 16];
-        self.rng.fill(&mut bytes).map_err(|_| KeyError::Sign)?;
+        let bytes = random::bytes::<16>().map_err(|_| KeyError::Sign)?;
         Ok(URL_SAFE_NO_PAD.encode(bytes))
     }
 }
@@ -276,15 +286,10 @@ fn validate_audience(audience: &[String]) -> Result<(), MintError> {
     })
 }
 
-pub fn unix_seconds(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entries::EntrySpec;
+    use crate::store::EntrySpec;
     use lanyard_proto::Selector;
 
     async fn authority(
@@ -338,7 +343,7 @@ mod tests {
         let td = authority.trust_domain().clone();
         let spec = |path: &str, parent: &SpiffeId| uid1_entry(&td, path, parent);
         let node = td.id_with_path("/node/group")?;
-        let store = authority.store();
+        let store = &authority.store;
         store
             .create_entry("node", &spec("/node/group", &agent)?, 1)
             .await?;
@@ -401,7 +406,7 @@ mod tests {
         let (authority, agent, direct) = authority(dir.path()).await?;
         let td = authority.trust_domain().clone();
         let spec = |path: &str, parent: &SpiffeId| uid1_entry(&td, path, parent);
-        let store = authority.store();
+        let store = &authority.store;
         store
             .create_entry("node", &spec("/node/x", &agent)?, 1)
             .await?;
@@ -449,7 +454,7 @@ mod tests {
             vec![Selector::parse("unix:path:/usr/bin/sleep")?],
             Duration::from_secs(600),
         );
-        authority.store().seed_entry(&old, 0).await?;
+        authority.store.seed_entry(&old, 0).await?;
         let refused = authority
             .mint_jwt_svid(
                 &agent,

@@ -13,7 +13,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
-use crate::config::{Issuer, TlsFiles};
+use crate::authority::Issuer;
+use crate::config::TlsFiles;
 use lanyard_host::private_files::{self, FsError};
 
 pub const SELF_SIGNED_CERT_FILE: &str = "oidc-tls-cert.pem";

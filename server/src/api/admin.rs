@@ -3,9 +3,9 @@
 //! uid may call it; every change is audited with the caller's uid.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use lanyard_host::random;
 use lanyard_proto::admin::admin_server::Admin;
 use lanyard_proto::admin::{
     Agent, CreateEntryRequest, DeleteEntryRequest, DeleteEntryResponse, Entry, EvictAgentRequest,
@@ -16,10 +16,10 @@ use lanyard_proto::admin::{
 use lanyard_proto::{Selector, SpiffeId};
 use tonic::{Request, Response, Status};
 
-use crate::authority::{Authority, unix_seconds};
-use crate::entries::{self, EntrySpec, RegistrationEntry, hex};
-use crate::peer;
-use crate::store::{EntryFilter, StoreError};
+use crate::api::peer;
+use crate::authority::entries::{self, EntrySpec, RegistrationEntry};
+use crate::authority::registry::EntryFilter;
+use crate::authority::{Authority, RegistryError};
 
 /// Join tokens live ten minutes unless asked otherwise, a day at most.
 const DEFAULT_JOIN_TOKEN_TTL: u32 = 600;
@@ -139,28 +139,18 @@ impl AdminService {
         if parent == &self.policy.local_agent_id {
             return Ok(true);
         }
-        let store = self.authority.store();
-        match store.get_agent(parent).await {
-            Ok(agent) => return Ok(!agent.evicted),
-            Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(store_status(e)),
-        }
-        let filter = EntryFilter {
-            spiffe_id: Some(parent.clone()),
-            ..EntryFilter::default()
-        };
-        Ok(!store
-            .list_entries(&filter)
+        self.authority
+            .registry()
+            .is_known_parent(parent)
             .await
-            .map_err(store_status)?
-            .is_empty())
+            .map_err(registry_status)
     }
 }
 
-fn store_status(error: StoreError) -> Status {
+fn registry_status(error: RegistryError) -> Status {
     match error {
-        StoreError::NotFound { .. } => Status::not_found(error.to_string()),
-        StoreError::Conflict(_) => Status::already_exists(error.to_string()),
+        RegistryError::NotFound { .. } => Status::not_found(error.to_string()),
+        RegistryError::Conflict(_) => Status::already_exists(error.to_string()),
         other => {
             tracing::error!(error = %other, "datastore failure in the Admin API");
             Status::unavailable(format!("datastore unavailable: {other}"))
@@ -184,16 +174,8 @@ fn to_admin(entry: RegistrationEntry) -> Entry {
     }
 }
 
-fn now() -> i64 {
-    unix_seconds(SystemTime::now())
-}
-
 fn new_entry_id() -> Result<String, Status> {
-    let mut bytes = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| Status::internal("no randomness available"))?;
-    Ok(hex(&bytes))
+    random::hex_id::<16>().map_err(|_| Status::internal("no randomness available"))
 }
 
 fn optional_id(field: &str, raw: &str) -> Result<Option<SpiffeId>, Status> {
@@ -212,11 +194,15 @@ impl Admin for AdminService {
         request: Request<HealthRequest>,
     ) -> Result<Response<HealthResponse>, Status> {
         self.caller(&request)?;
-        let store = self.authority.store();
-        store.ping().await.map_err(store_status)?;
+        let entry_revision = self
+            .authority
+            .registry()
+            .health()
+            .await
+            .map_err(registry_status)?;
         Ok(Response::new(HealthResponse {
             trust_domain: self.authority.trust_domain().to_string(),
-            entry_revision: store.entry_revision().await.map_err(store_status)?,
+            entry_revision,
         }))
     }
 
@@ -240,10 +226,10 @@ impl Admin for AdminService {
             .await?;
         let entry = self
             .authority
-            .store()
-            .create_entry(&new_entry_id()?, &spec, now())
+            .registry()
+            .create_entry(&new_entry_id()?, &spec)
             .await
-            .map_err(store_status)?;
+            .map_err(registry_status)?;
         tracing::info!(target: "lanyard::audit", uid, id = entry.id, spiffe_id = %entry.spiffe_id, "entry created");
         Ok(Response::new(to_admin(entry)))
     }
@@ -255,10 +241,10 @@ impl Admin for AdminService {
         self.caller(&request)?;
         let entry = self
             .authority
-            .store()
+            .registry()
             .get_entry(&request.get_ref().id)
             .await
-            .map_err(store_status)?;
+            .map_err(registry_status)?;
         Ok(Response::new(to_admin(entry)))
     }
 
@@ -282,10 +268,10 @@ impl Admin for AdminService {
         };
         let entries = self
             .authority
-            .store()
+            .registry()
             .list_entries(&filter)
             .await
-            .map_err(store_status)?;
+            .map_err(registry_status)?;
         Ok(Response::new(ListEntriesResponse {
             entries: entries.into_iter().map(to_admin).collect(),
         }))
@@ -303,10 +289,10 @@ impl Admin for AdminService {
         let spec = self.entry_spec(&wanted).await?;
         let entry = self
             .authority
-            .store()
-            .update_entry(&body.id, &spec, now())
+            .registry()
+            .update_entry(&body.id, &spec)
             .await
-            .map_err(store_status)?;
+            .map_err(registry_status)?;
         tracing::info!(target: "lanyard::audit", uid, id = entry.id, spiffe_id = %entry.spiffe_id, "entry updated");
         Ok(Response::new(to_admin(entry)))
     }
@@ -318,10 +304,10 @@ impl Admin for AdminService {
         let uid = self.caller(&request)?;
         let id = request.into_inner().id;
         self.authority
-            .store()
-            .delete_entry(&id, now())
+            .registry()
+            .delete_entry(&id)
             .await
-            .map_err(store_status)?;
+            .map_err(registry_status)?;
         tracing::info!(target: "lanyard::audit", uid, id, "entry deleted");
         Ok(Response::new(DeleteEntryResponse {}))
     }
@@ -355,10 +341,10 @@ impl Admin for AdminService {
         }
         let token = self
             .authority
-            .store()
-            .create_join_token(trust_domain, spiffe_id, i64::from(ttl), now())
+            .registry()
+            .create_join_token(trust_domain, spiffe_id, i64::from(ttl))
             .await
-            .map_err(store_status)?;
+            .map_err(registry_status)?;
         tracing::info!(target: "lanyard::audit", uid, spiffe_id = %token.spiffe_id, expires_at = token.expires_at, "join token generated");
         Ok(Response::new(GenerateJoinTokenResponse {
             token: token.token,
@@ -374,10 +360,10 @@ impl Admin for AdminService {
         self.caller(&request)?;
         let agents = self
             .authority
-            .store()
+            .registry()
             .list_agents()
             .await
-            .map_err(store_status)?;
+            .map_err(registry_status)?;
         Ok(Response::new(ListAgentsResponse {
             agents: agents
                 .into_iter()
@@ -400,10 +386,10 @@ impl Admin for AdminService {
         let id = SpiffeId::parse(&raw)
             .map_err(|e| Status::invalid_argument(format!("spiffe_id {raw:?}: {e}")))?;
         self.authority
-            .store()
+            .registry()
             .evict_agent(&id)
             .await
-            .map_err(store_status)?;
+            .map_err(registry_status)?;
         tracing::info!(target: "lanyard::audit", uid, agent = %id, "agent evicted");
         Ok(Response::new(EvictAgentResponse {}))
     }
@@ -413,13 +399,7 @@ impl Admin for AdminService {
         request: Request<GetBundleRequest>,
     ) -> Result<Response<GetBundleResponse>, Status> {
         self.caller(&request)?;
-        let jwks = serde_json::to_vec_pretty(
-            &self
-                .authority
-                .jwks()
-                .map_err(|e| Status::unavailable(e.to_string()))?,
-        )
-        .map_err(|e| Status::internal(e.to_string()))?;
+        let jwks = super::jwks_reply(&self.authority, serde_json::to_vec_pretty)?;
         Ok(Response::new(GetBundleResponse {
             trust_domain: self.authority.trust_domain().to_string(),
             jwks,

@@ -8,7 +8,7 @@
 use lanyard_proto::SpiffeId;
 use serde_json::{Value, json};
 
-use crate::config::Issuer;
+use crate::authority::Issuer;
 
 mod names;
 

@@ -12,12 +12,12 @@ use lanyard_proto::admin::{
 use serde_json::json;
 use tonic::transport::Channel;
 
-use crate::cli::{
+use crate::authority::Issuer;
+use crate::ops::cli::{
     AdminArgs, AgentCommand, BundleCommand, Command, EntryCommand, OidcCommand, Output,
     TokenCommand,
 };
-use crate::config::Issuer;
-use crate::oidc_tools;
+use crate::ops::oidc_tools;
 use lanyard_proto::Jwks;
 
 #[derive(Debug, thiserror::Error)]

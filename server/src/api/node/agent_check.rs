@@ -8,8 +8,8 @@
 use lanyard_proto::SpiffeId;
 use tonic::Status;
 
-use crate::node_tls::PeerSvid;
-use crate::store::{AgentRecord, Datastore, StoreError};
+use crate::api::node_tls::PeerSvid;
+use crate::authority::registry::{AgentRecord, Registry, RegistryError};
 
 /// What the caller wants: only a renewal may present the previous serial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,14 +35,14 @@ pub enum Refusal {
     )]
     RenewOnly,
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Registry(#[from] RegistryError),
 }
 
 impl From<Refusal> for Status {
     fn from(refusal: Refusal) -> Self {
         match refusal {
             Refusal::NoSvid | Refusal::Expired(_) => Status::unauthenticated(refusal.to_string()),
-            Refusal::Store(e) => super::unavailable(e),
+            Refusal::Registry(e) => super::unavailable(e),
             Refusal::RenewOnly => {
                 let mut status = Status::permission_denied(refusal.to_string());
                 status.metadata_mut().insert(
@@ -57,9 +57,9 @@ impl From<Refusal> for Status {
 }
 
 /// The agent's record, as checked, if `peer` may make `call` at `now` (Unix
-/// seconds). Pass the record to [`Datastore::renew_agent`] when renewing.
+/// seconds). Pass the record to [`Registry::renew_agent`] when renewing.
 pub async fn admit(
-    store: &Datastore,
+    registry: &Registry,
     peer: &PeerSvid,
     call: Call,
     now: i64,
@@ -67,9 +67,9 @@ pub async fn admit(
     if now > peer.not_after {
         return Err(Refusal::Expired(peer.not_after));
     }
-    let agent = match store.get_agent(&peer.spiffe_id).await {
+    let agent = match registry.get_agent(&peer.spiffe_id).await {
         Ok(agent) => agent,
-        Err(StoreError::NotFound { .. }) => {
+        Err(RegistryError::NotFound { .. }) => {
             return Err(Refusal::NotAttested(peer.spiffe_id.clone()));
         }
         Err(e) => return Err(e.into()),
@@ -81,7 +81,7 @@ pub async fn admit(
     if agent.serial == peer.serial {
         // The renewed SVID arrived: the one it replaced must stop working.
         if agent.prev_serial.is_some()
-            && !store
+            && !registry
                 .forget_previous_serial(&agent.spiffe_id, &agent.serial)
                 .await?
         {
@@ -101,7 +101,7 @@ pub async fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::datastores;
+    use crate::authority::registry::test_support::registries;
 
     const NOW: i64 = 1_000_000;
 
@@ -123,17 +123,17 @@ mod tests {
 
     #[tokio::test]
     async fn an_expired_svid_is_refused_on_an_open_connection() {
-        for (_dir, store) in datastores().await {
-            store.attest_agent(&id(), "01", NOW).await.unwrap();
+        for (_dir, registry) in registries().await {
+            registry.attest_agent(&id(), "01").await.unwrap();
             let mut svid = peer("01");
             svid.not_after = NOW;
             assert_eq!(
-                code(admit(&store, &svid, Call::Other, NOW).await),
+                code(admit(&registry, &svid, Call::Other, NOW).await),
                 Ok("01".into()),
                 "valid through its notAfter second"
             );
             for call in [Call::Other, Call::Renewal] {
-                let refused = admit(&store, &svid, call, NOW + 1).await;
+                let refused = admit(&registry, &svid, call, NOW + 1).await;
                 assert!(
                     matches!(&refused, Err(Refusal::Expired(t)) if *t == NOW),
                     "{refused:?}"
@@ -148,34 +148,34 @@ mod tests {
     #[tokio::test]
     async fn a_lost_renewal_response_does_not_lock_the_agent_out() {
         use tonic::Code::PermissionDenied;
-        for (_dir, store) in datastores().await {
-            store.attest_agent(&id(), "01", NOW).await.unwrap();
-            let checked = admit(&store, &peer("01"), Call::Renewal, NOW)
+        for (_dir, registry) in registries().await {
+            registry.attest_agent(&id(), "01").await.unwrap();
+            let checked = admit(&registry, &peer("01"), Call::Renewal, NOW)
                 .await
                 .unwrap();
-            store.renew_agent(&checked, "01", "02", NOW).await.unwrap();
+            registry.renew_agent(&checked, "01", "02").await.unwrap();
 
             // "02" never reached the agent.
             assert_eq!(
-                code(admit(&store, &peer("01"), Call::Other, NOW).await),
+                code(admit(&registry, &peer("01"), Call::Other, NOW).await),
                 Err(PermissionDenied)
             );
-            let retry = admit(&store, &peer("01"), Call::Renewal, NOW)
+            let retry = admit(&registry, &peer("01"), Call::Renewal, NOW)
                 .await
                 .unwrap();
-            store.renew_agent(&retry, "01", "03", NOW).await.unwrap();
+            registry.renew_agent(&retry, "01", "03").await.unwrap();
             assert_eq!(
-                code(admit(&store, &peer("02"), Call::Renewal, NOW).await),
+                code(admit(&registry, &peer("02"), Call::Renewal, NOW).await),
                 Err(PermissionDenied),
                 "the lost SVID is dead"
             );
 
             assert_eq!(
-                code(admit(&store, &peer("03"), Call::Other, NOW).await),
+                code(admit(&registry, &peer("03"), Call::Other, NOW).await),
                 Ok("03".into())
             );
             for call in [Call::Other, Call::Renewal] {
-                let refused = admit(&store, &peer("01"), call, NOW).await;
+                let refused = admit(&registry, &peer("01"), call, NOW).await;
                 assert!(matches!(refused, Err(Refusal::Superseded)), "{refused:?}");
             }
         }
@@ -183,13 +183,13 @@ mod tests {
 
     #[tokio::test]
     async fn eviction_refuses_the_current_and_the_previous_svid() {
-        for (_dir, store) in datastores().await {
-            let first = store.attest_agent(&id(), "01", NOW).await.unwrap();
-            store.renew_agent(&first, "01", "02", NOW).await.unwrap();
-            store.evict_agent(&id()).await.unwrap();
+        for (_dir, registry) in registries().await {
+            let first = registry.attest_agent(&id(), "01").await.unwrap();
+            registry.renew_agent(&first, "01", "02").await.unwrap();
+            registry.evict_agent(&id()).await.unwrap();
             for serial in ["01", "02"] {
                 for call in [Call::Other, Call::Renewal] {
-                    let refused = admit(&store, &peer(serial), call, NOW).await;
+                    let refused = admit(&registry, &peer(serial), call, NOW).await;
                     assert!(matches!(refused, Err(Refusal::Evicted(_))), "{refused:?}");
                 }
             }
@@ -197,7 +197,7 @@ mod tests {
                 spiffe_id: SpiffeId::parse("spiffe://example.org/node/b").unwrap(),
                 ..peer("01")
             };
-            let refused = admit(&store, &unknown, Call::Other, NOW).await;
+            let refused = admit(&registry, &unknown, Call::Other, NOW).await;
             assert!(
                 matches!(refused, Err(Refusal::NotAttested(_))),
                 "{refused:?}"

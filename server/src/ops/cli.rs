@@ -58,7 +58,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct FederationArgs {
     #[arg(value_enum)]
-    pub target: crate::federation::Target,
+    pub target: crate::ops::federation::Target,
     /// The workload's SPIFFE ID (the token's `sub`).
     #[arg(long)]
     pub spiffe_id: String,

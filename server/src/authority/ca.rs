@@ -24,8 +24,8 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::OffsetDateTime;
 
-use crate::authority::unix_seconds;
-use crate::entries::hex;
+use lanyard_host::clock::unix_seconds;
+use lanyard_host::encoding::hex;
 
 pub const BUNDLE_FILE: &str = "bundle.pem";
 const CA_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);

@@ -4,36 +4,21 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lanyard_host::config_file::{self, ConfigFileError};
+use lanyard_host::config_file::{self, invalid};
 use lanyard_proto::{Selector, SpiffeId, TrustDomain};
 use serde::Deserialize;
 
-use crate::entries::{self, EntrySpec};
+use crate::authority::entries::{self, EntrySpec};
 use crate::keys::{KeyType, PolicyError, RotationPolicy};
 
-mod issuer;
-pub use issuer::Issuer;
+pub use crate::authority::Issuer;
+pub use lanyard_host::config_file::ConfigError;
 
 const DEFAULT_OIDC_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_JWT_TTL_SECONDS: u32 = 300;
 const DEFAULT_JWT_MAX_TTL_SECONDS: u32 = 3600;
 /// GCP refuses tokens whose `exp - iat` exceeds 48 hours; no cloud wants more.
 const JWT_TTL_CEILING_SECONDS: u32 = 48 * 3600;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(transparent)]
-    File(#[from] ConfigFileError),
-    #[error("config key `{key}`: {message}")]
-    Invalid { key: String, message: String },
-}
-
-fn invalid(key: impl Into<String>, message: impl ToString) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.to_string(),
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct TlsFiles {

@@ -1,0 +1,37 @@
+//! The rules a registration entry must follow before it is stored: its
+//! X509-SVID lifetime and its hint. The entry itself is the datastore's record
+//! ([`EntrySpec`], [`RegistrationEntry`]).
+
+use std::time::Duration;
+
+pub use crate::store::{DEFAULT_X509_SVID_TTL, EntrySpec, RegistrationEntry};
+
+/// The longest X509-SVID lifetime an entry may ask for (a CA lives a year
+/// and a successor signs a month before it expires).
+pub const MAX_X509_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The longest hint; SPIRE's is shorter still.
+pub const MAX_HINT_LEN: usize = 1024;
+
+/// An entry's X509-SVID lifetime from `seconds` as an operator gives it (0:
+/// the default), or why it is refused.
+pub fn x509_svid_ttl(seconds: u32) -> Result<Duration, String> {
+    match Duration::from_secs(seconds.into()) {
+        ttl if ttl.is_zero() => Ok(DEFAULT_X509_SVID_TTL),
+        ttl if ttl > MAX_X509_SVID_TTL => Err(format!(
+            "must be at most {} (30 days)",
+            MAX_X509_SVID_TTL.as_secs()
+        )),
+        ttl => Ok(ttl),
+    }
+}
+
+/// A hint is shown to workloads and logged: printable text, short.
+pub fn check_hint(hint: &str) -> Result<(), String> {
+    if hint.len() > MAX_HINT_LEN {
+        return Err(format!("must be at most {MAX_HINT_LEN} bytes"));
+    }
+    if hint.chars().any(char::is_control) {
+        return Err("must not contain control characters".to_owned());
+    }
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The registry: the registration entries, join tokens and attested agents the
+//! APIs manage, kept in the datastore. The APIs reach them only through here,
+//! and see the datastore's failures as [`RegistryError`].
+
+use lanyard_host::clock;
+use lanyard_proto::{SpiffeId, TrustDomain};
+
+pub use crate::store::{AgentRecord, EntryFilter, JoinToken, RedeemError};
+use crate::store::{Datastore, EntrySpec, RegistrationEntry, StoreError};
+
+/// Why the registry could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    /// The change contradicts what is stored (a duplicate entry, a renewal
+    /// that lost a race).
+    #[error("{0}")]
+    Conflict(String),
+    /// The datastore failed.
+    #[error(transparent)]
+    Unavailable(StoreError),
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound { what, id } => Self::NotFound { what, id },
+            StoreError::Conflict(message) => Self::Conflict(message),
+            other => Self::Unavailable(other),
+        }
+    }
+}
+
+/// Entries, join tokens and agents, as operators and agents change them.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Datastore,
+}
+
+impl Registry {
+    pub(crate) fn new(store: Datastore) -> Self {
+        Self { store }
+    }
+
+    /// The entry revision, after a round trip to the datastore (health checks).
+    pub async fn health(&self) -> Result<u64, RegistryError> {
+        self.store.ping().await?;
+        Ok(self.store.entry_revision().await?)
+    }
+
+    pub async fn create_entry(
+        &self,
+        id: &str,
+        spec: &EntrySpec,
+    ) -> Result<RegistrationEntry, RegistryError> {
+        Ok(self.store.create_entry(id, spec, clock::now()).await?)
+    }
+
+    pub async fn get_entry(&self, id: &str) -> Result<RegistrationEntry, RegistryError> {
+        Ok(self.store.get_entry(id).await?)
+    }
+
+    pub async fn list_entries(
+        &self,
+        filter: &EntryFilter,
+    ) -> Result<Vec<RegistrationEntry>, RegistryError> {
+        Ok(self.store.list_entries(filter).await?)
+    }
+
+    pub async fn update_entry(
+        &self,
+        id: &str,
+        spec: &EntrySpec,
+    ) -> Result<RegistrationEntry, RegistryError> {
+        Ok(self.store.update_entry(id, spec, clock::now()).await?)
+    }
+
+    pub async fn delete_entry(&self, id: &str) -> Result<(), RegistryError> {
+        Ok(self.store.delete_entry(id, clock::now()).await?)
+    }
+
+    /// Whether entries may hang under `parent`: an attested agent that is not
+    /// evicted, or the SPIFFE ID of an entry (a node entry).
+    pub async fn is_known_parent(&self, parent: &SpiffeId) -> Result<bool, RegistryError> {
+        match self.store.get_agent(parent).await {
+            Ok(agent) => return Ok(!agent.evicted),
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let filter = EntryFilter {
+            spiffe_id: Some(parent.clone()),
+            ..EntryFilter::default()
+        };
+        Ok(!self.store.list_entries(&filter).await?.is_empty())
+    }
+
+    /// A new join token for `spiffe_id` (or a generated agent ID), valid for
+    /// `ttl_seconds`.
+    pub async fn create_join_token(
+        &self,
+        trust_domain: &TrustDomain,
+        spiffe_id: Option<SpiffeId>,
+        ttl_seconds: i64,
+    ) -> Result<JoinToken, RegistryError> {
+        Ok(self
+            .store
+            .create_join_token(trust_domain, spiffe_id, ttl_seconds, clock::now())
+            .await?)
+    }
+
+    /// Spends `token`: the agent ID it grants, or why it grants none.
+    pub async fn redeem_join_token(
+        &self,
+        token: &str,
+    ) -> Result<Result<SpiffeId, RedeemError>, RegistryError> {
+        Ok(self.store.redeem_join_token(token, clock::now()).await?)
+    }
+
+    /// Records `spiffe_id` as attested with the SVID `serial`.
+    pub async fn attest_agent(
+        &self,
+        spiffe_id: &SpiffeId,
+        serial: &str,
+    ) -> Result<AgentRecord, RegistryError> {
+        Ok(self
+            .store
+            .attest_agent(spiffe_id, serial, clock::now())
+            .await?)
+    }
+
+    pub async fn get_agent(&self, spiffe_id: &SpiffeId) -> Result<AgentRecord, RegistryError> {
+        Ok(self.store.get_agent(spiffe_id).await?)
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, RegistryError> {
+        Ok(self.store.list_agents().await?)
+    }
+
+    pub async fn evict_agent(&self, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
+        Ok(self.store.evict_agent(spiffe_id).await?)
+    }
+
+    /// Records a renewal from `presented` to `new_serial`, if the agent is
+    /// still as `observed` (else `Conflict`).
+    pub async fn renew_agent(
+        &self,
+        observed: &AgentRecord,
+        presented: &str,
+        new_serial: &str,
+    ) -> Result<(), RegistryError> {
+        Ok(self
+            .store
+            .renew_agent(observed, presented, new_serial, clock::now())
+            .await?)
+    }
+
+    /// Forgets the serial `serial` was renewed from; false when `serial` is
+    /// no longer current.
+    pub async fn forget_previous_serial(
+        &self,
+        spiffe_id: &SpiffeId,
+        serial: &str,
+    ) -> Result<bool, RegistryError> {
+        Ok(self.store.forget_previous_serial(spiffe_id, serial).await?)
+    }
+
+    /// Notes that `spiffe_id` was seen now.
+    pub async fn touch_agent(&self, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
+        Ok(self.store.touch_agent(spiffe_id, clock::now()).await?)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Registry;
+
+    /// Registries over fresh datastores (see `store::test_support`).
+    pub(crate) async fn registries() -> Vec<(tempfile::TempDir, Registry)> {
+        crate::store::test_support::datastores()
+            .await
+            .into_iter()
+            .map(|(dir, store)| (dir, Registry::new(store)))
+            .collect()
+    }
+}
