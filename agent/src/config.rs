@@ -3,11 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lanyard_host::config_file::{self, ConfigFileError};
+use lanyard_host::config_file::{self, ConfigError, invalid};
+use lanyard_host::private_files::FsError;
 use lanyard_proto::TrustDomain;
 use serde::Deserialize;
-
-use crate::attestor::unix::{DEFAULT_MAX_BINARY_BYTES, UnixAttestorConfig};
 
 pub const DEFAULT_SOCKET: &str = "/run/lanyard/agent/api.sock";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/lanyard/agent";
@@ -15,19 +14,57 @@ const DEFAULT_SYNC_INTERVAL_SECONDS: u32 = 5;
 const DEFAULT_REQUEST_TIMEOUT_SECONDS: u32 = 5;
 const DEFAULT_JWT_SVID_CACHE_SIZE: usize = 1000;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(transparent)]
-    File(#[from] ConfigFileError),
-    #[error("config key `{key}`: {message}")]
-    Invalid { key: String, message: String },
+/// Default largest executable hashed for `unix:sha256` (bigger ones get no such selector).
+pub const DEFAULT_MAX_BINARY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The `[workload_attestor]` table of agent.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnixAttestorConfig {
+    /// Emit `unix:path:<executable>`.
+    pub path_selectors: bool,
+    /// Emit `unix:sha256:<hex digest of the executable>`.
+    pub sha256_selectors: bool,
+    pub max_binary_bytes: u64,
 }
 
-fn invalid(key: &str, message: impl ToString) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_owned(),
-        message: message.to_string(),
+impl UnixAttestorConfig {
+    /// Whether callers' executables are looked at, so must be recorded when
+    /// they connect (a stat each; skipped when binary selectors are off).
+    pub fn needs_connected_exe(&self) -> bool {
+        self.path_selectors || self.sha256_selectors
     }
+}
+
+impl Default for UnixAttestorConfig {
+    fn default() -> Self {
+        Self {
+            path_selectors: false,
+            sha256_selectors: false,
+            max_binary_bytes: DEFAULT_MAX_BINARY_BYTES,
+        }
+    }
+}
+
+/// Why a join token could not be read from its file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinTokenError {
+    #[error(transparent)]
+    File(#[from] FsError),
+    #[error("{0} does not exist")]
+    Missing(PathBuf),
+    #[error("{0} is not UTF-8 text")]
+    NotText(PathBuf),
+    #[error("{0} is empty")]
+    Empty(PathBuf),
+}
+
+/// Whether `address` is `host:port`.
+pub(crate) fn is_host_port(address: &str) -> bool {
+    address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// Where the join token comes from. A file is read only when the agent has
@@ -39,7 +76,7 @@ pub enum JoinToken {
 }
 
 impl JoinToken {
-    pub fn read(&self) -> Result<String, String> {
+    pub fn read(&self) -> Result<String, JoinTokenError> {
         match self {
             Self::Value(token) => Ok(token.clone()),
             Self::File(path) => read_join_token_file(path),
@@ -49,16 +86,15 @@ impl JoinToken {
 
 /// The join token in `path`: a file only its owner may read (0600 or
 /// stricter), since whoever reads the token first can attest as this node.
-pub fn read_join_token_file(path: &Path) -> Result<String, String> {
-    let bytes = lanyard_host::private_files::read_private_file(path)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{} does not exist", path.display()))?;
+pub fn read_join_token_file(path: &Path) -> Result<String, JoinTokenError> {
+    let bytes = lanyard_host::private_files::read_private_file(path)?
+        .ok_or_else(|| JoinTokenError::Missing(path.to_owned()))?;
     let token = String::from_utf8(bytes)
-        .map_err(|_| format!("{} is not UTF-8 text", path.display()))?
+        .map_err(|_| JoinTokenError::NotText(path.to_owned()))?
         .trim()
         .to_owned();
     if token.is_empty() {
-        return Err(format!("{} is empty", path.display()));
+        return Err(JoinTokenError::Empty(path.to_owned()));
     }
     Ok(token)
 }
@@ -80,6 +116,7 @@ pub enum ServerConnection {
 }
 
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AgentConfig {
     pub trust_domain: TrustDomain,
     pub server: ServerConnection,
@@ -194,10 +231,7 @@ impl AgentConfig {
                 ServerConnection::Local { node_socket }
             }
             (None, Some(address)) => {
-                if address
-                    .rsplit_once(':')
-                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-                {
+                if !is_host_port(&address) {
                     return Err(invalid(
                         "server.address",
                         format!("{address:?} is not host:port"),

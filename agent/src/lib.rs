@@ -8,73 +8,57 @@
 )]
 
 pub mod attestor;
-pub mod cli;
-pub mod cloud;
+pub mod client;
 pub mod config;
-pub mod jwt_cache;
-pub mod jwt_issuer;
-pub mod jwt_validate;
-pub mod lru;
-pub mod node_client;
-pub mod node_identity;
-pub mod reachability;
-pub mod server_client;
-pub mod state;
-pub mod workload_api;
-pub mod workload_client;
-pub mod x509_svids;
+mod svids;
+mod sync;
+pub mod upstream;
+pub mod workload;
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
+use lanyard_host::daemon::{Daemon, Tasks};
+use lanyard_host::transport::limits::{self, ConnectionLimiter};
 use lanyard_host::transport::{self, SocketError};
-use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
-use tokio::net::UnixListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
-use crate::attestor::peer::{self, WorkloadLimiter};
 use crate::attestor::unix::UnixAttestor;
 use crate::config::{AgentConfig, ServerConnection};
-use crate::jwt_issuer::JwtSvidIssuer;
-use crate::node_client::ServerEndpoint;
-use crate::reachability::Reachability;
-use crate::server_client::ServerClient;
-use crate::state::SyncedState;
-use crate::workload_api::WorkloadService;
-use crate::x509_svids::X509SvidCache;
-use futures::FutureExt;
-use lanyard_host::transport::limits::{self, ConnectionLimiter};
+use crate::svids::jwt::JwtSvids;
+use crate::svids::x509::X509SvidCache;
+use crate::sync::reachability::Reachability;
+use crate::sync::state::SyncedState;
+use crate::upstream::client::ServerClient;
+use crate::upstream::{IdentityError, NodeClientError, ServerEndpoint};
+use crate::workload::api::WorkloadService;
+use crate::workload::listener;
 
 /// Workload API socket mode: every local process may connect; who gets what is
 /// decided per call from the caller's kernel credentials.
 const WORKLOAD_SOCKET_MODE: u32 = 0o666;
 const WORKLOAD_SOCKET_DIR_MODE: u32 = 0o755;
-/// HTTP/2 pings on Workload API connections: a peer that stopped answering
-/// (hung, or frozen with the socket open; the kernel reports dead ones) is
-/// dropped and its place among the capped connections given back.
-const WORKLOAD_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
-const WORKLOAD_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AgentError {
     #[error(transparent)]
     Socket(#[from] SocketError),
     #[error("Workload API stopped: {0}")]
-    Serve(String),
+    Serve(#[source] tonic::transport::Error),
+    #[error("SO_PASSCRED on the Workload API socket: {0}")]
+    PassCred(#[source] nix::errno::Errno),
+    #[error("an agent task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
-    Node(#[from] node_client::NodeClientError),
+    Node(#[from] NodeClientError),
     #[error(transparent)]
-    Identity(#[from] node_identity::NodeIdentityError),
+    Identity(#[from] IdentityError),
 }
 
 #[derive(Debug)]
 pub struct RunningAgent {
     pub socket: PathBuf,
-    shutdown: watch::Sender<bool>,
-    tasks: JoinSet<Result<(), AgentError>>,
+    tasks: Tasks<AgentError>,
 }
 
 impl RunningAgent {
@@ -85,56 +69,38 @@ impl RunningAgent {
 
     /// Waits until a task fails or every task has ended (after shutdown).
     pub async fn wait(&mut self) -> Result<(), AgentError> {
-        while let Some(joined) = self.tasks.join_next().await {
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(AgentError::Serve(e.to_string())),
-            }
-        }
-        Ok(())
+        self.tasks.wait().await
     }
 
+    /// Stops every task (within the grace period) and removes the socket.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        lanyard_host::daemon::drain(&mut self.tasks, "lanyard-agent").await;
+        self.tasks.stop().await;
         let _ = std::fs::remove_file(&self.socket);
     }
 }
 
-/// Serves `service` on `listener` until `shutdown`: connections capped by
-/// `limiter`, each caller identified at accept (its executable recorded
-/// when `record_exe`).
-fn serve_workload_api(
-    service: WorkloadService,
-    listener: UnixListener,
-    limiter: Arc<WorkloadLimiter>,
-    record_exe: bool,
-    shutdown: impl Future<Output = ()>,
-) -> impl Future<Output = Result<(), AgentError>> {
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(WORKLOAD_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(WORKLOAD_KEEPALIVE_TIMEOUT))
-        .add_service(SpiffeWorkloadApiServer::new(service));
-    async move {
-        server
-            .serve_with_incoming_shutdown(peer::incoming(listener, limiter, record_exe), shutdown)
-            .await
-            .map_err(|e| AgentError::Serve(e.to_string()))
+impl Daemon for RunningAgent {
+    type Error = AgentError;
+
+    async fn wait(&mut self) -> Result<(), AgentError> {
+        RunningAgent::wait(self).await
+    }
+
+    async fn shutdown(self) {
+        RunningAgent::shutdown(self).await
     }
 }
 
 /// Syncs once with the server (so a running agent can answer at once), then
 /// serves the Workload API and keeps syncing.
 pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
-    let limits = peer::limits_for_open_files(limits::raise_open_files_limit());
+    let limits = listener::limits_for_open_files(limits::raise_open_files_limit());
     tracing::debug!(
         per_uid = limits.per_peer,
         total = limits.total,
         "Workload API connection limits"
     );
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
+    let mut tasks = Tasks::new("lanyard-agent");
     let server = match &config.server {
         ServerConnection::Local { node_socket } => ServerClient::local(node_socket),
         ServerConnection::Remote {
@@ -144,15 +110,15 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         } => {
             let endpoint = ServerEndpoint::new(address, trust_bundle)?;
             let creds =
-                node_identity::establish(&endpoint, &config.data_dir, join_token.as_ref()).await?;
-            let client = ServerClient::over(node_client::channel(&endpoint, Some(&creds))?);
-            let renewal = node_identity::renew_forever(
+                upstream::establish(&endpoint, &config.data_dir, join_token.as_ref()).await?;
+            let client = ServerClient::over(upstream::channel(&endpoint, Some(&creds))?);
+            let renewal = upstream::renew_forever(
                 endpoint,
                 config.data_dir.clone(),
                 creds,
                 client.clone(),
                 config.server_timeout,
-                shutdown_rx.clone(),
+                tasks.stopping(),
             );
             tasks.spawn(async move {
                 renewal.await;
@@ -173,7 +139,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         WORKLOAD_SOCKET_DIR_MODE,
     )
     .await?;
-    let issuer = JwtSvidIssuer::new(
+    let jwt_svids = JwtSvids::new(
         server.clone(),
         config.jwt_svid_cache_size,
         config.server_timeout,
@@ -185,9 +151,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         // Every accepted connection inherits it: the kernel labels each read
         // with its writer's PID, even bytes sent before the accept.
         nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::PassCred, &true)
-            .map_err(|e| {
-                AgentError::Serve(format!("SO_PASSCRED on the Workload API socket: {e}"))
-            })?;
+            .map_err(AgentError::PassCred)?;
     }
     let x509 = config.x509_svids.then(|| {
         Arc::new(X509SvidCache::new(
@@ -197,20 +161,21 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         ))
     });
     if let Some(x509) = x509.clone() {
-        tasks.spawn(
-            x509.renew_forever(state.clone(), shutdown_rx.clone())
-                .map(Ok),
-        );
+        let renewal = x509.renew_forever(state.clone(), tasks.stopping());
+        tasks.spawn(async move {
+            renewal.await;
+            Ok(())
+        });
     }
     let service = WorkloadService::new(
         state.clone(),
-        issuer,
+        jwt_svids,
         attestor,
         config.trust_domain.clone(),
         x509,
     );
 
-    let sync_shutdown = shutdown_rx.clone();
+    let sync_shutdown = tasks.stopping();
     let (interval, deadline) = (config.sync_interval, config.server_timeout);
     tasks.spawn(async move {
         state
@@ -218,23 +183,20 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
             .await;
         Ok(())
     });
-    let mut serve_shutdown = shutdown_rx;
-    tasks.spawn(serve_workload_api(
+    let serving = listener::serve(
         service,
         listener,
         ConnectionLimiter::new("Workload API", limits),
         record_exe,
-        async move {
-            let _ = serve_shutdown.changed().await;
-        },
-    ));
+        tasks.stopped(),
+    );
+    tasks.spawn(async move { serving.await.map_err(AgentError::Serve) });
     tracing::info!(
         "Workload API listening; SPIFFE_ENDPOINT_SOCKET=unix://{}",
         config.socket.display()
     );
     Ok(RunningAgent {
         socket: config.socket,
-        shutdown,
         tasks,
     })
 }
@@ -242,10 +204,13 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload_client::WorkloadClient;
+    use crate::client::WorkloadClient;
     use lanyard_host::transport::limits::ConnectionLimits;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
     use tokio::net::UnixStream;
+    use tokio::sync::watch;
     use tonic::Code;
 
     /// The client preface and an empty SETTINGS frame: enough for the server
@@ -303,7 +268,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("api.sock");
         // No server behind it: nothing here gets as far as minting.
-        let issuer = JwtSvidIssuer::new(
+        let jwt_svids = JwtSvids::new(
             ServerClient::local(&dir.path().join("no-server.sock")),
             10,
             Duration::from_secs(5),
@@ -311,7 +276,7 @@ mod tests {
         );
         let service = WorkloadService::new(
             Arc::new(SyncedState::default()),
-            issuer,
+            jwt_svids,
             Arc::new(UnixAttestor::default()),
             lanyard_proto::TrustDomain::new("example.org")?,
             None,
@@ -324,7 +289,7 @@ mod tests {
             },
         );
         let (stop, mut stopped) = watch::channel(false);
-        let serving = tokio::spawn(serve_workload_api(
+        let serving = tokio::spawn(listener::serve(
             service,
             UnixListener::bind(&socket)?,
             limiter.clone(),

@@ -4,9 +4,8 @@
 )]
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
-use lanyard_agent::cli::{self, Cli, Command};
+use lanyard_agent::client::cli::{self, Cli, Command};
 use lanyard_agent::config::{AgentConfig, JoinToken, ServerConnection, read_join_token_file};
 use lanyard_host::daemon;
 
@@ -64,16 +63,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 (None, _) => {}
             }
-            let mut agent = lanyard_agent::start(config).await?;
-            tokio::select! {
-                result = agent.wait() => result.context("agent stopped")?,
-                signal = daemon::shutdown_signal() => {
-                    signal.context("listening for signals")?;
-                    tracing::info!("shutting down");
-                    agent.shutdown().await;
-                }
-            }
-            Ok(())
+            let agent = lanyard_agent::start(config).await?;
+            daemon::run_until_signal(agent).await.map_err(|e| match e {
+                daemon::RunError::Stopped(e) => anyhow::Error::new(e).context("agent stopped"),
+                other => anyhow::Error::new(other),
+            })
         }
         Command::Api(command) => cli::run_api(command).await,
         Command::Healthcheck { socket } => cli::healthcheck(socket).await,
@@ -86,7 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             once,
             socket,
         } => {
-            let file = lanyard_agent::cloud::token_file::TokenFile {
+            let file = lanyard_agent::client::cloud::token_file::TokenFile {
                 endpoint: socket.endpoint,
                 audience,
                 spiffe_id,

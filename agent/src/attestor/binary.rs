@@ -14,16 +14,19 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use aws_lc_rs::digest;
+use lanyard_host::encoding::hex;
+use lanyard_host::sync::lock;
 
-use crate::lru::Lru;
+use crate::svids::lru::Lru;
 
 /// Hashes of this many distinct binaries are remembered.
 const HASH_CACHE_CAPACITY: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BinaryError {
     #[error("cannot read the executable of process {pid}: {source}")]
     Read { pid: i32, source: std::io::Error },
@@ -189,10 +192,8 @@ impl BinaryInspector {
         self.lock().get_mut(identity).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Lru<FileIdentity, String>> {
-        self.hashes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Lru<FileIdentity, String>> {
+        lock(&self.hashes)
     }
 
     #[cfg(test)]
@@ -212,10 +213,6 @@ pub fn sha256_hex(reader: &mut impl Read) -> std::io::Result<String> {
         }
         context.update(&buffer[..n]);
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -9,39 +9,10 @@ use nix::unistd::{Gid, Group, Uid, User};
 use super::binary::{BinaryError, BinaryInspector, ExeIdentity};
 use super::peer::{Peer, PeerCredentials};
 use super::pin::PinError;
-
-/// Default largest executable hashed for `unix:sha256` (bigger ones get no such selector).
-pub const DEFAULT_MAX_BINARY_BYTES: u64 = 256 * 1024 * 1024;
-
-/// The `[workload_attestor]` table of agent.toml.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnixAttestorConfig {
-    /// Emit `unix:path:<executable>`.
-    pub path_selectors: bool,
-    /// Emit `unix:sha256:<hex digest of the executable>`.
-    pub sha256_selectors: bool,
-    pub max_binary_bytes: u64,
-}
-
-impl UnixAttestorConfig {
-    /// Whether callers' executables are looked at, so must be recorded when
-    /// they connect (a stat each; skipped when binary selectors are off).
-    pub fn needs_connected_exe(&self) -> bool {
-        self.path_selectors || self.sha256_selectors
-    }
-}
-
-impl Default for UnixAttestorConfig {
-    fn default() -> Self {
-        Self {
-            path_selectors: false,
-            sha256_selectors: false,
-            max_binary_bytes: DEFAULT_MAX_BINARY_BYTES,
-        }
-    }
-}
+use crate::config::UnixAttestorConfig;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AttestError {
     #[error(transparent)]
     Pin(#[from] PinError),

@@ -1,20 +1,23 @@
 //! What the agent knows from the server: its entries and the trust bundle,
 //! kept fresh by a sync loop.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use lanyard_host::sync::lock;
 use lanyard_proto::selector::check_binary_anchored;
 use lanyard_proto::{Jwks, Selector, SpiffeId};
 use tokio::sync::watch;
 
-use crate::attestor::unix::Needs;
-use crate::reachability::Reachability;
-use crate::server_client::{ServerClient, ServerClientError};
+use super::entries::{AgentEntry, EntrySet};
+use super::reachability::Reachability;
+use crate::upstream::client::{ServerClient, ServerClientError};
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SyncError {
     #[error(transparent)]
     Server(#[from] ServerClientError),
@@ -22,92 +25,12 @@ pub enum SyncError {
     Timeout(Duration),
 }
 
-/// An entry as the agent serves it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentEntry {
-    pub id: String,
-    pub spiffe_id: SpiffeId,
-    pub selectors: Vec<Selector>,
-    /// Handed to workloads with each SVID of this entry.
-    pub hint: String,
-}
-
-impl AgentEntry {
-    /// An entry matches a caller when every one of its selectors is among the caller's.
-    pub fn matches(&self, caller: &[Selector]) -> bool {
-        self.selectors.iter().all(|s| caller.contains(s))
-    }
-}
-
-/// The entries in force, indexed for matching, and what attesting a caller
-/// against them takes. Replaced whole on every sync that changes entries.
-#[derive(Debug, Default)]
-pub struct EntrySet {
-    entries: Vec<AgentEntry>,
-    /// Entry positions by their first (smallest) selector: an entry can match
-    /// only a caller that has that selector, so a caller's own selectors find
-    /// every candidate without a scan of all entries.
-    by_first_selector: HashMap<Selector, Vec<usize>>,
-    /// Entries without selectors (they match every caller).
-    unconditional: Vec<usize>,
-    needs: Needs,
-}
-
-impl EntrySet {
-    pub fn new(entries: Vec<AgentEntry>) -> Self {
-        let mut by_first_selector: HashMap<Selector, Vec<usize>> = HashMap::new();
-        let mut unconditional = Vec::new();
-        for (i, entry) in entries.iter().enumerate() {
-            match entry.selectors.iter().min() {
-                Some(first) => by_first_selector.entry(first.clone()).or_default().push(i),
-                None => unconditional.push(i),
-            }
-        }
-        let needs = Needs::of(entries.iter().flat_map(|e| &e.selectors));
-        Self {
-            entries,
-            by_first_selector,
-            unconditional,
-            needs,
-        }
-    }
-
-    pub fn entries(&self) -> &[AgentEntry] {
-        &self.entries
-    }
-
-    /// The kinds of selectors these entries use.
-    pub fn needs(&self) -> Needs {
-        self.needs
-    }
-
-    /// The identities a caller with `selectors` may have, in entry order,
-    /// one per SPIFFE ID.
-    pub fn identities_for(&self, selectors: &[Selector]) -> Vec<AgentEntry> {
-        let mut candidates: Vec<usize> = self.unconditional.clone();
-        for selector in selectors {
-            if let Some(positions) = self.by_first_selector.get(selector) {
-                candidates.extend_from_slice(positions);
-            }
-        }
-        candidates.sort_unstable();
-        candidates.dedup();
-        let mut found: Vec<AgentEntry> = Vec::new();
-        for entry in candidates.into_iter().map(|i| &self.entries[i]) {
-            if entry.matches(selectors) && !found.iter().any(|f| f.spiffe_id == entry.spiffe_id) {
-                found.push(entry.clone());
-            }
-        }
-        found
-    }
-}
-
 /// The trust domain's X.509 authorities, DER, as the server published them.
 pub type X509Authorities = Arc<Vec<Vec<u8>>>;
 
 #[derive(Debug)]
 pub struct SyncedState {
-    entries: RwLock<Arc<EntrySet>>,
+    entries: ArcSwap<EntrySet>,
     /// The entry revision `entries` is as of; 0 before the first sync.
     revision: AtomicU64,
     bundle: watch::Sender<Option<Arc<Jwks>>>,
@@ -123,7 +46,7 @@ pub struct SyncedState {
 impl Default for SyncedState {
     fn default() -> Self {
         Self {
-            entries: RwLock::new(Arc::new(EntrySet::default())),
+            entries: ArcSwap::from_pointee(EntrySet::default()),
             revision: AtomicU64::new(0),
             bundle: watch::channel(None).0,
             x509_authorities: watch::channel(None).0,
@@ -142,10 +65,7 @@ impl SyncedState {
     /// The entries in force now (attest against its `needs`, then match
     /// against the same snapshot).
     pub fn entries_snapshot(&self) -> Arc<EntrySet> {
-        match self.entries.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.entries.load_full()
     }
 
     pub fn bundle(&self) -> watch::Receiver<Option<Arc<Jwks>>> {
@@ -165,11 +85,7 @@ impl SyncedState {
         if self.entries_snapshot().entries() == entries.as_slice() {
             return;
         }
-        let entries = Arc::new(EntrySet::new(entries));
-        match self.entries.write() {
-            Ok(mut guard) => *guard = entries,
-            Err(poisoned) => *poisoned.into_inner() = entries,
-        }
+        self.entries.store(Arc::new(EntrySet::new(entries)));
         self.entries_changed.send_modify(|version| *version += 1);
     }
 
@@ -282,10 +198,7 @@ impl SyncedState {
         let (kept, refused): (Vec<AgentEntry>, Vec<AgentEntry>) = upserts
             .into_iter()
             .partition(|e| check_binary_anchored(&e.selectors).is_ok());
-        let mut known = match self.refused.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut known = lock(&self.refused);
         if full {
             let now: HashSet<&str> = refused.iter().map(|e| e.id.as_str()).collect();
             known.retain(|id| now.contains(id.as_str()));
@@ -363,18 +276,8 @@ impl Backoff {
         let ceiling = self.current;
         self.current = (self.current * 2).min(self.max);
         let half = ceiling / 2;
-        half + half.mul_f64(random_fraction())
+        half + half.mul_f64(lanyard_host::random::jitter_fraction())
     }
-}
-
-/// A number in [0, 1) from the randomly keyed std hasher: jitter needs no
-/// cryptographic randomness and no extra dependency.
-fn random_fraction() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
@@ -391,46 +294,6 @@ mod tests {
                 .collect(),
             hint: String::new(),
         }
-    }
-
-    /// The index finds exactly what a scan of every entry would.
-    #[test]
-    fn indexed_matching_equals_a_scan() -> Result<(), Box<dyn std::error::Error>> {
-        let entries = vec![
-            entry("a", "spiffe://td/a", &["unix:uid:1", "unix:gid:5"]),
-            entry("b", "spiffe://td/b", &["unix:uid:1"]),
-            entry("c", "spiffe://td/a", &["unix:gid:5"]),
-            entry("d", "spiffe://td/d", &["unix:uid:2"]),
-            entry("e", "spiffe://td/e", &["unix:gid:5", "unix:user:x"]),
-        ];
-        let set = EntrySet::new(entries.clone());
-        assert!(set.needs().names);
-        let callers: Vec<Vec<Selector>> = [
-            vec!["unix:uid:1", "unix:gid:5"],
-            vec!["unix:uid:1"],
-            vec!["unix:gid:5", "unix:user:x"],
-            vec!["unix:uid:3"],
-            vec![],
-        ]
-        .iter()
-        .map(|c| c.iter().map(|s| Selector::parse(s)).collect())
-        .collect::<Result<_, _>>()?;
-        for caller in &callers {
-            let mut scanned: Vec<AgentEntry> = Vec::new();
-            for e in entries.iter().filter(|e| e.matches(caller)) {
-                if !scanned.iter().any(|f| f.spiffe_id == e.spiffe_id) {
-                    scanned.push(e.clone());
-                }
-            }
-            assert_eq!(set.identities_for(caller), scanned, "{caller:?}");
-        }
-        let ids: Vec<String> = set
-            .identities_for(&callers[0])
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
-        assert_eq!(ids, ["a", "b"], "one per SPIFFE ID, first entry wins");
-        Ok(())
     }
 
     /// A server that accepts the connection and never answers: the sync

@@ -1,10 +1,13 @@
-//! The agent's client of the server's Node API.
+//! The agent's client of the server's Node API, which every room that needs
+//! the server calls it through; and the bounded wait for a call made on a
+//! workload's behalf.
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use lanyard_proto::Jwks;
 use lanyard_proto::node::node_client::NodeClient;
 use lanyard_proto::node::{
@@ -14,9 +17,10 @@ use lanyard_proto::node::{
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 
-use crate::reachability::Reachability;
+use crate::sync::reachability::Reachability;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerClientError {
     #[error("server call failed: {0}")]
     Rpc(#[from] tonic::Status),
@@ -64,7 +68,7 @@ pub async fn on_behalf<T>(
 /// [`replace_channel`](Self::replace_channel) (after an SVID renewal).
 #[derive(Debug, Clone)]
 pub struct ServerClient {
-    node: Arc<RwLock<NodeClient<Channel>>>,
+    node: Arc<ArcSwap<NodeClient<Channel>>>,
     /// Woken when the server says this agent's SVID may only renew.
     renewal: Arc<Notify>,
 }
@@ -72,22 +76,18 @@ pub struct ServerClient {
 impl ServerClient {
     /// A server on this machine, over its local Node API socket.
     pub fn local(node_socket: &Path) -> Self {
-        Self::over(crate::node_client::local_channel(node_socket))
+        Self::over(super::channel::local_channel(node_socket))
     }
 
     pub fn over(channel: Channel) -> Self {
         Self {
-            node: Arc::new(RwLock::new(NodeClient::new(channel))),
+            node: Arc::new(ArcSwap::from_pointee(NodeClient::new(channel))),
             renewal: Arc::new(Notify::new()),
         }
     }
 
     pub fn replace_channel(&self, channel: Channel) {
-        let client = NodeClient::new(channel);
-        match self.node.write() {
-            Ok(mut guard) => *guard = client,
-            Err(poisoned) => *poisoned.into_inner() = client,
-        }
+        self.node.store(Arc::new(NodeClient::new(channel)));
     }
 
     /// Resolves when a call was refused because the SVID it presented may
@@ -107,12 +107,9 @@ impl ServerClient {
         status
     }
 
-    /// The current client; the lock is never held across a call.
+    /// The current client, taken out of the cell for one call.
     fn node(&self) -> NodeClient<Channel> {
-        match self.node.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        NodeClient::clone(&self.node.load())
     }
 
     /// What changed in this agent's entries since `since_revision` (everything when 0).

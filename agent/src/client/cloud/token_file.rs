@@ -6,8 +6,9 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use lanyard_host::clock::now;
 use lanyard_host::private_files;
 
 use super::{CloudError, Svid, fetch_svid};
@@ -25,12 +26,6 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LONGEST_RETRY: Duration = Duration::from_secs(30);
 /// However long a token lives, look at it again within the hour.
 const LONGEST_CHECK: Duration = Duration::from_secs(3600);
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
 
 /// How long to wait before asking the agent again for the token now in the
 /// file. The agent starts fetching a successor once a third of the lifetime

@@ -476,7 +476,7 @@ mod tests {
         URL_SAFE_NO_PAD.encode(json)
     }
 
-    fn now() -> SystemTime {
+    fn at_now() -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(NOW)
     }
 
@@ -527,7 +527,7 @@ mod tests {
         /// Validates `claims` signed under `header`, for audience "a", at NOW.
         fn check(&self, header: &str, claims: &str) -> Result<ValidatedJwt, ValidationError> {
             let token = self.sign(header, claims).expect("signing");
-            validate(&token, "a", &td(), &self.bundle, now())
+            validate(&token, "a", &td(), &self.bundle, at_now())
         }
     }
 
@@ -961,18 +961,18 @@ mod tests {
         let started = std::time::Instant::now();
         let dots = ".".repeat(1 << 20);
         assert_eq!(
-            validate(&dots, "a", &td(), &bundle, now()).err(),
+            validate(&dots, "a", &td(), &bundle, at_now()).err(),
             Some(ValidationError::TooLong)
         );
         let long = "A".repeat(MAX_TOKEN_LEN + 1);
         assert_eq!(
-            validate(&long, "a", &td(), &bundle, now()).err(),
+            validate(&long, "a", &td(), &bundle, at_now()).err(),
             Some(ValidationError::TooLong)
         );
         assert!(started.elapsed() < Duration::from_secs(1));
         // At the limit it is read, and refused for its shape.
         assert_eq!(
-            validate(&dots[..MAX_TOKEN_LEN], "a", &td(), &bundle, now()).err(),
+            validate(&dots[..MAX_TOKEN_LEN], "a", &td(), &bundle, at_now()).err(),
             Some(ValidationError::Malformed)
         );
     }
@@ -1044,24 +1044,24 @@ mod tests {
             b64(&claims(""))
         );
         assert_eq!(
-            validate(&token, "a", &td(), &s.bundle, now()).err(),
+            validate(&token, "a", &td(), &s.bundle, at_now()).err(),
             Some(ValidationError::UnknownKey("nope".into()))
         );
         for bad in ["a.b", "a.b.c.d", "", "..."] {
             assert_eq!(
-                validate(bad, "a", &td(), &s.bundle, now()).err(),
+                validate(bad, "a", &td(), &s.bundle, at_now()).err(),
                 Some(ValidationError::Malformed),
                 "{bad}"
             );
         }
         assert_eq!(
-            validate("!.b.c", "a", &td(), &s.bundle, now()).err(),
+            validate("!.b.c", "a", &td(), &s.bundle, at_now()).err(),
             Some(ValidationError::BadBase64(Part::Header))
         );
         // Padded base64 is not base64url as JWS uses it.
         let padded = format!("{}=.{}.AA", b64(HEADER), b64(&claims("")));
         assert_eq!(
-            validate(&padded, "a", &td(), &s.bundle, now()).err(),
+            validate(&padded, "a", &td(), &s.bundle, at_now()).err(),
             Some(ValidationError::BadBase64(Part::Header))
         );
         // A valid token with its signature swapped for one over other claims.
@@ -1075,7 +1075,7 @@ mod tests {
                 "a",
                 &td(),
                 &s.bundle,
-                now()
+                at_now()
             )
             .err(),
             Some(ValidationError::BadSignature)

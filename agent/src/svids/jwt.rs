@@ -1,14 +1,114 @@
-//! The agent's JWT-SVID cache: keyed by SPIFFE ID and audience set, bounded
+//! JWT-SVIDs for workloads, in front of the server: from the cache when it
+//! has a usable one, else from the server within a bounded wait. Only
+//! `tonic::Status` leaves the front: these are the Workload API's answers.
+//!
+//! The cache is keyed by SPIFFE ID and audience set, bounded
 //! (least recently used dropped first). A token is handed out again while
 //! more than half of its lifetime remains; one that is asked for after a third
 //! of its lifetime is due for a background refresh, so a hot workload gets a
 //! new token before the old one goes stale and never waits on the server.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use lanyard_host::sync::lock;
 use lanyard_proto::SpiffeId;
+use tonic::{Code, Status};
 
-use crate::lru::Lru;
+use super::lru::Lru;
+use crate::sync::entries::AgentEntry;
+use crate::sync::reachability::Reachability;
+use crate::upstream::client::{ServerClient, on_behalf};
+
+/// The cache front: what the Workload API asks for JWT-SVIDs.
+#[derive(Debug, Clone)]
+pub(crate) struct JwtSvids {
+    cache: Arc<JwtSvidCache>,
+    server: ServerClient,
+    timeout: Duration,
+    reachability: Arc<Reachability>,
+}
+
+impl JwtSvids {
+    pub fn new(
+        server: ServerClient,
+        cache_size: usize,
+        timeout: Duration,
+        reachability: Arc<Reachability>,
+    ) -> Self {
+        Self {
+            cache: Arc::new(JwtSvidCache::new(cache_size)),
+            server,
+            timeout,
+            reachability,
+        }
+    }
+
+    /// A JWT-SVID for `entry` and `audience`.
+    pub async fn fetch(
+        &self,
+        entry: &AgentEntry,
+        audience: &[String],
+    ) -> Result<CachedSvid, Status> {
+        let key = CacheKey::new(&entry.spiffe_id, audience);
+        match self.cache.lookup(&key, lanyard_host::clock::now()) {
+            Lookup::Fresh { svid, refresh } => {
+                if refresh {
+                    self.refresh_in_background(key, entry.id.clone(), audience.to_vec());
+                }
+                Ok(svid)
+            }
+            // The server is known to be away: do not make the caller wait for it.
+            Lookup::Stale(svid) if self.reachability.is_down() => {
+                if self.cache.claim_refresh(&key) {
+                    self.refresh_in_background(key, entry.id.clone(), audience.to_vec());
+                }
+                Ok(svid)
+            }
+            Lookup::Stale(svid) => match self.mint(&entry.id, audience).await {
+                Ok(new) => {
+                    self.cache.store(key, new.clone());
+                    Ok(new)
+                }
+                Err(status) if status.code() == Code::Unavailable => Ok(svid),
+                Err(status) => Err(status),
+            },
+            Lookup::Miss => {
+                let new = self.mint(&entry.id, audience).await?;
+                self.cache.store(key, new.clone());
+                Ok(new)
+            }
+        }
+    }
+
+    fn refresh_in_background(&self, key: CacheKey, entry_id: String, audience: Vec<String>) {
+        let svids = self.clone();
+        tokio::spawn(async move {
+            match svids.mint(&entry_id, &audience).await {
+                Ok(new) => svids.cache.store(key, new),
+                Err(_) => svids.cache.refresh_failed(&key),
+            }
+        });
+    }
+
+    /// Asks the server, waiting at most the configured timeout. Refusals
+    /// (bad audience, entry gone) pass through; anything else is `Unavailable`.
+    async fn mint(&self, entry_id: &str, audience: &[String]) -> Result<CachedSvid, Status> {
+        let minted = on_behalf(
+            &self.reachability,
+            self.timeout,
+            "a JWT-SVID",
+            self.server.mint_jwt_svid(entry_id, audience),
+        )
+        .await?;
+        Ok(CachedSvid {
+            spiffe_id: minted.spiffe_id,
+            token: minted.token,
+            issued_at: minted.issued_at,
+            expires_at: minted.expires_at,
+        })
+    }
+}
 
 /// (SPIFFE ID, sorted and deduplicated audiences): the same request in any order hits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -97,7 +197,7 @@ impl JwtSvidCache {
     }
 
     fn lock(&self) -> MutexGuard<'_, Lru<CacheKey, Slot>> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.slots)
     }
 
     pub fn lookup(&self, key: &CacheKey, now: i64) -> Lookup {

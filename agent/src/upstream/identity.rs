@@ -1,97 +1,30 @@
-//! The agent's side of node attestation and of the mTLS Node API.
-//!
-//! First contact: a fresh key pair, a CSR and a single-use join token, sent
-//! over TLS that authenticates the server against the configured trust bundle.
-//! Afterwards every call presents the agent's X.509 SVID. Credentials are kept
-//! in the agent's data dir (key mode 0600) so a restart needs no new token.
+//! The agent's own identity towards a remote server, as it is kept on disk:
+//! key, X.509 SVID and trust bundle in one owner-only file in the data dir,
+//! so a restart needs no new join token.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::Path;
 
-use hyper_util::rt::TokioIo;
 use lanyard_host::pem::encode as pem;
-use lanyard_host::private_files::{self, FsError};
+use lanyard_host::private_files;
 use lanyard_proto::SpiffeId;
-use lanyard_proto::node::node_client::NodeClient;
-use lanyard_proto::node::{AgentSvidResponse, AttestAgentRequest, RenewAgentRequest};
-use rcgen::{CertificateParams, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
-use tokio::net::{TcpStream, UnixStream};
-use tokio_rustls::TlsConnector;
-use tonic::transport::{Channel, Endpoint, Uri};
+use lanyard_proto::node::AgentSvidResponse;
+use rcgen::KeyPair;
+use rustls::pki_types::CertificateDer;
 
-/// The name the server's Node API certificate carries; only the trust
-/// domain's CA issues it, and only to the server.
-pub const SERVER_NAME: &str = "lanyard-server";
+use super::NodeClientError;
+use super::channel::tls_config;
 
 /// Key, SVID and trust bundle, in one file so that they change together.
 pub const CREDENTIALS_FILE: &str = "agent-credentials.pem";
 /// Key, SVID and bundle files of earlier versions: read, then replaced.
 const LEGACY_FILES: [&str; 3] = ["agent-key.pem", "agent-svid.pem", "bundle.pem"];
 
-#[derive(Debug, thiserror::Error)]
-pub enum NodeClientError {
-    #[error(transparent)]
-    File(#[from] FsError),
-    #[error("trust bundle {path}: {message}")]
-    Bundle { path: PathBuf, message: String },
-    #[error("stored agent credentials in {dir} are unusable: {message}")]
-    Credentials { dir: PathBuf, message: String },
-    #[error("TLS: {0}")]
-    Tls(#[from] rustls::Error),
-    #[error("generating the agent key: {0}")]
-    Key(#[from] rcgen::Error),
-    #[error("server address {0:?} is not host:port")]
-    Address(String),
-    #[error("the server refused: {} ({:?})", .0.message(), .0.code())]
-    Refused(tonic::Status),
-    #[error("the server answered with an unusable SVID: {0}")]
-    BadResponse(String),
-}
-
-/// How to reach the server and how to recognise it.
-#[derive(Debug, Clone)]
-pub struct ServerEndpoint {
-    /// `host:port` of the mTLS Node API.
-    pub address: String,
-    /// The trust domain's CA certificates.
-    pub trust_bundle: Vec<CertificateDer<'static>>,
-}
-
-impl ServerEndpoint {
-    pub fn new(address: &str, trust_bundle_path: &Path) -> Result<Self, NodeClientError> {
-        let bundle_error = |message: String| NodeClientError::Bundle {
-            path: trust_bundle_path.to_owned(),
-            message,
-        };
-        let pem = std::fs::read(trust_bundle_path).map_err(|e| bundle_error(e.to_string()))?;
-        let trust_bundle = rustls_pemfile::certs(&mut pem.as_slice())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bundle_error(e.to_string()))?;
-        if trust_bundle.is_empty() {
-            return Err(bundle_error("no CERTIFICATE block".into()));
-        }
-        if address
-            .rsplit_once(':')
-            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-        {
-            return Err(NodeClientError::Address(address.to_owned()));
-        }
-        Ok(Self {
-            address: address.to_owned(),
-            trust_bundle,
-        })
-    }
-}
-
 /// What an attested agent holds: its SVID, its key and the CA bundle.
 #[derive(Clone)]
 pub struct AgentCredentials {
     pub spiffe_id: SpiffeId,
     pub svid: CertificateDer<'static>,
-    key_pkcs8: Vec<u8>,
+    pub(super) key_pkcs8: Vec<u8>,
     pub bundle: Vec<CertificateDer<'static>>,
     pub expires_at: i64,
 }
@@ -106,11 +39,14 @@ impl std::fmt::Debug for AgentCredentials {
 }
 
 impl AgentCredentials {
-    fn from_response(response: AgentSvidResponse, key: &KeyPair) -> Result<Self, NodeClientError> {
-        let spiffe_id = SpiffeId::parse(&response.spiffe_id)
-            .map_err(|e| NodeClientError::BadResponse(e.to_string()))?;
+    pub(super) fn from_response(
+        response: AgentSvidResponse,
+        key: &KeyPair,
+    ) -> Result<Self, NodeClientError> {
+        let spiffe_id =
+            SpiffeId::parse(&response.spiffe_id).map_err(NodeClientError::BadSpiffeId)?;
         if response.bundle.is_empty() {
-            return Err(NodeClientError::BadResponse("no CA bundle".into()));
+            return Err(NodeClientError::NoBundle);
         }
         Ok(Self {
             spiffe_id,
@@ -159,9 +95,9 @@ impl AgentCredentials {
     /// layout of earlier versions); `Ok(None)` if there are none. A key that
     /// does not belong to the SVID is refused here, not at the first call.
     pub fn load(dir: &Path) -> Result<Option<Self>, NodeClientError> {
-        let broken = |message: &str| NodeClientError::Credentials {
+        let broken = |problem: &'static str| NodeClientError::Credentials {
             dir: dir.to_owned(),
-            message: message.to_owned(),
+            problem,
         };
         let text = match private_files::read_private_file(&dir.join(CREDENTIALS_FILE))? {
             Some(text) => text,
@@ -212,8 +148,10 @@ impl AgentCredentials {
             expires_at,
         };
         // rustls checks that the key is the one the certificate names.
-        tls_config(&creds.bundle, Some(&creds))
-            .map_err(|e| broken(&format!("the key does not fit the SVID ({e})")))?;
+        tls_config(&creds.bundle, Some(&creds)).map_err(|source| NodeClientError::KeyMismatch {
+            dir: dir.to_owned(),
+            source,
+        })?;
         Ok(Some(creds))
     }
 }
@@ -222,7 +160,7 @@ impl AgentCredentials {
 /// concatenated in the order of the one-file layout.
 fn read_legacy(
     dir: &Path,
-    broken: &dyn Fn(&str) -> NodeClientError,
+    broken: &dyn Fn(&'static str) -> NodeClientError,
 ) -> Result<Option<Vec<u8>>, NodeClientError> {
     let [key, svid, bundle] = LEGACY_FILES;
     let Some(mut text) = private_files::read_private_file(&dir.join(key))? else {
@@ -237,124 +175,10 @@ fn read_legacy(
     Ok(Some(text))
 }
 
-fn tls_config(
-    roots: &[CertificateDer<'static>],
-    identity: Option<&AgentCredentials>,
-) -> Result<ClientConfig, NodeClientError> {
-    let mut store = RootCertStore::empty();
-    for root in roots {
-        store.add(root.clone())?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(store);
-    let mut config = match identity {
-        Some(creds) => builder.with_client_auth_cert(
-            vec![creds.svid.clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(creds.key_pkcs8.clone())),
-        )?,
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
-}
-
-/// Longest wait for a connection to the server (TCP and TLS handshake).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 pings, idle connections included: a server host that vanished
-/// without a reset is noticed within interval + timeout, not after TCP gives
-/// up retransmitting (~15 min), and calls on the dead connection fail.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The settings of every channel to the server; the URI only satisfies
-/// tonic, the connector decides where to dial.
-fn endpoint() -> Endpoint {
-    Endpoint::from_static("http://lanyard-server")
-        .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-}
-
-/// A lazily connecting channel to a server on this machine, over its local
-/// Node API socket.
-pub fn local_channel(node_socket: &Path) -> Channel {
-    let path = node_socket.to_owned();
-    endpoint().connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-        let path = path.clone();
-        async move { UnixStream::connect(path).await.map(TokioIo::new) }
-    }))
-}
-
-/// A lazily connecting channel to the Node API over TLS, presenting
-/// `identity` when given.
-pub fn channel(
-    server: &ServerEndpoint,
-    identity: Option<&AgentCredentials>,
-) -> Result<Channel, NodeClientError> {
-    let roots = identity.map_or(&server.trust_bundle, |c| &c.bundle);
-    let connector = TlsConnector::from(Arc::new(tls_config(roots, identity)?));
-    let address = server.address.clone();
-    let name =
-        ServerName::try_from(SERVER_NAME).map_err(|e| NodeClientError::Address(e.to_string()))?;
-    // Every connection dials `address` with TLS.
-    Ok(
-        endpoint().connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-            let (connector, address, name) = (connector.clone(), address.clone(), name.clone());
-            async move {
-                let tcp = TcpStream::connect(&address).await?;
-                // gRPC's small frames must not wait on Nagle's algorithm
-                // (~40 ms per exchange against a delayed ACK).
-                tcp.set_nodelay(true)?;
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        })),
-    )
-}
-
-fn csr() -> Result<(KeyPair, Vec<u8>), NodeClientError> {
-    let key = KeyPair::generate()?;
-    let request = CertificateParams::default().serialize_request(&key)?;
-    Ok((key, request.der().to_vec()))
-}
-
-/// Attests with a single-use join token and returns the agent's first SVID.
-pub async fn attest(
-    server: &ServerEndpoint,
-    join_token: &str,
-) -> Result<AgentCredentials, NodeClientError> {
-    let (key, csr) = csr()?;
-    let response = NodeClient::new(channel(server, None)?)
-        .attest_agent(AttestAgentRequest {
-            join_token: join_token.to_owned(),
-            csr,
-        })
-        .await
-        .map_err(NodeClientError::Refused)?
-        .into_inner();
-    AgentCredentials::from_response(response, &key)
-}
-
-/// Trades the current SVID for a new one over a new key.
-pub async fn renew(
-    server: &ServerEndpoint,
-    current: &AgentCredentials,
-) -> Result<AgentCredentials, NodeClientError> {
-    let (key, csr) = csr()?;
-    let response = NodeClient::new(channel(server, Some(current))?)
-        .renew_agent(RenewAgentRequest { csr })
-        .await
-        .map_err(NodeClientError::Refused)?
-        .into_inner();
-    AgentCredentials::from_response(response, &key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::CertificateParams;
 
     /// Credentials whose SVID is a self-signed certificate over `svid_key`,
     /// holding `held_key` as the agent's key.

@@ -1,11 +1,14 @@
-//! The SPIFFE Workload API, served to local processes on a Unix socket.
+//! The SPIFFE Workload API handlers: each call identified (see
+//! [`crate::attestor::identify`]), then answered from the SVID caches and the
+//! synced bundle.
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::{Stream, StreamExt};
+use lanyard_host::sync::lock;
 use lanyard_proto::audience::{self, AudienceError};
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use lanyard_proto::workload::{
@@ -13,16 +16,18 @@ use lanyard_proto::workload::{
     ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
     X509svid, X509svidRequest, X509svidResponse,
 };
-use lanyard_proto::{Jwks, Selector, SpiffeId, TrustDomain, WORKLOAD_API_HEADER};
+use lanyard_proto::{Jwks, SpiffeId, TrustDomain, WORKLOAD_API_HEADER};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use super::jwt_validate::{self, VerifyingKeys};
+use crate::attestor::identify::{self, Identified, IdentifyError};
 use crate::attestor::peer::PeerInfo;
 use crate::attestor::unix::UnixAttestor;
-use crate::jwt_issuer::JwtSvidIssuer;
-use crate::jwt_validate::{self, VerifyingKeys};
-use crate::state::{AgentEntry, EntrySet, SyncedState, X509Authorities};
-use crate::x509_svids::{X509Svid, X509SvidCache};
+use crate::svids::jwt::JwtSvids;
+use crate::svids::x509::{X509Svid, X509SvidCache};
+use crate::sync::entries::AgentEntry;
+use crate::sync::state::{SyncedState, X509Authorities};
 
 /// How soon a FetchX509SVID stream tries again to send an update it could
 /// not make (a new entry's SVID while the server is away).
@@ -81,9 +86,9 @@ impl X509Watch {
 }
 
 #[derive(Debug, Clone)]
-pub struct WorkloadService {
+pub(crate) struct WorkloadService {
     state: Arc<SyncedState>,
-    issuer: JwtSvidIssuer,
+    jwt_svids: JwtSvids,
     attestor: Arc<UnixAttestor>,
     trust_domain: TrustDomain,
     /// The current bundle's keys, parsed once: rebuilt only when the bundle
@@ -96,14 +101,14 @@ pub struct WorkloadService {
 impl WorkloadService {
     pub fn new(
         state: Arc<SyncedState>,
-        issuer: JwtSvidIssuer,
+        jwt_svids: JwtSvids,
         attestor: Arc<UnixAttestor>,
         trust_domain: TrustDomain,
         x509: Option<Arc<X509SvidCache>>,
     ) -> Self {
         Self {
             state,
-            issuer,
+            jwt_svids,
             attestor,
             trust_domain,
             verifying_keys: Arc::new(Mutex::new(None)),
@@ -113,10 +118,7 @@ impl WorkloadService {
 
     /// The parsed keys of `bundle`, from the last call when it is the same bundle.
     fn verifying_keys(&self, bundle: &Arc<Jwks>) -> Arc<VerifyingKeys> {
-        let mut cached = self
-            .verifying_keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut cached = lock(&self.verifying_keys);
         match cached.as_ref() {
             Some((for_bundle, keys)) if Arc::ptr_eq(for_bundle, bundle) => keys.clone(),
             _ => {
@@ -127,41 +129,6 @@ impl WorkloadService {
         }
     }
 
-    /// The caller's selectors, of the kinds `entries` use, from what the
-    /// kernel says about it (and its pin still holding).
-    async fn attest(&self, peer: &PeerInfo, entries: &EntrySet) -> Result<Vec<Selector>, Status> {
-        let needs = entries.needs();
-        let attestor = self.attestor.clone();
-        let peer = peer.clone();
-        let attest = move || match peer.0.as_ref() {
-            Ok(peer) => attestor
-                .attest_for(peer, needs)
-                .map(|selectors| (peer.credentials, selectors))
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let attested = if needs.may_block() {
-            // NSS may ask a network directory; a large binary takes a while to hash.
-            tokio::task::spawn_blocking(attest)
-                .await
-                .map_err(|e| Status::internal(format!("attestation task failed: {e}")))?
-        } else {
-            // A pin check and procfs reads: cheaper than a trip to the blocking pool.
-            attest()
-        };
-        let (caller, selectors) = attested.map_err(|reason| {
-            tracing::debug!(%reason, "caller could not be attested");
-            Status::permission_denied(format!("caller could not be attested: {reason}"))
-        })?;
-        tracing::trace!(
-            uid = caller.uid,
-            gid = caller.gid,
-            pid = caller.pid,
-            "caller attested"
-        );
-        Ok(selectors)
-    }
-
     /// The identities of the calling process, from what the kernel says about it.
     async fn identities<T>(&self, request: &Request<T>) -> Result<Vec<AgentEntry>, Status> {
         require_header(request)?;
@@ -169,8 +136,9 @@ impl WorkloadService {
         // Selectors are found out once per call, and only of the kinds the
         // entries in force use; they are matched against the same snapshot.
         let entries = self.state.entries_snapshot();
-        let selectors = self.attest(&peer, &entries).await?;
-        identities_in(&entries, &selectors)
+        Ok(identify::identify(&self.attestor, &peer, &entries)
+            .await?
+            .identities)
     }
 
     /// The X509-SVID cache, or Unimplemented when the operator switched the profile off.
@@ -235,14 +203,15 @@ fn peer_of<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
         .ok_or_else(|| Status::internal("caller credentials unavailable"))
 }
 
-/// The identities `selectors` have among `entries`; none is PermissionDenied.
-fn identities_in(entries: &EntrySet, selectors: &[Selector]) -> Result<Vec<AgentEntry>, Status> {
-    let identities = entries.identities_for(selectors);
-    if identities.is_empty() {
-        tracing::debug!("caller has no identity");
-        return Err(Status::permission_denied("no identity issued"));
+/// The Workload API's answer when a caller gets no identity: the same codes
+/// and messages whatever room the refusal came from.
+impl From<IdentifyError> for Status {
+    fn from(error: IdentifyError) -> Self {
+        match error {
+            IdentifyError::Task(_) => Status::internal(error.to_string()),
+            _ => Status::permission_denied(error.to_string()),
+        }
     }
-    Ok(identities)
 }
 
 /// Every call must carry `workload.spiffe.io: true`, so that a browser or an
@@ -274,8 +243,10 @@ impl SpiffeWorkloadApi for WorkloadService {
         let x509 = self.x509_svids()?.clone();
         let peer = peer_of(&request)?;
         let entries = self.state.entries_snapshot();
-        let selectors = self.attest(&peer, &entries).await?;
-        let identities = identities_in(&entries, &selectors)?;
+        let Identified {
+            selectors,
+            identities,
+        } = identify::identify(&self.attestor, &peer, &entries).await?;
         let mut watch = X509Watch {
             entries: self.state.entries_changed(),
             svids: x509.changed(),
@@ -303,14 +274,15 @@ impl SpiffeWorkloadApi for WorkloadService {
                     if entries_changed {
                         // Entries may use other selector kinds now; this
                         // also checks that the caller is still the same process.
-                        selectors = match service.attest(&peer, &entries).await {
-                            Ok(selectors) => selectors,
-                            Err(status) => return Some((Err(status), None)),
-                        };
+                        selectors =
+                            match identify::selectors(&service.attestor, &peer, &entries).await {
+                                Ok(selectors) => selectors,
+                                Err(e) => return Some((Err(e.into()), None)),
+                            };
                     }
-                    let identities = match identities_in(&entries, &selectors) {
+                    let identities = match identify::identities_in(&entries, &selectors) {
                         Ok(identities) => identities,
-                        Err(status) => return Some((Err(status), None)),
+                        Err(e) => return Some((Err(e.into()), None)),
                     };
                     match service.x509_response(&x509, &identities).await {
                         Ok((response, shown)) if shown != sent => {
@@ -392,7 +364,7 @@ impl SpiffeWorkloadApi for WorkloadService {
         let minted = futures::future::try_join_all(
             identities
                 .iter()
-                .map(|entry| self.issuer.fetch(entry, audience)),
+                .map(|entry| self.jwt_svids.fetch(entry, audience)),
         )
         .await?;
         let svids = minted

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::cloud;
-use crate::workload_client::{FetchedX509, Health, WorkloadClient};
+use super::cloud;
+use super::workload_api::{FetchedX509, Health, WorkloadClient};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -7,15 +7,19 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use lanyard_host::clock::now as unix_now;
+use lanyard_host::sync::lock;
 
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use tokio::sync::watch;
 use tonic::Status;
 
-use crate::reachability::Reachability;
-use crate::server_client::{ServerClient, on_behalf};
-use crate::state::{AgentEntry, SyncedState};
+use crate::sync::entries::AgentEntry;
+use crate::sync::reachability::Reachability;
+use crate::sync::state::SyncedState;
+use crate::upstream::client::{ServerClient, on_behalf};
 
 /// An SVID is renewed once this fraction of its life has passed: before
 /// half-life, with room for a slow or failed first attempt.
@@ -56,12 +60,8 @@ pub enum X509SvidError {
     Key(#[from] rcgen::Error),
     #[error("the server signed something other than what was asked: {0}")]
     BadCertificate(String),
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    #[error("the server signed something other than what was asked: {0}")]
+    Unparsable(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
 }
 
 #[derive(Debug)]
@@ -115,10 +115,7 @@ impl X509SvidCache {
         if let Some(svid) = self.cached(&entry.id) {
             return Ok(svid);
         }
-        let gate = self
-            .minting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let gate = lock(&self.minting)
             .entry(entry.id.clone())
             .or_default()
             .clone();
@@ -221,7 +218,7 @@ impl X509SvidCache {
             }
             if !gone.is_empty() {
                 let mut svids = self.svids.write().unwrap_or_else(PoisonError::into_inner);
-                let mut minting = self.minting.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut minting = lock(&self.minting);
                 for id in &gone {
                     svids.remove(id);
                     minting.remove(id);
@@ -255,8 +252,7 @@ fn check_signed(chain: &[Vec<u8>], key: &KeyPair, entry: &AgentEntry) -> Result<
     let leaf = chain
         .first()
         .ok_or_else(|| X509SvidError::BadCertificate("empty chain".to_owned()))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| X509SvidError::BadCertificate(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(X509SvidError::Unparsable)?;
     if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
         return Err(X509SvidError::BadCertificate(
             "the leaf certifies another key".to_owned(),

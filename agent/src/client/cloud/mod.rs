@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lanyard_proto::claims::JwtSvidClaims;
 
-use crate::workload_client::{ClientError, FetchedJwt, WorkloadClient};
+use crate::client::workload_api::{ClientError, FetchedJwt, WorkloadClient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
