@@ -8,11 +8,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures::Stream;
 use lanyard_host::transport::AuthorityBlind;
 use lanyard_host::transport::limits::{
     AcceptErrors, ConnectionLimiter, ConnectionPermit, Permitted,
 };
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -158,5 +161,30 @@ impl Limiters {
                 ConnectionLimits::within(64, 256, budget / 8, 1),
             ),
         }
+    }
+}
+
+/// Hands rustls the current certificate; swapped in place on reload (the
+/// OIDC endpoint's configured files, the Node API's CA-issued certificate).
+#[derive(Debug)]
+pub struct ReloadingCert {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl ReloadingCert {
+    pub fn new(key: Arc<CertifiedKey>) -> Self {
+        Self {
+            current: ArcSwap::new(key),
+        }
+    }
+
+    pub fn replace(&self, key: Arc<CertifiedKey>) {
+        self.current.store(key);
     }
 }

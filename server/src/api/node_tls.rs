@@ -7,29 +7,25 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::RwLock;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use lanyard_host::transport::limits::{ConnectionLimiter, ConnectionPermit};
+use arc_swap::ArcSwap;
+use lanyard_host::transport::Accepted;
+use lanyard_host::transport::limits::{ConnectionLimiter, Permitted};
 use lanyard_proto::SpiffeId;
 use rcgen::KeyPair;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tonic::transport::server::Connected;
 
-use crate::api::listener;
+use crate::api::listener::{self, ReloadingCert};
 use crate::authority::ca::{CaError, CertificateAuthority, peer_identity};
-use crate::oidc::certificate::ReloadingCert;
 
 /// The server certificate's lifetime; it is reissued at half of it.
 const SERVER_CERT_TTL: Duration = Duration::from_secs(48 * 3600);
@@ -77,46 +73,10 @@ pub struct NodeConnectInfo {
     pub peer: Option<PeerSvid>,
 }
 
-#[derive(Debug)]
-pub struct NodeTlsStream {
-    inner: TlsStream<TcpStream>,
-    info: NodeConnectInfo,
-    /// Its place among the Node API's connections, given back when it closes.
-    _permit: ConnectionPermit<IpAddr>,
-}
-
-impl Connected for NodeTlsStream {
-    type ConnectInfo = NodeConnectInfo;
-    fn connect_info(&self) -> NodeConnectInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for NodeTlsStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for NodeTlsStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+/// An accepted Node API connection: the TLS stream, what its client
+/// certificate says, and its place among the connections (given back when it
+/// closes).
+pub type NodeTlsStream = Permitted<Accepted<TlsStream<TcpStream>, NodeConnectInfo>, IpAddr>;
 
 fn server_certified_key(
     ca: &CertificateAuthority,
@@ -134,7 +94,7 @@ fn server_certified_key(
 }
 
 /// The TLS acceptor in force; rebuilt when the set of trusted CAs changes.
-pub struct SharedAcceptor(RwLock<TlsAcceptor>);
+pub struct SharedAcceptor(ArcSwap<TlsAcceptor>);
 
 impl std::fmt::Debug for SharedAcceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -144,17 +104,11 @@ impl std::fmt::Debug for SharedAcceptor {
 
 impl SharedAcceptor {
     fn current(&self) -> TlsAcceptor {
-        match self.0.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        TlsAcceptor::clone(&self.0.load())
     }
 
     fn replace(&self, acceptor: TlsAcceptor) {
-        match self.0.write() {
-            Ok(mut guard) => *guard = acceptor,
-            Err(poisoned) => *poisoned.into_inner() = acceptor,
-        }
+        self.0.store(Arc::new(acceptor));
     }
 }
 
@@ -189,7 +143,10 @@ pub fn acceptor(
         SystemTime::now(),
     )?));
     let acceptor = build_acceptor(ca, resolver.clone())?;
-    Ok((Arc::new(SharedAcceptor(RwLock::new(acceptor))), resolver))
+    Ok((
+        Arc::new(SharedAcceptor(ArcSwap::from_pointee(acceptor))),
+        resolver,
+    ))
 }
 
 /// Rotates the CA when due (then trusts the new set and reissues the server
@@ -263,11 +220,10 @@ pub async fn accept(
                 let leaf: Option<&CertificateDer<'_>> =
                     tls.get_ref().1.peer_certificates().and_then(|c| c.first());
                 let peer_svid = leaf.and_then(|cert| PeerSvid::from_certificate(cert));
-                let stream = NodeTlsStream {
-                    inner: tls,
-                    info: NodeConnectInfo { peer: peer_svid },
-                    _permit: permit,
-                };
+                let stream = Permitted::new(
+                    Accepted::new(tls, NodeConnectInfo { peer: peer_svid }),
+                    permit,
+                );
                 let _ = connections.send(Ok(stream)).await;
             }
         },

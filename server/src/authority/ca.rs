@@ -11,11 +11,12 @@
 //! every published CA certificate for operators to hand to agents.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use arc_swap::ArcSwap;
 use lanyard_host::private_files::{self, FsError};
+use lanyard_host::random;
 use lanyard_proto::{SpiffeId, TrustDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -77,7 +78,7 @@ pub struct CertificateAuthority {
     dir: PathBuf,
     trust_domain: TrustDomain,
     /// Oldest first.
-    generations: RwLock<Vec<Arc<Generation>>>,
+    generations: ArcSwap<Vec<Arc<Generation>>>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -93,10 +94,7 @@ fn offset(time: SystemTime) -> OffsetDateTime {
 }
 
 fn random_serial() -> Result<(SerialNumber, String), CaError> {
-    let mut bytes = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| CaError::Random)?;
+    let mut bytes = random::bytes::<16>().map_err(|_| CaError::Random)?;
     // A positive INTEGER whose DER form is exactly these 16 bytes: with a
     // leading 0x00 the encoding would drop it and the serial read back from
     // the certificate would no longer match the one recorded for the agent.
@@ -146,7 +144,7 @@ impl CertificateAuthority {
         let ca = Self {
             dir: dir.to_owned(),
             trust_domain: trust_domain.clone(),
-            generations: RwLock::new(generations),
+            generations: ArcSwap::from_pointee(generations),
         };
         ca.rotate(now)?;
         Ok(ca)
@@ -224,10 +222,7 @@ impl CertificateAuthority {
     }
 
     fn snapshot(&self) -> Vec<Arc<Generation>> {
-        match self.generations.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        Vec::clone(&self.generations.load())
     }
 
     /// Generates a successor when due and drops expired CAs. Returns true when
@@ -255,10 +250,7 @@ impl CertificateAuthority {
                 .map(|g| lanyard_host::pem::encode("CERTIFICATE", &g.cert))
                 .collect();
             private_files::write_private_file(&self.dir.join(BUNDLE_FILE), bundle.as_bytes())?;
-            match self.generations.write() {
-                Ok(mut guard) => *guard = generations,
-                Err(poisoned) => *poisoned.into_inner() = generations,
-            }
+            self.generations.store(Arc::new(generations));
             for old in expired {
                 // Best effort: a leftover expired CA file is never loaded as a signer.
                 let _ = std::fs::remove_file(self.dir.join(format!("ca-{}-key.pem", old.serial)));

@@ -6,7 +6,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::signing_key::{LEGACY_KEY_FILE, encode_pem};
+use super::signing_key::{LEGACY_KEY_FILE, PEM_LABEL};
 use super::{JwtSigningKey, KeyError, KeyType};
 use lanyard_host::private_files::{self, FsError};
 
@@ -44,7 +44,10 @@ impl KeyDir {
     pub fn generate(&self, key_type: KeyType) -> Result<JwtSigningKey, KeyError> {
         let (key, pkcs8) = JwtSigningKey::generate(key_type)?;
         let path = self.key_path(key.kid())?;
-        private_files::write_private_file(&path, encode_pem(&pkcs8).as_bytes())?;
+        private_files::write_private_file(
+            &path,
+            lanyard_host::pem::encode(PEM_LABEL, &pkcs8).as_bytes(),
+        )?;
         tracing::info!(kid = key.kid(), %key_type, path = %path.display(), "generated a JWT signing key");
         Ok(key)
     }

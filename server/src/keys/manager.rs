@@ -6,7 +6,9 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 
 use lanyard_proto::{Jwk, Jwks};
 
@@ -38,7 +40,7 @@ pub struct KeyManager {
     owner: String,
     policy: RotationPolicy,
     key_type: KeyType,
-    current: RwLock<Option<Arc<KeySet>>>,
+    current: ArcSwapOption<KeySet>,
 }
 
 fn to_record(row: &KeyRecordRow) -> Result<KeyRecord, StoreError> {
@@ -88,7 +90,7 @@ impl KeyManager {
             owner: owner.to_owned(),
             policy,
             key_type,
-            current: RwLock::new(None),
+            current: ArcSwapOption::empty(),
         };
         manager.rotate(now).await?;
         Ok(manager)
@@ -96,11 +98,9 @@ impl KeyManager {
 
     /// The signing key and JWKS in force.
     pub fn current(&self) -> Result<Arc<KeySet>, KeyManagerError> {
-        let guard = match self.current.read() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        guard.clone().ok_or(KeyManagerError::NoSigningKey)
+        self.current
+            .load_full()
+            .ok_or(KeyManagerError::NoSigningKey)
     }
 
     /// Applies the schedule at `now`. Returns true when the signing key or the
@@ -171,10 +171,7 @@ impl KeyManager {
             .is_none_or(|set| set.signer.kid() != signer.kid() || set.jwks != jwks);
         if changed {
             let set = Arc::new(KeySet { signer, jwks });
-            match self.current.write() {
-                Ok(mut guard) => *guard = Some(set),
-                Err(poisoned) => *poisoned.into_inner() = Some(set),
-            }
+            self.current.store(Some(set));
         }
         Ok(changed)
     }

@@ -17,6 +17,7 @@ use lanyard_proto::jwks::KEY_USE_SIGNATURE;
 use lanyard_proto::{Jwk, JwtHeader, JwtSvidClaims};
 
 use super::KeyType;
+use lanyard_host::pem;
 use lanyard_host::private_files::{self, FsError};
 
 /// The single-key file of [`JwtSigningKey::load_or_generate`].
@@ -80,7 +81,7 @@ impl JwtSigningKey {
             return Self::from_pem(&pem).map_err(|message| KeyError::Invalid { path, message });
         }
         let (key, pkcs8) = Self::generate(KeyType::EcP256)?;
-        private_files::write_private_file(&path, encode_pem(&pkcs8).as_bytes())?;
+        private_files::write_private_file(&path, pem::encode(PEM_LABEL, &pkcs8).as_bytes())?;
         tracing::info!(path = %path.display(), "generated a new JWT signing key");
         Ok(key)
     }
@@ -253,16 +254,6 @@ fn thumbprint(canonical_jwk: &str) -> String {
 }
 
 /// `der` as a PEM "PRIVATE KEY" block, 64 columns wide.
-pub(super) fn encode_pem(der: &[u8]) -> String {
-    let body = STANDARD.encode(der);
-    let mut pem = format!("-----BEGIN {PEM_LABEL}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str(&format!("-----END {PEM_LABEL}-----\n"));
-    pem
-}
 
 fn decode_pem(pem: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(pem).ok()?;
@@ -415,7 +406,7 @@ mod tests {
     fn pkcs8_round_trip_keeps_type_and_kid() -> TestResult {
         for key_type in KeyType::ALL {
             let (key, pkcs8) = JwtSigningKey::generate(key_type)?;
-            let again = JwtSigningKey::from_pem(encode_pem(&pkcs8).as_bytes())?;
+            let again = JwtSigningKey::from_pem(pem::encode(PEM_LABEL, &pkcs8).as_bytes())?;
             assert_eq!(again.key_type(), key_type);
             assert_eq!(again.kid(), key.kid());
             assert_eq!(again.jwk(), key.jwk());
@@ -435,7 +426,7 @@ mod tests {
             err.contains(LEGACY_KEY_FILE) && err.contains("PEM"),
             "{err}"
         );
-        let not_a_key = encode_pem(b"not pkcs8");
+        let not_a_key = pem::encode(PEM_LABEL, b"not pkcs8");
         assert!(
             JwtSigningKey::from_pem(not_a_key.as_bytes())
                 .err()

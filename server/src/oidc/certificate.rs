@@ -3,16 +3,16 @@
 //! one kept in the data dir for development.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
+use crate::api::listener::ReloadingCert;
 use crate::authority::Issuer;
 use crate::config::TlsFiles;
 use lanyard_host::private_files::{self, FsError};
@@ -37,36 +37,6 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
-}
-
-/// Hands rustls the current certificate; swapped in place on reload.
-#[derive(Debug)]
-pub struct ReloadingCert {
-    current: RwLock<Arc<CertifiedKey>>,
-}
-
-impl ResolvesServerCert for ReloadingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(match self.current.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        })
-    }
-}
-
-impl ReloadingCert {
-    pub fn new(key: Arc<CertifiedKey>) -> Self {
-        Self {
-            current: RwLock::new(key),
-        }
-    }
-
-    pub fn replace(&self, key: Arc<CertifiedKey>) {
-        match self.current.write() {
-            Ok(mut guard) => *guard = key,
-            Err(poisoned) => *poisoned.into_inner() = key,
-        }
-    }
 }
 
 /// The certificate and key files in use.

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -101,26 +102,19 @@ impl OidcDocuments {
 
 /// The documents in force, swapped whole when the published keys change.
 #[derive(Debug)]
-pub struct SharedDocuments(std::sync::RwLock<Arc<OidcDocuments>>);
+pub struct SharedDocuments(ArcSwap<OidcDocuments>);
 
 impl SharedDocuments {
     pub fn new(documents: OidcDocuments) -> Self {
-        Self(std::sync::RwLock::new(Arc::new(documents)))
+        Self(ArcSwap::from_pointee(documents))
     }
 
     pub fn current(&self) -> Arc<OidcDocuments> {
-        match self.0.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.0.load_full()
     }
 
     pub fn replace(&self, documents: OidcDocuments) {
-        let documents = Arc::new(documents);
-        match self.0.write() {
-            Ok(mut guard) => *guard = documents,
-            Err(poisoned) => *poisoned.into_inner() = documents,
-        }
+        self.0.store(Arc::new(documents));
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::digest;
+use lanyard_host::sync::lock;
 use lanyard_proto::Jwks;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -120,9 +121,7 @@ impl ServerCertVerifier for ObserveChain {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let mut chain = vec![end_entity.clone().into_owned()];
         chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
-        if let Ok(mut seen) = self.chain.lock() {
-            *seen = chain;
-        }
+        *lock(&self.chain) = chain;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -202,7 +201,7 @@ async fn thumbprint_within(issuer: &Issuer, limit: Duration) -> Result<String, O
             address: address.clone(),
             limit,
         })??;
-    let chain = observer.chain.lock().map(|c| c.clone()).unwrap_or_default();
+    let chain = lock(&observer.chain).clone();
     let top = chain.last().ok_or(OidcToolError::NoCertificate(address))?;
     Ok(hex(
         digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, top).as_ref()

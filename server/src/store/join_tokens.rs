@@ -3,7 +3,7 @@
 //! be used to attest.
 
 use aws_lc_rs::digest;
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use lanyard_host::random;
 use lanyard_proto::{SpiffeId, TrustDomain};
 use sqlx::Row;
 
@@ -43,11 +43,8 @@ impl Datastore {
         ttl_seconds: i64,
         now: i64,
     ) -> Result<JoinToken, StoreError> {
-        let mut bytes = [0u8; 20];
-        SystemRandom::new()
-            .fill(&mut bytes)
+        let token = random::hex_id::<20>()
             .map_err(|_| StoreError::Conflict("no randomness available".into()))?;
-        let token = hex(&bytes);
         let hash = token_hash(&token);
         let spiffe_id = match spiffe_id {
             Some(id) => id,

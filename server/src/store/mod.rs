@@ -148,7 +148,10 @@ pub(crate) mod test_support {
             .connect(base)
             .await
             .unwrap();
-        let name = format!("lanyard_test_{}", uuid_like());
+        let name = format!(
+            "lanyard_test_{}",
+            lanyard_host::random::hex_id::<8>().unwrap()
+        );
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)
             .await
@@ -156,14 +159,5 @@ pub(crate) mod test_support {
         admin.close().await;
         let (prefix, _) = base.rsplit_once('/').unwrap();
         Datastore::open(&format!("{prefix}/{name}")).await.unwrap()
-    }
-
-    fn uuid_like() -> String {
-        use aws_lc_rs::rand::SecureRandom;
-        let mut bytes = [0u8; 8];
-        aws_lc_rs::rand::SystemRandom::new()
-            .fill(&mut bytes)
-            .unwrap();
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
