@@ -75,7 +75,7 @@ const MIGRATIONS: &[&str] = &[
 /// The migration after whose SQL `entries::backfill_identity_keys` runs.
 const IDENTITY_KEY_MIGRATION: i64 = 4;
 
-pub async fn apply(pool: &AnyPool) -> Result<(), StoreError> {
+pub(super) async fn apply(pool: &AnyPool) -> Result<(), StoreError> {
     sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
         .execute(pool)
         .await?;
@@ -162,23 +162,7 @@ mod tests {
             dir.join("db.sqlite").display()
         )];
         if let Ok(base) = std::env::var("LANYARD_TEST_POSTGRES_URL") {
-            sqlx::any::install_default_drivers();
-            let admin = sqlx::AnyPool::connect(&base).await.unwrap();
-            let name = format!(
-                "lanyard_migration_{}_{}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            );
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&admin)
-                .await
-                .unwrap();
-            admin.close().await;
-            let (prefix, _) = base.rsplit_once('/').unwrap();
-            urls.push(format!("{prefix}/{name}"));
+            urls.push(super::super::test_support::fresh_postgres_url(&base).await);
         }
         urls
     }

@@ -116,7 +116,7 @@ pub(crate) mod test_support {
     use super::*;
 
     /// Fresh, empty datastores: SQLite always, PostgreSQL when configured.
-    pub async fn datastores() -> Vec<(tempfile::TempDir, Datastore)> {
+    pub(crate) async fn datastores() -> Vec<(tempfile::TempDir, Datastore)> {
         let mut stores = Vec::new();
         let dir = tempfile::tempdir().unwrap();
         let sqlite = Datastore::open_sqlite(&dir.path().join("test.db"))
@@ -126,7 +126,8 @@ pub(crate) mod test_support {
         match std::env::var("LANYARD_TEST_POSTGRES_URL") {
             Ok(base) => {
                 let dir = tempfile::tempdir().unwrap();
-                stores.push((dir, fresh_postgres(&base).await));
+                let url = fresh_postgres_url(&base).await;
+                stores.push((dir, Datastore::open(&url).await.unwrap()));
             }
             Err(_) if std::env::var_os("CI").is_some() => {
                 panic!(
@@ -140,8 +141,9 @@ pub(crate) mod test_support {
         stores
     }
 
-    /// A new database on the server at `base` (a postgres:// URL), so tests never share state.
-    async fn fresh_postgres(base: &str) -> Datastore {
+    /// The URL of a new, empty database on the server at `base` (a
+    /// postgres:// URL), so tests never share state.
+    pub(crate) async fn fresh_postgres_url(base: &str) -> String {
         sqlx::any::install_default_drivers();
         let admin = AnyPoolOptions::new()
             .max_connections(1)
@@ -158,6 +160,6 @@ pub(crate) mod test_support {
             .unwrap();
         admin.close().await;
         let (prefix, _) = base.rsplit_once('/').unwrap();
-        Datastore::open(&format!("{prefix}/{name}")).await.unwrap()
+        format!("{prefix}/{name}")
     }
 }
