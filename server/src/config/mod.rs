@@ -170,6 +170,8 @@ impl ServerConfig {
 }
 
 impl RawConfig {
+    /// Checks each section in turn (the first error found is the one
+    /// reported, naming its key).
     fn validate(self) -> Result<ServerConfig, ConfigError> {
         let trust_domain =
             TrustDomain::new(&self.trust_domain).map_err(|e| invalid("trust_domain", e))?;
@@ -177,208 +179,21 @@ impl RawConfig {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
-        let listen = self.oidc.listen.as_deref().unwrap_or(DEFAULT_OIDC_LISTEN);
-        let listen = listen
-            .parse::<SocketAddr>()
-            .map_err(|e| invalid("oidc.listen", format!("{listen:?} is not ip:port ({e})")))?;
-        if self.oidc.plain_http && (self.oidc.tls_cert.is_some() || self.oidc.tls_key.is_some()) {
-            return Err(invalid(
-                "oidc.plain_http",
-                "cannot be combined with oidc.tls_cert/tls_key",
-            ));
-        }
-        let tls = match (self.oidc.tls_cert, self.oidc.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(invalid("oidc.tls_key", "is required with oidc.tls_cert"));
-            }
-            (None, Some(_)) => {
-                return Err(invalid("oidc.tls_cert", "is required with oidc.tls_key"));
-            }
-        };
-
-        let member = |key: &str, raw: &str| -> Result<SpiffeId, ConfigError> {
-            let id = SpiffeId::parse(raw).map_err(|e| invalid(key, format!("{raw:?}: {e}")))?;
-            if !id.is_member_of(&trust_domain) {
-                return Err(invalid(
-                    key,
-                    format!("{raw:?} is not in trust domain {trust_domain}"),
-                ));
-            }
-            Ok(id)
-        };
-        let agent_id = match &self.node_api.agent_id {
-            Some(raw) => member("node_api.agent_id", raw)?,
-            None => trust_domain
-                .id_with_path("/lanyard/agent/local")
-                .map_err(|e| invalid("node_api.agent_id", e))?,
-        };
-        let node_listen = match &self.node_api.listen {
-            Some(raw) => Some(raw.parse::<SocketAddr>().map_err(|e| {
-                invalid("node_api.listen", format!("{raw:?} is not ip:port ({e})"))
-            })?),
-            None => None,
-        };
-        let agent_svid_ttl = self.node_api.agent_svid_ttl_seconds.unwrap_or(3600);
-        if !(60..=30 * 86_400).contains(&agent_svid_ttl) {
-            return Err(invalid(
-                "node_api.agent_svid_ttl_seconds",
-                "must be between 60 and 2592000 (30 days)",
-            ));
-        }
-        let node_api = NodeApiConfig {
-            listen: node_listen,
-            agent_svid_ttl: Duration::from_secs(agent_svid_ttl.into()),
-            socket: self
-                .node_api
-                .socket
-                .unwrap_or_else(|| self.data_dir.join("node.sock")),
-            agent_id,
-        };
-
-        let max_ttl = self
-            .jwt
-            .max_ttl_seconds
-            .unwrap_or(DEFAULT_JWT_MAX_TTL_SECONDS);
-        if max_ttl == 0 || max_ttl > JWT_TTL_CEILING_SECONDS {
-            return Err(invalid(
-                "jwt.max_ttl_seconds",
-                "must be between 1 and 172800 (48 h)",
-            ));
-        }
-        let default_ttl = self
-            .jwt
-            .default_ttl_seconds
-            .unwrap_or(DEFAULT_JWT_TTL_SECONDS.min(max_ttl));
-        if default_ttl == 0 || default_ttl > max_ttl {
-            return Err(invalid(
-                "jwt.default_ttl_seconds",
-                format!("must be between 1 and jwt.max_ttl_seconds ({max_ttl})"),
-            ));
-        }
-
-        let mut entries = Vec::with_capacity(self.entries.len());
-        for (i, raw) in self.entries.into_iter().enumerate() {
-            let key = |field: &str| format!("entries[{i}].{field}");
-            let spiffe_id = member(&key("spiffe_id"), &raw.spiffe_id)?;
-            spiffe_id
-                .check_assignable()
-                .map_err(|e| invalid(key("spiffe_id"), format!("{:?} {e}", raw.spiffe_id)))?;
-            // A custom node_api.agent_id is the system's too (see the Admin API).
-            if spiffe_id == node_api.agent_id {
-                return Err(invalid(
-                    key("spiffe_id"),
-                    format!(
-                        "{:?} is the local agent's ID (node_api.agent_id), which is reserved for the system",
-                        raw.spiffe_id
-                    ),
-                ));
-            }
-            let parent_id = match &raw.parent_id {
-                Some(p) => member(&key("parent_id"), p)?,
-                None => node_api.agent_id.clone(),
-            };
-            if raw.selectors.is_empty() {
-                return Err(invalid(key("selectors"), "must name at least one selector"));
-            }
-            let selectors = raw
-                .selectors
-                .iter()
-                .map(|s| Selector::parse_known(s).map_err(|e| invalid(key("selectors"), e)))
-                .collect::<Result<Vec<_>, _>>()?;
-            lanyard_proto::selector::check_binary_anchored(&selectors)
-                .map_err(|e| invalid(key("selectors"), e))?;
-            let ttl = raw.jwt_svid_ttl_seconds.unwrap_or(default_ttl);
-            if ttl == 0 || ttl > max_ttl {
-                return Err(invalid(
-                    key("jwt_svid_ttl_seconds"),
-                    format!("must be between 1 and jwt.max_ttl_seconds ({max_ttl})"),
-                ));
-            }
-            let mut spec = EntrySpec::new(
-                spiffe_id,
-                parent_id,
-                selectors,
-                Duration::from_secs(ttl.into()),
-            );
-            spec.x509_svid_ttl = entries::x509_svid_ttl(raw.x509_svid_ttl_seconds.unwrap_or(0))
-                .map_err(|e| invalid(key("x509_svid_ttl_seconds"), e))?;
-            if let Some(hint) = raw.hint {
-                entries::check_hint(&hint).map_err(|e| invalid(key("hint"), e))?;
-                spec.hint = hint;
-            }
-            entries.push(spec);
-        }
-
-        let datastore_url = match self.datastore.url {
-            Some(url)
-                if url.starts_with("sqlite://")
-                    || url.starts_with("postgres://")
-                    || url.starts_with("postgresql://") =>
-            {
-                url
-            }
-            Some(url) => {
-                let scheme = url.split("://").next().unwrap_or_default();
-                return Err(invalid(
-                    "datastore.url",
-                    format!("scheme {scheme:?} is neither sqlite nor postgres"),
-                ));
-            }
-            None => format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("datastore.sqlite3").display()
-            ),
-        };
-        let key_type = match &self.jwt.key_type {
-            Some(raw) => raw
-                .parse::<KeyType>()
-                .map_err(|e| invalid("jwt.key_type", e))?,
-            None => KeyType::EcP256,
-        };
-        let mut rotation = RotationPolicy::with_max_token_ttl(Duration::from_secs(max_ttl.into()));
-        if let Some(seconds) = self.jwt.key_lifetime_seconds {
-            rotation.key_lifetime = Duration::from_secs(seconds);
-        }
-        if let Some(seconds) = self.jwt.publish_lead_seconds {
-            rotation.publish_lead = Duration::from_secs(seconds);
-        }
-        rotation.validate().map_err(|e| {
-            let key = match e {
-                PolicyError::LeadNotShorterThanLifetime { .. } => "jwt.publish_lead_seconds",
-                _ => "jwt.key_lifetime_seconds",
-            };
-            invalid(key, e)
-        })?;
-        let server_id = self.server_id.unwrap_or_default();
-        if !server_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        {
-            return Err(invalid(
-                "server_id",
-                "may only contain letters, digits, '.', '-' and '_'",
-            ));
-        }
-        let admin = AdminConfig {
-            socket: self
-                .admin
-                .socket
-                .unwrap_or_else(|| self.data_dir.join("admin.sock")),
-            uid: self.admin.uid,
-        };
-        if !admin.socket.is_absolute() {
-            return Err(invalid("admin.socket", "must be an absolute path"));
-        }
-        if admin.uid.is_some() && admin.socket.starts_with(&self.data_dir) {
-            // data_dir is kept 0700: the other uid could not reach the socket.
-            return Err(invalid(
-                "admin.socket",
-                "with admin.uid set, must be outside data_dir (which only the server's uid may enter), \
-                 e.g. /run/lanyard-admin/admin.sock",
-            ));
-        }
+        let oidc = self.oidc.validate()?;
+        let node_api = self.node_api.validate(&trust_domain, &self.data_dir)?;
+        let (default_ttl, max_ttl) = self.jwt.ttls()?;
+        let entries = self
+            .entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                raw.validate(i, &trust_domain, &node_api.agent_id, default_ttl, max_ttl)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let datastore_url = self.datastore.url(&self.data_dir)?;
+        let (key_type, rotation) = self.jwt.keys(max_ttl)?;
+        let server_id = validate_server_id(self.server_id.unwrap_or_default())?;
+        let admin = self.admin.validate(&self.data_dir)?;
         Ok(ServerConfig {
             server_id,
             admin,
@@ -386,11 +201,7 @@ impl RawConfig {
             trust_domain,
             issuer,
             data_dir: self.data_dir,
-            oidc: OidcConfig {
-                listen,
-                tls,
-                plain_http: self.oidc.plain_http,
-            },
+            oidc,
             node_api,
             jwt: JwtConfig {
                 default_ttl: Duration::from_secs(default_ttl.into()),
@@ -400,6 +211,252 @@ impl RawConfig {
             },
             entries,
         })
+    }
+}
+
+/// `raw` as a SPIFFE ID in `trust_domain`, for the config key `key`.
+fn member(trust_domain: &TrustDomain, key: &str, raw: &str) -> Result<SpiffeId, ConfigError> {
+    let id = SpiffeId::parse(raw).map_err(|e| invalid(key, format!("{raw:?}: {e}")))?;
+    if !id.is_member_of(trust_domain) {
+        return Err(invalid(
+            key,
+            format!("{raw:?} is not in trust domain {trust_domain}"),
+        ));
+    }
+    Ok(id)
+}
+
+impl RawOidc {
+    fn validate(self) -> Result<OidcConfig, ConfigError> {
+        let listen = self.listen.as_deref().unwrap_or(DEFAULT_OIDC_LISTEN);
+        let listen = listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("oidc.listen", format!("{listen:?} is not ip:port ({e})")))?;
+        if self.plain_http && (self.tls_cert.is_some() || self.tls_key.is_some()) {
+            return Err(invalid(
+                "oidc.plain_http",
+                "cannot be combined with oidc.tls_cert/tls_key",
+            ));
+        }
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid("oidc.tls_key", "is required with oidc.tls_cert"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("oidc.tls_cert", "is required with oidc.tls_key"));
+            }
+        };
+        Ok(OidcConfig {
+            listen,
+            tls,
+            plain_http: self.plain_http,
+        })
+    }
+}
+
+impl RawNodeApi {
+    fn validate(
+        self,
+        trust_domain: &TrustDomain,
+        data_dir: &Path,
+    ) -> Result<NodeApiConfig, ConfigError> {
+        let agent_id = match &self.agent_id {
+            Some(raw) => member(trust_domain, "node_api.agent_id", raw)?,
+            None => trust_domain
+                .id_with_path("/lanyard/agent/local")
+                .map_err(|e| invalid("node_api.agent_id", e))?,
+        };
+        let listen = match &self.listen {
+            Some(raw) => Some(raw.parse::<SocketAddr>().map_err(|e| {
+                invalid("node_api.listen", format!("{raw:?} is not ip:port ({e})"))
+            })?),
+            None => None,
+        };
+        let agent_svid_ttl = self.agent_svid_ttl_seconds.unwrap_or(3600);
+        if !(60..=30 * 86_400).contains(&agent_svid_ttl) {
+            return Err(invalid(
+                "node_api.agent_svid_ttl_seconds",
+                "must be between 60 and 2592000 (30 days)",
+            ));
+        }
+        Ok(NodeApiConfig {
+            listen,
+            agent_svid_ttl: Duration::from_secs(agent_svid_ttl.into()),
+            socket: self.socket.unwrap_or_else(|| data_dir.join("node.sock")),
+            agent_id,
+        })
+    }
+}
+
+impl RawJwt {
+    /// The default and maximum JWT-SVID lifetimes, in seconds.
+    fn ttls(&self) -> Result<(u32, u32), ConfigError> {
+        let max_ttl = self.max_ttl_seconds.unwrap_or(DEFAULT_JWT_MAX_TTL_SECONDS);
+        if max_ttl == 0 || max_ttl > JWT_TTL_CEILING_SECONDS {
+            return Err(invalid(
+                "jwt.max_ttl_seconds",
+                "must be between 1 and 172800 (48 h)",
+            ));
+        }
+        let default_ttl = self
+            .default_ttl_seconds
+            .unwrap_or(DEFAULT_JWT_TTL_SECONDS.min(max_ttl));
+        if default_ttl == 0 || default_ttl > max_ttl {
+            return Err(invalid(
+                "jwt.default_ttl_seconds",
+                format!("must be between 1 and jwt.max_ttl_seconds ({max_ttl})"),
+            ));
+        }
+        Ok((default_ttl, max_ttl))
+    }
+
+    /// The signing key type and the rotation schedule.
+    fn keys(&self, max_ttl: u32) -> Result<(KeyType, RotationPolicy), ConfigError> {
+        let key_type = match &self.key_type {
+            Some(raw) => raw
+                .parse::<KeyType>()
+                .map_err(|e| invalid("jwt.key_type", e))?,
+            None => KeyType::EcP256,
+        };
+        let mut rotation = RotationPolicy::with_max_token_ttl(Duration::from_secs(max_ttl.into()));
+        if let Some(seconds) = self.key_lifetime_seconds {
+            rotation.key_lifetime = Duration::from_secs(seconds);
+        }
+        if let Some(seconds) = self.publish_lead_seconds {
+            rotation.publish_lead = Duration::from_secs(seconds);
+        }
+        rotation.validate().map_err(|e| {
+            let key = match e {
+                PolicyError::LeadNotShorterThanLifetime { .. } => "jwt.publish_lead_seconds",
+                _ => "jwt.key_lifetime_seconds",
+            };
+            invalid(key, e)
+        })?;
+        Ok((key_type, rotation))
+    }
+}
+
+impl RawEntry {
+    /// The `i`th `[[entries]]` table as an entry to seed.
+    fn validate(
+        self,
+        i: usize,
+        trust_domain: &TrustDomain,
+        local_agent_id: &SpiffeId,
+        default_ttl: u32,
+        max_ttl: u32,
+    ) -> Result<EntrySpec, ConfigError> {
+        let key = |field: &str| format!("entries[{i}].{field}");
+        let spiffe_id = member(trust_domain, &key("spiffe_id"), &self.spiffe_id)?;
+        spiffe_id
+            .check_assignable()
+            .map_err(|e| invalid(key("spiffe_id"), format!("{:?} {e}", self.spiffe_id)))?;
+        // A custom node_api.agent_id is the system's too (see the Admin API).
+        if &spiffe_id == local_agent_id {
+            return Err(invalid(
+                key("spiffe_id"),
+                format!(
+                    "{:?} is the local agent's ID (node_api.agent_id), which is reserved for the system",
+                    self.spiffe_id
+                ),
+            ));
+        }
+        let parent_id = match &self.parent_id {
+            Some(p) => member(trust_domain, &key("parent_id"), p)?,
+            None => local_agent_id.clone(),
+        };
+        if self.selectors.is_empty() {
+            return Err(invalid(key("selectors"), "must name at least one selector"));
+        }
+        let selectors = self
+            .selectors
+            .iter()
+            .map(|s| Selector::parse_known(s).map_err(|e| invalid(key("selectors"), e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        lanyard_proto::selector::check_binary_anchored(&selectors)
+            .map_err(|e| invalid(key("selectors"), e))?;
+        let ttl = self.jwt_svid_ttl_seconds.unwrap_or(default_ttl);
+        if ttl == 0 || ttl > max_ttl {
+            return Err(invalid(
+                key("jwt_svid_ttl_seconds"),
+                format!("must be between 1 and jwt.max_ttl_seconds ({max_ttl})"),
+            ));
+        }
+        let mut spec = EntrySpec::new(
+            spiffe_id,
+            parent_id,
+            selectors,
+            Duration::from_secs(ttl.into()),
+        );
+        spec.x509_svid_ttl = entries::x509_svid_ttl(self.x509_svid_ttl_seconds.unwrap_or(0))
+            .map_err(|e| invalid(key("x509_svid_ttl_seconds"), e))?;
+        if let Some(hint) = self.hint {
+            entries::check_hint(&hint).map_err(|e| invalid(key("hint"), e))?;
+            spec.hint = hint;
+        }
+        Ok(spec)
+    }
+}
+
+impl RawDatastore {
+    /// The datastore URL: as configured, or SQLite in the data dir.
+    fn url(self, data_dir: &Path) -> Result<String, ConfigError> {
+        match self.url {
+            Some(url)
+                if url.starts_with("sqlite://")
+                    || url.starts_with("postgres://")
+                    || url.starts_with("postgresql://") =>
+            {
+                Ok(url)
+            }
+            Some(url) => {
+                let scheme = url.split("://").next().unwrap_or_default();
+                Err(invalid(
+                    "datastore.url",
+                    format!("scheme {scheme:?} is neither sqlite nor postgres"),
+                ))
+            }
+            None => Ok(format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join("datastore.sqlite3").display()
+            )),
+        }
+    }
+}
+
+fn validate_server_id(server_id: String) -> Result<String, ConfigError> {
+    if !server_id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(invalid(
+            "server_id",
+            "may only contain letters, digits, '.', '-' and '_'",
+        ));
+    }
+    Ok(server_id)
+}
+
+impl RawAdmin {
+    fn validate(self, data_dir: &Path) -> Result<AdminConfig, ConfigError> {
+        let admin = AdminConfig {
+            socket: self.socket.unwrap_or_else(|| data_dir.join("admin.sock")),
+            uid: self.uid,
+        };
+        if !admin.socket.is_absolute() {
+            return Err(invalid("admin.socket", "must be an absolute path"));
+        }
+        if admin.uid.is_some() && admin.socket.starts_with(data_dir) {
+            // data_dir is kept 0700: the other uid could not reach the socket.
+            return Err(invalid(
+                "admin.socket",
+                "with admin.uid set, must be outside data_dir (which only the server's uid may enter), \
+                 e.g. /run/lanyard-admin/admin.sock",
+            ));
+        }
+        Ok(admin)
     }
 }
 
