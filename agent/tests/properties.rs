@@ -16,7 +16,9 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use lanyard_agent::jwt_validate::{MAX_TOKEN_LEN, ValidationError, VerifyingKeys, validate_with};
+use lanyard_agent::workload::jwt_validate::{
+    MAX_TOKEN_LEN, ValidationError, VerifyingKeys, validate_with,
+};
 use lanyard_proto::{Jwk, Jwks, SpiffeId, TrustDomain};
 use proptest::prelude::*;
 use proptest::test_runner::Config;

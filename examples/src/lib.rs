@@ -112,12 +112,12 @@ mod deploy_samples {
             .collect();
         assert_eq!(arns.len(), 2);
         for arn in arns {
-            let request = lanyard_agent::cloud::aws::Request {
+            let request = lanyard_agent::client::cloud::aws::Request {
                 role_arn: arn.into(),
                 session_name: None,
                 duration_seconds: Some(900),
                 region: None,
-                timeout_seconds: lanyard_agent::cloud::aws::DEFAULT_TIMEOUT_SECONDS,
+                timeout_seconds: lanyard_agent::client::cloud::aws::DEFAULT_TIMEOUT_SECONDS,
             };
             request.validate().unwrap();
         }
@@ -128,7 +128,7 @@ mod deploy_samples {
         assert_eq!(gcp["type"], "external_account");
         assert_eq!(
             gcp["subject_token_type"],
-            lanyard_agent::cloud::gcp::JWT_TOKEN_TYPE
+            lanyard_agent::client::cloud::gcp::JWT_TOKEN_TYPE
         );
         assert!(
             gcp["audience"]

@@ -44,7 +44,7 @@ pub enum BinaryError {
 
 /// What a caller ran when its connection was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectedExe {
+pub(crate) enum ConnectedExe {
     /// Not looked at: binary selectors are off.
     Skipped,
     Known(ExeIdentity),
@@ -53,7 +53,7 @@ pub enum ConnectedExe {
 }
 
 impl ConnectedExe {
-    pub fn record(pid: i32) -> Self {
+    pub(crate) fn record(pid: i32) -> Self {
         match ExeIdentity::of_process(pid) {
             Ok(identity) => Self::Known(identity),
             Err(e) => Self::Unreadable(e.to_string()),
@@ -61,7 +61,7 @@ impl ConnectedExe {
     }
 
     /// The recorded file; an error when there is none.
-    pub fn identity(&self, pid: i32) -> Result<&ExeIdentity, BinaryError> {
+    pub(crate) fn identity(&self, pid: i32) -> Result<&ExeIdentity, BinaryError> {
         let reason = match self {
             Self::Known(identity) => return Ok(identity),
             Self::Skipped => "binary selectors were off".to_owned(),
@@ -73,14 +73,14 @@ impl ConnectedExe {
 
 /// The file a process runs: `/proc/<pid>/exe` followed to its inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExeIdentity {
+pub(crate) struct ExeIdentity {
     dev: u64,
     ino: u64,
 }
 
 impl ExeIdentity {
     /// One stat of `/proc/<pid>/exe` (no read of the file).
-    pub fn of_process(pid: i32) -> Result<Self, BinaryError> {
+    pub(crate) fn of_process(pid: i32) -> Result<Self, BinaryError> {
         let meta = std::fs::metadata(format!("/proc/{pid}/exe"))
             .map_err(|source| BinaryError::Read { pid, source })?;
         Ok(Self::of(&meta))
@@ -126,7 +126,7 @@ impl FileIdentity {
 }
 
 #[derive(Debug)]
-pub struct BinaryInspector {
+pub(crate) struct BinaryInspector {
     hashes: Mutex<Lru<FileIdentity, String>>,
 }
 
@@ -142,7 +142,7 @@ impl BinaryInspector {
     /// The path the process runs from, provided it still runs `connected`;
     /// None when the file was deleted (the name then no longer leads to what
     /// runs).
-    pub fn path(pid: i32, connected: &ExeIdentity) -> Result<Option<PathBuf>, BinaryError> {
+    pub(crate) fn path(pid: i32, connected: &ExeIdentity) -> Result<Option<PathBuf>, BinaryError> {
         let read_err = |source| BinaryError::Read { pid, source };
         // Opened, checked and named through one descriptor, so the name is
         // that of the checked file even if the process execs meanwhile.
@@ -160,7 +160,7 @@ impl BinaryInspector {
 
     /// Hex SHA-256 of the executable, provided the process still runs
     /// `connected`; None when it is larger than `max_bytes`.
-    pub fn sha256(
+    pub(crate) fn sha256(
         &self,
         pid: i32,
         connected: &ExeIdentity,

@@ -35,14 +35,14 @@ pub enum PinError {
 
 /// How a caller is pinned; see the module comment.
 #[derive(Debug)]
-pub enum ProcessPin {
+pub(crate) enum ProcessPin {
     Pidfd { pid: i32, pidfd: OwnedFd },
     StartTime { pid: i32, start_ticks: u64 },
 }
 
 impl ProcessPin {
     /// Pins the process at the other end of `socket`, whose PID SO_PEERCRED gave as `pid`.
-    pub fn for_peer(socket: BorrowedFd<'_>, pid: i32) -> Result<Self, PinError> {
+    pub(crate) fn for_peer(socket: BorrowedFd<'_>, pid: i32) -> Result<Self, PinError> {
         match getsockopt(&socket, sockopt::PeerPidfd) {
             Ok(pidfd) => return Ok(Self::Pidfd { pid, pidfd }),
             Err(errno) => peer_pidfd_unsupported(errno, pid)?,
@@ -56,21 +56,15 @@ impl ProcessPin {
     }
 
     /// The fallback pin: the start time the process has now.
-    pub fn by_start_time(pid: i32) -> Result<Self, PinError> {
+    pub(crate) fn by_start_time(pid: i32) -> Result<Self, PinError> {
         Ok(Self::StartTime {
             pid,
             start_ticks: start_ticks(pid)?,
         })
     }
 
-    pub fn pid(&self) -> i32 {
-        match self {
-            Self::Pidfd { pid, .. } | Self::StartTime { pid, .. } => *pid,
-        }
-    }
-
     /// Ok while the pinned process is alive and still owns its PID.
-    pub fn verify(&self) -> Result<(), PinError> {
+    pub(crate) fn verify(&self) -> Result<(), PinError> {
         match self {
             Self::Pidfd { pid, pidfd } => {
                 let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
@@ -127,7 +121,7 @@ fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
 }
 
 /// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks since boot.
-pub fn start_ticks(pid: i32) -> Result<u64, PinError> {
+pub(crate) fn start_ticks(pid: i32) -> Result<u64, PinError> {
     let stat =
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| PinError::Stat {
             pid,

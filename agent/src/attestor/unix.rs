@@ -27,7 +27,7 @@ pub enum AttestError {
 /// finding them out: a caller of a node whose entries name only uids costs a
 /// pin check, not a read of /proc, the passwd and group files and the binary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Needs {
+pub(crate) struct Needs {
     /// `unix:user`, `unix:group`: names from NSS.
     pub names: bool,
     /// `unix:supplementary_gid` (from /proc/<pid>/status).
@@ -40,7 +40,8 @@ pub struct Needs {
 
 impl Needs {
     /// Every fact (what `attest` computes).
-    pub const ALL: Self = Self {
+    #[cfg(test)]
+    pub(crate) const ALL: Self = Self {
         names: true,
         supplementary_gids: true,
         supplementary_groups: true,
@@ -49,7 +50,7 @@ impl Needs {
     };
 
     /// What matching against entries with `selectors` needs.
-    pub fn of<'a>(selectors: impl IntoIterator<Item = &'a Selector>) -> Self {
+    pub(crate) fn of<'a>(selectors: impl IntoIterator<Item = &'a Selector>) -> Self {
         let mut needs = Self::default();
         for selector in selectors {
             if selector.kind() != UNIX_SELECTOR_TYPE {
@@ -69,19 +70,19 @@ impl Needs {
 
     /// Either may wait on something slow: NSS (perhaps a network directory)
     /// or hashing a large executable. The rest reads procfs only.
-    pub fn may_block(&self) -> bool {
+    pub(crate) fn may_block(&self) -> bool {
         self.names || self.supplementary_groups || self.sha256
     }
 }
 
 #[derive(Debug, Default)]
-pub struct UnixAttestor {
+pub(crate) struct UnixAttestor {
     config: UnixAttestorConfig,
     binaries: BinaryInspector,
 }
 
 impl UnixAttestor {
-    pub fn new(config: UnixAttestorConfig) -> Self {
+    pub(crate) fn new(config: UnixAttestorConfig) -> Self {
         Self {
             config,
             binaries: BinaryInspector::default(),
@@ -90,13 +91,18 @@ impl UnixAttestor {
 
     /// The caller's selectors. Blocking (reads /proc, may hash a file, asks NSS
     /// for names): run it off the async executor.
-    pub fn attest(&self, peer: &Peer) -> Result<Vec<Selector>, AttestError> {
+    #[cfg(test)]
+    pub(crate) fn attest(&self, peer: &Peer) -> Result<Vec<Selector>, AttestError> {
         self.attest_for(peer, Needs::ALL)
     }
 
     /// The caller's selectors of the kinds in `needs` (uid and gid always).
     /// Blocking when `needs.may_block()`; else it only reads procfs.
-    pub fn attest_for(&self, peer: &Peer, needs: Needs) -> Result<Vec<Selector>, AttestError> {
+    pub(crate) fn attest_for(
+        &self,
+        peer: &Peer,
+        needs: Needs,
+    ) -> Result<Vec<Selector>, AttestError> {
         let pid = peer.credentials.pid;
         peer.pin.verify()?;
         let mut facts = id_facts(&peer.credentials, needs.names);

@@ -20,10 +20,10 @@ use tokio::net::UnixStream;
 /// Set once bytes on a connection came from a process other than the one
 /// that connected (or from an unknown one).
 #[derive(Debug, Clone, Default)]
-pub struct HandedOver(Arc<AtomicBool>);
+pub(crate) struct HandedOver(Arc<AtomicBool>);
 
 impl HandedOver {
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 
@@ -35,13 +35,13 @@ impl HandedOver {
 /// A caller's stream, read with its writers' credentials when `expected`
 /// names the PID that every byte must come from.
 #[derive(Debug)]
-pub struct WriterChecked {
+pub(crate) struct WriterChecked {
     stream: UnixStream,
     expected: Option<(i32, HandedOver)>,
 }
 
 impl WriterChecked {
-    pub fn new(stream: UnixStream, expected: Option<(i32, HandedOver)>) -> Self {
+    pub(crate) fn new(stream: UnixStream, expected: Option<(i32, HandedOver)>) -> Self {
         Self { stream, expected }
     }
 }

@@ -30,7 +30,7 @@ pub(crate) struct JwtSvids {
 }
 
 impl JwtSvids {
-    pub fn new(
+    pub(crate) fn new(
         server: ServerClient,
         cache_size: usize,
         timeout: Duration,
@@ -45,7 +45,7 @@ impl JwtSvids {
     }
 
     /// A JWT-SVID for `entry` and `audience`.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         entry: &AgentEntry,
         audience: &[String],
@@ -112,13 +112,13 @@ impl JwtSvids {
 
 /// (SPIFFE ID, sorted and deduplicated audiences): the same request in any order hits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
+pub(crate) struct CacheKey {
     spiffe_id: String,
     audience: Vec<String>,
 }
 
 impl CacheKey {
-    pub fn new(spiffe_id: &SpiffeId, audience: &[String]) -> Self {
+    pub(crate) fn new(spiffe_id: &SpiffeId, audience: &[String]) -> Self {
         let mut audience = audience.to_vec();
         audience.sort();
         audience.dedup();
@@ -131,7 +131,7 @@ impl CacheKey {
 
 /// A minted token and its lifetime in Unix seconds, as the server stated it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedSvid {
+pub(crate) struct CachedSvid {
     pub spiffe_id: String,
     pub token: String,
     pub issued_at: i64,
@@ -158,14 +158,14 @@ impl CachedSvid {
     }
 
     /// Worth caching at all: a positive lifetime.
-    pub fn cacheable(&self) -> bool {
+    pub(crate) fn cacheable(&self) -> bool {
         self.lifetime() > 0
     }
 }
 
 /// What the cache holds for a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// Serve it. When `refresh`, the caller was chosen to fetch its successor
     /// in the background (only one caller is chosen until it reports back).
     Fresh {
@@ -185,12 +185,12 @@ struct Slot {
 }
 
 #[derive(Debug)]
-pub struct JwtSvidCache {
+pub(crate) struct JwtSvidCache {
     slots: Mutex<Lru<CacheKey, Slot>>,
 }
 
 impl JwtSvidCache {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             slots: Mutex::new(Lru::new(capacity)),
         }
@@ -200,7 +200,7 @@ impl JwtSvidCache {
         lock(&self.slots)
     }
 
-    pub fn lookup(&self, key: &CacheKey, now: i64) -> Lookup {
+    pub(crate) fn lookup(&self, key: &CacheKey, now: i64) -> Lookup {
         let mut slots = self.lock();
         let Some(slot) = slots.get_mut(key) else {
             return Lookup::Miss;
@@ -221,7 +221,7 @@ impl JwtSvidCache {
     }
 
     /// Claims the background refresh of a stale entry; false when one is running.
-    pub fn claim_refresh(&self, key: &CacheKey) -> bool {
+    pub(crate) fn claim_refresh(&self, key: &CacheKey) -> bool {
         match self.lock().get_mut(key) {
             Some(slot) if !slot.refreshing => {
                 slot.refreshing = true;
@@ -231,7 +231,7 @@ impl JwtSvidCache {
         }
     }
 
-    pub fn store(&self, key: CacheKey, svid: CachedSvid) {
+    pub(crate) fn store(&self, key: CacheKey, svid: CachedSvid) {
         if svid.cacheable() {
             self.lock().insert(
                 key,
@@ -244,7 +244,7 @@ impl JwtSvidCache {
     }
 
     /// A background refresh failed: the next request may try again.
-    pub fn refresh_failed(&self, key: &CacheKey) {
+    pub(crate) fn refresh_failed(&self, key: &CacheKey) {
         if let Some(slot) = self.lock().get_mut(key) {
             slot.refreshing = false;
         }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 
 #[derive(Debug)]
-pub struct Lru<K, V> {
+pub(crate) struct Lru<K, V> {
     capacity: usize,
     tick: u64,
     items: HashMap<K, (V, u64)>,
@@ -15,7 +15,7 @@ pub struct Lru<K, V> {
 
 impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     /// A map holding at most `capacity` items (at least one).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
             tick: 0,
@@ -30,7 +30,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     }
 
     /// The value for `key`, marking it most recently used.
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let tick = self.next_tick();
         let (_, used) = self.items.get_mut(key)?;
         self.order.remove(used);
@@ -40,7 +40,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     }
 
     /// Inserts or replaces `key`, evicting the least recently used item when full.
-    pub fn insert(&mut self, key: K, value: V) {
+    pub(crate) fn insert(&mut self, key: K, value: V) {
         let tick = self.next_tick();
         if let Some((_, used)) = self.items.remove(&key) {
             self.order.remove(&used);
@@ -53,18 +53,15 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         self.items.insert(key, (value, tick));
     }
 
-    pub fn remove(&mut self, key: &K) -> Option<V> {
+    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
         let (value, used) = self.items.remove(key)?;
         self.order.remove(&used);
         Some(value)
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
     }
 }
 

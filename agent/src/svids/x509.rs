@@ -32,7 +32,7 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 const IDLE_CHECK: Duration = Duration::from_secs(60);
 
 /// One workload identity: certificate chain and the key it certifies.
-pub struct X509Svid {
+pub(crate) struct X509Svid {
     pub spiffe_id: String,
     /// DER certificates, leaf first.
     pub chain: Vec<Vec<u8>>,
@@ -55,7 +55,7 @@ impl std::fmt::Debug for X509Svid {
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum X509SvidError {
+pub(crate) enum X509SvidError {
     #[error("making a key or CSR: {0}")]
     Key(#[from] rcgen::Error),
     #[error("the server signed something other than what was asked: {0}")]
@@ -65,7 +65,7 @@ pub enum X509SvidError {
 }
 
 #[derive(Debug)]
-pub struct X509SvidCache {
+pub(crate) struct X509SvidCache {
     server: ServerClient,
     timeout: Duration,
     reachability: Arc<Reachability>,
@@ -78,7 +78,11 @@ pub struct X509SvidCache {
 }
 
 impl X509SvidCache {
-    pub fn new(server: ServerClient, timeout: Duration, reachability: Arc<Reachability>) -> Self {
+    pub(crate) fn new(
+        server: ServerClient,
+        timeout: Duration,
+        reachability: Arc<Reachability>,
+    ) -> Self {
         Self {
             server,
             timeout,
@@ -90,7 +94,7 @@ impl X509SvidCache {
     }
 
     /// Changes whenever any SVID is added, replaced or dropped.
-    pub fn changed(&self) -> watch::Receiver<u64> {
+    pub(crate) fn changed(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
@@ -111,7 +115,7 @@ impl X509SvidCache {
     }
 
     /// The SVID of `entry`: the one held, or a new one from the server.
-    pub async fn get(&self, entry: &AgentEntry) -> Result<Arc<X509Svid>, Status> {
+    pub(crate) async fn get(&self, entry: &AgentEntry) -> Result<Arc<X509Svid>, Status> {
         if let Some(svid) = self.cached(&entry.id) {
             return Ok(svid);
         }
@@ -158,7 +162,7 @@ impl X509SvidCache {
 
     /// Drops SVIDs whose entries left, renews those due, and sleeps until
     /// the next is due, until `shutdown` changes.
-    pub async fn renew_forever(
+    pub(crate) async fn renew_forever(
         self: Arc<Self>,
         state: Arc<SyncedState>,
         mut shutdown: watch::Receiver<bool>,

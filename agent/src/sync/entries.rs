@@ -9,7 +9,7 @@ use crate::attestor::unix::Needs;
 
 /// An entry as the agent serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentEntry {
+pub(crate) struct AgentEntry {
     pub id: String,
     pub spiffe_id: SpiffeId,
     pub selectors: Vec<Selector>,
@@ -19,7 +19,7 @@ pub struct AgentEntry {
 
 impl AgentEntry {
     /// An entry matches a caller when every one of its selectors is among the caller's.
-    pub fn matches(&self, caller: &[Selector]) -> bool {
+    pub(crate) fn matches(&self, caller: &[Selector]) -> bool {
         self.selectors.iter().all(|s| caller.contains(s))
     }
 }
@@ -27,7 +27,7 @@ impl AgentEntry {
 /// The entries in force, indexed for matching, and what attesting a caller
 /// against them takes. Replaced whole on every sync that changes entries.
 #[derive(Debug, Default)]
-pub struct EntrySet {
+pub(crate) struct EntrySet {
     entries: Vec<AgentEntry>,
     /// Entry positions by their first (smallest) selector: an entry can match
     /// only a caller that has that selector, so a caller's own selectors find
@@ -39,7 +39,7 @@ pub struct EntrySet {
 }
 
 impl EntrySet {
-    pub fn new(entries: Vec<AgentEntry>) -> Self {
+    pub(crate) fn new(entries: Vec<AgentEntry>) -> Self {
         let mut by_first_selector: HashMap<Selector, Vec<usize>> = HashMap::new();
         let mut unconditional = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
@@ -57,18 +57,18 @@ impl EntrySet {
         }
     }
 
-    pub fn entries(&self) -> &[AgentEntry] {
+    pub(crate) fn entries(&self) -> &[AgentEntry] {
         &self.entries
     }
 
     /// The kinds of selectors these entries use.
-    pub fn needs(&self) -> Needs {
+    pub(crate) fn needs(&self) -> Needs {
         self.needs
     }
 
     /// The identities a caller with `selectors` may have, in entry order,
     /// one per SPIFFE ID.
-    pub fn identities_for(&self, selectors: &[Selector]) -> Vec<AgentEntry> {
+    pub(crate) fn identities_for(&self, selectors: &[Selector]) -> Vec<AgentEntry> {
         let mut candidates: Vec<usize> = self.unconditional.clone();
         for selector in selectors {
             if let Some(positions) = self.by_first_selector.get(selector) {

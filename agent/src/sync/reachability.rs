@@ -6,16 +6,16 @@ use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug, Default)]
-pub struct Reachability {
+pub(crate) struct Reachability {
     down: AtomicBool,
 }
 
 impl Reachability {
-    pub fn is_down(&self) -> bool {
+    pub(crate) fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
     }
 
-    pub fn mark_down(&self, error: &dyn Display) {
+    pub(crate) fn mark_down(&self, error: &dyn Display) {
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 error = %error,
@@ -24,7 +24,7 @@ impl Reachability {
         }
     }
 
-    pub fn mark_up(&self) {
+    pub(crate) fn mark_up(&self) {
         if self.down.swap(false, Ordering::Relaxed) {
             tracing::info!("server reachable again");
         }

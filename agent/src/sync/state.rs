@@ -18,7 +18,7 @@ use crate::upstream::client::{ServerClient, ServerClientError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum SyncError {
+pub(crate) enum SyncError {
     #[error(transparent)]
     Server(#[from] ServerClientError),
     #[error("the server did not finish the sync within {} ms", .0.as_millis())]
@@ -26,10 +26,10 @@ pub enum SyncError {
 }
 
 /// The trust domain's X.509 authorities, DER, as the server published them.
-pub type X509Authorities = Arc<Vec<Vec<u8>>>;
+pub(crate) type X509Authorities = Arc<Vec<Vec<u8>>>;
 
 #[derive(Debug)]
-pub struct SyncedState {
+pub(crate) struct SyncedState {
     entries: ArcSwap<EntrySet>,
     /// The entry revision `entries` is as of; 0 before the first sync.
     revision: AtomicU64,
@@ -57,27 +57,22 @@ impl Default for SyncedState {
 }
 
 impl SyncedState {
-    /// The identities a caller with `selectors` may have.
-    pub fn identities_for(&self, selectors: &[Selector]) -> Vec<AgentEntry> {
-        self.entries_snapshot().identities_for(selectors)
-    }
-
     /// The entries in force now (attest against its `needs`, then match
     /// against the same snapshot).
-    pub fn entries_snapshot(&self) -> Arc<EntrySet> {
+    pub(crate) fn entries_snapshot(&self) -> Arc<EntrySet> {
         self.entries.load_full()
     }
 
-    pub fn bundle(&self) -> watch::Receiver<Option<Arc<Jwks>>> {
+    pub(crate) fn bundle(&self) -> watch::Receiver<Option<Arc<Jwks>>> {
         self.bundle.subscribe()
     }
 
-    pub fn x509_authorities(&self) -> watch::Receiver<Option<X509Authorities>> {
+    pub(crate) fn x509_authorities(&self) -> watch::Receiver<Option<X509Authorities>> {
         self.x509_authorities.subscribe()
     }
 
     /// Changes whenever the entries in force change.
-    pub fn entries_changed(&self) -> watch::Receiver<u64> {
+    pub(crate) fn entries_changed(&self) -> watch::Receiver<u64> {
         self.entries_changed.subscribe()
     }
 
@@ -112,7 +107,7 @@ impl SyncedState {
     /// Fetches entries and bundle from the server once, giving up after
     /// `deadline` (a server that accepts and never answers must not stall
     /// the sync loop).
-    pub async fn sync_once(
+    pub(crate) async fn sync_once(
         &self,
         server: &ServerClient,
         deadline: Duration,
@@ -219,7 +214,7 @@ impl SyncedState {
     /// retries sooner, with jittered exponential backoff capped at `interval`
     /// (so that many agents do not hit a returning server in step); the
     /// outage is logged once through `reachability`, not on every attempt.
-    pub async fn sync_forever(
+    pub(crate) async fn sync_forever(
         &self,
         server: ServerClient,
         interval: Duration,

@@ -21,7 +21,7 @@ use crate::sync::reachability::Reachability;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ServerClientError {
+pub(crate) enum ServerClientError {
     #[error("server call failed: {0}")]
     Rpc(#[from] tonic::Status),
     #[error("server sent an invalid JWKS: {0}")]
@@ -32,7 +32,7 @@ pub enum ServerClientError {
 /// workload's behalf to issue `what`. Refusals (a bad request, an entry that
 /// is not this agent's) pass through and show the server is up; anything else
 /// is `Unavailable` and marks the server down.
-pub async fn on_behalf<T>(
+pub(crate) async fn on_behalf<T>(
     reachability: &Reachability,
     timeout: Duration,
     what: &str,
@@ -67,7 +67,7 @@ pub async fn on_behalf<T>(
 /// Cheap to clone; every clone sees a channel swapped in by
 /// [`replace_channel`](Self::replace_channel) (after an SVID renewal).
 #[derive(Debug, Clone)]
-pub struct ServerClient {
+pub(crate) struct ServerClient {
     node: Arc<ArcSwap<NodeClient<Channel>>>,
     /// Woken when the server says this agent's SVID may only renew.
     renewal: Arc<Notify>,
@@ -75,24 +75,24 @@ pub struct ServerClient {
 
 impl ServerClient {
     /// A server on this machine, over its local Node API socket.
-    pub fn local(node_socket: &Path) -> Self {
+    pub(crate) fn local(node_socket: &Path) -> Self {
         Self::over(super::channel::local_channel(node_socket))
     }
 
-    pub fn over(channel: Channel) -> Self {
+    pub(crate) fn over(channel: Channel) -> Self {
         Self {
             node: Arc::new(ArcSwap::from_pointee(NodeClient::new(channel))),
             renewal: Arc::new(Notify::new()),
         }
     }
 
-    pub fn replace_channel(&self, channel: Channel) {
+    pub(crate) fn replace_channel(&self, channel: Channel) {
         self.node.store(Arc::new(NodeClient::new(channel)));
     }
 
     /// Resolves when a call was refused because the SVID it presented may
     /// only renew (see [`lanyard_proto::RENEW_REQUIRED_METADATA`]).
-    pub async fn renewal_requested(&self) {
+    pub(crate) async fn renewal_requested(&self) {
         self.renewal.notified().await;
     }
 
@@ -113,7 +113,7 @@ impl ServerClient {
     }
 
     /// What changed in this agent's entries since `since_revision` (everything when 0).
-    pub async fn sync_entries(
+    pub(crate) async fn sync_entries(
         &self,
         since_revision: u64,
     ) -> Result<SyncEntriesResponse, ServerClientError> {
@@ -126,7 +126,7 @@ impl ServerClient {
     }
 
     /// The trust domain's bundle: JWT keys and X.509 authorities (DER).
-    pub async fn bundle(&self) -> Result<(Jwks, Vec<Vec<u8>>), ServerClientError> {
+    pub(crate) async fn bundle(&self) -> Result<(Jwks, Vec<Vec<u8>>), ServerClientError> {
         let response = self
             .node()
             .get_bundle(GetBundleRequest {})
@@ -140,7 +140,7 @@ impl ServerClient {
     }
 
     /// An X509-SVID for `entry_id` over the key of `csr` (DER).
-    pub async fn mint_x509_svid(
+    pub(crate) async fn mint_x509_svid(
         &self,
         entry_id: &str,
         csr: Vec<u8>,
@@ -156,7 +156,7 @@ impl ServerClient {
             .into_inner())
     }
 
-    pub async fn mint_jwt_svid(
+    pub(crate) async fn mint_jwt_svid(
         &self,
         entry_id: &str,
         audience: &[String],

@@ -99,7 +99,7 @@ pub(crate) struct WorkloadService {
 }
 
 impl WorkloadService {
-    pub fn new(
+    pub(crate) fn new(
         state: Arc<SyncedState>,
         jwt_svids: JwtSvids,
         attestor: Arc<UnixAttestor>,

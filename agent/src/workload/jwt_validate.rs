@@ -144,7 +144,8 @@ impl VerifyingKeys {
 
 /// Validates against `bundle`, the bundle of `trust_domain`, parsing its keys
 /// for this one call.
-pub fn validate(
+#[cfg(test)]
+pub(crate) fn validate(
     token: &str,
     audience: &str,
     trust_domain: &TrustDomain,
@@ -338,7 +339,7 @@ fn parse_key(jwk: &Jwk) -> Option<ParsedPublicKey> {
 }
 
 /// Converts JSON claims to the protobuf `Struct` the Workload API returns.
-pub fn to_struct(claims: Map<String, Value>) -> prost_types::Struct {
+pub(crate) fn to_struct(claims: Map<String, Value>) -> prost_types::Struct {
     prost_types::Struct {
         fields: claims.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
     }

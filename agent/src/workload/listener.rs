@@ -30,9 +30,9 @@ use crate::attestor::writer::{HandedOver, WriterChecked};
 /// Most Workload API connections one uid may hold at once. A workload needs
 /// one per client it runs; a few hundred leaves room for busy hosts sharing
 /// one uid, while no uid alone can take most of the total.
-pub const MAX_CONNECTIONS_PER_UID: usize = 256;
+pub(crate) const MAX_CONNECTIONS_PER_UID: usize = 256;
 /// Most Workload API connections in all (fewer when the descriptor limit is lower).
-pub const MAX_CONNECTIONS: usize = 16_384;
+pub(crate) const MAX_CONNECTIONS: usize = 16_384;
 /// Descriptors a connection holds: its socket and the caller's pidfd.
 const FDS_PER_CONNECTION: u64 = 2;
 /// Descriptors kept for everything else: the server channel, /proc reads, logs.
@@ -40,7 +40,7 @@ const RESERVED_FDS: u64 = 256;
 
 /// The Workload API's caps: the defaults, lowered so that connections fit
 /// in `open_files` (the soft RLIMIT_NOFILE) with room to spare.
-pub fn limits_for_open_files(open_files: u64) -> ConnectionLimits {
+pub(crate) fn limits_for_open_files(open_files: u64) -> ConnectionLimits {
     ConnectionLimits::within(
         MAX_CONNECTIONS_PER_UID,
         MAX_CONNECTIONS,
@@ -50,7 +50,7 @@ pub fn limits_for_open_files(open_files: u64) -> ConnectionLimits {
 }
 
 /// Workload API connections, counted per uid.
-pub type WorkloadLimiter = ConnectionLimiter<u32>;
+pub(crate) type WorkloadLimiter = ConnectionLimiter<u32>;
 
 /// A Unix stream with its peer identified (the connect info of every
 /// request on it) and its place among the open connections, given back when
@@ -92,7 +92,7 @@ fn admit(
 
 /// Accepted connections of `listener` within `limiter`'s caps, each
 /// identified as it is accepted; refused ones are closed and skipped.
-pub fn incoming(
+pub(crate) fn incoming(
     listener: UnixListener,
     limiter: Arc<WorkloadLimiter>,
     record_exe: bool,

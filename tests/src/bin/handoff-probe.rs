@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use lanyard_agent::workload_client::WorkloadClient;
+use lanyard_agent::client::WorkloadClient;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{MsgFlags, recv};
 use nix::unistd::Pid;

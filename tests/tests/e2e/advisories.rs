@@ -34,7 +34,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use lanyard_agent::node_client::{self, AgentCredentials, NodeClientError, ServerEndpoint};
+use lanyard_agent::upstream::{
+    self as node_client, AgentCredentials, NodeClientError, ServerEndpoint,
+};
 use lanyard_host::transport::unix_channel;
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use lanyard_agent::workload_client::WorkloadClient;
+use lanyard_agent::client::WorkloadClient;
 use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World};
 use spiffe::{TrustDomain, WorkloadApiClient};
 use tonic::Code;

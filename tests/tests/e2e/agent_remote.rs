@@ -160,7 +160,7 @@ fn agent_attests_once_and_survives_restarts_until_evicted() -> anyhow::Result<()
         probe_until(&endpoint, "ok")?,
         "ok spiffe://example.org/remote"
     );
-    let key = agent_dir.join(lanyard_agent::node_client::CREDENTIALS_FILE);
+    let key = agent_dir.join(lanyard_agent::upstream::CREDENTIALS_FILE);
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key)?.permissions()) & 0o777,
         0o600
@@ -182,13 +182,13 @@ fn agent_attests_once_and_survives_restarts_until_evicted() -> anyhow::Result<()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let server = lanyard_agent::node_client::ServerEndpoint::new(
+        let server = lanyard_agent::upstream::ServerEndpoint::new(
             &format!("127.0.0.1:{node_port}"),
             &dir.path().join("server/ca/bundle.pem"),
         )?;
-        let stored = lanyard_agent::node_client::AgentCredentials::load(&agent_dir)?
+        let stored = lanyard_agent::upstream::AgentCredentials::load(&agent_dir)?
             .ok_or_else(|| anyhow::anyhow!("no stored agent SVID"))?;
-        let _lost = lanyard_agent::node_client::renew(&server, &stored).await?;
+        let _lost = lanyard_agent::upstream::renew(&server, &stored).await?;
         anyhow::Ok(())
     })?;
     drop(runtime);

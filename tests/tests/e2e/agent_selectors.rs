@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lanyard_agent::attestor::binary::sha256_hex;
-use lanyard_agent::workload_client::WorkloadClient;
+use lanyard_agent::client::WorkloadClient;
 use lanyard_proto::{Selector, SpiffeId};
 use lanyard_server::store::Datastore;
 use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid};
@@ -233,7 +233,7 @@ async fn a_stored_binary_entry_without_a_uid_is_never_issued() -> anyhow::Result
         ("old-hash-only", OLD_HASH_ONLY, vec![&hash]),
         ("path-and-uid", PATH_AND_UID, vec![&path, &uid]),
     ] {
-        let spec = lanyard_server::entries::EntrySpec::new(
+        let spec = lanyard_server::authority::entries::EntrySpec::new(
             id(spiffe_path)?,
             local_agent.clone(),
             selectors

@@ -2,7 +2,7 @@
 //! identity of the caller; a named one must be among them. Repeated requests
 //! for the same audience set, in any order, get the cached token.
 
-use lanyard_agent::workload_client::WorkloadClient;
+use lanyard_agent::client::WorkloadClient;
 use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid};
 use tonic::Code;
 

@@ -4,7 +4,7 @@
 //! again until the new one is used); no client certificate, no service.
 
 use anyhow::Context;
-use lanyard_agent::node_client::{self, AgentCredentials, ServerEndpoint};
+use lanyard_agent::upstream::{self as node_client, AgentCredentials, ServerEndpoint};
 use lanyard_host::transport::unix_channel;
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{CreateEntryRequest, EvictAgentRequest, GenerateJoinTokenRequest};
@@ -103,7 +103,7 @@ async fn mint_x509(
     };
     let minted = client.mint_x509_svid(request).await?.into_inner();
     let leaf = minted.cert_chain.first().cloned().unwrap_or_default();
-    let (id, _) = lanyard_server::ca::peer_identity(&leaf)
+    let (id, _) = lanyard_server::authority::ca::peer_identity(&leaf)
         .ok_or_else(|| tonic::Status::internal("the leaf names no SPIFFE ID"))?;
     assert_eq!(id.as_str(), minted.spiffe_id);
     Ok(minted.spiffe_id)
@@ -242,7 +242,7 @@ async fn attested_agents_scenario(datastore_url: &str) -> anyhow::Result<()> {
             .is_ok()
     );
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(state.join(lanyard_agent::node_client::CREDENTIALS_FILE))?.permissions(),
+        &std::fs::metadata(state.join(lanyard_agent::upstream::CREDENTIALS_FILE))?.permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
 

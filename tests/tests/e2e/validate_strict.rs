@@ -12,7 +12,7 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lanyard_host::clock::now;
-use lanyard_agent::workload_client::{ClientError, WorkloadClient};
+use lanyard_agent::client::{ClientError, WorkloadClient};
 use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, pem_to_der};
 use serde_json::Value;
 use tonic::Code;

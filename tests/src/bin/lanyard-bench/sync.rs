@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use lanyard_agent::node_client::{self, ServerEndpoint};
+use lanyard_agent::upstream::{self as node_client, ServerEndpoint};
 use lanyard_host::transport::unix_channel;
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{Entry, GenerateJoinTokenRequest, UpdateEntryRequest};
