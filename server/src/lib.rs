@@ -11,11 +11,11 @@
 // dependencies per package, not per target.
 use anyhow as _;
 
-pub mod api;
+mod api;
 pub mod authority;
 pub mod config;
 pub mod keys;
-pub mod oidc;
+mod oidc;
 pub mod ops;
 pub mod store;
 

@@ -27,7 +27,7 @@ const MAX_JOIN_TOKEN_TTL: u32 = 86_400;
 
 /// Limits the Admin API applies to what operators register.
 #[derive(Debug, Clone)]
-pub struct AdminPolicy {
+pub(crate) struct AdminPolicy {
     pub allowed_uids: Vec<u32>,
     pub local_agent_id: SpiffeId,
     pub default_ttl: Duration,
@@ -35,13 +35,13 @@ pub struct AdminPolicy {
 }
 
 #[derive(Debug)]
-pub struct AdminService {
+pub(crate) struct AdminService {
     authority: Arc<Authority>,
     policy: AdminPolicy,
 }
 
 impl AdminService {
-    pub fn new(authority: Arc<Authority>, policy: AdminPolicy) -> Self {
+    pub(crate) fn new(authority: Arc<Authority>, policy: AdminPolicy) -> Self {
         Self { authority, policy }
     }
 

@@ -26,11 +26,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection accepted on a local API socket: its place held, and its
 /// requests reaching tonic without `:authority`.
-pub type LocalStream = AuthorityBlind<Permitted<UnixStream, u32>>;
+pub(crate) type LocalStream = AuthorityBlind<Permitted<UnixStream, u32>>;
 
 /// Accepts connections until `shutdown` changes, handling each admitted one
 /// in its own task with its place among `limiter`'s connections.
-pub async fn accept_loop<F, Fut>(
+pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     name: &'static str,
     limiter: Arc<ConnectionLimiter<IpAddr>>,
@@ -64,7 +64,7 @@ pub async fn accept_loop<F, Fut>(
 }
 
 /// Completes the TLS handshake, or logs why it did not and returns None.
-pub async fn handshake(
+pub(crate) async fn handshake(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
@@ -85,7 +85,7 @@ pub async fn handshake(
 
 /// The admitted connections of a local API socket, counted per uid
 /// (SO_PEERCRED); refused ones are closed.
-pub fn unix_incoming(
+pub(crate) fn unix_incoming(
     listener: UnixListener,
     name: &'static str,
     limiter: Arc<ConnectionLimiter<u32>>,
@@ -121,15 +121,15 @@ pub fn unix_incoming(
 const RESERVED_FDS: u64 = 256;
 /// HTTP/2 pings on the gRPC listeners: a peer that stopped answering is
 /// dropped and its place given back.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The caps of every listener of one server, sized together to its
 /// open-files limit: OIDC a quarter, the mTLS Node API half, the two local
 /// sockets an eighth each. A peer (an address; a uid on a Unix socket) never
 /// holds more than a quarter of a listener's places.
 #[derive(Debug, Clone)]
-pub struct Limiters {
+pub(crate) struct Limiters {
     pub oidc: Arc<ConnectionLimiter<IpAddr>>,
     pub node_tls: Arc<ConnectionLimiter<IpAddr>>,
     pub node_socket: Arc<ConnectionLimiter<u32>>,
@@ -139,7 +139,7 @@ pub struct Limiters {
 impl Limiters {
     /// `behind_proxy`: OIDC clients all arrive from the proxy's address, so
     /// OIDC has no per-address cap below its total.
-    pub fn for_open_files(open_files: u64, behind_proxy: bool) -> Self {
+    pub(crate) fn for_open_files(open_files: u64, behind_proxy: bool) -> Self {
         use lanyard_host::transport::limits::ConnectionLimits;
         let budget = open_files.saturating_sub(RESERVED_FDS);
         let mut oidc = ConnectionLimits::within(256, 4096, budget / 4, 1);
@@ -167,7 +167,7 @@ impl Limiters {
 /// Hands rustls the current certificate; swapped in place on reload (the
 /// OIDC endpoint's configured files, the Node API's CA-issued certificate).
 #[derive(Debug)]
-pub struct ReloadingCert {
+pub(crate) struct ReloadingCert {
     current: ArcSwap<CertifiedKey>,
 }
 
@@ -178,13 +178,13 @@ impl ResolvesServerCert for ReloadingCert {
 }
 
 impl ReloadingCert {
-    pub fn new(key: Arc<CertifiedKey>) -> Self {
+    pub(crate) fn new(key: Arc<CertifiedKey>) -> Self {
         Self {
             current: ArcSwap::new(key),
         }
     }
 
-    pub fn replace(&self, key: Arc<CertifiedKey>) {
+    pub(crate) fn replace(&self, key: Arc<CertifiedKey>) {
         self.current.store(key);
     }
 }

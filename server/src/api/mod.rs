@@ -3,11 +3,11 @@
 //! listener plumbing they share with the OIDC endpoint. Handlers ask the
 //! authority; they never reach the datastore themselves.
 
-pub mod admin;
-pub mod listener;
-pub mod node;
-pub mod node_tls;
-pub mod peer;
+pub(crate) mod admin;
+pub(crate) mod listener;
+pub(crate) mod node;
+pub(crate) mod node_tls;
+pub(crate) mod peer;
 
 use tonic::Status;
 

@@ -44,7 +44,7 @@ pub enum NodeTlsError {
 
 /// The agent at the other end, from its verified client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerSvid {
+pub(crate) struct PeerSvid {
     pub spiffe_id: SpiffeId,
     pub serial: String,
     /// The certificate's notAfter, in Unix seconds.
@@ -53,7 +53,7 @@ pub struct PeerSvid {
 
 impl PeerSvid {
     /// The identity in a verified client certificate; None if it holds none.
-    pub fn from_certificate(cert: &[u8]) -> Option<Self> {
+    pub(crate) fn from_certificate(cert: &[u8]) -> Option<Self> {
         let (spiffe_id, serial) = peer_identity(cert)?;
         // Parsed a second time (once per connection) so that the CA's
         // peer_identity keeps its shape.
@@ -68,7 +68,7 @@ impl PeerSvid {
 
 /// Per-connection facts handed to every request on it.
 #[derive(Debug, Clone)]
-pub struct NodeConnectInfo {
+pub(crate) struct NodeConnectInfo {
     /// None when the client presented no certificate (attestation only).
     pub peer: Option<PeerSvid>,
 }
@@ -76,7 +76,7 @@ pub struct NodeConnectInfo {
 /// An accepted Node API connection: the TLS stream, what its client
 /// certificate says, and its place among the connections (given back when it
 /// closes).
-pub type NodeTlsStream = Permitted<Accepted<TlsStream<TcpStream>, NodeConnectInfo>, IpAddr>;
+pub(crate) type NodeTlsStream = Permitted<Accepted<TlsStream<TcpStream>, NodeConnectInfo>, IpAddr>;
 
 fn server_certified_key(
     ca: &CertificateAuthority,
@@ -94,7 +94,7 @@ fn server_certified_key(
 }
 
 /// The TLS acceptor in force; rebuilt when the set of trusted CAs changes.
-pub struct SharedAcceptor(ArcSwap<TlsAcceptor>);
+pub(crate) struct SharedAcceptor(ArcSwap<TlsAcceptor>);
 
 impl std::fmt::Debug for SharedAcceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,7 +135,7 @@ fn build_acceptor(
 }
 
 /// The acceptor, and the resolver whose certificate `maintain` keeps fresh.
-pub fn acceptor(
+pub(crate) fn acceptor(
     ca: &CertificateAuthority,
 ) -> Result<(Arc<SharedAcceptor>, Arc<ReloadingCert>), NodeTlsError> {
     let resolver = Arc::new(ReloadingCert::new(server_certified_key(
@@ -152,7 +152,7 @@ pub fn acceptor(
 /// Rotates the CA when due (then trusts the new set and reissues the server
 /// certificate from the signing CA) and reissues the server certificate at
 /// half its lifetime, until shutdown.
-pub async fn maintain(
+pub(crate) async fn maintain(
     ca: Arc<CertificateAuthority>,
     acceptor: Arc<SharedAcceptor>,
     resolver: Arc<ReloadingCert>,
@@ -197,7 +197,7 @@ pub async fn maintain(
 
 /// Accepts TCP connections, completes TLS handshakes concurrently, and hands
 /// finished connections to the gRPC server through `connections`.
-pub async fn accept(
+pub(crate) async fn accept(
     listener: TcpListener,
     acceptor: Arc<SharedAcceptor>,
     limiter: Arc<ConnectionLimiter<IpAddr>>,

@@ -4,7 +4,11 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
 /// The peer's uid from `SO_PEERCRED`, if it is one of `allowed` or root.
-pub fn require_uid<T>(request: &Request<T>, allowed: &[u32], api: &str) -> Result<u32, Status> {
+pub(crate) fn require_uid<T>(
+    request: &Request<T>,
+    allowed: &[u32],
+    api: &str,
+) -> Result<u32, Status> {
     let uid = request
         .extensions()
         .get::<UdsConnectInfo>()

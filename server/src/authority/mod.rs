@@ -4,11 +4,11 @@
 
 pub mod ca;
 pub mod entries;
-pub mod issuer;
-pub mod registry;
+mod issuer;
+pub(crate) mod registry;
 
 pub use issuer::Issuer;
-pub use registry::{Registry, RegistryError};
+pub(crate) use registry::{Registry, RegistryError};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -5,7 +5,7 @@
 use lanyard_host::clock;
 use lanyard_proto::{SpiffeId, TrustDomain};
 
-pub use crate::store::{AgentRecord, EntryFilter, JoinToken, RedeemError};
+pub(crate) use crate::store::{AgentRecord, EntryFilter, JoinToken, RedeemError};
 use crate::store::{Datastore, EntrySpec, RegistrationEntry, StoreError};
 
 /// Why the registry could not do what was asked.

@@ -253,8 +253,6 @@ fn thumbprint(canonical_jwk: &str) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical_jwk.as_bytes()))
 }
 
-/// `der` as a PEM "PRIVATE KEY" block, 64 columns wide.
-
 fn decode_pem(pem: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(pem).ok()?;
     let body = text

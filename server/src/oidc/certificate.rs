@@ -17,7 +17,7 @@ use crate::authority::Issuer;
 use crate::config::TlsFiles;
 use lanyard_host::private_files::{self, FsError};
 
-pub const SELF_SIGNED_CERT_FILE: &str = "oidc-tls-cert.pem";
+pub(crate) const SELF_SIGNED_CERT_FILE: &str = "oidc-tls-cert.pem";
 const SELF_SIGNED_KEY_FILE: &str = "oidc-tls-key.pem";
 /// How often configured certificate files are checked for changes.
 const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -41,7 +41,7 @@ pub enum TlsError {
 
 /// The certificate and key files in use.
 #[derive(Debug, Clone)]
-pub struct CertFiles {
+pub(crate) struct CertFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     /// Configured by the operator (and so watched), rather than self-signed.
@@ -49,7 +49,7 @@ pub struct CertFiles {
 }
 
 /// Builds the rustls config and returns the resolver to keep fresh.
-pub fn server_config(
+pub(crate) fn server_config(
     files: Option<&TlsFiles>,
     issuer: &Issuer,
     data_dir: &Path,
@@ -113,7 +113,7 @@ fn load_certified_key(
 
 /// Reloads configured certificate files when their modification time changes,
 /// until `shutdown` changes. A broken new pair is logged and the old one kept.
-pub async fn watch_and_reload(
+pub(crate) async fn watch_and_reload(
     resolver: Arc<ReloadingCert>,
     files: CertFiles,
     mut shutdown: watch::Receiver<bool>,

@@ -29,7 +29,7 @@ const CACHE_CONTROL: &str = "public, max-age=300";
 
 /// The two documents, rendered once.
 #[derive(Debug)]
-pub struct OidcDocuments {
+pub(crate) struct OidcDocuments {
     discovery_path: String,
     jwks_path: String,
     discovery: Bytes,
@@ -37,7 +37,7 @@ pub struct OidcDocuments {
 }
 
 impl OidcDocuments {
-    pub fn new(issuer: &Issuer, jwks: &Jwks) -> Result<Self, serde_json::Error> {
+    pub(crate) fn new(issuer: &Issuer, jwks: &Jwks) -> Result<Self, serde_json::Error> {
         let discovery = json!({
             "issuer": issuer.as_str(),
             "jwks_uri": issuer.jwks_url(),
@@ -53,15 +53,15 @@ impl OidcDocuments {
         })
     }
 
-    pub fn discovery(&self) -> &[u8] {
+    pub(crate) fn discovery(&self) -> &[u8] {
         &self.discovery
     }
 
-    pub fn jwks(&self) -> &[u8] {
+    pub(crate) fn jwks(&self) -> &[u8] {
         &self.jwks
     }
 
-    pub fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+    pub(crate) fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         let path = request.uri().path();
         let body = if path == self.discovery_path {
             &self.discovery
@@ -102,18 +102,18 @@ impl OidcDocuments {
 
 /// The documents in force, swapped whole when the published keys change.
 #[derive(Debug)]
-pub struct SharedDocuments(ArcSwap<OidcDocuments>);
+pub(crate) struct SharedDocuments(ArcSwap<OidcDocuments>);
 
 impl SharedDocuments {
-    pub fn new(documents: OidcDocuments) -> Self {
+    pub(crate) fn new(documents: OidcDocuments) -> Self {
         Self(ArcSwap::from_pointee(documents))
     }
 
-    pub fn current(&self) -> Arc<OidcDocuments> {
+    pub(crate) fn current(&self) -> Arc<OidcDocuments> {
         self.0.load_full()
     }
 
-    pub fn replace(&self, documents: OidcDocuments) {
+    pub(crate) fn replace(&self, documents: OidcDocuments) {
         self.0.store(Arc::new(documents));
     }
 }
@@ -145,7 +145,7 @@ const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Serves the documents on `listener` until `shutdown` changes: over TLS
 /// when given an acceptor, else plain HTTP (behind a TLS-terminating proxy).
 /// HTTP/1.1 only: what the clouds' fetchers speak, and less to defend.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     documents: Arc<SharedDocuments>,

@@ -13,7 +13,7 @@ use crate::authority::registry::{AgentRecord, Registry, RegistryError};
 
 /// What the caller wants: only a renewal may present the previous serial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Call {
+pub(super) enum Call {
     Renewal,
     Other,
 }
@@ -58,7 +58,7 @@ impl From<Refusal> for Status {
 
 /// The agent's record, as checked, if `peer` may make `call` at `now` (Unix
 /// seconds). Pass the record to [`Registry::renew_agent`] when renewing.
-pub async fn admit(
+pub(super) async fn admit(
     registry: &Registry,
     peer: &PeerSvid,
     call: Call,

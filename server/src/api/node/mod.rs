@@ -31,7 +31,7 @@ use crate::authority::{Authority, MintError, RegistryError};
 use agent_check::{Call, Refusal};
 
 #[derive(Debug)]
-pub struct NodeService {
+pub(crate) struct NodeService {
     authority: Arc<Authority>,
     ca: Arc<CertificateAuthority>,
     local_agent_id: SpiffeId,
@@ -40,7 +40,7 @@ pub struct NodeService {
 }
 
 impl NodeService {
-    pub fn new(
+    pub(crate) fn new(
         authority: Arc<Authority>,
         ca: Arc<CertificateAuthority>,
         local_agent_id: SpiffeId,

@@ -7,7 +7,7 @@ use super::FederationError;
 /// `value` as one shell word. A word of characters no shell treats specially
 /// stays bare (as Python's `shlex.quote` does) so the usual output reads
 /// plainly; anything else is single-quoted, each `'` as `'\''`.
-pub fn sh_quote(value: &str) -> String {
+pub(super) fn sh_quote(value: &str) -> String {
     let plain = !value.is_empty()
         && value
             .chars()
@@ -41,7 +41,11 @@ fn length_within(value: &str, min: usize, max: usize) -> bool {
 
 /// Text no cloud restricts further (audiences, Vault policies): one line,
 /// because a newline would end the comment or command it is printed in.
-pub fn free_text(flag: &'static str, value: &str, max: usize) -> Result<(), FederationError> {
+pub(super) fn free_text(
+    flag: &'static str,
+    value: &str,
+    max: usize,
+) -> Result<(), FederationError> {
     check(
         flag,
         value,
@@ -50,7 +54,7 @@ pub fn free_text(flag: &'static str, value: &str, max: usize) -> Result<(), Fede
     )
 }
 
-pub fn aws_account(value: &str) -> Result<(), FederationError> {
+pub(super) fn aws_account(value: &str) -> Result<(), FederationError> {
     check(
         "--account",
         value,
@@ -60,7 +64,7 @@ pub fn aws_account(value: &str) -> Result<(), FederationError> {
 }
 
 /// IAM's documented pattern for role names: `[\w+=,.@-]{1,64}`.
-pub fn aws_role(value: &str) -> Result<(), FederationError> {
+pub(super) fn aws_role(value: &str) -> Result<(), FederationError> {
     check(
         "--name",
         value,
@@ -72,7 +76,7 @@ pub fn aws_role(value: &str) -> Result<(), FederationError> {
     )
 }
 
-pub fn gcp_project(value: &str) -> Result<(), FederationError> {
+pub(super) fn gcp_project(value: &str) -> Result<(), FederationError> {
     check(
         "--account",
         value,
@@ -83,7 +87,7 @@ pub fn gcp_project(value: &str) -> Result<(), FederationError> {
 
 /// Google's rule for workload identity pool IDs: 4 to 32 of `[a-z0-9-]`,
 /// the prefix `gcp-` reserved.
-pub fn gcp_pool(value: &str) -> Result<(), FederationError> {
+pub(super) fn gcp_pool(value: &str) -> Result<(), FederationError> {
     check(
         "--name",
         value,
@@ -98,7 +102,7 @@ pub fn gcp_pool(value: &str) -> Result<(), FederationError> {
 
 /// Azure's rule for user-assigned managed identities: 3 to 128 letters,
 /// digits, '-' and '_', starting with a letter or digit.
-pub fn azure_identity(value: &str) -> Result<(), FederationError> {
+pub(super) fn azure_identity(value: &str) -> Result<(), FederationError> {
     check(
         "--name",
         value,
@@ -113,7 +117,7 @@ pub fn azure_identity(value: &str) -> Result<(), FederationError> {
 
 /// Azure's rule for resource groups: 1 to 90 letters, digits and `_-.()`,
 /// not ending with '.'.
-pub fn azure_group(value: &str) -> Result<(), FederationError> {
+pub(super) fn azure_group(value: &str) -> Result<(), FederationError> {
     check(
         "--account",
         value,
@@ -128,7 +132,7 @@ pub fn azure_group(value: &str) -> Result<(), FederationError> {
 
 /// Vault's pattern for role names in a path (`framework.GenericNameRegex`):
 /// word characters, with '-' and '.' allowed inside.
-pub fn vault_role(value: &str) -> Result<(), FederationError> {
+pub(super) fn vault_role(value: &str) -> Result<(), FederationError> {
     let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
     check(
         "--name",
