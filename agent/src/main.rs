@@ -1,3 +1,5 @@
+//! The lanyard-agent binary: `run` starts the daemon until SIGTERM/SIGINT;
+//! the other commands are Workload API clients (see `lanyard_agent::client`).
 #![allow(
     unused_crate_dependencies,
     reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"

@@ -15,6 +15,7 @@
 //! the pinned process.
 
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -27,10 +28,18 @@ pub enum PinError {
     Exited(i32),
     #[error("PID {0} now belongs to another process")]
     Replaced(i32),
-    #[error("cannot read /proc/{pid}/stat: {reason}")]
-    Stat { pid: i32, reason: String },
-    #[error("cannot check the calling process {pid}: {reason}")]
-    Check { pid: i32, reason: String },
+    /// Shared, so that a caller's error can be handed to every call on its connection.
+    #[error("cannot read /proc/{pid}/stat: {source}")]
+    Stat {
+        pid: i32,
+        source: Arc<std::io::Error>,
+    },
+    #[error("cannot read /proc/{0}/stat: unexpected format")]
+    StatFormat(i32),
+    #[error("cannot check the calling process {pid}: {source}")]
+    Check { pid: i32, source: Errno },
+    #[error("cannot check the calling process {pid}: SO_PEERPIDFD: {source}")]
+    PeerPidfd { pid: i32, source: Errno },
 }
 
 /// How a caller is pinned; see the module comment.
@@ -71,10 +80,7 @@ impl ProcessPin {
                 match poll(&mut fds, PollTimeout::ZERO) {
                     Ok(0) => Ok(()),
                     Ok(_) => Err(PinError::Exited(*pid)),
-                    Err(e) => Err(PinError::Check {
-                        pid: *pid,
-                        reason: e.to_string(),
-                    }),
+                    Err(source) => Err(PinError::Check { pid: *pid, source }),
                 }
             }
             Self::StartTime {
@@ -102,10 +108,7 @@ fn peer_pidfd_unsupported(errno: Errno, pid: i32) -> Result<(), PinError> {
         Errno::EINVAL | Errno::ESRCH | Errno::ENODATA => Err(PinError::Exited(pid)),
         // Out of descriptors or memory, or refused by a security module: the
         // peer may be alive, but falling back to its bare PID would be racy.
-        other => Err(PinError::Check {
-            pid,
-            reason: format!("SO_PEERPIDFD: {other}"),
-        }),
+        source => Err(PinError::PeerPidfd { pid, source }),
     }
 }
 
@@ -125,12 +128,9 @@ pub(crate) fn start_ticks(pid: i32) -> Result<u64, PinError> {
     let stat =
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| PinError::Stat {
             pid,
-            reason: e.to_string(),
+            source: Arc::new(e),
         })?;
-    parse_start_ticks(&stat).ok_or_else(|| PinError::Stat {
-        pid,
-        reason: "unexpected format".to_owned(),
-    })
+    parse_start_ticks(&stat).ok_or(PinError::StatFormat(pid))
 }
 
 fn parse_start_ticks(stat: &str) -> Option<u64> {

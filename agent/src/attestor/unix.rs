@@ -16,8 +16,10 @@ use crate::config::UnixAttestorConfig;
 pub enum AttestError {
     #[error(transparent)]
     Pin(#[from] PinError),
-    #[error("cannot read /proc/{pid}/status: {reason}")]
-    Status { pid: i32, reason: String },
+    #[error("cannot read /proc/{pid}/status: {source}")]
+    Status { pid: i32, source: std::io::Error },
+    #[error("cannot read /proc/{0}/status: no parsable Groups: line")]
+    NoGroups(i32),
     #[error(transparent)]
     Binary(#[from] BinaryError),
 }
@@ -172,16 +174,9 @@ fn to_selectors(facts: Vec<(&'static str, String)>) -> Vec<Selector> {
 
 /// The `Groups:` line of `/proc/<pid>/status`.
 fn supplementary_gids(pid: i32) -> Result<Vec<u32>, AttestError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| {
-        AttestError::Status {
-            pid,
-            reason: e.to_string(),
-        }
-    })?;
-    parse_groups(&status).ok_or_else(|| AttestError::Status {
-        pid,
-        reason: "no parsable Groups: line".to_owned(),
-    })
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|source| AttestError::Status { pid, source })?;
+    parse_groups(&status).ok_or(AttestError::NoGroups(pid))
 }
 
 fn parse_groups(status: &str) -> Option<Vec<u32>> {

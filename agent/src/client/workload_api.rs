@@ -18,6 +18,7 @@ use tonic::{Code, Status};
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     #[error(transparent)]
     Endpoint(#[from] SocketError),
@@ -31,8 +32,11 @@ pub enum ClientError {
     Timeout(PathBuf, u64),
     #[error("{0}: the agent closed the stream without sending anything")]
     NoMessage(PathBuf),
-    #[error("{socket}: the agent sent certificates that do not parse: {message}")]
-    BadCertificates { socket: PathBuf, message: String },
+    #[error("{socket}: the agent sent certificates that do not parse: {source}")]
+    BadCertificates {
+        socket: PathBuf,
+        source: x509_parser::nom::Err<x509_parser::error::X509Error>,
+    },
     #[error("{socket}: bundle of {trust_domain} is not JSON: {source}")]
     BadBundle {
         socket: PathBuf,
@@ -237,10 +241,10 @@ impl WorkloadClient {
     fn certificates(&self, mut der: &[u8]) -> Result<Vec<Vec<u8>>, ClientError> {
         let mut certificates = Vec::new();
         while !der.is_empty() {
-            let (rest, _) = x509_parser::parse_x509_certificate(der).map_err(|e| {
+            let (rest, _) = x509_parser::parse_x509_certificate(der).map_err(|source| {
                 ClientError::BadCertificates {
                     socket: self.socket.clone(),
-                    message: e.to_string(),
+                    source,
                 }
             })?;
             let (one, _) = der.split_at(der.len() - rest.len());
