@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use lanyard_server::federation::{self, Target};
+use lanyard_server::ops::federation::{self, Target};
 use lanyard_tests::emulators::Clock;
 use lanyard_tests::emulators::aws_sts::{AwsRole, AwsSts, AwsStsConfig};
 use lanyard_tests::emulators::entra::{Entra, EntraApp, EntraConfig, FederatedCredential};

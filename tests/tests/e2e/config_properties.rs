@@ -316,7 +316,7 @@ mod agent {
 mod server {
     use lanyard_proto::{Selector, SpiffeId, TrustDomain};
     use lanyard_server::config::ServerConfig;
-    use lanyard_server::entries::{MAX_HINT_LEN, MAX_X509_SVID_TTL};
+    use lanyard_server::authority::entries::{MAX_HINT_LEN, MAX_X509_SVID_TTL};
     use proptest::prelude::*;
 
     use super::apply;
