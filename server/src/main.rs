@@ -1,3 +1,4 @@
+//! The `lanyard-server` binary: runs the server or one of its operator verbs.
 #![allow(
     unused_crate_dependencies,
     reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"

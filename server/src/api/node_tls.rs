@@ -33,13 +33,14 @@ const SERVER_CERT_TTL: Duration = Duration::from_secs(48 * 3600);
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeTlsError {
     #[error(transparent)]
     Ca(#[from] CaError),
     #[error("Node API TLS: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("Node API TLS client verifier: {0}")]
-    Verifier(String),
+    Verifier(#[source] rustls::server::VerifierBuilderError),
 }
 
 /// The agent at the other end, from its verified client certificate.
@@ -125,7 +126,7 @@ fn build_acceptor(
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()
-        .map_err(|e| NodeTlsError::Verifier(e.to_string()))?;
+        .map_err(NodeTlsError::Verifier)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)

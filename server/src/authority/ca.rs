@@ -40,6 +40,7 @@ const BACKDATE: Duration = Duration::from_secs(60);
 pub const SERVER_DNS_NAME: &str = "lanyard-server";
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CaError {
     #[error(transparent)]
     File(#[from] FsError),

@@ -12,26 +12,35 @@ pub const MAX_X509_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The longest hint; SPIRE's is shorter still.
 pub const MAX_HINT_LEN: usize = 1024;
 
+/// Why an entry's field is refused; the caller names the field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EntryRuleError {
+    #[error("must be at most {} (30 days)", MAX_X509_SVID_TTL.as_secs())]
+    X509SvidTtlTooLong,
+    #[error("must be at most {MAX_HINT_LEN} bytes")]
+    HintTooLong,
+    #[error("must not contain control characters")]
+    HintNotPrintable,
+}
+
 /// An entry's X509-SVID lifetime from `seconds` as an operator gives it (0:
 /// the default), or why it is refused.
-pub fn x509_svid_ttl(seconds: u32) -> Result<Duration, String> {
+pub(crate) fn x509_svid_ttl(seconds: u32) -> Result<Duration, EntryRuleError> {
     match Duration::from_secs(seconds.into()) {
         ttl if ttl.is_zero() => Ok(DEFAULT_X509_SVID_TTL),
-        ttl if ttl > MAX_X509_SVID_TTL => Err(format!(
-            "must be at most {} (30 days)",
-            MAX_X509_SVID_TTL.as_secs()
-        )),
+        ttl if ttl > MAX_X509_SVID_TTL => Err(EntryRuleError::X509SvidTtlTooLong),
         ttl => Ok(ttl),
     }
 }
 
 /// A hint is shown to workloads and logged: printable text, short.
-pub fn check_hint(hint: &str) -> Result<(), String> {
+pub(crate) fn check_hint(hint: &str) -> Result<(), EntryRuleError> {
     if hint.len() > MAX_HINT_LEN {
-        return Err(format!("must be at most {MAX_HINT_LEN} bytes"));
+        return Err(EntryRuleError::HintTooLong);
     }
     if hint.chars().any(char::is_control) {
-        return Err("must not contain control characters".to_owned());
+        return Err(EntryRuleError::HintNotPrintable);
     }
     Ok(())
 }

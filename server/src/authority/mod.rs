@@ -28,6 +28,7 @@ use crate::store::{Datastore, EntryChange, StoreError};
 const MAX_NESTING: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MintError {
     /// Deliberately the same for "no such entry" and "not yours", so an agent
     /// cannot probe which entries exist elsewhere.

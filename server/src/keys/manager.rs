@@ -17,6 +17,7 @@ use super::{JwtSigningKey, KeyDir, KeyError, KeyType};
 use crate::store::{Datastore, KeyRecordRow, StoreError};
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyManagerError {
     #[error(transparent)]
     Key(#[from] KeyError),

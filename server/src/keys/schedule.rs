@@ -82,6 +82,7 @@ impl Default for RotationPolicy {
 
 /// A rotation policy that cannot keep its promises.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     #[error("key_lifetime ({lifetime}s) must be longer than publish_lead ({lead}s)")]
     LeadNotShorterThanLifetime { lifetime: u64, lead: u64 },

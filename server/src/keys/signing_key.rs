@@ -26,6 +26,7 @@ pub(super) const PEM_LABEL: &str = "PRIVATE KEY";
 
 /// Why a key could not be generated, stored, loaded or used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     #[error(transparent)]
     File(#[from] FsError),

@@ -23,6 +23,7 @@ const SELF_SIGNED_KEY_FILE: &str = "oidc-tls-key.pem";
 const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     #[error(transparent)]
     File(#[from] FsError),

@@ -21,6 +21,7 @@ use crate::ops::oidc_tools;
 use lanyard_proto::Jwks;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AdminCliError {
     #[error("{message} ({code:?})")]
     Rpc { code: tonic::Code, message: String },

@@ -26,6 +26,7 @@ use lanyard_host::encoding::hex;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OidcToolError {
     #[error("{path}: {source}")]
     Write {

@@ -20,6 +20,7 @@ pub struct JoinToken {
 
 /// Why a token was refused; callers audit the reason but tell the agent less.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RedeemError {
     #[error("join token is unknown")]
     Unknown,

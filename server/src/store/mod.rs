@@ -23,6 +23,7 @@ pub use join_tokens::{JoinToken, RedeemError};
 pub use keys::KeyRecordRow;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     #[error("datastore: {0}")]
     Database(#[from] sqlx::Error),

@@ -52,6 +52,7 @@ pub struct Rendered {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FederationError {
     #[error(
         "subject {0:?} is a wildcard: any workload matching it could assume this identity; pass --allow-wildcard if that is intended"
