@@ -36,10 +36,13 @@ pub enum PinError {
     },
     #[error("cannot read /proc/{0}/stat: unexpected format")]
     StatFormat(i32),
-    #[error("cannot check the calling process {pid}: {source}")]
-    Check { pid: i32, source: Errno },
-    #[error("cannot check the calling process {pid}: SO_PEERPIDFD: {source}")]
-    PeerPidfd { pid: i32, source: Errno },
+    /// `call`: what failed, as a prefix of the error ("" for the pidfd poll).
+    #[error("cannot check the calling process {pid}: {call}{source}")]
+    Check {
+        pid: i32,
+        call: &'static str,
+        source: Errno,
+    },
 }
 
 /// How a caller is pinned; see the module comment.
@@ -80,7 +83,11 @@ impl ProcessPin {
                 match poll(&mut fds, PollTimeout::ZERO) {
                     Ok(0) => Ok(()),
                     Ok(_) => Err(PinError::Exited(*pid)),
-                    Err(source) => Err(PinError::Check { pid: *pid, source }),
+                    Err(source) => Err(PinError::Check {
+                        pid: *pid,
+                        call: "",
+                        source,
+                    }),
                 }
             }
             Self::StartTime {
@@ -108,7 +115,11 @@ fn peer_pidfd_unsupported(errno: Errno, pid: i32) -> Result<(), PinError> {
         Errno::EINVAL | Errno::ESRCH | Errno::ENODATA => Err(PinError::Exited(pid)),
         // Out of descriptors or memory, or refused by a security module: the
         // peer may be alive, but falling back to its bare PID would be racy.
-        source => Err(PinError::PeerPidfd { pid, source }),
+        source => Err(PinError::Check {
+            pid,
+            call: "SO_PEERPIDFD: ",
+            source,
+        }),
     }
 }
 

@@ -88,10 +88,11 @@ impl EntrySet {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn entry(id: &str, spiffe_id: &str, selectors: &[&str]) -> AgentEntry {
+    /// An entry for tests, from strings that parse.
+    pub(crate) fn entry(id: &str, spiffe_id: &str, selectors: &[&str]) -> AgentEntry {
         AgentEntry {
             id: id.to_owned(),
             spiffe_id: SpiffeId::parse(spiffe_id).unwrap(),

@@ -279,17 +279,7 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    fn entry(id: &str, spiffe_id: &str, selectors: &[&str]) -> AgentEntry {
-        AgentEntry {
-            id: id.to_owned(),
-            spiffe_id: SpiffeId::parse(spiffe_id).unwrap(),
-            selectors: selectors
-                .iter()
-                .map(|s| Selector::parse(s).unwrap())
-                .collect(),
-            hint: String::new(),
-        }
-    }
+    use crate::sync::entries::tests::entry;
 
     /// A server that accepts the connection and never answers: the sync
     /// ends with a timeout, not never.

@@ -186,13 +186,6 @@ impl WorkloadService {
         };
         Ok((response, shown))
     }
-
-    fn bundles_response(&self, jwks: &Jwks) -> Result<JwtBundlesResponse, Status> {
-        let bytes = serde_json::to_vec(jwks).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(JwtBundlesResponse {
-            bundles: HashMap::from([(self.trust_domain.id_string(), bytes)]),
-        })
-    }
 }
 
 fn peer_of<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
@@ -212,6 +205,46 @@ impl From<IdentifyError> for Status {
             _ => Status::permission_denied(error.to_string()),
         }
     }
+}
+
+/// The JWT bundle message for `jwks`, the bundle of trust domain `key`.
+fn jwt_bundles_response(key: &str, jwks: &Jwks) -> Result<JwtBundlesResponse, Status> {
+    let bytes = serde_json::to_vec(jwks).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(JwtBundlesResponse {
+        bundles: HashMap::from([(key.to_owned(), bytes)]),
+    })
+}
+
+/// A bundle stream: `respond` to the bundle held now (Unavailable before the
+/// first sync fetched one), then to each bundle the syncs bring after it.
+fn bundle_stream<T, R>(
+    mut bundle: watch::Receiver<Option<T>>,
+    respond: impl Fn(&T) -> Result<R, Status> + Clone + Send + Sync + 'static,
+) -> Result<ResponseStream<R>, Status>
+where
+    T: Clone + Send + Sync + 'static,
+    R: Send + 'static,
+{
+    let first = bundle
+        .borrow_and_update()
+        .clone()
+        .ok_or_else(|| Status::unavailable("trust bundle not yet fetched from the server"))?;
+    let first = respond(&first)?;
+    let updates = futures::stream::unfold(bundle, move |mut rx| {
+        let respond = respond.clone();
+        async move {
+            loop {
+                rx.changed().await.ok()?;
+                let latest = rx.borrow_and_update().clone();
+                if let Some(value) = latest {
+                    return Some((respond(&value), rx));
+                }
+            }
+        }
+    });
+    Ok(Box::pin(
+        futures::stream::once(async move { Ok(first) }).chain(updates),
+    ))
 }
 
 /// Every call must carry `workload.spiffe.io: true`, so that a browser or an
@@ -310,31 +343,17 @@ impl SpiffeWorkloadApi for WorkloadService {
         require_header(&request)?;
         self.x509_svids()?;
         self.identities(&request).await?;
-        let mut authorities = self.state.x509_authorities();
-        let first = authorities
-            .borrow_and_update()
-            .clone()
-            .ok_or_else(|| Status::unavailable("trust bundle not yet fetched from the server"))?;
         let key = self.trust_domain.id_string();
-        let response = move |authorities: &X509Authorities| X509BundlesResponse {
-            crl: Vec::new(),
-            bundles: HashMap::from([(key.clone(), authorities.concat())]),
-        };
-        let first = response(&first);
-        let updates = futures::stream::unfold(authorities, move |mut rx| {
-            let response = response.clone();
-            async move {
-                loop {
-                    rx.changed().await.ok()?;
-                    let latest = rx.borrow_and_update().clone();
-                    if let Some(authorities) = latest {
-                        return Some((Ok(response(&authorities)), rx));
-                    }
-                }
-            }
-        });
-        let stream = futures::stream::once(async move { Ok(first) }).chain(updates);
-        Ok(Response::new(Box::pin(stream)))
+        let stream = bundle_stream(
+            self.state.x509_authorities(),
+            move |authorities: &X509Authorities| {
+                Ok(X509BundlesResponse {
+                    crl: Vec::new(),
+                    bundles: HashMap::from([(key.clone(), authorities.concat())]),
+                })
+            },
+        )?;
+        Ok(Response::new(stream))
     }
 
     async fn fetch_jwtsvid(
@@ -384,33 +403,11 @@ impl SpiffeWorkloadApi for WorkloadService {
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         self.identities(&request).await?;
-        let mut bundle = self.state.bundle();
-        let first = bundle
-            .borrow_and_update()
-            .clone()
-            .ok_or_else(|| Status::unavailable("trust bundle not yet fetched from the server"))?;
-        let first = self.bundles_response(&first)?;
-        let trust_domain = self.trust_domain.clone();
-        let updates =
-            futures::stream::unfold(bundle, move |mut rx: watch::Receiver<Option<Arc<Jwks>>>| {
-                let key = trust_domain.id_string();
-                async move {
-                    loop {
-                        rx.changed().await.ok()?;
-                        let latest = rx.borrow_and_update().clone();
-                        if let Some(jwks) = latest {
-                            let item = serde_json::to_vec(jwks.as_ref())
-                                .map(|bytes| JwtBundlesResponse {
-                                    bundles: HashMap::from([(key.clone(), bytes)]),
-                                })
-                                .map_err(|e| Status::internal(e.to_string()));
-                            return Some((item, rx));
-                        }
-                    }
-                }
-            });
-        let stream = futures::stream::once(async move { Ok(first) }).chain(updates);
-        Ok(Response::new(Box::pin(stream)))
+        let key = self.trust_domain.id_string();
+        let stream = bundle_stream(self.state.bundle(), move |jwks: &Arc<Jwks>| {
+            jwt_bundles_response(&key, jwks)
+        })?;
+        Ok(Response::new(stream))
     }
 
     async fn validate_jwtsvid(
