@@ -116,10 +116,7 @@ impl WorkloadClient {
         let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(stream)));
         let channel = tonic::transport::Endpoint::from_static("http://localhost")
             .connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
-                let taken = slot
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .take();
+                let taken = lanyard_host::sync::lock(&slot).take();
                 async move {
                     let stream = taken.ok_or_else(|| {
                         std::io::Error::new(
