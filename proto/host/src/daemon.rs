@@ -2,7 +2,7 @@
 //! one fails or SIGTERM/SIGINT arrives, stop within a grace period, and
 //! report a fatal error on one line.
 
-use std::fmt::Display;
+use std::error::Error;
 use std::future::Future;
 use std::process::ExitCode;
 
@@ -27,14 +27,34 @@ pub fn init_logging_with_default(default: &str) {
 }
 
 /// The process exit code for `result`, printing an error as `<binary>: error: …`.
-pub fn exit_code<E: Display>(binary: &str, result: Result<(), E>) -> ExitCode {
+pub fn exit_code<E>(binary: &str, result: Result<(), E>) -> ExitCode
+where
+    E: AsRef<dyn Error + Send + Sync + 'static>,
+{
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{binary}: error: {e:#}");
+            eprintln!("{binary}: error: {}", error_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `error` and its causes on one line, `outer: inner: …`. Many errors name
+/// their cause in their own message and keep it as their source too; a cause
+/// already said is not said again.
+pub fn error_line(error: &(dyn Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = current.source();
+    }
+    line
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -163,6 +183,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("key file /k: {source}")]
+    struct Outer {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_is_said_once() {
+        let named = Outer {
+            source: std::io::Error::other("denied"),
+        };
+        assert_eq!(error_line(&named), "key file /k: denied");
+        let wrapped = std::io::Error::other(named);
+        assert_eq!(error_line(&wrapped), "key file /k: denied");
+        #[derive(Debug, thiserror::Error)]
+        #[error("config")]
+        struct Quiet(#[source] std::io::Error);
+        assert_eq!(
+            error_line(&Quiet(std::io::Error::other("missing"))),
+            "config: missing"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_task_that_never_ends_is_aborted_after_the_grace_period() {

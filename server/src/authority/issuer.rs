@@ -8,31 +8,51 @@ pub struct Issuer {
     path_start: usize,
 }
 
+/// Why an issuer URL is refused; each variant is one rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssuerError {
+    #[error("must be an https:// URL (http:// only behind a TLS-terminating proxy)")]
+    Scheme,
+    #[error("must not have a query or fragment")]
+    QueryOrFragment,
+    #[error("{0:?} is not allowed in a URL (percent-encode it)")]
+    Character(char),
+    #[error("must not end with '/' (clouds compare `iss` byte for byte)")]
+    TrailingSlash,
+    #[error("must name a host and no userinfo")]
+    Host,
+    #[error("must not have an empty path segment (\"//\")")]
+    EmptySegment,
+    #[error("must not have a {0:?} path segment (the path must name one place)")]
+    DotSegment(String),
+}
+
 /// What RFC 3986 allows in a URL besides letters and digits; anything else
 /// (spaces, quotes, control characters, non-ASCII) is no URL a cloud accepts.
 const URL_PUNCTUATION: &str = "-._~:/?#[]@!$&'()*+,;=%";
 
 impl Issuer {
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, IssuerError> {
         let rest = url
             .strip_prefix("https://")
             .or_else(|| url.strip_prefix("http://"))
-            .ok_or("must be an https:// URL (http:// only behind a TLS-terminating proxy)")?;
+            .ok_or(IssuerError::Scheme)?;
         if url.contains(['?', '#']) {
-            return Err("must not have a query or fragment".into());
+            return Err(IssuerError::QueryOrFragment);
         }
         if let Some(c) = url
             .chars()
             .find(|&c| !(c.is_ascii_alphanumeric() || URL_PUNCTUATION.contains(c)))
         {
-            return Err(format!("{c:?} is not allowed in a URL (percent-encode it)"));
+            return Err(IssuerError::Character(c));
         }
         if url.ends_with('/') {
-            return Err("must not end with '/' (clouds compare `iss` byte for byte)".into());
+            return Err(IssuerError::TrailingSlash);
         }
         let authority_len = rest.find('/').unwrap_or(rest.len());
         if authority_len == 0 || rest[..authority_len].contains('@') {
-            return Err("must name a host and no userinfo".into());
+            return Err(IssuerError::Host);
         }
         check_path(&rest[authority_len..])?;
         Ok(Self {
@@ -100,19 +120,17 @@ impl Issuer {
 /// `oidc publish` writes the documents under `--out` at this path, and web
 /// servers collapse `.`, `..` and `//` before looking files up: such a path
 /// would escape `--out` or serve from somewhere other than the issuer says.
-fn check_path(path: &str) -> Result<(), String> {
+fn check_path(path: &str) -> Result<(), IssuerError> {
     let Some(segments) = path.strip_prefix('/') else {
         return Ok(());
     };
     for segment in segments.split('/') {
         let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
         if segment.is_empty() {
-            return Err("must not have an empty path segment (\"//\")".into());
+            return Err(IssuerError::EmptySegment);
         }
         if decoded == "." || decoded == ".." {
-            return Err(format!(
-                "must not have a {segment:?} path segment (the path must name one place)"
-            ));
+            return Err(IssuerError::DotSegment(segment.to_owned()));
         }
     }
     Ok(())
@@ -123,7 +141,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parts_of_a_good_issuer() -> Result<(), String> {
+    fn parts_of_a_good_issuer() -> Result<(), IssuerError> {
         let issuer = Issuer::parse("https://oidc.example.org:8443/tenant-a/v1")?;
         assert_eq!(issuer.host(), "oidc.example.org");
         assert_eq!(issuer.path(), "/tenant-a/v1");
@@ -148,7 +166,7 @@ mod tests {
             "https://a.example//x",
             "https://a.example/x//y",
         ] {
-            let error = Issuer::parse(url).err();
+            let error = Issuer::parse(url).err().map(|e| e.to_string());
             assert!(
                 error.as_deref().is_some_and(|e| e.contains("path segment")),
                 "{url}: {error:?}"
@@ -167,7 +185,7 @@ mod tests {
             ("https://oidc.example.org/\"x", "not allowed"),
             ("https://user@oidc.example.org", "userinfo"),
         ] {
-            let error = Issuer::parse(url).err();
+            let error = Issuer::parse(url).err().map(|e| e.to_string());
             assert!(
                 error.as_deref().is_some_and(|e| e.contains(expected)),
                 "{url}: {error:?}"

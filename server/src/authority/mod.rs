@@ -7,7 +7,7 @@ pub mod entries;
 mod issuer;
 pub(crate) mod registry;
 
-pub use issuer::Issuer;
+pub use issuer::{Issuer, IssuerError};
 pub(crate) use registry::{Registry, RegistryError};
 
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::signing_key::{LEGACY_KEY_FILE, PEM_LABEL};
-use super::{JwtSigningKey, KeyError, KeyType};
+use super::{JwtSigningKey, KeyError, KeyParseError, KeyType};
 use lanyard_host::private_files::{self, FsError};
 
 const KEY_FILE_SUFFIX: &str = ".pem";
@@ -59,14 +59,17 @@ impl KeyDir {
             kid: kid.to_owned(),
             dir: self.dir.clone(),
         })?;
-        let key = JwtSigningKey::from_pem(&pem).map_err(|message| KeyError::Invalid {
+        let key = JwtSigningKey::from_pem(&pem).map_err(|source| KeyError::Invalid {
             path: path.clone(),
-            message,
+            source,
         })?;
         if key.kid() != kid {
             return Err(KeyError::Invalid {
                 path,
-                message: format!("holds the key {}, not {kid}", key.kid()),
+                source: KeyParseError::OtherKid {
+                    found: key.kid().to_owned(),
+                    expected: kid.to_owned(),
+                },
             });
         }
         Ok(key)
@@ -100,9 +103,9 @@ impl KeyDir {
         let Some(pem) = private_files::read_private_file(&legacy)? else {
             return Ok(None);
         };
-        let key = JwtSigningKey::from_pem(&pem).map_err(|message| KeyError::Invalid {
+        let key = JwtSigningKey::from_pem(&pem).map_err(|source| KeyError::Invalid {
             path: legacy.clone(),
-            message,
+            source,
         })?;
         private_files::write_private_file(&self.key_path(key.kid())?, &pem)?;
         fs::remove_file(&legacy).map_err(|source| FsError::Io {

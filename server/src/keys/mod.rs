@@ -11,4 +11,4 @@ pub use key_dir::KeyDir;
 pub use key_type::{KeyType, UnknownKeyType};
 pub use manager::{KeyManager, KeyManagerError, KeySet};
 pub use schedule::{KeyRecord, NewKey, PolicyError, RotationPolicy};
-pub use signing_key::{JwtSigningKey, KeyError};
+pub use signing_key::{JwtSigningKey, KeyError, KeyParseError};

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 
 use aws_lc_rs::digest;
 use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::error::KeyRejected;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
 };
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lanyard_proto::jwks::KEY_USE_SIGNATURE;
 use lanyard_proto::{Jwk, JwtHeader, JwtSvidClaims};
 
@@ -30,8 +31,12 @@ pub(super) const PEM_LABEL: &str = "PRIVATE KEY";
 pub enum KeyError {
     #[error(transparent)]
     File(#[from] FsError),
-    #[error("key file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("key file {path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: KeyParseError,
+    },
     #[error("no key file for kid {kid:?} in {dir}")]
     NotFound { kid: String, dir: PathBuf },
     #[error("{0:?} is not a key id (expected 1 to 128 base64url characters)")]
@@ -42,6 +47,24 @@ pub enum KeyError {
     Sign,
     #[error("encoding JWT claims: {0}")]
     Encode(#[from] serde_json::Error),
+}
+
+/// Why bytes are not a JWT signing key Lanyard can use.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyParseError {
+    #[error("not a PEM \"{PEM_LABEL}\" block")]
+    NotPem,
+    #[error("not a PKCS#8 P-256 key ({ec}) nor a PKCS#8 RSA key ({rsa})")]
+    Unrecognised { ec: KeyRejected, rsa: KeyRejected },
+    #[error("RSA key has {0} bits, not 2048")]
+    RsaSize(usize),
+    #[error("public key is not an uncompressed P-256 point")]
+    NotUncompressedPoint,
+    #[error("JWT header: {0}")]
+    Header(#[source] serde_json::Error),
+    #[error("holds the key {found}, not {expected}")]
+    OtherKid { found: String, expected: String },
 }
 
 enum Signer {
@@ -79,7 +102,7 @@ impl JwtSigningKey {
         private_files::ensure_private_dir(keys_dir)?;
         let path = keys_dir.join(LEGACY_KEY_FILE);
         if let Some(pem) = private_files::read_private_file(&path)? {
-            return Self::from_pem(&pem).map_err(|message| KeyError::Invalid { path, message });
+            return Self::from_pem(&pem).map_err(|source| KeyError::Invalid { path, source });
         }
         let (key, pkcs8) = Self::generate(KeyType::EcP256)?;
         private_files::write_private_file(&path, pem::encode(PEM_LABEL, &pkcs8).as_bytes())?;
@@ -109,13 +132,16 @@ impl JwtSigningKey {
     }
 
     /// Parses a PEM "PRIVATE KEY" (PKCS#8) block holding a P-256 or RSA key.
-    pub(super) fn from_pem(pem: &[u8]) -> Result<Self, String> {
-        let der = decode_pem(pem).ok_or_else(|| format!("not a PEM \"{PEM_LABEL}\" block"))?;
-        Self::from_pkcs8(&der)
+    pub(super) fn from_pem(pem: &[u8]) -> Result<Self, KeyParseError> {
+        let der = rustls_pemfile::pkcs8_private_keys(&mut &pem[..])
+            .next()
+            .and_then(Result::ok)
+            .ok_or(KeyParseError::NotPem)?;
+        Self::from_pkcs8(der.secret_pkcs8_der())
     }
 
     /// Parses PKCS#8 DER holding a P-256 key or an RSA key of 2048 bits.
-    pub(super) fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
+    pub(super) fn from_pkcs8(der: &[u8]) -> Result<Self, KeyParseError> {
         let (signer, key_type, jwk) =
             match EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der) {
                 Ok(key_pair) => {
@@ -123,14 +149,11 @@ impl JwtSigningKey {
                     (Signer::Ec(key_pair), KeyType::EcP256, jwk)
                 }
                 Err(ec_err) => {
-                    let key_pair = RsaKeyPair::from_pkcs8(der).map_err(|rsa_err| {
-                        format!(
-                            "not a PKCS#8 P-256 key ({ec_err}) nor a PKCS#8 RSA key ({rsa_err})"
-                        )
-                    })?;
+                    let key_pair = RsaKeyPair::from_pkcs8(der)
+                        .map_err(|rsa| KeyParseError::Unrecognised { ec: ec_err, rsa })?;
                     let bits = key_pair.public_modulus_len() * 8;
                     if bits != 2048 {
-                        return Err(format!("RSA key has {bits} bits, not 2048"));
+                        return Err(KeyParseError::RsaSize(bits));
                     }
                     let public = key_pair.public_key();
                     let jwk = rsa_public_jwk(
@@ -145,7 +168,7 @@ impl JwtSigningKey {
             kid: jwk.kid.clone(),
             typ: "JWT".to_owned(),
         };
-        let header_json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+        let header_json = serde_json::to_vec(&header).map_err(KeyParseError::Header)?;
         Ok(Self {
             signer,
             key_type,
@@ -210,10 +233,10 @@ impl JwtSigningKey {
 }
 
 /// The JWK of an uncompressed P-256 point, with the RFC 7638 thumbprint as `kid`.
-fn ec_public_jwk(point: &[u8]) -> Result<Jwk, String> {
+fn ec_public_jwk(point: &[u8]) -> Result<Jwk, KeyParseError> {
     let coordinates = match point {
         [0x04, rest @ ..] if rest.len() == 64 => rest,
-        _ => return Err("public key is not an uncompressed P-256 point".into()),
+        _ => return Err(KeyParseError::NotUncompressedPoint),
     };
     let (x, y) = coordinates.split_at(32);
     let (x, y) = (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y));
@@ -252,16 +275,6 @@ fn rsa_public_jwk(n: &[u8], e: &[u8]) -> Jwk {
 
 fn thumbprint(canonical_jwk: &str) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical_jwk.as_bytes()))
-}
-
-fn decode_pem(pem: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(pem).ok()?;
-    let body = text
-        .trim()
-        .strip_prefix(&format!("-----BEGIN {PEM_LABEL}-----"))?
-        .strip_suffix(&format!("-----END {PEM_LABEL}-----"))?;
-    let joined: String = body.split_whitespace().collect();
-    STANDARD.decode(joined).ok()
 }
 
 #[cfg(test)]
@@ -429,6 +442,7 @@ mod tests {
         assert!(
             JwtSigningKey::from_pem(not_a_key.as_bytes())
                 .err()
+                .map(|e| e.to_string())
                 .is_some_and(|e| e.contains("P-256") && e.contains("RSA"))
         );
         Ok(())

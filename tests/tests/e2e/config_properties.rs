@@ -315,8 +315,8 @@ mod agent {
 
 mod server {
     use lanyard_proto::{Selector, SpiffeId, TrustDomain};
-    use lanyard_server::config::ServerConfig;
     use lanyard_server::authority::entries::{MAX_HINT_LEN, MAX_X509_SVID_TTL};
+    use lanyard_server::config::ServerConfig;
     use proptest::prelude::*;
 
     use super::apply;
