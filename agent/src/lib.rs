@@ -10,6 +10,7 @@
 pub mod attestor;
 pub mod client;
 pub mod config;
+mod lru;
 mod svids;
 mod sync;
 pub mod upstream;
@@ -26,9 +27,9 @@ use crate::attestor::unix::UnixAttestor;
 use crate::config::{AgentConfig, ServerConnection};
 use crate::svids::jwt::JwtSvids;
 use crate::svids::x509::X509SvidCache;
-use crate::sync::reachability::Reachability;
 use crate::sync::state::SyncedState;
 use crate::upstream::client::ServerClient;
+use crate::upstream::reachability::Reachability;
 use crate::upstream::{IdentityError, NodeClientError, ServerEndpoint};
 use crate::workload::api::WorkloadService;
 use crate::workload::listener;

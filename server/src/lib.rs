@@ -440,7 +440,7 @@ fn server_identity(config: &ServerConfig) -> Result<String, ServerError> {
             return Ok(id);
         }
     }
-    let id = random::hex_id::<8>()?;
+    let id = random::identifier::<8>()?;
     private_files::write_private_file(&path, id.as_bytes())?;
     Ok(id)
 }

@@ -20,7 +20,7 @@ use aws_lc_rs::digest;
 use lanyard_host::encoding::hex;
 use lanyard_host::sync::lock;
 
-use crate::svids::lru::Lru;
+use crate::lru::Lru;
 
 /// Hashes of this many distinct binaries are remembered.
 const HASH_CACHE_CAPACITY: usize = 512;

@@ -1,8 +1,8 @@
-//! Workload attestation: what the kernel says about a caller, as selectors,
-//! and (in [`identify`]) the identities those selectors give it.
+//! Workload attestation: what the kernel says about a caller (its peer
+//! credentials, pinned process, executable), as selectors. Which identities
+//! those selectors give it is `workload::identify`'s matter.
 
 pub mod binary;
-pub(crate) mod identify;
 pub(crate) mod peer;
 pub(crate) mod pin;
 pub(crate) mod unix;

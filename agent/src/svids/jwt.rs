@@ -15,10 +15,10 @@ use lanyard_host::sync::lock;
 use lanyard_proto::SpiffeId;
 use tonic::{Code, Status};
 
-use super::lru::Lru;
+use crate::lru::Lru;
 use crate::sync::entries::AgentEntry;
-use crate::sync::reachability::Reachability;
 use crate::upstream::client::{ServerClient, on_behalf};
+use crate::upstream::reachability::Reachability;
 
 /// The cache front: what the Workload API asks for JWT-SVIDs.
 #[derive(Debug, Clone)]

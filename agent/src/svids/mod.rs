@@ -1,7 +1,6 @@
 //! The SVID caches in front of the server: JWT-SVIDs by identity and
 //! audience, X509-SVIDs by entry (keys made on the node), and the small LRU
-//! map they and the binary-hash cache are bounded by.
+//! the bounded LRU map (`crate::lru`).
 
 pub(crate) mod jwt;
-pub(crate) mod lru;
 pub(crate) mod x509;

@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use crate::sync::entries::AgentEntry;
-use crate::sync::reachability::Reachability;
 use crate::sync::state::SyncedState;
 use crate::upstream::client::{ServerClient, on_behalf};
+use crate::upstream::reachability::Reachability;
 
 /// An SVID is renewed once this fraction of its life has passed: before
 /// half-life, with room for a slow or failed first attempt.

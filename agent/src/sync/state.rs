@@ -13,8 +13,8 @@ use lanyard_proto::{Jwks, Selector, SpiffeId};
 use tokio::sync::watch;
 
 use super::entries::{AgentEntry, EntrySet};
-use super::reachability::Reachability;
 use crate::upstream::client::{ServerClient, ServerClientError};
+use crate::upstream::reachability::Reachability;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

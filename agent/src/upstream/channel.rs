@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::NodeClientError;
-use super::identity::AgentCredentials;
+use super::identity::{AgentCredentials, tls_config};
 use crate::config::is_host_port;
 
 /// The name the server's Node API certificate carries; only the trust
@@ -51,30 +50,6 @@ impl ServerEndpoint {
             trust_bundle,
         })
     }
-}
-
-/// TLS towards the server, trusting `roots` and presenting `identity` when given.
-pub(super) fn tls_config(
-    roots: &[CertificateDer<'static>],
-    identity: Option<&AgentCredentials>,
-) -> Result<ClientConfig, rustls::Error> {
-    let mut store = RootCertStore::empty();
-    for root in roots {
-        store.add(root.clone())?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(store);
-    let mut config = match identity {
-        Some(creds) => builder.with_client_auth_cert(
-            vec![creds.svid.clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(creds.key_pkcs8.clone())),
-        )?,
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
 }
 
 /// Longest wait for a connection to the server (TCP and TLS handshake).

@@ -17,7 +17,7 @@ use lanyard_proto::node::{
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 
-use crate::sync::reachability::Reachability;
+use super::reachability::Reachability;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -3,16 +3,17 @@
 //! so a restart needs no new join token.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use lanyard_host::pem::encode as pem;
 use lanyard_host::private_files;
 use lanyard_proto::SpiffeId;
 use lanyard_proto::node::AgentSvidResponse;
 use rcgen::KeyPair;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ClientConfig, RootCertStore};
 
 use super::NodeClientError;
-use super::channel::tls_config;
 
 /// Key, SVID and trust bundle, in one file so that they change together.
 pub const CREDENTIALS_FILE: &str = "agent-credentials.pem";
@@ -154,6 +155,30 @@ impl AgentCredentials {
         })?;
         Ok(Some(creds))
     }
+}
+
+/// TLS towards the server, trusting `roots` and presenting `identity` when given.
+pub(super) fn tls_config(
+    roots: &[CertificateDer<'static>],
+    identity: Option<&AgentCredentials>,
+) -> Result<ClientConfig, rustls::Error> {
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone())?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(store);
+    let mut config = match identity {
+        Some(creds) => builder.with_client_auth_cert(
+            vec![creds.svid.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(creds.key_pkcs8.clone())),
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }
 
 /// The three files of earlier versions (key, SVID with its notes, bundle),

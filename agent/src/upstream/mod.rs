@@ -6,6 +6,7 @@ mod attestation;
 mod channel;
 pub(crate) mod client;
 mod identity;
+pub(crate) mod reachability;
 mod renewal;
 
 use std::path::PathBuf;

@@ -20,8 +20,8 @@ use lanyard_proto::{Jwks, SpiffeId, TrustDomain, WORKLOAD_API_HEADER};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use super::identify::{self, Identified, IdentifyError};
 use super::jwt_validate::{self, VerifyingKeys};
-use crate::attestor::identify::{self, Identified, IdentifyError};
 use crate::attestor::peer::PeerInfo;
 use crate::attestor::unix::UnixAttestor;
 use crate::svids::jwt::JwtSvids;

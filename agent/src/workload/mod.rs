@@ -3,5 +3,6 @@
 //! validation of JWT-SVIDs for ValidateJWTSVID.
 
 pub(crate) mod api;
+pub(crate) mod identify;
 pub mod jwt_validate;
 pub(crate) mod listener;

@@ -22,7 +22,7 @@ pub fn bytes<const N: usize>() -> Result<[u8; N], NoRandomness> {
 }
 
 /// An identifier of `N` random bytes in lower-case hex (`2 × N` characters).
-pub fn hex_id<const N: usize>() -> Result<String, NoRandomness> {
+pub fn identifier<const N: usize>() -> Result<String, NoRandomness> {
     bytes::<N>().map(|b| hex(&b))
 }
 
@@ -42,7 +42,7 @@ mod tests {
 
     #[test]
     fn ids_are_hex_of_the_asked_length_and_differ() -> Result<(), NoRandomness> {
-        let (a, b) = (hex_id::<16>()?, hex_id::<16>()?);
+        let (a, b) = (identifier::<16>()?, identifier::<16>()?);
         assert_eq!(a.len(), 32);
         assert!(
             a.bytes()

@@ -175,7 +175,7 @@ fn to_admin(entry: RegistrationEntry) -> Entry {
 }
 
 fn new_entry_id() -> Result<String, Status> {
-    random::hex_id::<16>().map_err(|_| Status::internal("no randomness available"))
+    random::identifier::<16>().map_err(|_| Status::internal("no randomness available"))
 }
 
 fn optional_id(field: &str, raw: &str) -> Result<Option<SpiffeId>, Status> {

@@ -44,7 +44,7 @@ impl Datastore {
         ttl_seconds: i64,
         now: i64,
     ) -> Result<JoinToken, StoreError> {
-        let token = random::hex_id::<20>()
+        let token = random::identifier::<20>()
             .map_err(|_| StoreError::Conflict("no randomness available".into()))?;
         let hash = token_hash(&token);
         let spiffe_id = match spiffe_id {

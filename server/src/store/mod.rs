@@ -153,7 +153,7 @@ pub(crate) mod test_support {
             .unwrap();
         let name = format!(
             "lanyard_test_{}",
-            lanyard_host::random::hex_id::<8>().unwrap()
+            lanyard_host::random::identifier::<8>().unwrap()
         );
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)

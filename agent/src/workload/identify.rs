@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use lanyard_proto::Selector;
 
-use super::peer::{PeerError, PeerInfo};
-use super::unix::{AttestError, UnixAttestor};
+use crate::attestor::peer::{PeerError, PeerInfo};
+use crate::attestor::unix::{AttestError, UnixAttestor};
 use crate::sync::entries::{AgentEntry, EntrySet};
 
 /// Why a caller gets no identity.
