@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::{Stream, StreamExt};
 use lanyard_host::sync::lock;
-use lanyard_proto::audience::{self, AudienceError};
+use lanyard_proto::audience::{Audience, AudienceError};
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use lanyard_proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
@@ -362,7 +362,7 @@ impl SpiffeWorkloadApi for WorkloadService {
     ) -> Result<Response<JwtsvidResponse>, Status> {
         require_header(&request)?;
         // The server's own audience rules, before anything is looked up or minted.
-        audience::check(&request.get_ref().audience).map_err(|e| match e {
+        let audience = Audience::new(request.get_ref().audience.clone()).map_err(|e| match e {
             AudienceError::Empty => Status::invalid_argument("audience must be specified"),
             other => Status::invalid_argument(other.to_string()),
         })?;
@@ -379,11 +379,10 @@ impl SpiffeWorkloadApi for WorkloadService {
                 )));
             }
         }
-        let audience = &body.audience;
         let minted = futures::future::try_join_all(
             identities
                 .iter()
-                .map(|entry| self.jwt_svids.fetch(entry, audience)),
+                .map(|entry| self.jwt_svids.fetch(entry, audience.values())),
         )
         .await?;
         let svids = minted

@@ -17,7 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lanyard_host::clock::unix_seconds;
 use lanyard_host::random;
-use lanyard_proto::audience::{self, AudienceError};
+use lanyard_proto::audience::{Audience, AudienceError};
 use lanyard_proto::{Jwks, JwtSvidClaims, SpiffeId, TrustDomain};
 
 use crate::keys::{KeyError, KeyManager, KeyManagerError};
@@ -202,7 +202,7 @@ impl Authority {
         audience: &[String],
         now: SystemTime,
     ) -> Result<MintedJwtSvid, MintError> {
-        validate_audience(audience)?;
+        let audience = checked_audience(audience)?;
         let entry = self.entry_of_agent(agent, entry_id).await?;
         let issued_at = unix_seconds(now);
         let ttl = entry.jwt_svid_ttl.min(self.max_ttl);
@@ -211,7 +211,7 @@ impl Authority {
         let claims = JwtSvidClaims {
             iss: self.issuer.as_str().to_owned(),
             sub: entry.spiffe_id.to_string(),
-            aud: audience.to_vec(),
+            aud: audience.into_values(),
             exp: expires_at,
             iat: issued_at,
             jti: Some(jti.clone()),
@@ -222,7 +222,7 @@ impl Authority {
             target: "lanyard::audit",
             agent = %agent,
             spiffe_id = %entry.spiffe_id,
-            audience = ?audience,
+            audience = ?claims.aud,
             kid = signer.kid(),
             jti,
             exp = expires_at,
@@ -279,9 +279,9 @@ impl Authority {
     }
 }
 
-/// The audience rules the agent applies too (`lanyard_proto::audience`).
-fn validate_audience(audience: &[String]) -> Result<(), MintError> {
-    audience::check(audience).map_err(|e| match e {
+/// The audience by the rules the agent applies too (`lanyard_proto::audience`).
+fn checked_audience(audience: &[String]) -> Result<Audience, MintError> {
+    Audience::new(audience.to_vec()).map_err(|e| match e {
         AudienceError::Empty => MintError::EmptyAudience,
         other => MintError::BadAudience(other),
     })

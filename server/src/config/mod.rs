@@ -27,6 +27,7 @@ pub struct TlsFiles {
 }
 
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct OidcConfig {
     pub listen: SocketAddr,
     /// Certificate and key to serve; a self-signed pair in the data dir when absent.
@@ -36,6 +37,7 @@ pub struct OidcConfig {
 }
 
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NodeApiConfig {
     /// Local Unix socket of the Node API; only this server's uid and root may connect.
     pub socket: PathBuf,
@@ -48,6 +50,7 @@ pub struct NodeApiConfig {
 }
 
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AdminConfig {
     /// Local Unix socket of the Admin API.
     pub socket: PathBuf,
@@ -56,6 +59,7 @@ pub struct AdminConfig {
 }
 
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct JwtConfig {
     pub default_ttl: Duration,
     pub max_ttl: Duration,
@@ -65,6 +69,7 @@ pub struct JwtConfig {
 }
 
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Names this server among those sharing a datastore; empty means "read
     /// or create `<data_dir>/server-id`".
