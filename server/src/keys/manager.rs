@@ -45,16 +45,15 @@ pub struct KeyManager {
 }
 
 fn to_record(row: &KeyRecordRow) -> Result<KeyRecord, StoreError> {
-    let corrupt = |message: String| StoreError::Corrupt {
+    let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Corrupt {
         what: "signing key record",
         id: row.kid.clone(),
-        message,
+        source,
     };
     Ok(KeyRecord {
         kid: row.kid.clone(),
-        key_type: KeyType::from_str(&row.key_type).map_err(|e| corrupt(e.to_string()))?,
-        public_jwk: serde_json::from_str::<Jwk>(&row.public_jwk)
-            .map_err(|e| corrupt(e.to_string()))?,
+        key_type: KeyType::from_str(&row.key_type).map_err(|e| corrupt(e.into()))?,
+        public_jwk: serde_json::from_str::<Jwk>(&row.public_jwk).map_err(|e| corrupt(e.into()))?,
         created_at: row.created_at,
         activate_at: row.activate_at,
         retire_at: row.retire_at,

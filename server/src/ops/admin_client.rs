@@ -29,8 +29,10 @@ pub enum AdminCliError {
     NotAVerb(&'static str),
     #[error("server sent a bundle that is not UTF-8 JSON")]
     BadBundle,
+    #[error("publishing: the server's issuer {0}")]
+    Issuer(#[source] crate::authority::IssuerError),
     #[error("publishing: {0}")]
-    Publish(String),
+    Publish(#[source] super::oidc_tools::OidcToolError),
 }
 
 impl From<tonic::Status> for AdminCliError {
@@ -56,12 +58,11 @@ pub async fn run(command: Command) -> Result<String, AdminCliError> {
                 .get_bundle(GetBundleRequest {})
                 .await?
                 .into_inner();
-            let issuer = Issuer::parse(&bundle.issuer)
-                .map_err(|e| AdminCliError::Publish(format!("issuer: {e}")))?;
+            let issuer = Issuer::parse(&bundle.issuer).map_err(AdminCliError::Issuer)?;
             let jwks: Jwks =
                 serde_json::from_slice(&bundle.jwks).map_err(|_| AdminCliError::BadBundle)?;
-            let written = oidc_tools::publish(&issuer, &jwks, &out)
-                .map_err(|e| AdminCliError::Publish(e.to_string()))?;
+            let written =
+                oidc_tools::publish(&issuer, &jwks, &out).map_err(AdminCliError::Publish)?;
             Ok(written
                 .iter()
                 .map(|p| format!("wrote {}", p.display()))

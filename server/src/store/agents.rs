@@ -25,7 +25,7 @@ fn decode(row: &AnyRow) -> Result<AgentRecord, StoreError> {
     let spiffe_id = SpiffeId::parse(&raw).map_err(|e| StoreError::Corrupt {
         what: "agent",
         id: raw.clone(),
-        message: e.to_string(),
+        source: e.into(),
     })?;
     Ok(AgentRecord {
         spiffe_id,

@@ -42,22 +42,22 @@ struct Row_ {
 
 fn decode(row: &AnyRow) -> Result<Row_, StoreError> {
     let id: String = row.try_get("id")?;
-    let corrupt = |message: String| StoreError::Corrupt {
+    let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Corrupt {
         what: "entry",
         id: id.clone(),
-        message,
+        source,
     };
-    let spiffe_id = SpiffeId::parse(&row.try_get::<String, _>("spiffe_id")?)
-        .map_err(|e| corrupt(e.to_string()))?;
-    let parent_id = SpiffeId::parse(&row.try_get::<String, _>("parent_id")?)
-        .map_err(|e| corrupt(e.to_string()))?;
+    let spiffe_id =
+        SpiffeId::parse(&row.try_get::<String, _>("spiffe_id")?).map_err(|e| corrupt(e.into()))?;
+    let parent_id =
+        SpiffeId::parse(&row.try_get::<String, _>("parent_id")?).map_err(|e| corrupt(e.into()))?;
     let raw_selectors: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("selectors")?)
-        .map_err(|e| corrupt(e.to_string()))?;
+        .map_err(|e| corrupt(e.into()))?;
     let selectors = raw_selectors
         .iter()
         .map(|s| Selector::parse(s))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| corrupt(e.to_string()))?;
+        .map_err(|e| corrupt(e.into()))?;
     let ttl: i64 = row.try_get("jwt_svid_ttl_seconds")?;
     let x509_ttl: i64 = row.try_get("x509_svid_ttl_seconds")?;
     let revision: i64 = row.try_get("revision")?;

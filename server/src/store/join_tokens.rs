@@ -91,7 +91,7 @@ impl Datastore {
                 .map_err(|e| StoreError::Corrupt {
                     what: "join token",
                     id: hash[..16].to_owned(),
-                    message: e.to_string(),
+                    source: e.into(),
                 });
         }
         let row = sqlx::query("SELECT used_at, expires_at FROM join_tokens WHERE token_hash = $1")

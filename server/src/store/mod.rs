@@ -29,11 +29,12 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("datastore URL {0:?} is neither sqlite:// nor postgres://")]
     UnsupportedUrl(String),
-    #[error("datastore holds a malformed {what} ({id}): {message}")]
+    #[error("datastore holds a malformed {what} ({id}): {source}")]
     Corrupt {
         what: &'static str,
         id: String,
-        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(
         "datastore schema is at version {found}, newer than this server knows ({known}); upgrade the server"
