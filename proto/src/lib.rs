@@ -10,6 +10,7 @@
     )
 )]
 
+pub mod attestation;
 pub mod audience;
 pub mod claims;
 pub mod jwks;
@@ -46,3 +47,8 @@ pub const WORKLOAD_API_HEADER: &str = "workload.spiffe.io";
 /// renew: the server issued a successor that never reached use (a lost
 /// response, a crash before saving), so the agent should renew at once.
 pub const RENEW_REQUIRED_METADATA: &str = "lanyard-renew-required";
+
+/// Response metadata of a Node API refusal that only a new attestation can
+/// cure (the agent was evicted, is unknown, or its SVID expired): an agent
+/// that attests by x509pop or sshpop then attests again by itself.
+pub const REATTEST_REQUIRED_METADATA: &str = "lanyard-reattest-required";

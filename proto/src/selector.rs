@@ -21,6 +21,23 @@ pub const UNIX_SELECTOR_KEYS: [&str; 8] = [
     "sha256",
 ];
 
+/// The facts node attestation proves about a node, as `<method>:<key>:<value>`
+/// (keys may hold a colon themselves: `x509pop:subject:cn:web-1`).
+pub const NODE_SELECTOR_KEYS: [(&str, &str); 8] = [
+    ("x509pop", "subject:cn"),
+    ("x509pop", "subject:ou"),
+    ("x509pop", "san:dns"),
+    ("x509pop", "ca:sha256"),
+    ("x509pop", "serial"),
+    ("sshpop", "principal"),
+    ("sshpop", "key_id"),
+    ("sshpop", "ca:sha256"),
+];
+
+/// Longest value of a node selector taken from a certificate (a CN, an OU,
+/// a principal, a key ID): longer ones are not turned into selectors.
+pub const MAX_NODE_SELECTOR_VALUE_LEN: usize = 255;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SelectorError {
@@ -42,6 +59,10 @@ pub enum SelectorError {
         selector: String,
         rule: &'static str,
     },
+    #[error(
+        "unknown node selector {0:?}: known are x509pop:subject:cn, x509pop:subject:ou, x509pop:san:dns, x509pop:ca:sha256, x509pop:serial, sshpop:principal, sshpop:key_id, sshpop:ca:sha256"
+    )]
+    UnknownNode(String),
     /// An entry's selectors name a binary but no uid or gid (see [`check_binary_anchored`]).
     #[error("{BINARY_WITHOUT_UID_RULE}")]
     BinaryWithoutUid,
@@ -128,6 +149,35 @@ impl Selector {
         Ok(selector)
     }
 
+    /// Parses a node selector that node attestation of this release proves,
+    /// with a value of the form it produces: what a node alias may select.
+    pub fn parse_known_node(input: &str) -> Result<Self, SelectorError> {
+        let selector = Self::parse(input)?;
+        let Some((key, value)) = NODE_SELECTOR_KEYS
+            .iter()
+            .filter(|(kind, _)| *kind == selector.kind)
+            .find_map(|(_, key)| {
+                selector
+                    .value
+                    .strip_prefix(key)
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    .map(|value| (*key, value))
+            })
+        else {
+            return Err(SelectorError::UnknownNode(input.to_owned()));
+        };
+        if value.is_empty() {
+            return Err(SelectorError::EmptyValue(input.to_owned()));
+        }
+        node_value_rule(key, value).map_or(Ok(()), |rule| {
+            Err(SelectorError::BadValue {
+                selector: input.to_owned(),
+                rule,
+            })
+        })?;
+        Ok(selector)
+    }
+
     /// The attestor that produces it, e.g. `unix`.
     pub fn kind(&self) -> &str {
         &self.kind
@@ -166,6 +216,28 @@ fn unix_value_rule(key: &str, value: &str) -> Option<&'static str> {
             .chars()
             .any(char::is_control)
             .then_some("the name must not contain control characters (NUL, CR, LF, ...)"),
+    }
+}
+
+/// The rule a non-empty node selector value breaks, if any: each must be a
+/// value node attestation could prove, or the alias never matches.
+fn node_value_rule(key: &str, value: &str) -> Option<&'static str> {
+    let is_lower_hex = |v: &str| v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    match key {
+        "ca:sha256" => (value.len() != 64 || !is_lower_hex(value))
+            .then_some("the value must be exactly 64 lowercase hex digits (a SHA-256)"),
+        "serial" => (!is_lower_hex(value) || (value.len() > 1 && value.starts_with('0')))
+            .then_some("the value must be lowercase hex without leading zeros"),
+        "san:dns" => (value.len() > 253
+            || !value
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'*')))
+        .then_some(
+            "the value must be a DNS name in lowercase (letters, digits, '.', '-', '*'), at most 253 bytes",
+        ),
+        // subject:cn, subject:ou, principal, key_id: text from a certificate.
+        _ => (value.len() > MAX_NODE_SELECTOR_VALUE_LEN || value.chars().any(char::is_control))
+            .then_some("the value must be at most 255 bytes without control characters"),
     }
 }
 
@@ -231,6 +303,41 @@ impl<'de> Deserialize<'de> for Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_selectors_of_each_kind_parse() -> Result<(), SelectorError> {
+        for input in [
+            "x509pop:subject:cn:web-1.example.org",
+            "x509pop:subject:ou:web",
+            "x509pop:san:dns:web-1.example.org",
+            "x509pop:ca:sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "x509pop:serial:1f",
+            "x509pop:serial:0",
+            "sshpop:principal:web1",
+            "sshpop:key_id:node 17",
+            "sshpop:ca:sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert_eq!(Selector::parse_known_node(input)?.to_string(), input);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn node_selectors_that_can_never_match_are_refused() {
+        for input in [
+            "x509pop:subject:o:acme",
+            "x509pop:subject:cn:",
+            "x509pop:serial:0f",
+            "x509pop:serial:1F",
+            "x509pop:ca:sha256:abc",
+            "x509pop:san:dns:Web.example.org",
+            "sshpop:principal:a\nb",
+            "unix:uid:0",
+        ] {
+            assert!(Selector::parse_known_node(input).is_err(), "{input}");
+        }
+        assert!(Selector::parse_known("x509pop:subject:ou:web").is_err());
+    }
 
     #[test]
     fn parses_type_and_value() -> Result<(), SelectorError> {
