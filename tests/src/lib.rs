@@ -6,6 +6,7 @@
 )]
 
 pub mod emulators;
+pub mod fleet;
 pub mod process;
 
 use std::os::unix::fs::PermissionsExt;

@@ -20,6 +20,8 @@ mod agent_workload_api;
 mod binaries;
 mod cloud_emulators;
 mod cloud_exchange;
+mod fleet_attestation;
+mod fleet_enrolment;
 mod config_properties;
 mod foreign_clients;
 mod jwt_svid_e2e;

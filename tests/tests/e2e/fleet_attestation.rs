@@ -1,0 +1,748 @@
+//! Fleet enrolment over the real mTLS Node API, driven by hand so every
+//! step can be broken: x509pop and sshpop evidence, the server's challenge,
+//! the proof, and what the server must refuse (another CA, expiry, a user
+//! certificate, a proof by another key, a replayed or late answer, oversized
+//! chains, too many open challenges, a banned node). Material is made in the
+//! test: rcgen and `openssl` for X.509, `ssh-keygen` for SSH; `openssl dgst`
+//! and `ssh-keygen -Y sign` also sign challenges, as independent signers.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+use lanyard_agent::upstream::{self as node_client, ServerEndpoint};
+use lanyard_host::transport::unix_channel;
+use lanyard_proto::admin::admin_client::AdminClient;
+use lanyard_proto::admin::{BanAgentRequest, GetAgentRequest, UnbanAgentRequest};
+use lanyard_proto::attestation::{self, SSHSIG_NAMESPACE};
+use lanyard_proto::node::attest_proof::Proof;
+use lanyard_proto::node::attest_request::Step;
+use lanyard_proto::node::attest_response::Step as Answer;
+use lanyard_proto::node::attest_start::Evidence;
+use lanyard_proto::node::node_client::NodeClient;
+use lanyard_proto::node::{
+    AgentSvidResponse, AttestProof, AttestRequest, AttestResponse, AttestStart, Challenge,
+    SshPopEvidence, X509PopEvidence, X509PopProof,
+};
+use lanyard_server::RunningServer;
+use lanyard_server::config::ServerConfig;
+use lanyard_tests::fleet::{
+    LeafSpec, SshCa, SshHost, SshKeyType, X509Ca, openssl_rsa_host, sha256_hex,
+    ssh_certificate_blob, ssh_keygen_sign,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+const TD: &str = "example.org";
+/// ECDSA P-256 with SHA-256, as TLS numbers it.
+const SCHEME_ECDSA_P256: u32 = 0x0403;
+/// RSA PKCS#1 v1.5 with SHA-256.
+const SCHEME_RSA_PKCS1_SHA256: u32 = 0x0401;
+/// A hang guard only: every exchange here ends in milliseconds.
+const GUARD: Duration = Duration::from_secs(20);
+
+/// A server trusting `x509_bundle` (a PEM file) for x509pop and `ssh_ca`
+/// (a public key line) for sshpop, with short challenges and few pending.
+async fn start_server(
+    dir: &Path,
+    datastore_url: &str,
+    x509_bundle: &Path,
+    ssh_ca: &str,
+) -> anyhow::Result<RunningServer> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let text = format!(
+        "trust_domain = \"{TD}\"\nissuer = \"https://127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\
+         [node_api]\nlisten = \"127.0.0.1:0\"\n[datastore]\nurl = \"{datastore_url}\"\n\
+         [node_attestation]\nchallenge_ttl_seconds = 2\nmax_pending_per_peer = 4\n\
+         [node_attestation.x509pop]\nca_bundle = \"{}\"\n\
+         [node_attestation.sshpop]\ncert_authorities = [\"{ssh_ca}\"]\n",
+        dir.join("server").display(),
+        x509_bundle.display(),
+    );
+    Ok(
+        lanyard_server::start_with_listener(ServerConfig::from_toml(&text, "test")?, listener)
+            .await?,
+    )
+}
+
+/// One attestation in progress: the request side of the stream, the
+/// server's answers, and the key the CSR carries.
+struct Attempt {
+    requests: mpsc::Sender<AttestRequest>,
+    answers: Streaming<AttestResponse>,
+    csr_spki_sha256: [u8; 32],
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// Opens `Attest` over TLS (no client certificate) and sends the start.
+async fn open(endpoint: &ServerEndpoint, evidence: Evidence) -> anyhow::Result<Attempt> {
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    let mut client = NodeClient::new(node_client::channel(endpoint, None)?);
+    let (requests, receiver) = mpsc::channel(4);
+    requests
+        .send(AttestRequest {
+            step: Some(Step::Start(AttestStart {
+                csr: csr.der().to_vec(),
+                evidence: Some(evidence),
+            })),
+        })
+        .await?;
+    let answers = client
+        .attest(ReceiverStream::new(receiver))
+        .await
+        .map_err(|status| anyhow::anyhow!(status))?
+        .into_inner();
+    Ok(Attempt {
+        requests,
+        answers,
+        csr_spki_sha256: sha256(&X509Ca::spki(&key)),
+    })
+}
+
+impl Attempt {
+    /// The server's next answer (an error status ends the stream).
+    async fn next(&mut self) -> Result<Answer, Status> {
+        match tokio::time::timeout(GUARD, self.answers.message()).await {
+            Err(_) => Err(Status::deadline_exceeded("no answer within the guard")),
+            Ok(Err(status)) => Err(status),
+            Ok(Ok(None)) => Err(Status::aborted("the stream ended without an answer")),
+            Ok(Ok(Some(AttestResponse { step: None }))) => {
+                Err(Status::internal("an answer with no step"))
+            }
+            Ok(Ok(Some(AttestResponse { step: Some(step) }))) => Ok(step),
+        }
+    }
+
+    async fn challenge(&mut self) -> Result<Challenge, Status> {
+        match self.next().await? {
+            Answer::Challenge(challenge) => Ok(challenge),
+            Answer::Svid(_) => Err(Status::internal("an SVID without a challenge")),
+        }
+    }
+
+    /// The message this attempt's node must sign for `challenge`.
+    fn message(&self, method: &str, challenge: &Challenge) -> anyhow::Result<Vec<u8>> {
+        let nonce: [u8; 32] = challenge
+            .nonce
+            .as_slice()
+            .try_into()
+            .context("a nonce of 32 bytes")?;
+        Ok(attestation::signed_message(
+            method,
+            TD,
+            &nonce,
+            &self.csr_spki_sha256,
+        ))
+    }
+
+    async fn prove(&mut self, proof: Proof) -> Result<AgentSvidResponse, Status> {
+        self.requests
+            .send(AttestRequest {
+                step: Some(Step::Proof(AttestProof { proof: Some(proof) })),
+            })
+            .await
+            .map_err(|_| Status::aborted("the server closed the stream"))?;
+        match self.next().await? {
+            Answer::Svid(svid) => Ok(svid),
+            Answer::Challenge(_) => Err(Status::internal("a second challenge")),
+        }
+    }
+}
+
+/// A P-256 ECDSA signature (ASN.1 DER, as TLS sends it) by the PKCS#8 `key`.
+fn ecdsa_proof(key_pkcs8: &[u8], message: &[u8]) -> anyhow::Result<Proof> {
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, key_pkcs8)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let signature = pair
+        .sign(&SystemRandom::new(), message)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Proof::X509pop(X509PopProof {
+        scheme: SCHEME_ECDSA_P256,
+        signature: signature.as_ref().to_vec(),
+    }))
+}
+
+fn x509_evidence(chain: &[&[u8]]) -> Evidence {
+    Evidence::X509pop(X509PopEvidence {
+        chain: chain.iter().map(|der| der.to_vec()).collect(),
+    })
+}
+
+fn ssh_evidence(host: &SshHost) -> anyhow::Result<Evidence> {
+    Ok(Evidence::Sshpop(SshPopEvidence {
+        certificate: ssh_certificate_blob(&host.host_certificate)?,
+    }))
+}
+
+fn assert_refused<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    codes: &[Code],
+    what: &str,
+) -> Status {
+    match result {
+        Err(status) if codes.contains(&status.code()) => status,
+        other => panic!("{what}: expected one of {codes:?}, got {other:?}"),
+    }
+}
+
+/// Where a refusal happens (at the start or at the proof) is the server's
+/// choice; what matters is that no SVID comes out.
+async fn refused_at_start_or_proof(
+    endpoint: &ServerEndpoint,
+    evidence: Evidence,
+    method: &str,
+    key_pkcs8: &[u8],
+) -> anyhow::Result<Status> {
+    let mut attempt = match open(endpoint, evidence).await {
+        Ok(attempt) => attempt,
+        Err(e) => return e.downcast::<Status>().map_err(|e| anyhow::anyhow!("{e}")),
+    };
+    let challenge = match attempt.challenge().await {
+        Ok(challenge) => challenge,
+        Err(status) => return Ok(status),
+    };
+    let proof = ecdsa_proof(key_pkcs8, &attempt.message(method, &challenge)?)?;
+    match attempt.prove(proof).await {
+        Ok(svid) => anyhow::bail!("an SVID was issued: {}", svid.spiffe_id),
+        Err(status) => Ok(status),
+    }
+}
+
+struct Fleet {
+    _dir: tempfile::TempDir,
+    material: tempfile::TempDir,
+    server: RunningServer,
+    endpoint: ServerEndpoint,
+    admin: AdminClient<Channel>,
+    root: X509Ca,
+    ssh_ca: SshCa,
+}
+
+impl Fleet {
+    async fn start(datastore_url: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let material = tempfile::tempdir()?;
+        let root = X509Ca::root("fleet root")?;
+        let bundle = material.path().join("fleet-ca.pem");
+        std::fs::write(&bundle, &root.cert_pem)?;
+        let ssh_ca = SshCa::new(material.path(), "ssh-ca", SshKeyType::Ed25519)?;
+        let server = start_server(dir.path(), datastore_url, &bundle, &ssh_ca.public_line).await?;
+        let endpoint = ServerEndpoint::new(
+            &server.node_addr.context("mTLS Node API")?.to_string(),
+            &server.ca_bundle,
+        )?;
+        let admin = AdminClient::new(unix_channel(&server.admin_socket));
+        Ok(Self {
+            _dir: dir,
+            material,
+            server,
+            endpoint,
+            admin,
+            root,
+            ssh_ca,
+        })
+    }
+
+    /// Attests with the x509pop leaf `leaf` (key PKCS#8 `key`): the SVID.
+    async fn attest_x509(&self, chain: &[&[u8]], key: &[u8]) -> anyhow::Result<AgentSvidResponse> {
+        let mut attempt = open(&self.endpoint, x509_evidence(chain)).await?;
+        let challenge = attempt.challenge().await?;
+        let proof = ecdsa_proof(key, &attempt.message(attestation::X509POP, &challenge)?)?;
+        Ok(attempt.prove(proof).await?)
+    }
+}
+
+/// Against SQLite, and against PostgreSQL where one is configured (always in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509pop_nodes_prove_their_host_certificate() -> anyhow::Result<()> {
+    let urls_dir = tempfile::tempdir()?;
+    for url in lanyard_tests::datastore_urls(urls_dir.path()).await? {
+        x509pop_scenario(&url).await?;
+    }
+    Ok(())
+}
+
+async fn x509pop_scenario(datastore_url: &str) -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(datastore_url).await?;
+    let leaf = fleet.root.leaf(&LeafSpec::host("web-1.example.org", "web"))?;
+    let svid = fleet.attest_x509(&[&leaf.cert_der], &leaf.key_der).await?;
+    let agent_id = format!(
+        "spiffe://{TD}/lanyard/agent/x509pop/{}",
+        sha256_hex(&leaf.cert_der)
+    );
+    assert_eq!(svid.spiffe_id, agent_id);
+
+    // The node selectors are what the certificate proved, no more.
+    let agent = fleet
+        .admin
+        .get_agent(GetAgentRequest {
+            spiffe_id: agent_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(agent.attestation_type, attestation::X509POP);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf.cert_der)?;
+    let mut selectors = agent.selectors.clone();
+    selectors.sort();
+    let mut expected = vec![
+        "x509pop:subject:cn:web-1.example.org".to_owned(),
+        "x509pop:subject:ou:web".to_owned(),
+        "x509pop:san:dns:web-1.example.org".to_owned(),
+        format!("x509pop:ca:sha256:{}", sha256_hex(&fleet.root.cert_der)),
+        format!("x509pop:serial:{:x}", parsed.serial),
+    ];
+    expected.sort();
+    assert_eq!(selectors, expected);
+
+    // Through an intermediate, the issuing CA is the intermediate.
+    let intermediate = fleet.root.intermediate("fleet issuing CA")?;
+    let leaf2 = intermediate.leaf(&LeafSpec::host("db-1.example.org", "db"))?;
+    let svid2 = fleet
+        .attest_x509(&[&leaf2.cert_der, &intermediate.cert_der], &leaf2.key_der)
+        .await?;
+    let agent2 = fleet
+        .admin
+        .get_agent(GetAgentRequest {
+            spiffe_id: svid2.spiffe_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        agent2.selectors.contains(&format!(
+            "x509pop:ca:sha256:{}",
+            sha256_hex(&intermediate.cert_der)
+        )),
+        "{:?}",
+        agent2.selectors
+    );
+
+    // Banned: refused before any challenge, until unbanned.
+    fleet
+        .admin
+        .ban_agent(BanAgentRequest {
+            spiffe_id: agent_id.clone(),
+        })
+        .await?;
+    let banned = refused_at_start_or_proof(
+        &fleet.endpoint,
+        x509_evidence(&[&leaf.cert_der]),
+        attestation::X509POP,
+        &leaf.key_der,
+    )
+    .await?;
+    assert_eq!(banned.code(), Code::PermissionDenied, "{banned:?}");
+    assert!(banned.message().contains("banned"), "{banned:?}");
+    fleet
+        .admin
+        .unban_agent(UnbanAgentRequest {
+            spiffe_id: agent_id.clone(),
+        })
+        .await?;
+    let again = fleet.attest_x509(&[&leaf.cert_der], &leaf.key_der).await?;
+    assert_eq!(again.spiffe_id, agent_id);
+    fleet.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509pop_refuses_what_does_not_prove_the_node() -> anyhow::Result<()> {
+    let urls_dir = tempfile::tempdir()?;
+    let url = lanyard_tests::datastore_urls(urls_dir.path()).await?;
+    let fleet = Fleet::start(url.first().context("a SQLite URL")?).await?;
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let x509 = attestation::X509POP;
+
+    // Another CA.
+    let stranger = X509Ca::root("someone else's root")?;
+    let foreign = stranger.leaf(&LeafSpec::host("web-9.example.org", "web"))?;
+    let status = refused_at_start_or_proof(
+        &fleet.endpoint,
+        x509_evidence(&[&foreign.cert_der]),
+        x509,
+        &foreign.key_der,
+    )
+    .await?;
+    assert_eq!(status.code(), Code::PermissionDenied, "another CA: {status:?}");
+
+    // Expired, and not yet valid.
+    for (what, not_before, not_after) in [
+        ("expired", now - 2 * day, now - day),
+        ("not yet valid", now + day, now + 2 * day),
+    ] {
+        let spec = LeafSpec {
+            not_before,
+            not_after,
+            ..LeafSpec::host("web-2.example.org", "web")
+        };
+        let leaf = fleet.root.leaf(&spec)?;
+        let status = refused_at_start_or_proof(
+            &fleet.endpoint,
+            x509_evidence(&[&leaf.cert_der]),
+            x509,
+            &leaf.key_der,
+        )
+        .await?;
+        assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
+    }
+
+    // A server certificate (serverAuth only) is no node's client identity.
+    let server_only = fleet.root.leaf(&LeafSpec {
+        client_auth: false,
+        ..LeafSpec::host("web-3.example.org", "web")
+    })?;
+    let status = refused_at_start_or_proof(
+        &fleet.endpoint,
+        x509_evidence(&[&server_only.cert_der]),
+        x509,
+        &server_only.key_der,
+    )
+    .await?;
+    assert_eq!(status.code(), Code::PermissionDenied, "serverAuth: {status:?}");
+
+    // A proof by a key that is not the certificate's.
+    let leaf = fleet.root.leaf(&LeafSpec::host("web-4.example.org", "web"))?;
+    let other = fleet.root.leaf(&LeafSpec::host("web-5.example.org", "web"))?;
+    let status = refused_at_start_or_proof(
+        &fleet.endpoint,
+        x509_evidence(&[&leaf.cert_der]),
+        x509,
+        &other.key_der,
+    )
+    .await?;
+    assert_eq!(status.code(), Code::PermissionDenied, "other key: {status:?}");
+
+    // A replayed answer: a proof made for one challenge, sent for another.
+    let mut first = open(&fleet.endpoint, x509_evidence(&[&leaf.cert_der])).await?;
+    let first_challenge = first.challenge().await?;
+    let old_proof = ecdsa_proof(&leaf.key_der, &first.message(x509, &first_challenge)?)?;
+    drop(first);
+    let mut second = open(&fleet.endpoint, x509_evidence(&[&leaf.cert_der])).await?;
+    let _ = second.challenge().await?;
+    let status = assert_refused(
+        second.prove(old_proof.clone()).await,
+        &[Code::PermissionDenied],
+        "a replayed answer",
+    );
+    assert!(!status.message().is_empty());
+
+    // One proof per challenge: after a good one, nothing more.
+    let mut once = open(&fleet.endpoint, x509_evidence(&[&leaf.cert_der])).await?;
+    let challenge = once.challenge().await?;
+    let good = ecdsa_proof(&leaf.key_der, &once.message(x509, &challenge)?)?;
+    once.prove(good.clone()).await?;
+    assert!(once.prove(good).await.is_err(), "a second proof was taken");
+
+    // A late answer: the challenge's own expiry is passed before answering.
+    let mut late = open(&fleet.endpoint, x509_evidence(&[&leaf.cert_der])).await?;
+    let challenge = late.challenge().await?;
+    let expires = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(challenge.expires_at)?);
+    let proof = ecdsa_proof(&leaf.key_der, &late.message(x509, &challenge)?)?;
+    if let Ok(wait) = expires.duration_since(SystemTime::now()) {
+        // Waiting out a deadline the server set: the point of this case.
+        tokio::time::sleep(wait + Duration::from_millis(1100)).await;
+    }
+    let status = assert_refused(
+        late.prove(proof).await,
+        &[Code::PermissionDenied, Code::DeadlineExceeded, Code::Aborted],
+        "a late answer",
+    );
+    assert!(!status.message().is_empty());
+
+    // Chains: nine certificates, and a megabyte of bytes, are refused at once.
+    let nine: Vec<&[u8]> = std::iter::repeat_n(leaf.cert_der.as_slice(), 9).collect();
+    let status = refused_at_start_or_proof(&fleet.endpoint, x509_evidence(&nine), x509, &leaf.key_der)
+        .await?;
+    assert_eq!(status.code(), Code::InvalidArgument, "nine certificates: {status:?}");
+    let huge = vec![0x30u8; 1024 * 1024];
+    let status = refused_at_start_or_proof(
+        &fleet.endpoint,
+        x509_evidence(&[&leaf.cert_der, &huge]),
+        x509,
+        &leaf.key_der,
+    )
+    .await?;
+    assert!(
+        matches!(
+            status.code(),
+            Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange
+        ),
+        "a 1 MiB chain: {status:?}"
+    );
+
+    // None of these left an agent behind.
+    let mut admin = fleet.admin.clone();
+    let agents = admin
+        .list_agents(lanyard_proto::admin::ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
+    assert_eq!(agents.len(), 1, "only the good attestation: {agents:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_challenges_are_capped_per_peer() -> anyhow::Result<()> {
+    let urls_dir = tempfile::tempdir()?;
+    let url = lanyard_tests::datastore_urls(urls_dir.path()).await?;
+    let fleet = Fleet::start(url.first().context("a SQLite URL")?).await?;
+    let leaf = fleet.root.leaf(&LeafSpec::host("web-1.example.org", "web"))?;
+    // max_pending_per_peer = 4: four challenges stay open, the fifth is refused.
+    let mut open_ones = Vec::new();
+    for _ in 0..4 {
+        let mut attempt = open(&fleet.endpoint, x509_evidence(&[&leaf.cert_der])).await?;
+        attempt.challenge().await?;
+        open_ones.push(attempt);
+    }
+    let fifth = match open(&fleet.endpoint, x509_evidence(&[&leaf.cert_der])).await {
+        Ok(mut attempt) => attempt.challenge().await.map(|_| ()),
+        Err(e) => Err(e.downcast::<Status>().map_err(|e| anyhow::anyhow!("{e}"))?),
+    };
+    assert_refused(fifth, &[Code::ResourceExhausted], "a fifth open challenge");
+    // A closed one frees its place.
+    drop(open_ones.pop());
+    let freed = tokio::time::timeout(GUARD, async {
+        loop {
+            let mut attempt = open(&fleet.endpoint, x509_evidence(&[&leaf.cert_der])).await?;
+            match attempt.challenge().await {
+                Ok(_) => return anyhow::Ok(()),
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    // The server notices the closed stream on its next poll.
+                    tokio::task::yield_now().await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    })
+    .await;
+    assert!(matches!(freed, Ok(Ok(()))), "{freed:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_signers_answer_challenges() -> anyhow::Result<()> {
+    let urls_dir = tempfile::tempdir()?;
+    let url = lanyard_tests::datastore_urls(urls_dir.path()).await?;
+    let material = tempfile::tempdir()?;
+    // An RSA host certificate from openssl, its CA the one the server trusts.
+    let [ca, cert, key] = openssl_rsa_host(material.path(), "build-1.example.org", "ci")?;
+    let dir = tempfile::tempdir()?;
+    let ssh_ca = SshCa::new(material.path(), "ssh-ca", SshKeyType::Ed25519)?;
+    let server = start_server(
+        dir.path(),
+        url.first().context("a SQLite URL")?,
+        &ca,
+        &ssh_ca.public_line,
+    )
+    .await?;
+    let endpoint = ServerEndpoint::new(
+        &server.node_addr.context("mTLS Node API")?.to_string(),
+        &server.ca_bundle,
+    )?;
+
+    // openssl signs the challenge (RSA PKCS#1 v1.5, SHA-256).
+    let leaf_der = lanyard_tests::pem_to_der(&std::fs::read_to_string(&cert)?)?
+        .into_iter()
+        .next()
+        .context("a certificate")?;
+    let mut attempt = open(&endpoint, x509_evidence(&[&leaf_der])).await?;
+    let challenge = attempt.challenge().await?;
+    let message_file = material.path().join("challenge");
+    std::fs::write(
+        &message_file,
+        attempt.message(attestation::X509POP, &challenge)?,
+    )?;
+    let signed = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(&key)
+        .arg(&message_file)
+        .output()?;
+    anyhow::ensure!(signed.status.success(), "{signed:?}");
+    let svid = attempt
+        .prove(Proof::X509pop(X509PopProof {
+            scheme: SCHEME_RSA_PKCS1_SHA256,
+            signature: signed.stdout,
+        }))
+        .await?;
+    assert_eq!(
+        svid.spiffe_id,
+        format!("spiffe://{TD}/lanyard/agent/x509pop/{}", sha256_hex(&leaf_der))
+    );
+
+    // ssh-keygen -Y sign answers an sshpop challenge.
+    let host = SshHost::new(
+        material.path(),
+        "ssh_host_ed25519_key",
+        SshKeyType::Ed25519,
+        &ssh_ca,
+        &["build-1", "build-1.example.org"],
+        true,
+        "-5m:+1h",
+    )?;
+    let mut attempt = open(&endpoint, ssh_evidence(&host)?).await?;
+    let challenge = attempt.challenge().await?;
+    let sshsig = ssh_keygen_sign(
+        material.path(),
+        &host.host_key,
+        SSHSIG_NAMESPACE,
+        &attempt.message(attestation::SSHPOP, &challenge)?,
+    )?;
+    let svid = attempt.prove(Proof::Sshsig(sshsig)).await?;
+    assert_eq!(svid.spiffe_id, host.agent_id(TD)?);
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sshpop_nodes_prove_their_host_certificate() -> anyhow::Result<()> {
+    let urls_dir = tempfile::tempdir()?;
+    for url in lanyard_tests::datastore_urls(urls_dir.path()).await? {
+        sshpop_scenario(&url).await?;
+    }
+    Ok(())
+}
+
+async fn ssh_attest(
+    fleet: &Fleet,
+    host: &SshHost,
+    signer: &Path,
+) -> Result<AgentSvidResponse, Status> {
+    let mut attempt = open(
+        &fleet.endpoint,
+        ssh_evidence(host).map_err(|e| Status::internal(e.to_string()))?,
+    )
+    .await
+    .map_err(|e| match e.downcast::<Status>() {
+        Ok(status) => status,
+        Err(e) => Status::internal(e.to_string()),
+    })?;
+    let challenge = attempt.challenge().await?;
+    let message = attempt
+        .message(attestation::SSHPOP, &challenge)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let sshsig = ssh_keygen_sign(fleet.material.path(), signer, SSHSIG_NAMESPACE, &message)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    attempt.prove(Proof::Sshsig(sshsig)).await
+}
+
+async fn sshpop_scenario(datastore_url: &str) -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(datastore_url).await?;
+    let m = fleet.material.path().to_owned();
+    for (name, key_type) in [
+        ("host_ed25519", SshKeyType::Ed25519),
+        ("host_ecdsa256", SshKeyType::EcdsaP256),
+        ("host_ecdsa384", SshKeyType::EcdsaP384),
+        ("host_rsa", SshKeyType::Rsa),
+    ] {
+        let host = SshHost::new(
+            &m,
+            name,
+            key_type,
+            &fleet.ssh_ca,
+            &["web1", "web1.example.org"],
+            true,
+            "-5m:+1h",
+        )?;
+        let svid = ssh_attest(&fleet, &host, &host.host_key).await?;
+        assert_eq!(svid.spiffe_id, host.agent_id(TD)?, "{name}");
+        let agent = fleet
+            .admin
+            .get_agent(GetAgentRequest {
+                spiffe_id: svid.spiffe_id.clone(),
+            })
+            .await?
+            .into_inner();
+        let mut selectors = agent.selectors.clone();
+        selectors.sort();
+        let ca_fingerprint = ssh_key::PublicKey::from_openssh(&fleet.ssh_ca.public_line)?
+            .fingerprint(ssh_key::HashAlg::Sha256);
+        let mut expected = vec![
+            "sshpop:principal:web1".to_owned(),
+            "sshpop:principal:web1.example.org".to_owned(),
+            format!("sshpop:key_id:{name}-id"),
+            format!(
+                "sshpop:ca:sha256:{}",
+                lanyard_host::encoding::hex(ca_fingerprint.as_bytes())
+            ),
+        ];
+        expected.sort();
+        assert_eq!(selectors, expected, "{name}");
+        assert_eq!(agent.attestation_type, attestation::SSHPOP);
+    }
+
+    // Refused: a user certificate, expired, not yet valid, another CA, a
+    // proof by a key that is not the certificate's.
+    let other_ca = SshCa::new(&m, "other-ca", SshKeyType::Ed25519)?;
+    let cases = [
+        ("user certificate", &fleet.ssh_ca, false, "-5m:+1h"),
+        ("expired", &fleet.ssh_ca, true, "20200101:20200102"),
+        ("not yet valid", &fleet.ssh_ca, true, "+1h:+2h"),
+        ("unlisted CA", &other_ca, true, "-5m:+1h"),
+    ];
+    for (i, (what, ca, host, validity)) in cases.into_iter().enumerate() {
+        let node = SshHost::new(
+            &m,
+            &format!("refused_{i}"),
+            SshKeyType::Ed25519,
+            ca,
+            &["web2"],
+            host,
+            validity,
+        )?;
+        let status = assert_refused(
+            ssh_attest(&fleet, &node, &node.host_key).await,
+            &[Code::PermissionDenied],
+            what,
+        );
+        assert!(!status.message().is_empty(), "{what}");
+    }
+    let node = SshHost::new(
+        &m,
+        "certified",
+        SshKeyType::Ed25519,
+        &fleet.ssh_ca,
+        &["web3"],
+        true,
+        "-5m:+1h",
+    )?;
+    let stranger = m.join("stranger");
+    lanyard_tests::fleet::ssh_keygen(&stranger, SshKeyType::Ed25519)?;
+    assert_refused(
+        ssh_attest(&fleet, &node, &stranger).await,
+        &[Code::PermissionDenied],
+        "a proof by another key",
+    );
+    // A certificate over the 16 KiB limit (thousands of principals).
+    let principals: Vec<String> = (0..2500).map(|i| format!("p{i:05}")).collect();
+    let principals: Vec<&str> = principals.iter().map(String::as_str).collect();
+    let big = SshHost::new(
+        &m,
+        "big",
+        SshKeyType::Ed25519,
+        &fleet.ssh_ca,
+        &principals,
+        true,
+        "-5m:+1h",
+    )?;
+    assert!(ssh_certificate_blob(&big.host_certificate)?.len() > attestation::MAX_SSH_CERTIFICATE_BYTES);
+    assert_refused(
+        ssh_attest(&fleet, &big, &big.host_key).await,
+        &[Code::InvalidArgument],
+        "a certificate over 16 KiB",
+    );
+    fleet.server.shutdown().await;
+    Ok(())
+}
