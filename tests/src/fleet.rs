@@ -9,10 +9,31 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail, ensure};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+use lanyard_agent::upstream::{self as node_client, ServerEndpoint};
+use lanyard_proto::attestation;
+use lanyard_proto::node::attest_proof::Proof;
+use lanyard_proto::node::attest_request::Step;
+use lanyard_proto::node::attest_response::Step as Answer;
+use lanyard_proto::node::attest_start::Evidence;
+use lanyard_proto::node::node_client::NodeClient;
+use lanyard_proto::node::{
+    AgentSvidResponse, AttestProof, AttestRequest, AttestResponse, AttestStart, Challenge,
+    SshPopEvidence, X509PopEvidence, X509PopProof,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SignatureAlgorithm,
 };
+
+/// ECDSA P-256 with SHA-256, as TLS numbers it.
+pub const SCHEME_ECDSA_P256: u32 = 0x0403;
+/// A hang guard only: every exchange ends in milliseconds.
+const GUARD: Duration = Duration::from_secs(20);
 
 /// The SHA-256 of `bytes` in lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -403,6 +424,149 @@ pub fn ssh_keygen_sign(
         .arg(key)
         .arg(&file))?;
     let armored = std::fs::read_to_string(format!("{}.sig", file.display()))?;
-    use ssh_key::Encode;
+    use ssh_key::encoding::Encode;
     Ok(ssh_key::SshSig::from_pem(armored)?.encode_vec()?)
+}
+
+/// One attestation in progress: the request side of the stream, the
+/// server's answers, and the key the CSR carries.
+#[derive(Debug)]
+pub struct Attempt {
+    requests: mpsc::Sender<AttestRequest>,
+    answers: Streaming<AttestResponse>,
+    csr_spki_sha256: [u8; 32],
+}
+
+/// The SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// Opens `Attest` over TLS (no client certificate) and sends the start.
+pub async fn open(endpoint: &ServerEndpoint, evidence: Evidence) -> anyhow::Result<Attempt> {
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    let mut client = NodeClient::new(node_client::channel(endpoint, None)?);
+    let (requests, receiver) = mpsc::channel(4);
+    requests
+        .send(AttestRequest {
+            step: Some(Step::Start(AttestStart {
+                csr: csr.der().to_vec(),
+                evidence: Some(evidence),
+            })),
+        })
+        .await?;
+    let answers = client
+        .attest(ReceiverStream::new(receiver))
+        .await
+        .map_err(|status| anyhow::anyhow!(status))?
+        .into_inner();
+    Ok(Attempt {
+        requests,
+        answers,
+        csr_spki_sha256: sha256(&X509Ca::spki(&key)),
+    })
+}
+
+impl Attempt {
+    /// The server's next answer (an error status ends the stream).
+    pub async fn next(&mut self) -> Result<Answer, Status> {
+        match tokio::time::timeout(GUARD, self.answers.message()).await {
+            Err(_) => Err(Status::deadline_exceeded("no answer within the guard")),
+            Ok(Err(status)) => Err(status),
+            Ok(Ok(None)) => Err(Status::aborted("the stream ended without an answer")),
+            Ok(Ok(Some(AttestResponse { step: None }))) => {
+                Err(Status::internal("an answer with no step"))
+            }
+            Ok(Ok(Some(AttestResponse { step: Some(step) }))) => Ok(step),
+        }
+    }
+
+    pub async fn challenge(&mut self) -> Result<Challenge, Status> {
+        match self.next().await? {
+            Answer::Challenge(challenge) => Ok(challenge),
+            Answer::Svid(_) => Err(Status::internal("an SVID without a challenge")),
+        }
+    }
+
+    /// The message this attempt's node must sign for `challenge`.
+    pub fn message(&self, method: &str, challenge: &Challenge) -> anyhow::Result<Vec<u8>> {
+        let nonce: [u8; 32] = challenge
+            .nonce
+            .as_slice()
+            .try_into()
+            .context("a nonce of 32 bytes")?;
+        Ok(attestation::signed_message(
+            method,
+            crate::TRUST_DOMAIN,
+            &nonce,
+            &self.csr_spki_sha256,
+        ))
+    }
+
+    pub async fn prove(&mut self, proof: Proof) -> Result<AgentSvidResponse, Status> {
+        self.requests
+            .send(AttestRequest {
+                step: Some(Step::Proof(AttestProof { proof: Some(proof) })),
+            })
+            .await
+            .map_err(|_| Status::aborted("the server closed the stream"))?;
+        match self.next().await? {
+            Answer::Svid(svid) => Ok(svid),
+            Answer::Challenge(_) => Err(Status::internal("a second challenge")),
+        }
+    }
+}
+
+/// A P-256 ECDSA signature (ASN.1 DER, as TLS sends it) by the PKCS#8 `key`.
+pub fn ecdsa_proof(key_pkcs8: &[u8], message: &[u8]) -> anyhow::Result<Proof> {
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, key_pkcs8)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let signature = pair
+        .sign(&SystemRandom::new(), message)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Proof::X509pop(X509PopProof {
+        scheme: SCHEME_ECDSA_P256,
+        signature: signature.as_ref().to_vec(),
+    }))
+}
+
+pub fn x509_evidence(chain: &[&[u8]]) -> Evidence {
+    Evidence::X509pop(X509PopEvidence {
+        chain: chain.iter().map(|der| der.to_vec()).collect(),
+    })
+}
+
+pub fn ssh_evidence(host: &SshHost) -> anyhow::Result<Evidence> {
+    Ok(Evidence::Sshpop(SshPopEvidence {
+        certificate: ssh_certificate_blob(&host.host_certificate)?,
+    }))
+}
+
+/// An SSHSIG over `message` by the Ed25519 OpenSSH private key `key`, made
+/// in-process with aws-lc-rs (where `ssh-keygen -Y sign` would cost a process
+/// per signature, as in the bench); the binary form, as a proof carries it.
+pub fn ed25519_sshsig(key: &ssh_key::PrivateKey, message: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use ssh_key::encoding::Encode;
+    use ssh_key::{Algorithm, HashAlg, Signature, SshSig};
+    let pair = key
+        .key_data()
+        .ed25519()
+        .context("an Ed25519 host key")?;
+    let signer = aws_lc_rs::signature::Ed25519KeyPair::from_seed_and_public_key(
+        &pair.private.to_bytes(),
+        &pair.public.0,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data = SshSig::signed_data(attestation::SSHSIG_NAMESPACE, HashAlg::Sha512, message)?;
+    let signature = Signature::new(Algorithm::Ed25519, signer.sign(&data).as_ref().to_vec())?;
+    let sshsig = SshSig::new(
+        key.public_key().key_data().clone(),
+        attestation::SSHSIG_NAMESPACE,
+        HashAlg::Sha512,
+        signature,
+    )?;
+    Ok(sshsig.encode_vec()?)
 }

@@ -30,8 +30,8 @@ use lanyard_proto::node::{
 use lanyard_server::RunningServer;
 use lanyard_server::config::ServerConfig;
 use lanyard_tests::fleet::{
-    LeafSpec, SshCa, SshHost, SshKeyType, X509Ca, openssl_rsa_host, sha256_hex,
-    ssh_certificate_blob, ssh_keygen_sign,
+    Attempt, LeafSpec, SshCa, SshHost, SshKeyType, X509Ca, ecdsa_proof, open, openssl_rsa_host,
+    sha256_hex, ssh_certificate_blob, ssh_evidence, ssh_keygen_sign, x509_evidence,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -40,9 +40,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 const TD: &str = "example.org";
-/// ECDSA P-256 with SHA-256, as TLS numbers it.
-const SCHEME_ECDSA_P256: u32 = 0x0403;
-/// RSA PKCS#1 v1.5 with SHA-256.
+/// RSA PKCS#1 v1.5 with SHA-256, as TLS numbers it.
 const SCHEME_RSA_PKCS1_SHA256: u32 = 0x0401;
 /// A hang guard only: every exchange here ends in milliseconds.
 const GUARD: Duration = Duration::from_secs(20);
@@ -70,121 +68,6 @@ async fn start_server(
         lanyard_server::start_with_listener(ServerConfig::from_toml(&text, "test")?, listener)
             .await?,
     )
-}
-
-/// One attestation in progress: the request side of the stream, the
-/// server's answers, and the key the CSR carries.
-struct Attempt {
-    requests: mpsc::Sender<AttestRequest>,
-    answers: Streaming<AttestResponse>,
-    csr_spki_sha256: [u8; 32],
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref());
-    out
-}
-
-/// Opens `Attest` over TLS (no client certificate) and sends the start.
-async fn open(endpoint: &ServerEndpoint, evidence: Evidence) -> anyhow::Result<Attempt> {
-    let key = rcgen::KeyPair::generate()?;
-    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
-    let mut client = NodeClient::new(node_client::channel(endpoint, None)?);
-    let (requests, receiver) = mpsc::channel(4);
-    requests
-        .send(AttestRequest {
-            step: Some(Step::Start(AttestStart {
-                csr: csr.der().to_vec(),
-                evidence: Some(evidence),
-            })),
-        })
-        .await?;
-    let answers = client
-        .attest(ReceiverStream::new(receiver))
-        .await
-        .map_err(|status| anyhow::anyhow!(status))?
-        .into_inner();
-    Ok(Attempt {
-        requests,
-        answers,
-        csr_spki_sha256: sha256(&X509Ca::spki(&key)),
-    })
-}
-
-impl Attempt {
-    /// The server's next answer (an error status ends the stream).
-    async fn next(&mut self) -> Result<Answer, Status> {
-        match tokio::time::timeout(GUARD, self.answers.message()).await {
-            Err(_) => Err(Status::deadline_exceeded("no answer within the guard")),
-            Ok(Err(status)) => Err(status),
-            Ok(Ok(None)) => Err(Status::aborted("the stream ended without an answer")),
-            Ok(Ok(Some(AttestResponse { step: None }))) => {
-                Err(Status::internal("an answer with no step"))
-            }
-            Ok(Ok(Some(AttestResponse { step: Some(step) }))) => Ok(step),
-        }
-    }
-
-    async fn challenge(&mut self) -> Result<Challenge, Status> {
-        match self.next().await? {
-            Answer::Challenge(challenge) => Ok(challenge),
-            Answer::Svid(_) => Err(Status::internal("an SVID without a challenge")),
-        }
-    }
-
-    /// The message this attempt's node must sign for `challenge`.
-    fn message(&self, method: &str, challenge: &Challenge) -> anyhow::Result<Vec<u8>> {
-        let nonce: [u8; 32] = challenge
-            .nonce
-            .as_slice()
-            .try_into()
-            .context("a nonce of 32 bytes")?;
-        Ok(attestation::signed_message(
-            method,
-            TD,
-            &nonce,
-            &self.csr_spki_sha256,
-        ))
-    }
-
-    async fn prove(&mut self, proof: Proof) -> Result<AgentSvidResponse, Status> {
-        self.requests
-            .send(AttestRequest {
-                step: Some(Step::Proof(AttestProof { proof: Some(proof) })),
-            })
-            .await
-            .map_err(|_| Status::aborted("the server closed the stream"))?;
-        match self.next().await? {
-            Answer::Svid(svid) => Ok(svid),
-            Answer::Challenge(_) => Err(Status::internal("a second challenge")),
-        }
-    }
-}
-
-/// A P-256 ECDSA signature (ASN.1 DER, as TLS sends it) by the PKCS#8 `key`.
-fn ecdsa_proof(key_pkcs8: &[u8], message: &[u8]) -> anyhow::Result<Proof> {
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, key_pkcs8)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let signature = pair
-        .sign(&SystemRandom::new(), message)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Proof::X509pop(X509PopProof {
-        scheme: SCHEME_ECDSA_P256,
-        signature: signature.as_ref().to_vec(),
-    }))
-}
-
-fn x509_evidence(chain: &[&[u8]]) -> Evidence {
-    Evidence::X509pop(X509PopEvidence {
-        chain: chain.iter().map(|der| der.to_vec()).collect(),
-    })
-}
-
-fn ssh_evidence(host: &SshHost) -> anyhow::Result<Evidence> {
-    Ok(Evidence::Sshpop(SshPopEvidence {
-        certificate: ssh_certificate_blob(&host.host_certificate)?,
-    }))
 }
 
 fn assert_refused<T: std::fmt::Debug>(
