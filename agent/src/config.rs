@@ -99,19 +99,63 @@ pub fn read_join_token_file(path: &Path) -> Result<String, JoinTokenError> {
     Ok(token)
 }
 
+/// How the node proves who it is to a remote server when it has no usable
+/// agent SVID (`[server]` join token keys, or one `[server.attestation.*]`
+/// table). Every file is read at each attestation, not at load: host
+/// certificates rotate on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeAttestation {
+    /// A single-use token from `lanyard-server token generate`.
+    JoinToken(JoinToken),
+    /// `[server.attestation.x509pop]`: an X.509 host certificate and its key.
+    X509Pop {
+        /// PEM chain, leaf first (intermediates may follow).
+        certificate: PathBuf,
+        /// PEM private key of the leaf (PKCS#8, SEC1 or PKCS#1), owner-only.
+        private_key: PathBuf,
+    },
+    /// `[server.attestation.sshpop]`: an OpenSSH host key and its host certificate.
+    SshPop {
+        /// OpenSSH private key, unencrypted, owner-only.
+        host_key: PathBuf,
+        /// `ssh-keygen -s -h` certificate of that key (`…-cert.pub`).
+        host_certificate: PathBuf,
+    },
+}
+
+impl NodeAttestation {
+    /// The method's name, as in agent IDs and selectors.
+    pub fn method(&self) -> &'static str {
+        use lanyard_proto::attestation::{JOIN_TOKEN, SSHPOP, X509POP};
+        match self {
+            Self::JoinToken(_) => JOIN_TOKEN,
+            Self::X509Pop { .. } => X509POP,
+            Self::SshPop { .. } => SSHPOP,
+        }
+    }
+
+    /// Whether the node can prove itself again without a human: with what
+    /// the host holds (x509pop, sshpop), not with a token spent once.
+    pub fn reattests(&self) -> bool {
+        !matches!(self, Self::JoinToken(_))
+    }
+}
+
 /// How the agent reaches its server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerConnection {
     /// A server on this machine, over its local Node API socket.
     Local { node_socket: PathBuf },
-    /// A server anywhere, over mTLS, after attesting with a join token.
+    /// A server anywhere, over mTLS, after node attestation.
     Remote {
         /// `host:port` of the server's mTLS Node API.
         address: String,
         /// PEM of the trust domain's CA, which authenticates the server.
         trust_bundle: PathBuf,
-        /// Used only when no agent SVID is stored in `data_dir` yet.
-        join_token: Option<JoinToken>,
+        /// Used when no usable agent SVID is stored in `data_dir`; x509pop
+        /// and sshpop also when the server asks for a new attestation.
+        attestation: Option<NodeAttestation>,
     },
 }
 
@@ -158,6 +202,117 @@ struct RawServer {
     join_token: Option<String>,
     join_token_file: Option<PathBuf>,
     request_timeout_seconds: Option<u32>,
+    attestation: Option<RawAttestation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAttestation {
+    x509pop: Option<RawX509Pop>,
+    sshpop: Option<RawSshPop>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawX509Pop {
+    certificate: Option<PathBuf>,
+    private_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSshPop {
+    host_key: Option<PathBuf>,
+    host_certificate: Option<PathBuf>,
+}
+
+/// The config keys that name a node attestation method; at most one is given.
+const ATTESTATION_KEYS: &str = "server.join_token, server.join_token_file, server.attestation.x509pop, server.attestation.sshpop";
+
+/// `path` under `key`, which must be given and absolute.
+fn required_path(key: &str, path: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    let path = path.ok_or_else(|| invalid(key, "is required"))?;
+    if !path.is_absolute() {
+        return Err(invalid(key, "must be an absolute path"));
+    }
+    Ok(path)
+}
+
+/// The node attestation method of `[server]`: at most one of the join token
+/// keys and the `[server.attestation.*]` tables.
+fn node_attestation(
+    join_token: Option<String>,
+    join_token_file: Option<PathBuf>,
+    attestation: Option<RawAttestation>,
+) -> Result<Option<NodeAttestation>, ConfigError> {
+    let join_token = match (join_token, join_token_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "server.join_token_file",
+                "give either server.join_token or server.join_token_file, not both",
+            ));
+        }
+        (Some(token), None) => Some(token).filter(|t| !t.is_empty()).map(JoinToken::Value),
+        (None, Some(path)) if path.is_absolute() => Some(JoinToken::File(path)),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "server.join_token_file",
+                "must be an absolute path",
+            ));
+        }
+        (None, None) => None,
+    };
+    let Some(attestation) = attestation else {
+        return Ok(join_token.map(NodeAttestation::JoinToken));
+    };
+    let from_host = match (attestation.x509pop, attestation.sshpop) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "server.attestation.sshpop",
+                format!("give only one of {ATTESTATION_KEYS}"),
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "server.attestation",
+                "needs an x509pop or an sshpop table",
+            ));
+        }
+        (Some(x509pop), None) => {
+            if join_token.is_some() {
+                return Err(invalid(
+                    "server.attestation.x509pop",
+                    format!("give only one of {ATTESTATION_KEYS}"),
+                ));
+            }
+            NodeAttestation::X509Pop {
+                certificate: required_path(
+                    "server.attestation.x509pop.certificate",
+                    x509pop.certificate,
+                )?,
+                private_key: required_path(
+                    "server.attestation.x509pop.private_key",
+                    x509pop.private_key,
+                )?,
+            }
+        }
+        (None, Some(sshpop)) => {
+            if join_token.is_some() {
+                return Err(invalid(
+                    "server.attestation.sshpop",
+                    format!("give only one of {ATTESTATION_KEYS}"),
+                ));
+            }
+            NodeAttestation::SshPop {
+                host_key: required_path("server.attestation.sshpop.host_key", sshpop.host_key)?,
+                host_certificate: required_path(
+                    "server.attestation.sshpop.host_certificate",
+                    sshpop.host_certificate,
+                )?,
+            }
+        }
+    };
+    Ok(Some(from_host))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +380,12 @@ impl AgentConfig {
                 ));
             }
             (Some(node_socket), None) => {
+                if raw.server.attestation.is_some() {
+                    return Err(invalid(
+                        "server.attestation",
+                        "is for a remote server (server.address); a local server needs no attestation",
+                    ));
+                }
                 if !node_socket.is_absolute() {
                     return Err(invalid("server.node_socket", "must be an absolute path"));
                 }
@@ -243,29 +404,15 @@ impl AgentConfig {
                         "is required with server.address: the server is never trusted on first use",
                     )
                 })?;
-                let join_token = match (raw.server.join_token, raw.server.join_token_file) {
-                    (Some(_), Some(_)) => {
-                        return Err(invalid(
-                            "server.join_token_file",
-                            "give either server.join_token or server.join_token_file, not both",
-                        ));
-                    }
-                    (Some(token), None) => {
-                        Some(token).filter(|t| !t.is_empty()).map(JoinToken::Value)
-                    }
-                    (None, Some(path)) if path.is_absolute() => Some(JoinToken::File(path)),
-                    (None, Some(_)) => {
-                        return Err(invalid(
-                            "server.join_token_file",
-                            "must be an absolute path",
-                        ));
-                    }
-                    (None, None) => None,
-                };
+                let attestation = node_attestation(
+                    raw.server.join_token,
+                    raw.server.join_token_file,
+                    raw.server.attestation,
+                )?;
                 ServerConnection::Remote {
                     address,
                     trust_bundle,
-                    join_token,
+                    attestation,
                 }
             }
         };
@@ -358,11 +505,131 @@ mod tests {
             ServerConnection::Remote {
                 address: "server:8081".into(),
                 trust_bundle: "/etc/lanyard/ca.pem".into(),
-                join_token: Some(JoinToken::Value("abc".into())),
+                attestation: Some(NodeAttestation::JoinToken(JoinToken::Value("abc".into()))),
             }
         );
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/a"));
         Ok(())
+    }
+
+    const REMOTE: &str = "trust_domain = \"example.org\"\n[server]\naddress = \"server:8081\"\ntrust_bundle = \"/etc/lanyard/ca.pem\"\n";
+
+    fn attestation_of(text: &str) -> Result<Option<NodeAttestation>, ConfigError> {
+        match AgentConfig::from_toml(text, "agent.toml")?.server {
+            ServerConnection::Remote { attestation, .. } => Ok(attestation),
+            ServerConnection::Local { .. } => Ok(None),
+        }
+    }
+
+    #[test]
+    fn node_attestation_tables_are_read() -> Result<(), ConfigError> {
+        let x509pop = format!(
+            "{REMOTE}[server.attestation.x509pop]\ncertificate = \"/etc/pki/host.pem\"\nprivate_key = \"/etc/pki/host.key\"\n"
+        );
+        assert_eq!(
+            attestation_of(&x509pop)?,
+            Some(NodeAttestation::X509Pop {
+                certificate: "/etc/pki/host.pem".into(),
+                private_key: "/etc/pki/host.key".into(),
+            })
+        );
+        let sshpop = format!(
+            "{REMOTE}[server.attestation.sshpop]\nhost_key = \"/etc/ssh/ssh_host_ed25519_key\"\nhost_certificate = \"/etc/ssh/ssh_host_ed25519_key-cert.pub\"\n"
+        );
+        let read = attestation_of(&sshpop)?;
+        assert_eq!(
+            read,
+            Some(NodeAttestation::SshPop {
+                host_key: "/etc/ssh/ssh_host_ed25519_key".into(),
+                host_certificate: "/etc/ssh/ssh_host_ed25519_key-cert.pub".into(),
+            })
+        );
+        assert!(read.as_ref().is_some_and(NodeAttestation::reattests));
+        assert_eq!(read.map(|a| a.method()), Some("sshpop"));
+        let file = format!("{REMOTE}join_token_file = \"/etc/lanyard/token\"\n");
+        let read = attestation_of(&file)?;
+        assert_eq!(
+            read,
+            Some(NodeAttestation::JoinToken(JoinToken::File(
+                "/etc/lanyard/token".into()
+            )))
+        );
+        assert!(!read.as_ref().is_some_and(NodeAttestation::reattests));
+        assert_eq!(attestation_of(REMOTE)?, None);
+        // An empty token is no token, as before.
+        assert_eq!(
+            attestation_of(&format!("{REMOTE}join_token = \"\"\n"))?,
+            None
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn node_attestation_errors_name_the_key() {
+        let x509pop =
+            "[server.attestation.x509pop]\ncertificate = \"/c.pem\"\nprivate_key = \"/k.pem\"\n";
+        let sshpop =
+            "[server.attestation.sshpop]\nhost_key = \"/k\"\nhost_certificate = \"/k-cert.pub\"\n";
+        let cases = [
+            (
+                format!("{REMOTE}join_token = \"abc\"\n{x509pop}"),
+                "config key `server.attestation.x509pop`",
+            ),
+            (
+                format!("{REMOTE}join_token_file = \"/t\"\n{sshpop}"),
+                "config key `server.attestation.sshpop`",
+            ),
+            (
+                format!("{REMOTE}{x509pop}{sshpop}"),
+                "config key `server.attestation.sshpop`",
+            ),
+            (
+                format!("{REMOTE}{x509pop}").replace("\"/c.pem\"", "\"c.pem\""),
+                "config key `server.attestation.x509pop.certificate`",
+            ),
+            (
+                format!("{REMOTE}[server.attestation.x509pop]\ncertificate = \"/c.pem\"\n"),
+                "config key `server.attestation.x509pop.private_key`",
+            ),
+            (
+                format!("{REMOTE}{sshpop}").replace("\"/k\"", "\"k\""),
+                "config key `server.attestation.sshpop.host_key`",
+            ),
+            (
+                format!("{REMOTE}[server.attestation.sshpop]\nhost_key = \"/k\"\n"),
+                "config key `server.attestation.sshpop.host_certificate`",
+            ),
+            (
+                format!("{REMOTE}[server.attestation]\n"),
+                "config key `server.attestation`",
+            ),
+            (
+                format!("{REMOTE}[server.attestation.tpm]\n"),
+                "unknown field `tpm`",
+            ),
+            (
+                format!("{REMOTE}{x509pop}key = \"/k.pem\"\n"),
+                "unknown field `key`",
+            ),
+            (
+                format!("{GOOD}{x509pop}"),
+                "config key `server.attestation`",
+            ),
+            (
+                format!("{REMOTE}join_token = \"abc\"\njoin_token_file = \"/t\"\n"),
+                "config key `server.join_token_file`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = AgentConfig::from_toml(&text, "agent.toml")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                message.contains(expected),
+                "{text}: {message:?} should contain {expected:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 )]
 
 pub mod attestor;
+mod backoff;
 pub mod client;
 pub mod config;
 mod lru;
@@ -102,23 +103,42 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         "Workload API connection limits"
     );
     let mut tasks = Tasks::new("lanyard-agent");
+    let state = Arc::new(SyncedState::default());
     let server = match &config.server {
         ServerConnection::Local { node_socket } => ServerClient::local(node_socket),
         ServerConnection::Remote {
             address,
             trust_bundle,
-            join_token,
+            attestation,
         } => {
             let endpoint = ServerEndpoint::new(address, trust_bundle)?;
-            let creds =
-                upstream::establish(&endpoint, &config.data_dir, join_token.as_ref()).await?;
+            let creds = upstream::establish(
+                &endpoint,
+                &config.data_dir,
+                &config.trust_domain,
+                attestation.as_ref(),
+                config.server_timeout,
+            )
+            .await?;
             let client = ServerClient::over(upstream::channel(&endpoint, Some(&creds))?);
+            let reattestation = attestation
+                .as_ref()
+                .filter(|a| a.reattests())
+                .map(|attestation| {
+                    let state = state.clone();
+                    upstream::Reattestation {
+                        trust_domain: config.trust_domain.clone(),
+                        attestation: attestation.clone(),
+                        on_reattested: Box::new(move || state.reset_revision()),
+                    }
+                });
             let renewal = upstream::renew_forever(
                 endpoint,
                 config.data_dir.clone(),
                 creds,
                 client.clone(),
                 config.server_timeout,
+                reattestation,
                 tasks.stopping(),
             );
             tasks.spawn(async move {
@@ -128,7 +148,6 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
             client
         }
     };
-    let state = Arc::new(SyncedState::default());
     let reachability = Arc::new(Reachability::default());
     match state.sync_once(&server, config.server_timeout).await {
         Ok(count) => tracing::info!(entries = count, "synced with the server"),

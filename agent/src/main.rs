@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lanyard_agent::client::cli::{self, Cli, Command};
-use lanyard_agent::config::{AgentConfig, JoinToken, ServerConnection, read_join_token_file};
+use lanyard_agent::config::{
+    AgentConfig, JoinToken, NodeAttestation, ServerConnection, read_join_token_file,
+};
 use lanyard_host::daemon;
 
 /// Client commands run inside other tools (the AWS CLI shows a
@@ -55,9 +57,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, _) => None,
             };
             match (given, &mut config.server) {
-                (Some(token), ServerConnection::Remote { join_token, .. }) => {
-                    *join_token = Some(token)
-                }
+                (Some(token), ServerConnection::Remote { attestation, .. }) => match attestation {
+                    Some(configured) if configured.reattests() => anyhow::bail!(
+                        "a join token was given, but this config attests with server.attestation.{}; give one or the other",
+                        configured.method()
+                    ),
+                    _ => *attestation = Some(NodeAttestation::JoinToken(token)),
+                },
                 (Some(_), ServerConnection::Local { .. }) => {
                     anyhow::bail!(
                         "a join token is for a remote server (server.address); this config names server.node_socket"

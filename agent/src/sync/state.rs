@@ -13,6 +13,7 @@ use lanyard_proto::{Jwks, Selector, SpiffeId};
 use tokio::sync::watch;
 
 use super::entries::{AgentEntry, EntrySet};
+use crate::backoff::Backoff;
 use crate::upstream::client::{ServerClient, ServerClientError};
 use crate::upstream::reachability::Reachability;
 
@@ -24,6 +25,9 @@ pub(crate) enum SyncError {
     #[error("the server did not finish the sync within {} ms", .0.as_millis())]
     Timeout(Duration),
 }
+
+/// The first retry after a failed sync comes this soon (then up to the interval).
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
 
 /// The trust domain's X.509 authorities, DER, as the server published them.
 pub(crate) type X509Authorities = Arc<Vec<Vec<u8>>>;
@@ -69,6 +73,13 @@ impl SyncedState {
 
     pub(crate) fn x509_authorities(&self) -> watch::Receiver<Option<X509Authorities>> {
         self.x509_authorities.subscribe()
+    }
+
+    /// Forgets the revision held, so that the next sync asks for everything
+    /// (after a new attestation: the agent may now be someone else, with
+    /// other node groups); the entries in force keep being served until then.
+    pub(crate) fn reset_revision(&self) {
+        self.revision.store(0, Ordering::Release);
     }
 
     /// Changes whenever the entries in force change.
@@ -222,7 +233,7 @@ impl SyncedState {
         reachability: Arc<Reachability>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut backoff = Backoff::new(interval);
+        let mut backoff = Backoff::new(MIN_BACKOFF, interval);
         let mut failing = false;
         loop {
             let delay = if failing { backoff.next() } else { interval };
@@ -242,36 +253,6 @@ impl SyncedState {
                 }
             }
         }
-    }
-}
-
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-
-/// Exponential backoff from 200 ms up to `max`, each delay drawn uniformly
-/// from its upper half.
-#[derive(Debug)]
-struct Backoff {
-    current: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(max: Duration) -> Self {
-        Self {
-            current: MIN_BACKOFF.min(max),
-            max,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.current = MIN_BACKOFF.min(self.max);
-    }
-
-    fn next(&mut self) -> Duration {
-        let ceiling = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let half = ceiling / 2;
-        half + half.mul_f64(lanyard_host::random::jitter_fraction())
     }
 }
 
@@ -365,22 +346,5 @@ mod tests {
             (vec!["good".into()], none.clone())
         );
         assert_eq!(sync(true, &[&old], &[]), (none, vec!["old".into()]));
-    }
-
-    #[test]
-    fn backoff_grows_jittered_up_to_the_interval() {
-        let max = Duration::from_secs(5);
-        let mut backoff = Backoff::new(max);
-        let mut ceiling = MIN_BACKOFF;
-        for _ in 0..10 {
-            let delay = backoff.next();
-            assert!(
-                delay >= ceiling / 2 && delay <= ceiling,
-                "{delay:?} vs {ceiling:?}"
-            );
-            ceiling = (ceiling * 2).min(max);
-        }
-        backoff.reset();
-        assert!(backoff.next() <= MIN_BACKOFF);
     }
 }

@@ -14,7 +14,7 @@ use lanyard_proto::node::{
     GetBundleRequest, MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidRequest,
     MintX509SvidResponse, SyncEntriesRequest, SyncEntriesResponse,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tonic::transport::Channel;
 
 use super::reachability::Reachability;
@@ -64,13 +64,25 @@ pub(crate) async fn on_behalf<T>(
     }
 }
 
+/// The client over one channel, numbered so that a refusal can be told to
+/// concern the channel in use or one replaced since.
+#[derive(Debug)]
+struct Node {
+    client: NodeClient<Channel>,
+    generation: u64,
+}
+
 /// Cheap to clone; every clone sees a channel swapped in by
-/// [`replace_channel`](Self::replace_channel) (after an SVID renewal).
+/// [`replace_channel`](Self::replace_channel) (after an SVID renewal or a
+/// new attestation).
 #[derive(Debug, Clone)]
 pub(crate) struct ServerClient {
-    node: Arc<ArcSwap<NodeClient<Channel>>>,
+    node: Arc<ArcSwap<Node>>,
     /// Woken when the server says this agent's SVID may only renew.
     renewal: Arc<Notify>,
+    /// The generation of the latest channel whose SVID the server refused
+    /// in a way only a new attestation cures.
+    reattest: Arc<watch::Sender<Option<u64>>>,
 }
 
 impl ServerClient {
@@ -81,13 +93,36 @@ impl ServerClient {
 
     pub(crate) fn over(channel: Channel) -> Self {
         Self {
-            node: Arc::new(ArcSwap::from_pointee(NodeClient::new(channel))),
+            node: Arc::new(ArcSwap::from_pointee(Node {
+                client: NodeClient::new(channel),
+                generation: 0,
+            })),
             renewal: Arc::new(Notify::new()),
+            reattest: Arc::new(watch::channel(None).0),
         }
     }
 
     pub(crate) fn replace_channel(&self, channel: Channel) {
-        self.node.store(Arc::new(NodeClient::new(channel)));
+        self.node.rcu(|current| Node {
+            client: NodeClient::new(channel.clone()),
+            generation: current.generation + 1,
+        });
+    }
+
+    /// Resolves when a call over the channel in use was refused because the
+    /// agent must attest again (see [`lanyard_proto::REATTEST_REQUIRED_METADATA`]:
+    /// evicted, unknown, banned, expired). Refusals of calls made over a
+    /// channel replaced since do not count.
+    pub(crate) async fn reattestation_requested(&self) {
+        let mut refused = self.reattest.subscribe();
+        if refused
+            .wait_for(|generation| *generation == Some(self.node.load().generation))
+            .await
+            .is_err()
+        {
+            // The sender lives as long as `self`: never.
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Resolves when a call was refused because the SVID it presented may
@@ -96,20 +131,35 @@ impl ServerClient {
         self.renewal.notified().await;
     }
 
-    /// Passes `status` through, first noting a request to renew.
-    fn observe(&self, status: tonic::Status) -> tonic::Status {
+    /// Passes `status` of a call over channel `generation` through, first
+    /// noting a request to renew or to attest again.
+    fn observe(&self, generation: u64, status: tonic::Status) -> tonic::Status {
         if status
             .metadata()
             .contains_key(lanyard_proto::RENEW_REQUIRED_METADATA)
         {
             self.renewal.notify_one();
         }
+        if status
+            .metadata()
+            .contains_key(lanyard_proto::REATTEST_REQUIRED_METADATA)
+        {
+            self.reattest.send_if_modified(|refused| {
+                let newer = refused.is_none_or(|r| r < generation);
+                if newer {
+                    *refused = Some(generation);
+                }
+                newer
+            });
+        }
         status
     }
 
-    /// The current client, taken out of the cell for one call.
-    fn node(&self) -> NodeClient<Channel> {
-        NodeClient::clone(&self.node.load())
+    /// The current client and its channel's generation, taken out of the
+    /// cell for one call.
+    fn node(&self) -> (NodeClient<Channel>, u64) {
+        let node = self.node.load();
+        (node.client.clone(), node.generation)
     }
 
     /// What changed in this agent's entries since `since_revision` (everything when 0).
@@ -117,21 +167,21 @@ impl ServerClient {
         &self,
         since_revision: u64,
     ) -> Result<SyncEntriesResponse, ServerClientError> {
-        Ok(self
-            .node()
+        let (mut node, generation) = self.node();
+        Ok(node
             .sync_entries(SyncEntriesRequest { since_revision })
             .await
-            .map_err(|status| self.observe(status))?
+            .map_err(|status| self.observe(generation, status))?
             .into_inner())
     }
 
     /// The trust domain's bundle: JWT keys and X.509 authorities (DER).
     pub(crate) async fn bundle(&self) -> Result<(Jwks, Vec<Vec<u8>>), ServerClientError> {
-        let response = self
-            .node()
+        let (mut node, generation) = self.node();
+        let response = node
             .get_bundle(GetBundleRequest {})
             .await
-            .map_err(|status| self.observe(status))?
+            .map_err(|status| self.observe(generation, status))?
             .into_inner();
         Ok((
             serde_json::from_slice(&response.jwks)?,
@@ -145,14 +195,14 @@ impl ServerClient {
         entry_id: &str,
         csr: Vec<u8>,
     ) -> Result<MintX509SvidResponse, tonic::Status> {
-        Ok(self
-            .node()
+        let (mut node, generation) = self.node();
+        Ok(node
             .mint_x509_svid(MintX509SvidRequest {
                 entry_id: entry_id.to_owned(),
                 csr,
             })
             .await
-            .map_err(|status| self.observe(status))?
+            .map_err(|status| self.observe(generation, status))?
             .into_inner())
     }
 
@@ -161,14 +211,14 @@ impl ServerClient {
         entry_id: &str,
         audience: &[String],
     ) -> Result<MintJwtSvidResponse, tonic::Status> {
-        Ok(self
-            .node()
+        let (mut node, generation) = self.node();
+        Ok(node
             .mint_jwt_svid(MintJwtSvidRequest {
                 entry_id: entry_id.to_owned(),
                 audience: audience.to_vec(),
             })
             .await
-            .map_err(|status| self.observe(status))?
+            .map_err(|status| self.observe(generation, status))?
             .into_inner())
     }
 }

@@ -14,10 +14,12 @@ use std::path::PathBuf;
 use lanyard_host::private_files::FsError;
 
 pub(crate) use attestation::establish;
-pub use attestation::{IdentityError, attest, renew};
+pub use attestation::{
+    EvidenceError, HostEvidence, IdentityError, attest, attest_node, csr_key_sha256, renew,
+};
 pub use channel::{SERVER_NAME, ServerEndpoint, channel};
 pub use identity::{AgentCredentials, CREDENTIALS_FILE};
-pub(crate) use renewal::renew_forever;
+pub(crate) use renewal::{Reattestation, renew_forever};
 
 /// Why a call to the Node API, or the credentials it needs, failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,4 +54,8 @@ pub enum NodeClientError {
     BadSpiffeId(#[source] lanyard_proto::SpiffeIdError),
     #[error("the server answered with an unusable SVID: no CA bundle")]
     NoBundle,
+    #[error("node attestation: {0}")]
+    Evidence(#[from] EvidenceError),
+    #[error("node attestation: {0}")]
+    Protocol(&'static str),
 }

@@ -1,0 +1,349 @@
+//! How the agent becomes someone to the server: the SVID stored in its data
+//! dir while it is valid, else node attestation (a fresh key pair and a CSR,
+//! over TLS that authenticates the server against the configured trust
+//! bundle) through the `Attest` stream, with a single-use join token or with
+//! what the host already holds (x509pop, sshpop: a signature over the
+//! server's challenge); and the trade of a current SVID for a new one.
+
+mod sshpop;
+mod stream;
+mod x509pop;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lanyard_host::private_files::FsError;
+use lanyard_proto::TrustDomain;
+use lanyard_proto::attestation::{NONCE_LEN, signed_message};
+use lanyard_proto::node::node_client::NodeClient;
+use lanyard_proto::node::{
+    AttestAgentRequest, AttestProof, AttestStart, RenewAgentRequest, attest_proof, attest_start,
+};
+use rcgen::{CertificateParams, KeyPair};
+
+use super::NodeClientError;
+use super::channel::{ServerEndpoint, channel};
+use super::identity::AgentCredentials;
+use crate::config::{JoinTokenError, NodeAttestation};
+use sshpop::SshPop;
+use x509pop::X509Pop;
+
+/// Why the agent has no identity towards its server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    #[error(transparent)]
+    Node(#[from] NodeClientError),
+    #[error(
+        "no agent SVID in {0} and no way to attest: give server.join_token_file, --join-token-file, LANYARD_JOIN_TOKEN, [server.attestation.x509pop] or [server.attestation.sshpop]"
+    )]
+    NotAttested(PathBuf),
+    #[error("join token: {0}")]
+    JoinToken(#[source] JoinTokenError),
+    #[error("the agent SVID in {0} has expired and no join token was given to attest again")]
+    Expired(PathBuf),
+    #[error("the server did not answer within {} s", .0.as_secs())]
+    Timeout(Duration),
+}
+
+/// Why the host's material (x509pop certificate and key, sshpop host key and
+/// certificate) cannot serve as evidence, or could not sign.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvidenceError {
+    #[error(transparent)]
+    File(#[from] FsError),
+    #[error("{0} does not exist")]
+    Missing(PathBuf),
+    #[error("{path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: no CERTIFICATE block")]
+    NoCertificate(PathBuf),
+    #[error("{path}: the leaf certificate cannot be parsed: {reason}")]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error(
+        "{path}: {certificates} certificates, {bytes} bytes; the server takes at most {} certificates and {} bytes",
+        lanyard_proto::attestation::MAX_X509_CHAIN_LEN,
+        lanyard_proto::attestation::MAX_X509_CHAIN_BYTES
+    )]
+    ChainTooLarge {
+        path: PathBuf,
+        certificates: usize,
+        bytes: usize,
+    },
+    #[error("{0}: no PRIVATE KEY block (PKCS#8, SEC1 EC or PKCS#1 RSA)")]
+    NoPrivateKey(PathBuf),
+    #[error("{path}: unsupported private key: {source}")]
+    UnsupportedKey {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error(
+        "{0}: the key fits none of ECDSA P-256/SHA-256, P-384/SHA-384, Ed25519, RSA-PSS/SHA-256, RSA PKCS#1/SHA-256"
+    )]
+    NoScheme(PathBuf),
+    #[error("{key} is not the key of the leaf certificate in {certificate}")]
+    KeyNotLeaf { key: PathBuf, certificate: PathBuf },
+    #[error("signing the challenge: {0}")]
+    Sign(#[source] rustls::Error),
+    #[error("{path}: {source}")]
+    Ssh {
+        path: PathBuf,
+        #[source]
+        source: ssh_key::Error,
+    },
+    #[error(
+        "{0} is encrypted with a passphrase; the agent needs the host key unencrypted (as sshd keeps it)"
+    )]
+    EncryptedKey(PathBuf),
+    #[error("{0} is a user certificate; sshpop needs a host certificate (ssh-keygen -s … -h)")]
+    NotHostCertificate(PathBuf),
+    #[error("{certificate} certifies another key than {key}")]
+    CertificateNotOfKey { key: PathBuf, certificate: PathBuf },
+    #[error(
+        "{path}: {bytes} bytes; the server takes SSH certificates of at most {} bytes",
+        lanyard_proto::attestation::MAX_SSH_CERTIFICATE_BYTES
+    )]
+    SshCertificateTooLarge { path: PathBuf, bytes: usize },
+    #[error("{path}: {algorithm} keys are not supported (Ed25519, ECDSA P-256/P-384, RSA are)")]
+    UnsupportedSshKey { path: PathBuf, algorithm: String },
+    #[error("{path}: signing the challenge: {reason}")]
+    SshSign { path: PathBuf, reason: String },
+}
+
+/// What the host holds to prove itself (x509pop or sshpop), read from disk
+/// for one attestation: files are read again at each one, since host
+/// certificates rotate on disk.
+#[derive(Debug)]
+pub struct HostEvidence(Material);
+
+#[derive(Debug)]
+enum Material {
+    X509Pop(X509Pop),
+    SshPop(Box<SshPop>),
+}
+
+impl HostEvidence {
+    /// Reads and checks the host material `attestation` names; `None` for a
+    /// join token, which proves nothing by a signature.
+    pub fn load(attestation: &NodeAttestation) -> Result<Option<Self>, EvidenceError> {
+        Ok(match attestation {
+            NodeAttestation::JoinToken(_) => None,
+            NodeAttestation::X509Pop {
+                certificate,
+                private_key,
+            } => Some(Self(Material::X509Pop(X509Pop::load(
+                certificate,
+                private_key,
+            )?))),
+            NodeAttestation::SshPop {
+                host_key,
+                host_certificate,
+            } => Some(Self(Material::SshPop(Box::new(SshPop::load(
+                host_key,
+                host_certificate,
+            )?)))),
+        })
+    }
+
+    /// The method's name (`x509pop`, `sshpop`), as in the signed message.
+    pub fn method(&self) -> &'static str {
+        match self.0 {
+            Material::X509Pop(_) => lanyard_proto::attestation::X509POP,
+            Material::SshPop(_) => lanyard_proto::attestation::SSHPOP,
+        }
+    }
+
+    /// The evidence of [`AttestStart`]: the chain, or the SSH certificate.
+    pub fn evidence(&self) -> attest_start::Evidence {
+        match &self.0 {
+            Material::X509Pop(x509pop) => attest_start::Evidence::X509pop(x509pop.evidence()),
+            Material::SshPop(sshpop) => attest_start::Evidence::Sshpop(sshpop.evidence()),
+        }
+    }
+
+    /// The answer to a challenge: a signature by the host key over
+    /// [`signed_message`] of this method, `trust_domain`, `nonce` and the
+    /// SHA-256 of the CSR's SubjectPublicKeyInfo.
+    pub fn proof(
+        &self,
+        trust_domain: &TrustDomain,
+        nonce: &[u8; NONCE_LEN],
+        csr_key_sha256: &[u8; 32],
+    ) -> Result<AttestProof, EvidenceError> {
+        let message = signed_message(self.method(), trust_domain.as_str(), nonce, csr_key_sha256);
+        let proof = match &self.0 {
+            Material::X509Pop(x509pop) => attest_proof::Proof::X509pop(x509pop.prove(&message)?),
+            Material::SshPop(sshpop) => attest_proof::Proof::Sshsig(sshpop.prove(&message)?),
+        };
+        Ok(AttestProof { proof: Some(proof) })
+    }
+}
+
+/// SHA-256 of the SubjectPublicKeyInfo DER of the CSR `csr` (DER): the key
+/// the signed message binds, exactly as the server reads it from the CSR.
+pub fn csr_key_sha256(csr: &[u8]) -> Result<[u8; 32], NodeClientError> {
+    use x509_parser::prelude::FromDer;
+    let (_, request) = x509_parser::certification_request::X509CertificationRequest::from_der(csr)
+        .map_err(|_| NodeClientError::Protocol("the agent's own CSR does not parse"))?;
+    let spki = request.certification_request_info.subject_pki.raw;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest.as_ref());
+    Ok(hash)
+}
+
+/// The stored credentials when still valid, else a new attestation with
+/// `attestation` (saved before it is used). A stored SVID wins over a token,
+/// so restarting with the same config never burns a token twice. An agent
+/// that attests with host material also attests again when the stored
+/// credentials are damaged. The attestation is given up after `timeout`.
+pub(crate) async fn establish(
+    server: &ServerEndpoint,
+    data_dir: &Path,
+    trust_domain: &TrustDomain,
+    attestation: Option<&NodeAttestation>,
+    timeout: Duration,
+) -> Result<AgentCredentials, IdentityError> {
+    let stored = match AgentCredentials::load(data_dir) {
+        Ok(stored) => stored,
+        Err(e @ (NodeClientError::Credentials { .. } | NodeClientError::KeyMismatch { .. }))
+            if attestation.is_some_and(NodeAttestation::reattests) =>
+        {
+            tracing::warn!(error = %e, "the stored agent credentials are unusable; attesting again");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match (stored, attestation) {
+        (Some(creds), _) if creds.expires_at > lanyard_host::clock::now() => {
+            tracing::info!(agent = %creds.spiffe_id, "using the stored agent SVID");
+            Ok(creds)
+        }
+        (stored, Some(attestation)) => {
+            let creds = attest_within(server, trust_domain, attestation, timeout).await?;
+            creds.save(data_dir)?;
+            let action = if stored.is_some() {
+                "re-attested"
+            } else {
+                "attested"
+            };
+            match attestation {
+                NodeAttestation::JoinToken(_) => {
+                    tracing::info!(agent = %creds.spiffe_id, "{action} with a join token")
+                }
+                other => {
+                    tracing::info!(agent = %creds.spiffe_id, method = other.method(), "{action} with the host's certificate")
+                }
+            }
+            Ok(creds)
+        }
+        (Some(_), None) => Err(IdentityError::Expired(data_dir.to_owned())),
+        (None, None) => Err(IdentityError::NotAttested(data_dir.to_owned())),
+    }
+}
+
+/// [`attest_node`], given up after `timeout`.
+pub(crate) async fn attest_within(
+    server: &ServerEndpoint,
+    trust_domain: &TrustDomain,
+    attestation: &NodeAttestation,
+    timeout: Duration,
+) -> Result<AgentCredentials, IdentityError> {
+    tokio::time::timeout(timeout, attest_node(server, trust_domain, attestation))
+        .await
+        .map_err(|_| IdentityError::Timeout(timeout))?
+}
+
+/// A new key pair and a CSR (DER) over it.
+fn csr() -> Result<(KeyPair, Vec<u8>), NodeClientError> {
+    let key = KeyPair::generate()?;
+    let request = CertificateParams::default().serialize_request(&key)?;
+    Ok((key, request.der().to_vec()))
+}
+
+/// Attests with a single-use join token and returns the agent's first SVID.
+/// It goes through the `Attest` stream; a server of an earlier release,
+/// which has no such method, is asked with the unary `AttestAgent` instead
+/// (it answered `Unimplemented` without looking at the token).
+pub async fn attest(
+    server: &ServerEndpoint,
+    join_token: &str,
+) -> Result<AgentCredentials, NodeClientError> {
+    let (key, csr) = csr()?;
+    let start = AttestStart {
+        csr: csr.clone(),
+        evidence: Some(attest_start::Evidence::JoinToken(join_token.to_owned())),
+    };
+    let response = match stream::exchange(server, start, |_| {
+        Err(NodeClientError::Protocol(
+            "the server challenged a join token",
+        ))
+    })
+    .await
+    {
+        Err(NodeClientError::Refused(status)) if status.code() == tonic::Code::Unimplemented => {
+            NodeClient::new(channel(server, None)?)
+                .attest_agent(AttestAgentRequest {
+                    join_token: join_token.to_owned(),
+                    csr,
+                })
+                .await
+                .map_err(NodeClientError::Refused)?
+                .into_inner()
+        }
+        other => other?,
+    };
+    AgentCredentials::from_response(response, &key)
+}
+
+/// Attests as `attestation` says: a join token (read now from its file when
+/// it is one), or the host material (read now) answering the server's
+/// challenge for `trust_domain`. Returns the agent's new SVID. No deadline:
+/// see [`attest_within`].
+pub async fn attest_node(
+    server: &ServerEndpoint,
+    trust_domain: &TrustDomain,
+    attestation: &NodeAttestation,
+) -> Result<AgentCredentials, IdentityError> {
+    let evidence = match attestation {
+        NodeAttestation::JoinToken(token) => {
+            let token = token.read().map_err(IdentityError::JoinToken)?;
+            return Ok(attest(server, &token).await?);
+        }
+        other => HostEvidence::load(other).map_err(NodeClientError::from)?,
+    };
+    let Some(evidence) = evidence else {
+        return Err(NodeClientError::Protocol("no evidence for this method").into());
+    };
+    let (key, csr) = csr()?;
+    let csr_key = csr_key_sha256(&csr)?;
+    let start = AttestStart {
+        csr,
+        evidence: Some(evidence.evidence()),
+    };
+    let response = stream::exchange(server, start, |nonce| {
+        Ok(evidence.proof(trust_domain, nonce, &csr_key)?)
+    })
+    .await?;
+    Ok(AgentCredentials::from_response(response, &key)?)
+}
+
+/// Trades the current SVID for a new one over a new key.
+pub async fn renew(
+    server: &ServerEndpoint,
+    current: &AgentCredentials,
+) -> Result<AgentCredentials, NodeClientError> {
+    let (key, csr) = csr()?;
+    let response = NodeClient::new(channel(server, Some(current))?)
+        .renew_agent(RenewAgentRequest { csr })
+        .await
+        .map_err(NodeClientError::Refused)?
+        .into_inner();
+    AgentCredentials::from_response(response, &key)
+}
