@@ -39,6 +39,7 @@ use crate::api::listener::{self, Limiters};
 use crate::api::node::NodeService;
 use crate::api::node_tls;
 use crate::authority::ca::{self, CertificateAuthority};
+use crate::authority::node_attestation::{NodeAttestors, X509PopConfigError};
 use crate::authority::{Authority, Issuer};
 use crate::config::ServerConfig;
 use crate::keys::{KeyError, KeyManager, KeyManagerError};
@@ -58,6 +59,8 @@ pub enum ServerError {
     Keys(#[from] KeyManagerError),
     #[error(transparent)]
     Ca(#[from] ca::CaError),
+    #[error("node_attestation.x509pop: {0}")]
+    NodeAttestation(#[source] X509PopConfigError),
     #[error(transparent)]
     NodeTls(#[from] node_tls::NodeTlsError),
     #[error(transparent)]
@@ -157,9 +160,14 @@ pub async fn start_with_listener(
         &limiters,
         &mut tasks,
     )?;
+    let attestors = Arc::new(
+        NodeAttestors::new(config.trust_domain.clone(), &config.node_attestation)
+            .map_err(ServerError::NodeAttestation)?,
+    );
     let node_service = Arc::new(NodeService::new(
         authority.clone(),
         ca.clone(),
+        attestors,
         config.node_api.agent_id.clone(),
         config.node_api.agent_svid_ttl,
     ));
@@ -299,7 +307,10 @@ async fn serve_node_socket(
     let stopped = tasks.stopped();
     tasks.spawn(async move {
         grpc_server()
-            .add_service(NodeServer::from_arc(service))
+            .add_service(
+                NodeServer::from_arc(service)
+                    .max_decoding_message_size(api::node::attest::MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(incoming, stopped)
             .await
             .map_err(|source| ServerError::Serve {
@@ -339,7 +350,10 @@ async fn serve_node_tls(
     let stopped = tasks.stopped();
     tasks.spawn(async move {
         grpc_server()
-            .add_service(NodeServer::from_arc(service))
+            .add_service(
+                NodeServer::from_arc(service)
+                    .max_decoding_message_size(api::node::attest::MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(connections_rx),
                 stopped,

@@ -8,17 +8,19 @@ use std::time::Duration;
 use lanyard_host::random;
 use lanyard_proto::admin::admin_server::Admin;
 use lanyard_proto::admin::{
-    Agent, CreateEntryRequest, DeleteEntryRequest, DeleteEntryResponse, Entry, EvictAgentRequest,
-    EvictAgentResponse, GenerateJoinTokenRequest, GenerateJoinTokenResponse, GetBundleRequest,
-    GetBundleResponse, GetEntryRequest, HealthRequest, HealthResponse, ListAgentsRequest,
-    ListAgentsResponse, ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
+    Agent, BanAgentRequest, BanAgentResponse, CreateEntryRequest, DeleteEntryRequest,
+    DeleteEntryResponse, Entry, EvictAgentRequest, EvictAgentResponse, GenerateJoinTokenRequest,
+    GenerateJoinTokenResponse, GetAgentRequest, GetBundleRequest, GetBundleResponse,
+    GetEntryRequest, HealthRequest, HealthResponse, ListAgentsRequest, ListAgentsResponse,
+    ListEntriesRequest, ListEntriesResponse, UnbanAgentRequest, UnbanAgentResponse,
+    UpdateEntryRequest,
 };
 use lanyard_proto::{Selector, SpiffeId};
 use tonic::{Request, Response, Status};
 
 use crate::api::peer;
 use crate::authority::entries::{self, EntrySpec, RegistrationEntry};
-use crate::authority::registry::EntryFilter;
+use crate::authority::registry::{AgentRecord, EntryFilter};
 use crate::authority::{Authority, RegistryError};
 
 /// Join tokens live ten minutes unless asked otherwise, a day at most.
@@ -49,8 +51,11 @@ impl AdminService {
         peer::require_uid(request, &self.policy.allowed_uids, "Admin API")
     }
 
-    /// Validates an operator's entry, naming the field at fault.
+    /// Validates an operator's entry, naming the field at fault. A node
+    /// alias (`wanted.node`) is parented to the server and selects node
+    /// selectors only; a workload entry selects workload selectors only.
     async fn entry_spec(&self, wanted: &Entry) -> Result<EntrySpec, Status> {
+        let node = wanted.node;
         let Entry {
             spiffe_id,
             parent_id,
@@ -73,13 +78,21 @@ impl AdminService {
         };
         let spiffe_id = member("spiffe_id", spiffe_id)?;
         self.check_assignable("spiffe_id", &spiffe_id)?;
+        let server_id = self.server_id()?;
         // The parent may well be a system ID: the local agent or an attested one.
-        let parent_id = if parent_id.is_empty() {
+        let parent_id = if node {
+            if !parent_id.is_empty() && parent_id != server_id.as_str() {
+                return Err(Status::invalid_argument(format!(
+                    "parent_id: a node alias hangs under the server ({server_id}); leave parent_id empty"
+                )));
+            }
+            server_id
+        } else if parent_id.is_empty() {
             self.policy.local_agent_id.clone()
         } else {
             member("parent_id", parent_id)?
         };
-        if !self.parent_is_known(&parent_id).await? {
+        if !node && !self.parent_is_known(&parent_id).await? {
             return Err(Status::invalid_argument(format!(
                 "parent_id {parent_id} is unknown: it is neither an attested agent, the local agent nor an entry's SPIFFE ID"
             )));
@@ -89,12 +102,14 @@ impl AdminService {
                 "selectors: at least one is required",
             ));
         }
+        let parse = if node {
+            Selector::parse_known_node
+        } else {
+            Selector::parse_known
+        };
         let selectors = selectors
             .iter()
-            .map(|s| {
-                Selector::parse_known(s)
-                    .map_err(|e| Status::invalid_argument(format!("selectors: {e}")))
-            })
+            .map(|s| parse(s).map_err(|e| Status::invalid_argument(format!("selectors: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         lanyard_proto::selector::check_binary_anchored(&selectors)
             .map_err(|e| Status::invalid_argument(format!("selectors: {e}")))?;
@@ -135,6 +150,32 @@ impl AdminService {
         Ok(())
     }
 
+    /// The server's own ID, the parent of node aliases.
+    fn server_id(&self) -> Result<SpiffeId, Status> {
+        self.authority
+            .server_id()
+            .cloned()
+            .ok_or_else(|| Status::internal("the server's own SPIFFE ID is not valid"))
+    }
+
+    fn to_admin(&self, entry: RegistrationEntry) -> Entry {
+        let node = self.authority.server_id() == Some(&entry.parent_id);
+        to_admin(entry, node)
+    }
+
+    /// A SPIFFE ID of this trust domain from `raw`, for the field `field`.
+    fn agent_id(&self, raw: &str) -> Result<SpiffeId, Status> {
+        let id = SpiffeId::parse(raw)
+            .map_err(|e| Status::invalid_argument(format!("spiffe_id {raw:?}: {e}")))?;
+        let trust_domain = self.authority.trust_domain();
+        if !id.is_member_of(trust_domain) {
+            return Err(Status::invalid_argument(format!(
+                "spiffe_id {raw:?} is not in trust domain {trust_domain}"
+            )));
+        }
+        Ok(id)
+    }
+
     async fn parent_is_known(&self, parent: &SpiffeId) -> Result<bool, Status> {
         if parent == &self.policy.local_agent_id {
             return Ok(true);
@@ -158,8 +199,9 @@ fn registry_status(error: RegistryError) -> Status {
     }
 }
 
-fn to_admin(entry: RegistrationEntry) -> Entry {
+fn to_admin(entry: RegistrationEntry, node: bool) -> Entry {
     Entry {
+        node,
         id: entry.id,
         spiffe_id: entry.spiffe_id.to_string(),
         parent_id: entry.parent_id.to_string(),
@@ -171,6 +213,19 @@ fn to_admin(entry: RegistrationEntry) -> Entry {
         revision: entry.revision,
         x509_svid_ttl_seconds: u32::try_from(entry.x509_svid_ttl.as_secs()).unwrap_or(u32::MAX),
         hint: entry.hint,
+    }
+}
+
+fn to_agent(agent: AgentRecord) -> Agent {
+    Agent {
+        spiffe_id: agent.spiffe_id.to_string(),
+        serial: agent.serial,
+        last_seen: agent.last_seen,
+        evicted: agent.evicted,
+        attestation_type: agent.attestation_type,
+        selectors: agent.selectors.iter().map(ToString::to_string).collect(),
+        banned: agent.banned,
+        attested_at: agent.attested_at,
     }
 }
 
@@ -221,6 +276,7 @@ impl Admin for AdminService {
                 admin: body.admin,
                 x509_svid_ttl_seconds: body.x509_svid_ttl_seconds,
                 hint: body.hint,
+                node: body.node,
                 ..Entry::default()
             })
             .await?;
@@ -231,7 +287,7 @@ impl Admin for AdminService {
             .await
             .map_err(registry_status)?;
         tracing::info!(target: "lanyard::audit", uid, id = entry.id, spiffe_id = %entry.spiffe_id, "entry created");
-        Ok(Response::new(to_admin(entry)))
+        Ok(Response::new(self.to_admin(entry)))
     }
 
     async fn get_entry(
@@ -245,7 +301,7 @@ impl Admin for AdminService {
             .get_entry(&request.get_ref().id)
             .await
             .map_err(registry_status)?;
-        Ok(Response::new(to_admin(entry)))
+        Ok(Response::new(self.to_admin(entry)))
     }
 
     async fn list_entries(
@@ -273,7 +329,7 @@ impl Admin for AdminService {
             .await
             .map_err(registry_status)?;
         Ok(Response::new(ListEntriesResponse {
-            entries: entries.into_iter().map(to_admin).collect(),
+            entries: entries.into_iter().map(|e| self.to_admin(e)).collect(),
         }))
     }
 
@@ -294,7 +350,7 @@ impl Admin for AdminService {
             .await
             .map_err(registry_status)?;
         tracing::info!(target: "lanyard::audit", uid, id = entry.id, spiffe_id = %entry.spiffe_id, "entry updated");
-        Ok(Response::new(to_admin(entry)))
+        Ok(Response::new(self.to_admin(entry)))
     }
 
     async fn delete_entry(
@@ -365,15 +421,7 @@ impl Admin for AdminService {
             .await
             .map_err(registry_status)?;
         Ok(Response::new(ListAgentsResponse {
-            agents: agents
-                .into_iter()
-                .map(|a| Agent {
-                    spiffe_id: a.spiffe_id.to_string(),
-                    serial: a.serial,
-                    last_seen: a.last_seen,
-                    evicted: a.evicted,
-                })
-                .collect(),
+            agents: agents.into_iter().map(to_agent).collect(),
         }))
     }
 
@@ -392,6 +440,51 @@ impl Admin for AdminService {
             .map_err(registry_status)?;
         tracing::info!(target: "lanyard::audit", uid, agent = %id, "agent evicted");
         Ok(Response::new(EvictAgentResponse {}))
+    }
+
+    async fn get_agent(
+        &self,
+        request: Request<GetAgentRequest>,
+    ) -> Result<Response<Agent>, Status> {
+        self.caller(&request)?;
+        let id = self.agent_id(&request.get_ref().spiffe_id)?;
+        let agent = self
+            .authority
+            .registry()
+            .get_agent(&id)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(to_agent(agent)))
+    }
+
+    async fn ban_agent(
+        &self,
+        request: Request<BanAgentRequest>,
+    ) -> Result<Response<BanAgentResponse>, Status> {
+        let uid = self.caller(&request)?;
+        let id = self.agent_id(&request.get_ref().spiffe_id)?;
+        self.authority
+            .registry()
+            .ban_agent(&id)
+            .await
+            .map_err(registry_status)?;
+        tracing::info!(target: "lanyard::audit", uid, agent = %id, "agent banned");
+        Ok(Response::new(BanAgentResponse {}))
+    }
+
+    async fn unban_agent(
+        &self,
+        request: Request<UnbanAgentRequest>,
+    ) -> Result<Response<UnbanAgentResponse>, Status> {
+        let uid = self.caller(&request)?;
+        let id = self.agent_id(&request.get_ref().spiffe_id)?;
+        self.authority
+            .registry()
+            .unban_agent(&id)
+            .await
+            .map_err(registry_status)?;
+        tracing::info!(target: "lanyard::audit", uid, agent = %id, "agent unbanned");
+        Ok(Response::new(UnbanAgentResponse {}))
     }
 
     async fn get_bundle(

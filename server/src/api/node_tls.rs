@@ -6,7 +6,7 @@
 //! handshake, and an HTTP/2 connection can outlive the certificate).
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -72,6 +72,9 @@ impl PeerSvid {
 pub(crate) struct NodeConnectInfo {
     /// None when the client presented no certificate (attestation only).
     pub peer: Option<PeerSvid>,
+    /// The peer's address, as the TCP connection says (pending attestations
+    /// are capped per address).
+    pub remote: SocketAddr,
 }
 
 /// An accepted Node API connection: the TLS stream, what its client
@@ -222,7 +225,13 @@ pub(crate) async fn accept(
                     tls.get_ref().1.peer_certificates().and_then(|c| c.first());
                 let peer_svid = leaf.and_then(|cert| PeerSvid::from_certificate(cert));
                 let stream = Permitted::new(
-                    Accepted::new(tls, NodeConnectInfo { peer: peer_svid }),
+                    Accepted::new(
+                        tls,
+                        NodeConnectInfo {
+                            peer: peer_svid,
+                            remote: peer,
+                        },
+                    ),
                     permit,
                 );
                 let _ = connections.send(Ok(stream)).await;

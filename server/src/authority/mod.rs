@@ -5,6 +5,7 @@
 pub mod ca;
 pub mod entries;
 mod issuer;
+pub mod node_attestation;
 pub(crate) mod registry;
 
 pub use issuer::{Issuer, IssuerError};
@@ -18,7 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lanyard_host::clock::unix_seconds;
 use lanyard_host::random;
 use lanyard_proto::audience::{Audience, AudienceError};
-use lanyard_proto::{Jwks, JwtSvidClaims, SpiffeId, TrustDomain};
+use lanyard_proto::{Jwks, JwtSvidClaims, Selector, SpiffeId, TrustDomain};
 
 use crate::keys::{KeyError, KeyManager, KeyManagerError};
 use crate::store::RegistrationEntry;
@@ -26,6 +27,16 @@ use crate::store::{Datastore, EntryChange, StoreError};
 
 /// How deep entries may nest under an agent through node entries.
 const MAX_NESTING: usize = 8;
+
+/// The path of the server's own SPIFFE ID (the one in its Node API
+/// certificate), under which node aliases hang.
+pub const SERVER_ID_PATH: &str = "/lanyard/server";
+
+/// Whether a node alias selecting `alias` covers an agent that proved
+/// `node`: every one of the alias's selectors is among the node's.
+pub(crate) fn alias_matches(alias: &[Selector], node: &[Selector]) -> bool {
+    !alias.is_empty() && alias.iter().all(|s| node.contains(s))
+}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -79,6 +90,8 @@ pub struct Authority {
     store: Datastore,
     registry: Registry,
     max_ttl: Duration,
+    /// The parent of node aliases.
+    server_id: Option<SpiffeId>,
 }
 
 impl Authority {
@@ -89,6 +102,7 @@ impl Authority {
         store: Datastore,
         max_ttl: Duration,
     ) -> Self {
+        let server_id = trust_domain.id_with_path(SERVER_ID_PATH).ok();
         Self {
             trust_domain,
             issuer,
@@ -96,7 +110,13 @@ impl Authority {
             registry: Registry::new(store.clone()),
             store,
             max_ttl,
+            server_id,
         }
+    }
+
+    /// The server's own SPIFFE ID: the parent of node aliases.
+    pub fn server_id(&self) -> Option<&SpiffeId> {
+        self.server_id.as_ref()
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -112,14 +132,39 @@ impl Authority {
         &self.registry
     }
 
-    /// Every entry `agent` may serve: those parented to it, and those parented
-    /// to the SPIFFE ID of an entry it may serve (node entries), to a bounded
-    /// depth. One datastore query.
+    /// Where `agent`'s entries hang from: the agent itself and every node
+    /// alias its node selectors cover; and the entry revision at which those
+    /// selectors last changed.
+    async fn agent_roots(&self, agent: &SpiffeId) -> Result<(Vec<SpiffeId>, u64), StoreError> {
+        let mut roots = vec![agent.clone()];
+        let record = match self.store.get_agent(agent).await {
+            Ok(record) => record,
+            // The local agent, which has no record and no node selectors.
+            Err(StoreError::NotFound { .. }) => return Ok((roots, 0)),
+            Err(e) => return Err(e),
+        };
+        if let (false, Some(server_id)) = (record.selectors.is_empty(), &self.server_id) {
+            for alias in self.store.entries_by_parent(server_id).await? {
+                if alias_matches(&alias.selectors, &record.selectors)
+                    && !roots.contains(&alias.spiffe_id)
+                {
+                    roots.push(alias.spiffe_id);
+                }
+            }
+        }
+        Ok((roots, record.selectors_revision))
+    }
+
+    /// Every entry `agent` may serve: those parented to it or to a node alias
+    /// it is under, and those parented to the SPIFFE ID of an entry it may
+    /// serve (node entries), to a bounded depth. Aliases themselves are not
+    /// among them.
     pub async fn entries_for_agent(
         &self,
         agent: &SpiffeId,
     ) -> Result<Vec<RegistrationEntry>, StoreError> {
-        self.store.entries_under(agent, MAX_NESTING).await
+        let (roots, _) = self.agent_roots(agent).await?;
+        self.store.entries_under_roots(&roots, MAX_NESTING).await
     }
 
     /// What `agent` must change since revision `since` (everything when 0).
@@ -130,9 +175,12 @@ impl Authority {
     ) -> Result<AgentEntryUpdate, StoreError> {
         // The revision is read before the entries: a change racing with the
         // reads below has a higher revision, so the next sync sees it again.
-        if since == 0 {
-            let revision = self.store.entry_revision().await?;
-            let upserts = self.entries_for_agent(agent).await?;
+        let revision = self.store.entry_revision().await?;
+        let (roots, selectors_revision) = self.agent_roots(agent).await?;
+        // A first sync, or node selectors that changed since (a new
+        // attestation): the whole set.
+        if since == 0 || selectors_revision > since {
+            let upserts = self.store.entries_under_roots(&roots, MAX_NESTING).await?;
             return Ok(AgentEntryUpdate {
                 upserts,
                 deleted_ids: Vec::new(),
@@ -149,14 +197,14 @@ impl Authority {
             return Ok(update);
         }
         if self.changes_move_subtrees(&changes).await? {
-            update.upserts = self.entries_for_agent(agent).await?;
+            update.upserts = self.store.entries_under_roots(&roots, MAX_NESTING).await?;
             update.full = true;
             return Ok(update);
         }
         // No change moved a subtree, so an entry is the agent's exactly when
         // its parent is one of the IDs the agent's entries hang from: the
         // work is per change, not per entry the agent holds.
-        let parents = self.store.parents_under(agent, MAX_NESTING).await?;
+        let parents = self.store.parents_under_roots(&roots, MAX_NESTING).await?;
         for change in changes {
             match change {
                 EntryChange::Upsert(entry) if parents.contains(entry.parent_id.as_str()) => {

@@ -3,7 +3,7 @@
 //! and see the datastore's failures as [`RegistryError`].
 
 use lanyard_host::clock;
-use lanyard_proto::{SpiffeId, TrustDomain};
+use lanyard_proto::{Selector, SpiffeId, TrustDomain};
 
 pub(crate) use crate::store::{AgentRecord, EntryFilter, JoinToken, RedeemError};
 use crate::store::{Datastore, EntrySpec, RegistrationEntry, StoreError};
@@ -128,6 +128,32 @@ impl Registry {
             .store
             .attest_agent(spiffe_id, serial, clock::now())
             .await?)
+    }
+
+    /// Records `spiffe_id` as attested by `method` with the node selectors
+    /// `selectors` and the SVID `serial`: `Conflict` when it is banned, or
+    /// evicted and attesting with a join token.
+    pub async fn attest_node(
+        &self,
+        spiffe_id: &SpiffeId,
+        serial: &str,
+        method: &str,
+        selectors: &[Selector],
+    ) -> Result<AgentRecord, RegistryError> {
+        Ok(self
+            .store
+            .attest_node(spiffe_id, serial, method, selectors, clock::now())
+            .await?)
+    }
+
+    /// Bans `spiffe_id` (known or not) from attesting, and evicts it.
+    pub async fn ban_agent(&self, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
+        Ok(self.store.ban_agent(spiffe_id, clock::now()).await?)
+    }
+
+    /// Lifts a ban (the agent must attest again).
+    pub async fn unban_agent(&self, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
+        Ok(self.store.unban_agent(spiffe_id).await?)
     }
 
     pub async fn get_agent(&self, spiffe_id: &SpiffeId) -> Result<AgentRecord, RegistryError> {

@@ -5,10 +5,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lanyard_host::config_file::{self, invalid};
+use lanyard_proto::attestation::MAX_CHALLENGE_TTL_SECONDS;
 use lanyard_proto::{Selector, SpiffeId, TrustDomain};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::Deserialize;
+use ssh_key::known_hosts::{KnownHosts, Marker};
+use ssh_key::public::KeyData;
 
 use crate::authority::entries::{self, EntrySpec};
+use crate::authority::node_attestation::x509pop;
 use crate::keys::{KeyType, PolicyError, RotationPolicy};
 
 pub use crate::authority::Issuer;
@@ -19,6 +24,10 @@ const DEFAULT_JWT_TTL_SECONDS: u32 = 300;
 const DEFAULT_JWT_MAX_TTL_SECONDS: u32 = 3600;
 /// GCP refuses tokens whose `exp - iat` exceeds 48 hours; no cloud wants more.
 const JWT_TTL_CEILING_SECONDS: u32 = 48 * 3600;
+const DEFAULT_CHALLENGE_TTL_SECONDS: u32 = 30;
+const DEFAULT_MAX_PENDING_PER_PEER: u32 = 8;
+/// A per-peer cap above the server-wide one would mean nothing.
+const MAX_PENDING_PER_PEER_CEILING: u32 = 256;
 
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -47,6 +56,53 @@ pub struct NodeApiConfig {
     pub agent_svid_ttl: Duration,
     /// The SPIFFE ID under which the local agent is known (the parent of its entries).
     pub agent_id: SpiffeId,
+}
+
+/// `[node_attestation]`: how nodes prove themselves besides join tokens.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NodeAttestationConfig {
+    /// How long a challenge may wait for its answer.
+    pub challenge_ttl: Duration,
+    /// Most attestations waiting at once from one peer address.
+    pub max_pending_per_peer: usize,
+    /// x509pop, when `[node_attestation.x509pop]` is present.
+    pub x509pop: Option<X509PopConfig>,
+    /// sshpop, when `[node_attestation.sshpop]` is present.
+    pub sshpop: Option<SshPopConfig>,
+}
+
+impl Default for NodeAttestationConfig {
+    fn default() -> Self {
+        Self {
+            challenge_ttl: Duration::from_secs(DEFAULT_CHALLENGE_TTL_SECONDS.into()),
+            max_pending_per_peer: DEFAULT_MAX_PENDING_PER_PEER as usize,
+            x509pop: None,
+            sshpop: None,
+        }
+    }
+}
+
+/// `[node_attestation.x509pop]`, its files read and parsed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct X509PopConfig {
+    /// The trust anchors node chains must reach (`ca_bundle`).
+    pub ca_bundle: Vec<CertificateDer<'static>>,
+    /// Intermediate CAs nodes need not send (`intermediates`).
+    pub intermediates: Vec<CertificateDer<'static>>,
+    /// Revocation lists (`crl`); unknown status is allowed, expiry ignored.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+/// `[node_attestation.sshpop]`, its CA keys parsed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SshPopConfig {
+    /// Keys whose host certificates are trusted.
+    pub cert_authorities: Vec<KeyData>,
+    /// Keys (CA or host) refused whatever signed them (`@revoked` lines).
+    pub revoked: Vec<KeyData>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +137,7 @@ pub struct ServerConfig {
     pub node_api: NodeApiConfig,
     pub admin: AdminConfig,
     pub jwt: JwtConfig,
+    pub node_attestation: NodeAttestationConfig,
     /// Entries from the config file, seeded into the datastore at start.
     pub entries: Vec<EntrySpec>,
     /// `sqlite://…` or `postgres://…`.
@@ -105,7 +162,34 @@ struct RawConfig {
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
+    node_attestation: RawNodeAttestation,
+    #[serde(default)]
     entries: Vec<RawEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNodeAttestation {
+    challenge_ttl_seconds: Option<u32>,
+    max_pending_per_peer: Option<u32>,
+    x509pop: Option<RawX509Pop>,
+    sshpop: Option<RawSshPop>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawX509Pop {
+    ca_bundle: PathBuf,
+    intermediates: Option<PathBuf>,
+    crl: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSshPop {
+    #[serde(default)]
+    cert_authorities: Vec<String>,
+    cert_authorities_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,7 +283,9 @@ impl RawConfig {
         let (key_type, rotation) = self.jwt.keys(max_ttl)?;
         let server_id = validate_server_id(self.server_id.unwrap_or_default())?;
         let admin = self.admin.validate(&self.data_dir)?;
+        let node_attestation = self.node_attestation.validate()?;
         Ok(ServerConfig {
+            node_attestation,
             server_id,
             admin,
             datastore_url,
@@ -291,6 +377,143 @@ impl RawNodeApi {
             agent_svid_ttl: Duration::from_secs(agent_svid_ttl.into()),
             socket: self.socket.unwrap_or_else(|| data_dir.join("node.sock")),
             agent_id,
+        })
+    }
+}
+
+impl RawNodeAttestation {
+    fn validate(self) -> Result<NodeAttestationConfig, ConfigError> {
+        let ttl = self
+            .challenge_ttl_seconds
+            .unwrap_or(DEFAULT_CHALLENGE_TTL_SECONDS);
+        if !(1..=MAX_CHALLENGE_TTL_SECONDS).contains(&ttl) {
+            return Err(invalid(
+                "node_attestation.challenge_ttl_seconds",
+                format!("must be between 1 and {MAX_CHALLENGE_TTL_SECONDS}"),
+            ));
+        }
+        let max_pending = self
+            .max_pending_per_peer
+            .unwrap_or(DEFAULT_MAX_PENDING_PER_PEER);
+        if !(1..=MAX_PENDING_PER_PEER_CEILING).contains(&max_pending) {
+            return Err(invalid(
+                "node_attestation.max_pending_per_peer",
+                format!("must be between 1 and {MAX_PENDING_PER_PEER_CEILING}"),
+            ));
+        }
+        Ok(NodeAttestationConfig {
+            challenge_ttl: Duration::from_secs(ttl.into()),
+            max_pending_per_peer: max_pending as usize,
+            x509pop: self.x509pop.map(RawX509Pop::validate).transpose()?,
+            sshpop: self.sshpop.map(RawSshPop::validate).transpose()?,
+        })
+    }
+}
+
+/// The bytes of the file at `path`, for the config key `key`.
+fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| invalid(key, format!("{}: {e}", path.display())))
+}
+
+/// The PEM certificates in the file at `path`, for the config key `key`.
+fn read_pem_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let pem = read_file(key, path)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            key,
+            format!("{}: holds no PEM CERTIFICATE", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+impl RawX509Pop {
+    fn validate(self) -> Result<X509PopConfig, ConfigError> {
+        const BUNDLE: &str = "node_attestation.x509pop.ca_bundle";
+        const INTERMEDIATES: &str = "node_attestation.x509pop.intermediates";
+        const CRL: &str = "node_attestation.x509pop.crl";
+        let ca_bundle = read_pem_certs(BUNDLE, &self.ca_bundle)?;
+        x509pop::check_anchors(&ca_bundle)
+            .map_err(|e| invalid(BUNDLE, format!("{}: {e}", self.ca_bundle.display())))?;
+        let intermediates = match &self.intermediates {
+            Some(path) => read_pem_certs(INTERMEDIATES, path)?,
+            None => Vec::new(),
+        };
+        let crls = match &self.crl {
+            Some(path) => {
+                let pem = read_file(CRL, path)?;
+                let crls = rustls_pemfile::crls(&mut pem.as_slice())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| invalid(CRL, format!("{}: {e}", path.display())))?;
+                if crls.is_empty() {
+                    return Err(invalid(
+                        CRL,
+                        format!("{}: holds no PEM X509 CRL", path.display()),
+                    ));
+                }
+                x509pop::check_crls(&crls)
+                    .map_err(|e| invalid(CRL, format!("{}: {e}", path.display())))?;
+                crls
+            }
+            None => Vec::new(),
+        };
+        Ok(X509PopConfig {
+            ca_bundle,
+            intermediates,
+            crls,
+        })
+    }
+}
+
+impl RawSshPop {
+    fn validate(self) -> Result<SshPopConfig, ConfigError> {
+        const INLINE: &str = "node_attestation.sshpop.cert_authorities";
+        const FILE: &str = "node_attestation.sshpop.cert_authorities_file";
+        let mut cert_authorities = Vec::new();
+        for (i, line) in self.cert_authorities.iter().enumerate() {
+            let key = ssh_key::PublicKey::from_openssh(line.trim())
+                .map_err(|e| invalid(format!("{INLINE}[{i}]"), e))?;
+            cert_authorities.push(key.key_data().clone());
+        }
+        let mut revoked = Vec::new();
+        if let Some(path) = &self.cert_authorities_file {
+            let bytes = read_file(FILE, path)?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| invalid(FILE, format!("{}: is not UTF-8", path.display())))?;
+            for (i, entry) in KnownHosts::new(&text).enumerate() {
+                let entry = entry.map_err(|e| {
+                    invalid(FILE, format!("{}: entry {}: {e}", path.display(), i + 1))
+                })?;
+                match entry.marker() {
+                    Some(Marker::CertAuthority) => {
+                        cert_authorities.push(entry.public_key().key_data().clone())
+                    }
+                    Some(Marker::Revoked) => revoked.push(entry.public_key().key_data().clone()),
+                    None => {
+                        return Err(invalid(
+                            FILE,
+                            format!(
+                                "{}: entry {} is neither @cert-authority nor @revoked",
+                                path.display(),
+                                i + 1
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if cert_authorities.is_empty() {
+            return Err(invalid(
+                INLINE,
+                "name at least one CA key (here or as @cert-authority in cert_authorities_file)",
+            ));
+        }
+        Ok(SshPopConfig {
+            cert_authorities,
+            revoked,
         })
     }
 }

@@ -5,9 +5,9 @@ use lanyard_host::transport::unix_channel;
 use lanyard_proto::Selector;
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{
-    CreateEntryRequest, DeleteEntryRequest, Entry, EvictAgentRequest, GenerateJoinTokenRequest,
-    GetBundleRequest, GetEntryRequest, HealthRequest, ListAgentsRequest, ListEntriesRequest,
-    UpdateEntryRequest,
+    Agent, BanAgentRequest, CreateEntryRequest, DeleteEntryRequest, Entry, EvictAgentRequest,
+    GenerateJoinTokenRequest, GetAgentRequest, GetBundleRequest, GetEntryRequest, HealthRequest,
+    ListAgentsRequest, ListEntriesRequest, UnbanAgentRequest, UpdateEntryRequest,
 };
 use serde_json::json;
 use tonic::transport::Channel;
@@ -94,7 +94,20 @@ pub async fn run(command: Command) -> Result<String, AdminCliError> {
                 Output::Json => json!({"token": token.token, "spiffe_id": token.spiffe_id, "expires_at": token.expires_at}).to_string(),
             })
         }
-        Command::Agent(AgentCommand::List { admin_args }) => {
+        Command::Agent(verb) => agent(verb).await,
+        Command::Bundle(BundleCommand::Show { admin_args }) => {
+            let bundle = client(&admin_args)
+                .get_bundle(GetBundleRequest {})
+                .await?
+                .into_inner();
+            String::from_utf8(bundle.jwks).map_err(|_| AdminCliError::BadBundle)
+        }
+    }
+}
+
+async fn agent(verb: AgentCommand) -> Result<String, AdminCliError> {
+    match verb {
+        AgentCommand::List { admin_args } => {
             let agents = client(&admin_args)
                 .list_agents(ListAgentsRequest {})
                 .await?
@@ -106,25 +119,35 @@ pub async fn run(command: Command) -> Result<String, AdminCliError> {
                     .iter()
                     .map(|a| {
                         format!(
-                            "SPIFFE ID : {}\nSerial    : {}\nLast seen : {}\nEvicted   : {}",
-                            a.spiffe_id, a.serial, a.last_seen, a.evicted
+                            "SPIFFE ID : {}\nType      : {}\nSerial    : {}\nLast seen : {}\nEvicted   : {}\nBanned    : {}",
+                            a.spiffe_id, a.attestation_type, a.serial, a.last_seen, a.evicted, a.banned
                         )
                     })
                     .collect::<Vec<_>>()
                     .join("\n\n"),
                 Output::Json => serde_json::Value::from(
-                    agents
-                        .iter()
-                        .map(|a| json!({"spiffe_id": a.spiffe_id, "serial": a.serial, "last_seen": a.last_seen, "evicted": a.evicted}))
-                        .collect::<Vec<_>>(),
+                    agents.iter().map(agent_json).collect::<Vec<_>>(),
                 )
                 .to_string(),
             })
         }
-        Command::Agent(AgentCommand::Evict {
+        AgentCommand::Show {
             spiffe_id,
             admin_args,
-        }) => {
+        } => {
+            let agent = client(&admin_args)
+                .get_agent(GetAgentRequest { spiffe_id })
+                .await?
+                .into_inner();
+            Ok(match admin_args.output {
+                Output::Human => render_agent(&agent),
+                Output::Json => agent_json(&agent).to_string(),
+            })
+        }
+        AgentCommand::Evict {
+            spiffe_id,
+            admin_args,
+        } => {
             client(&admin_args)
                 .evict_agent(EvictAgentRequest {
                     spiffe_id: spiffe_id.clone(),
@@ -135,14 +158,67 @@ pub async fn run(command: Command) -> Result<String, AdminCliError> {
                 Output::Json => json!({"evicted": spiffe_id}).to_string(),
             })
         }
-        Command::Bundle(BundleCommand::Show { admin_args }) => {
-            let bundle = client(&admin_args)
-                .get_bundle(GetBundleRequest {})
-                .await?
-                .into_inner();
-            String::from_utf8(bundle.jwks).map_err(|_| AdminCliError::BadBundle)
+        AgentCommand::Ban {
+            spiffe_id,
+            admin_args,
+        } => {
+            client(&admin_args)
+                .ban_agent(BanAgentRequest {
+                    spiffe_id: spiffe_id.clone(),
+                })
+                .await?;
+            Ok(match admin_args.output {
+                Output::Human => format!("Banned {spiffe_id}"),
+                Output::Json => json!({"banned": spiffe_id}).to_string(),
+            })
+        }
+        AgentCommand::Unban {
+            spiffe_id,
+            admin_args,
+        } => {
+            client(&admin_args)
+                .unban_agent(UnbanAgentRequest {
+                    spiffe_id: spiffe_id.clone(),
+                })
+                .await?;
+            Ok(match admin_args.output {
+                Output::Human => format!("Unbanned {spiffe_id}"),
+                Output::Json => json!({"unbanned": spiffe_id}).to_string(),
+            })
         }
     }
+}
+
+/// An agent for scripts (`agent list` keeps its earlier keys).
+fn agent_json(agent: &Agent) -> serde_json::Value {
+    json!({
+        "spiffe_id": agent.spiffe_id,
+        "serial": agent.serial,
+        "last_seen": agent.last_seen,
+        "evicted": agent.evicted,
+        "attestation_type": agent.attestation_type,
+        "banned": agent.banned,
+        "attested_at": agent.attested_at,
+        "selectors": agent.selectors,
+    })
+}
+
+/// One agent for people, one node selector a line.
+fn render_agent(agent: &Agent) -> String {
+    let mut text = format!(
+        "SPIFFE ID   : {}\nType        : {}\nSerial      : {}\nAttested at : {}\nLast seen   : {}\nEvicted     : {}\nBanned      : {}",
+        agent.spiffe_id,
+        agent.attestation_type,
+        agent.serial,
+        agent.attested_at,
+        agent.last_seen,
+        agent.evicted,
+        agent.banned
+    );
+    for selector in &agent.selectors {
+        text.push_str(&format!("\nSelector    : {selector}"));
+    }
+    text
 }
 
 async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
@@ -155,10 +231,12 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
             x509_svid_ttl,
             hint,
             admin,
+            node,
             admin_args,
         } => {
             let entry = client(&admin_args)
                 .create_entry(CreateEntryRequest {
+                    node,
                     spiffe_id,
                     parent_id,
                     selectors,
@@ -303,6 +381,7 @@ fn render(entries: &[Entry], output: Output) -> String {
                         "created_at": e.created_at,
                         "updated_at": e.updated_at,
                         "revision": e.revision,
+                        "node": e.node,
                         "issuable": warnings.is_empty(),
                         "warnings": warnings,
                     })
@@ -317,6 +396,9 @@ fn render(entries: &[Entry], output: Output) -> String {
                     "Entry ID      : {}\nSPIFFE ID     : {}\nParent ID     : {}\nRevision      : {}\nJWT-SVID TTL  : {}s\nX509-SVID TTL : {}s\nAdmin         : {}",
                     e.id, e.spiffe_id, e.parent_id, e.revision, e.jwt_svid_ttl_seconds, e.x509_svid_ttl_seconds, e.admin
                 );
+                if e.node {
+                    text.push_str("\nNode alias    : true");
+                }
                 if !e.hint.is_empty() {
                     text.push_str(&format!("\nHint          : {}", e.hint));
                 }

@@ -123,6 +123,11 @@ pub enum EntryCommand {
         hint: String,
         #[arg(long)]
         admin: bool,
+        /// A node alias: selects agents by node selectors (e.g.
+        /// x509pop:subject:ou:web); entries parented to its SPIFFE ID reach
+        /// every agent whose node selectors include all of them.
+        #[arg(long, conflicts_with = "parent_id")]
+        node: bool,
         #[command(flatten)]
         admin_args: AdminArgs,
     },
@@ -194,8 +199,26 @@ pub enum AgentCommand {
         #[command(flatten)]
         admin_args: AdminArgs,
     },
-    /// Refuse an agent from now on.
+    /// Refuse an agent from now on (an x509pop or sshpop node may attest again).
     Evict {
+        spiffe_id: String,
+        #[command(flatten)]
+        admin_args: AdminArgs,
+    },
+    /// Show one agent: how it attested, its state and its node selectors.
+    Show {
+        spiffe_id: String,
+        #[command(flatten)]
+        admin_args: AdminArgs,
+    },
+    /// Evict an agent and refuse its attestations until `agent unban`.
+    Ban {
+        spiffe_id: String,
+        #[command(flatten)]
+        admin_args: AdminArgs,
+    },
+    /// Let a banned agent attest again (it stays evicted until it does).
+    Unban {
         spiffe_id: String,
         #[command(flatten)]
         admin_args: AdminArgs,

@@ -1,12 +1,17 @@
-//! Attested agents: who they are, their current SVID serial (and the one it
-//! was renewed from, until the new one is used), and whether they have been
-//! evicted.
+//! Attested agents: who they are, how they attested and what that proved
+//! (their node selectors), their current SVID serial (and the one it was
+//! renewed from, until the new one is used), and whether they have been
+//! evicted or banned.
 
-use lanyard_proto::SpiffeId;
-use sqlx::Row;
+use lanyard_proto::attestation::JOIN_TOKEN;
+use lanyard_proto::{Selector, SpiffeId};
 use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
 
+use super::entries::next_revision;
 use super::{Datastore, StoreError};
+
+const COLUMNS: &str = "spiffe_id, serial, prev_serial, attested_at, last_seen, evicted, banned, attestation_type, selectors, selectors_revision";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRecord {
@@ -18,15 +23,33 @@ pub struct AgentRecord {
     pub attested_at: i64,
     pub last_seen: i64,
     pub evicted: bool,
+    /// Refused at attestation until unbanned (and evicted meanwhile).
+    pub banned: bool,
+    /// `join_token`, `x509pop` or `sshpop`.
+    pub attestation_type: String,
+    /// The node selectors its last attestation proved, sorted.
+    pub selectors: Vec<Selector>,
+    /// The entry revision at which `selectors` last changed: an agent syncing
+    /// from an older revision must get a full update.
+    pub selectors_revision: u64,
 }
 
 fn decode(row: &AnyRow) -> Result<AgentRecord, StoreError> {
     let raw: String = row.try_get("spiffe_id")?;
-    let spiffe_id = SpiffeId::parse(&raw).map_err(|e| StoreError::Corrupt {
+    let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Corrupt {
         what: "agent",
         id: raw.clone(),
-        source: e.into(),
-    })?;
+        source,
+    };
+    let spiffe_id = SpiffeId::parse(&raw).map_err(|e| corrupt(e.into()))?;
+    let raw_selectors: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("selectors")?)
+        .map_err(|e| corrupt(e.into()))?;
+    let selectors = raw_selectors
+        .iter()
+        .map(|s| Selector::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt(e.into()))?;
+    let selectors_revision: i64 = row.try_get("selectors_revision")?;
     Ok(AgentRecord {
         spiffe_id,
         serial: row.try_get("serial")?,
@@ -34,68 +57,177 @@ fn decode(row: &AnyRow) -> Result<AgentRecord, StoreError> {
         attested_at: row.try_get("attested_at")?,
         last_seen: row.try_get("last_seen")?,
         evicted: row.try_get::<i64, _>("evicted")? != 0,
+        banned: row.try_get::<i64, _>("banned")? != 0,
+        attestation_type: row.try_get("attestation_type")?,
+        selectors,
+        selectors_revision: u64::try_from(selectors_revision).unwrap_or(0),
     })
 }
 
+/// Selectors as the `selectors` column holds them: a JSON array, sorted.
+fn selectors_json(selectors: &[Selector]) -> String {
+    let mut raw: Vec<String> = selectors.iter().map(ToString::to_string).collect();
+    raw.sort();
+    raw.dedup();
+    serde_json::Value::from(raw).to_string()
+}
+
+async fn get_in(
+    tx: &mut Transaction<'static, Any>,
+    spiffe_id: &SpiffeId,
+) -> Result<Option<AgentRecord>, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM agents WHERE spiffe_id = $1"
+    )))
+    .bind(spiffe_id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(decode).transpose()
+}
+
 impl Datastore {
-    /// Records an attested agent and its SVID serial. Attesting again under
-    /// an existing ID (a join token made for that ID) replaces the serial and
-    /// forgets the previous one; an evicted agent stays evicted.
+    /// Records an agent attested with a join token and its SVID serial.
+    /// Attesting again under an existing ID (a join token made for that ID)
+    /// replaces the serial and forgets the previous one; an evicted agent
+    /// stays evicted.
     pub async fn attest_agent(
         &self,
         spiffe_id: &SpiffeId,
         serial: &str,
         now: i64,
     ) -> Result<AgentRecord, StoreError> {
-        let updated = sqlx::query("UPDATE agents SET serial = $1, prev_serial = NULL, attested_at = $2, last_seen = $2 WHERE spiffe_id = $3 AND evicted = 0")
-            .bind(serial)
-            .bind(now)
+        self.attest_node(spiffe_id, serial, JOIN_TOKEN, &[], now)
+            .await
+    }
+
+    /// Records an attested agent, how it attested (`method`), the node
+    /// selectors that proved and its SVID serial, in one transaction. A banned
+    /// agent is refused (`Conflict`). An evicted one may come back by a
+    /// proof of possession (x509pop, sshpop: eviction forces a new proof),
+    /// never with a join token. When the selectors change, they take a new
+    /// entry revision, so the agent's next sync is full.
+    pub async fn attest_node(
+        &self,
+        spiffe_id: &SpiffeId,
+        serial: &str,
+        method: &str,
+        selectors: &[Selector],
+        now: i64,
+    ) -> Result<AgentRecord, StoreError> {
+        let selectors = selectors_json(selectors);
+        let mut tx = self.pool().begin().await?;
+        // A write first: it takes the row (PostgreSQL) or the database
+        // (SQLite) for this transaction, so the checks below cannot go stale.
+        sqlx::query("UPDATE agents SET banned = banned WHERE spiffe_id = $1")
+            .bind(spiffe_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        match get_in(&mut tx, spiffe_id).await? {
+            Some(existing) => {
+                if existing.banned {
+                    return Err(StoreError::Conflict(format!("agent {spiffe_id} is banned")));
+                }
+                if existing.evicted && method == JOIN_TOKEN {
+                    return Err(StoreError::Conflict(format!(
+                        "agent {spiffe_id} was evicted and cannot attest again"
+                    )));
+                }
+                let unchanged = selectors_json(&existing.selectors) == selectors;
+                let revision = if unchanged {
+                    i64::try_from(existing.selectors_revision).unwrap_or(i64::MAX)
+                } else {
+                    next_revision(&mut tx).await?
+                };
+                sqlx::query(
+                    "UPDATE agents SET serial = $1, prev_serial = NULL, attested_at = $2, last_seen = $2, \
+                     evicted = 0, attestation_type = $3, selectors = $4, selectors_revision = $5 WHERE spiffe_id = $6",
+                )
+                .bind(serial)
+                .bind(now)
+                .bind(method)
+                .bind(&selectors)
+                .bind(revision)
+                .bind(spiffe_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                let revision = if selectors == "[]" {
+                    0
+                } else {
+                    next_revision(&mut tx).await?
+                };
+                sqlx::query(
+                    "INSERT INTO agents (spiffe_id, serial, attested_at, last_seen, evicted, banned, attestation_type, selectors, selectors_revision) \
+                     VALUES ($1, $2, $3, $3, 0, 0, $4, $5, $6)",
+                )
+                .bind(spiffe_id.as_str())
+                .bind(serial)
+                .bind(now)
+                .bind(method)
+                .bind(&selectors)
+                .bind(revision)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match e {
+                    // Written a moment ago by another attestation for the same ID.
+                    sqlx::Error::Database(db) if db.is_unique_violation() => {
+                        StoreError::Conflict(format!(
+                            "agent {spiffe_id} was attested by another attestation at the same moment"
+                        ))
+                    }
+                    other => StoreError::Database(other),
+                })?;
+            }
+        }
+        tx.commit().await?;
+        self.get_agent(spiffe_id).await
+    }
+
+    /// Bans an agent: it is evicted and may not attest again until
+    /// unbanned. An ID never seen gets a placeholder record, so that it
+    /// cannot attest later either.
+    pub async fn ban_agent(&self, spiffe_id: &SpiffeId, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO agents (spiffe_id, serial, attested_at, last_seen, evicted, banned) VALUES ($1, '', $2, $2, 1, 1) \
+             ON CONFLICT (spiffe_id) DO UPDATE SET banned = 1, evicted = 1",
+        )
+        .bind(spiffe_id.as_str())
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Lifts a ban; the agent stays evicted until it attests again.
+    pub async fn unban_agent(&self, spiffe_id: &SpiffeId) -> Result<(), StoreError> {
+        let updated = sqlx::query("UPDATE agents SET banned = 0 WHERE spiffe_id = $1")
             .bind(spiffe_id.as_str())
             .execute(self.pool())
             .await?;
         if updated.rows_affected() == 0 {
-            let inserted = sqlx::query("INSERT INTO agents (spiffe_id, serial, attested_at, last_seen, evicted) VALUES ($1, $2, $3, $3, 0)")
-                .bind(spiffe_id.as_str())
-                .bind(serial)
-                .bind(now)
-                .execute(self.pool())
-                .await
-                .map_err(|e| match e {
-                    // The row exists: evicted, or written a moment ago by
-                    // another attestation for the same ID (said below).
-                    sqlx::Error::Database(db) if db.is_unique_violation() => {
-                        StoreError::Conflict(String::new())
-                    }
-                    other => StoreError::Database(other),
-                });
-            if let Err(StoreError::Conflict(_)) = inserted {
-                let existing = self.get_agent(spiffe_id).await?;
-                return Err(StoreError::Conflict(if existing.evicted {
-                    format!("agent {spiffe_id} was evicted and cannot attest again")
-                } else {
-                    format!(
-                        "agent {spiffe_id} was attested by another join token at the same moment"
-                    )
-                }));
-            }
-            inserted?;
+            return Err(StoreError::not_found("agent", spiffe_id));
         }
-        self.get_agent(spiffe_id).await
+        Ok(())
     }
 
     pub async fn get_agent(&self, spiffe_id: &SpiffeId) -> Result<AgentRecord, StoreError> {
-        let row = sqlx::query("SELECT spiffe_id, serial, prev_serial, attested_at, last_seen, evicted FROM agents WHERE spiffe_id = $1")
-            .bind(spiffe_id.as_str())
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or_else(|| StoreError::not_found("agent", spiffe_id))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM agents WHERE spiffe_id = $1"
+        )))
+        .bind(spiffe_id.as_str())
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::not_found("agent", spiffe_id))?;
         decode(&row)
     }
 
     pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        let rows = sqlx::query("SELECT spiffe_id, serial, prev_serial, attested_at, last_seen, evicted FROM agents ORDER BY spiffe_id")
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM agents ORDER BY spiffe_id"
+        )))
+        .fetch_all(self.pool())
+        .await?;
         rows.iter().map(decode).collect()
     }
 

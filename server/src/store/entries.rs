@@ -188,13 +188,19 @@ fn seconds(duration: Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// `reach(id, depth)`: `$1` at depth 0, and the SPIFFE ID of every live entry
-/// whose parent is in `reach` one level further down, up to `max_depth - 1`.
-/// Entries whose parent is in `reach` are those at most `max_depth` deep.
-fn reach_cte(max_depth: usize) -> String {
+/// `reach(id, depth)`: the roots `$1`…`$roots` at depth 0, and the SPIFFE ID
+/// of every live entry whose parent is in `reach` one level further down, up
+/// to `max_depth - 1`. Entries whose parent is in `reach` are those at most
+/// `max_depth` deep. The seed is one plain SELECT over a union of the roots,
+/// which SQLite and PostgreSQL both accept as the anchor of a recursive CTE.
+fn reach_cte(roots: usize, max_depth: usize) -> String {
+    let seeds = (1..=roots.max(1))
+        .map(|n| format!("SELECT CAST(${n} AS TEXT) AS id"))
+        .collect::<Vec<_>>()
+        .join(" UNION ");
     format!(
         "WITH RECURSIVE reach(id, depth) AS ( \
-           SELECT CAST($1 AS TEXT), CAST(0 AS BIGINT) \
+           SELECT seeds.id, CAST(0 AS BIGINT) FROM ({seeds}) seeds \
            UNION \
            SELECT e.spiffe_id, r.depth + 1 FROM registration_entries e JOIN reach r ON e.parent_id = r.id \
            WHERE e.deleted = 0 AND r.depth + 1 < {max_depth} \
@@ -203,7 +209,7 @@ fn reach_cte(max_depth: usize) -> String {
 }
 
 /// Takes the next entry revision inside `tx`; concurrent writers serialise on this row.
-async fn next_revision(tx: &mut Transaction<'static, Any>) -> Result<i64, StoreError> {
+pub(super) async fn next_revision(tx: &mut Transaction<'static, Any>) -> Result<i64, StoreError> {
     let row =
         sqlx::query("UPDATE entry_revision SET value = value + 1 WHERE id = 1 RETURNING value")
             .fetch_one(&mut **tx)
@@ -345,14 +351,29 @@ impl Datastore {
         root: &SpiffeId,
         max_depth: usize,
     ) -> Result<Vec<RegistrationEntry>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        self.entries_under_roots(std::slice::from_ref(root), max_depth)
+            .await
+    }
+
+    /// Every live entry under any of `roots` (see [`entries_under`](Self::entries_under)).
+    pub async fn entries_under_roots(
+        &self,
+        roots: &[SpiffeId],
+        max_depth: usize,
+    ) -> Result<Vec<RegistrationEntry>, StoreError> {
+        if roots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
             "{} SELECT {COLUMNS} FROM registration_entries \
              WHERE deleted = 0 AND parent_id IN (SELECT id FROM reach)",
-            reach_cte(max_depth)
-        )))
-        .bind(root.as_str())
-        .fetch_all(self.pool())
-        .await?;
+            reach_cte(roots.len(), max_depth)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for root in roots {
+            query = query.bind(root.as_str());
+        }
+        let rows = query.fetch_all(self.pool()).await?;
         rows.iter().map(|row| Ok(decode(row)?.entry)).collect()
     }
 
@@ -364,13 +385,28 @@ impl Datastore {
         root: &SpiffeId,
         max_depth: usize,
     ) -> Result<HashSet<String>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        self.parents_under_roots(std::slice::from_ref(root), max_depth)
+            .await
+    }
+
+    /// The SPIFFE IDs entries under any of `roots` may hang from.
+    pub async fn parents_under_roots(
+        &self,
+        roots: &[SpiffeId],
+        max_depth: usize,
+    ) -> Result<HashSet<String>, StoreError> {
+        if roots.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let sql = format!(
             "{} SELECT DISTINCT id FROM reach",
-            reach_cte(max_depth)
-        )))
-        .bind(root.as_str())
-        .fetch_all(self.pool())
-        .await?;
+            reach_cte(roots.len(), max_depth)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for root in roots {
+            query = query.bind(root.as_str());
+        }
+        let rows = query.fetch_all(self.pool()).await?;
         rows.iter()
             .map(|row| Ok(row.try_get::<String, _>("id")?))
             .collect()

@@ -70,6 +70,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE registration_entries ADD COLUMN identity_key TEXT;
     CREATE UNIQUE INDEX registration_entries_identity ON registration_entries (identity_key) WHERE deleted = 0
     "#,
+    // 5: fleet enrolment. How an agent attested (join_token, x509pop,
+    // sshpop), the node selectors it proved (a JSON array), the entry
+    // revision at which they last changed (its next sync is then full), and
+    // whether it is banned (a ban also sets evicted, which servers of the
+    // previous release honour).
+    r#"
+    ALTER TABLE agents ADD COLUMN banned BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN attestation_type TEXT NOT NULL DEFAULT 'join_token';
+    ALTER TABLE agents ADD COLUMN selectors TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE agents ADD COLUMN selectors_revision BIGINT NOT NULL DEFAULT 0
+    "#,
 ];
 
 /// The migration after whose SQL `entries::backfill_identity_keys` runs.

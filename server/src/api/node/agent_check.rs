@@ -19,6 +19,7 @@ pub(super) enum Call {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Refusal {
     #[error("an agent SVID is required; attest first")]
     NoSvid,
@@ -28,6 +29,8 @@ pub enum Refusal {
     NotAttested(SpiffeId),
     #[error("agent {0} has been evicted")]
     Evicted(SpiffeId),
+    #[error("agent {0} is banned")]
+    Banned(SpiffeId),
     #[error("this agent SVID has been superseded; use the renewed one")]
     Superseded,
     #[error(
@@ -38,19 +41,32 @@ pub enum Refusal {
     Registry(#[from] RegistryError),
 }
 
+/// `status` marked with `metadata` = 1.
+fn marked(mut status: Status, metadata: &'static str) -> Status {
+    status
+        .metadata_mut()
+        .insert(metadata, tonic::metadata::MetadataValue::from_static("1"));
+    status
+}
+
 impl From<Refusal> for Status {
     fn from(refusal: Refusal) -> Self {
         match refusal {
-            Refusal::NoSvid | Refusal::Expired(_) => Status::unauthenticated(refusal.to_string()),
+            Refusal::NoSvid => Status::unauthenticated(refusal.to_string()),
+            // Only a new attestation cures these.
+            Refusal::Expired(_) => marked(
+                Status::unauthenticated(refusal.to_string()),
+                lanyard_proto::REATTEST_REQUIRED_METADATA,
+            ),
+            Refusal::NotAttested(_) | Refusal::Evicted(_) | Refusal::Banned(_) => marked(
+                Status::permission_denied(refusal.to_string()),
+                lanyard_proto::REATTEST_REQUIRED_METADATA,
+            ),
             Refusal::Registry(e) => super::unavailable(e),
-            Refusal::RenewOnly => {
-                let mut status = Status::permission_denied(refusal.to_string());
-                status.metadata_mut().insert(
-                    lanyard_proto::RENEW_REQUIRED_METADATA,
-                    tonic::metadata::MetadataValue::from_static("1"),
-                );
-                status
-            }
+            Refusal::RenewOnly => marked(
+                Status::permission_denied(refusal.to_string()),
+                lanyard_proto::RENEW_REQUIRED_METADATA,
+            ),
             other => Status::permission_denied(other.to_string()),
         }
     }
@@ -74,6 +90,10 @@ pub(super) async fn admit(
         }
         Err(e) => return Err(e.into()),
     };
+    if agent.banned {
+        tracing::warn!(target: "lanyard::audit", agent = %peer.spiffe_id, "banned agent refused");
+        return Err(Refusal::Banned(agent.spiffe_id));
+    }
     if agent.evicted {
         tracing::warn!(target: "lanyard::audit", agent = %peer.spiffe_id, "evicted agent refused");
         return Err(Refusal::Evicted(agent.spiffe_id));

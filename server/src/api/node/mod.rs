@@ -1,12 +1,14 @@
 //! The Node API: what agents ask of the server.
 //!
-//! Two transports carry it. Remote agents speak mTLS: they attest once with a
-//! join token, then present their X.509 SVID, which is checked on every call
+//! Two transports carry it. Remote agents speak mTLS: they attest (a join
+//! token, or a proof of an X.509 or SSH host certificate, see [`attest`]),
+//! then present their X.509 SVID, which is checked on every call
 //! against the agent's record and the clock (see [`agent_check`]). The local
 //! agent may instead use a Unix socket that trusts only this server's uid (or
 //! root) and is known as `node_api.agent_id`.
 
 mod agent_check;
+pub(crate) mod attest;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,26 +16,29 @@ use std::time::{Duration, SystemTime};
 use lanyard_proto::SpiffeId;
 use lanyard_proto::node::node_server::Node;
 use lanyard_proto::node::{
-    AgentSvidResponse, AttestAgentRequest, GetBundleRequest, GetBundleResponse, MintJwtSvidRequest,
-    MintJwtSvidResponse, MintX509SvidRequest, MintX509SvidResponse, RenewAgentRequest,
-    SyncEntriesRequest, SyncEntriesResponse,
+    AgentSvidResponse, AttestAgentRequest, AttestRequest, GetBundleRequest, GetBundleResponse,
+    MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidRequest, MintX509SvidResponse,
+    RenewAgentRequest, SyncEntriesRequest, SyncEntriesResponse,
 };
 use tonic::transport::server::UdsConnectInfo;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use lanyard_host::clock;
 
 use crate::api::node_tls::NodeConnectInfo;
 use crate::api::peer;
-use crate::authority::ca::{self, CaError, CertificateAuthority, IssuedCert};
+use crate::authority::ca::{CaError, CertificateAuthority, IssuedCert};
 use crate::authority::entries::RegistrationEntry;
+use crate::authority::node_attestation::NodeAttestors;
 use crate::authority::{Authority, MintError, RegistryError};
 use agent_check::{Call, Refusal};
+use attest::Attestation;
 
 #[derive(Debug)]
 pub(crate) struct NodeService {
     authority: Arc<Authority>,
     ca: Arc<CertificateAuthority>,
+    attestors: Arc<NodeAttestors>,
     local_agent_id: SpiffeId,
     agent_svid_ttl: Duration,
     server_uid: u32,
@@ -43,15 +48,27 @@ impl NodeService {
     pub(crate) fn new(
         authority: Arc<Authority>,
         ca: Arc<CertificateAuthority>,
+        attestors: Arc<NodeAttestors>,
         local_agent_id: SpiffeId,
         agent_svid_ttl: Duration,
     ) -> Self {
         Self {
             authority,
             ca,
+            attestors,
             local_agent_id,
             agent_svid_ttl,
             server_uid: nix::unistd::geteuid().as_raw(),
+        }
+    }
+
+    fn attestation(&self) -> Attestation {
+        Attestation {
+            authority: self.authority.clone(),
+            ca: self.ca.clone(),
+            attestors: self.attestors.clone(),
+            local_agent_id: self.local_agent_id.clone(),
+            agent_svid_ttl: self.agent_svid_ttl,
         }
     }
 
@@ -71,14 +88,19 @@ impl NodeService {
         }
         Err(Status::unauthenticated("unknown transport"))
     }
+}
 
-    fn svid_response(&self, agent: &SpiffeId, issued: IssuedCert) -> AgentSvidResponse {
-        AgentSvidResponse {
-            spiffe_id: agent.to_string(),
-            svid: issued.der.to_vec(),
-            bundle: self.ca.bundle().iter().map(|c| c.to_vec()).collect(),
-            expires_at: issued.expires_at,
-        }
+/// An agent SVID as the Node API sends it, with the CA bundle.
+fn svid_response(
+    ca: &CertificateAuthority,
+    agent: &SpiffeId,
+    issued: IssuedCert,
+) -> AgentSvidResponse {
+    AgentSvidResponse {
+        spiffe_id: agent.to_string(),
+        svid: issued.der.to_vec(),
+        bundle: ca.bundle().iter().map(|c| c.to_vec()).collect(),
+        expires_at: issued.expires_at,
     }
 }
 
@@ -138,53 +160,36 @@ impl Node for NodeService {
         &self,
         request: Request<AttestAgentRequest>,
     ) -> Result<Response<AgentSvidResponse>, Status> {
-        if request.extensions().get::<NodeConnectInfo>().is_none() {
+        let Some(remote) = request
+            .extensions()
+            .get::<NodeConnectInfo>()
+            .map(|info| info.remote)
+        else {
             return Err(Status::failed_precondition("attest over the TLS Node API"));
-        }
-        let body = request.into_inner();
-        if body.join_token.is_empty() {
-            return Err(Status::invalid_argument("join_token is required"));
-        }
-        // A CSR that cannot be signed is refused while the token is still
-        // unspent, so the agent can retry with a good one.
-        ca::check_csr(&body.csr).map_err(csr_status)?;
-        let registry = self.authority.registry();
-        let agent_id = match registry
-            .redeem_join_token(&body.join_token)
-            .await
-            .map_err(unavailable)?
-        {
-            Ok(id) => id,
-            Err(reason) => {
-                tracing::warn!(target: "lanyard::audit", %reason, "agent attestation refused");
-                return Err(Status::permission_denied(format!(
-                    "attestation refused: {reason}"
-                )));
-            }
         };
-        // Tokens made before IDs under /lanyard/ were refused could name the
-        // local agent: a remote node must never become it.
-        if agent_id == self.local_agent_id {
-            tracing::warn!(target: "lanyard::audit", agent = %agent_id, "agent attestation refused: the token names the local agent");
-            return Err(Status::permission_denied(
-                "attestation refused: the join token names the local agent's ID",
-            ));
-        }
-        // The token is spent either way: a failure below needs a new token,
-        // which is what an operator would expect of a single-use secret.
-        let issued = self
-            .ca
-            .issue_agent_svid(&body.csr, &agent_id, self.agent_svid_ttl, SystemTime::now())
-            .map_err(csr_status)?;
-        registry
-            .attest_agent(&agent_id, &issued.serial)
-            .await
-            .map_err(|e| match e {
-                RegistryError::Conflict(message) => Status::permission_denied(message),
-                other => unavailable(other),
-            })?;
-        tracing::info!(target: "lanyard::audit", agent = %agent_id, serial = issued.serial, "agent attested with a join token");
-        Ok(Response::new(self.svid_response(&agent_id, issued)))
+        let body = request.into_inner();
+        let svid = self
+            .attestation()
+            .attest_with_join_token(remote, &body.csr, &body.join_token)
+            .await?;
+        Ok(Response::new(svid))
+    }
+
+    type AttestStream = attest::AttestStream;
+
+    async fn attest(
+        &self,
+        request: Request<Streaming<AttestRequest>>,
+    ) -> Result<Response<Self::AttestStream>, Status> {
+        let Some(remote) = request
+            .extensions()
+            .get::<NodeConnectInfo>()
+            .map(|info| info.remote)
+        else {
+            return Err(Status::failed_precondition("attest over the TLS Node API"));
+        };
+        let stream = self.attestation().open(remote, request.into_inner())?;
+        Ok(Response::new(stream))
     }
 
     async fn renew_agent(
@@ -224,7 +229,7 @@ impl Node for NodeService {
             })?;
         let from_previous = checked.serial != peer.serial;
         tracing::info!(target: "lanyard::audit", agent = %agent, serial = issued.serial, presented = peer.serial, from_previous, "agent SVID renewed");
-        Ok(Response::new(self.svid_response(agent, issued)))
+        Ok(Response::new(svid_response(&self.ca, agent, issued)))
     }
 
     async fn sync_entries(

@@ -1,0 +1,381 @@
+//! `Node.Attest`: node attestation by challenge and response on one stream.
+//!
+//! The server takes a pending slot for the peer's address, waits (10 s at
+//! most) for the start (a CSR and the evidence), checks the CSR and the
+//! evidence, refuses a banned agent, sends a fresh nonce and waits for the
+//! answer until the challenge expires; only a signature by the evidence's
+//! key over the nonce, the method, the trust domain and the CSR's key earns
+//! the agent SVID. The nonce lives in this stream's task alone: it cannot be
+//! answered twice, nor on another stream. Join tokens take the same stream
+//! without a challenge, and share their code with the unary `AttestAgent`.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_lc_rs::digest;
+use futures::Stream;
+use lanyard_host::clock::unix_seconds;
+use lanyard_proto::SpiffeId;
+use lanyard_proto::node::attest_proof::Proof as WireProof;
+use lanyard_proto::node::attest_request::Step;
+use lanyard_proto::node::attest_response::Step as ResponseStep;
+use lanyard_proto::node::attest_start::Evidence as WireEvidence;
+use lanyard_proto::node::{
+    AgentSvidResponse, AttestProof, AttestRequest, AttestResponse, AttestStart, Challenge,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status, Streaming};
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::prelude::FromDer;
+
+use crate::authority::Authority;
+use crate::authority::ca::{self, CertificateAuthority};
+use crate::authority::node_attestation::{
+    AttestError, Evidence, NodeAttestors, Proof, Verified, challenge,
+};
+use crate::authority::registry::RegistryError;
+
+/// How long a new stream may stay silent before its start.
+pub(super) const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest message the Node API decodes (a chain is at most 64 KiB).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 128 * 1024;
+
+/// The responses of one `Attest` stream.
+pub(crate) type AttestStream =
+    Pin<Box<dyn Stream<Item = Result<AttestResponse, Status>> + Send + 'static>>;
+
+/// What an attestation needs, cloned into the stream's task.
+#[derive(Debug, Clone)]
+pub(super) struct Attestation {
+    pub(super) authority: Arc<Authority>,
+    pub(super) ca: Arc<CertificateAuthority>,
+    pub(super) attestors: Arc<NodeAttestors>,
+    pub(super) local_agent_id: SpiffeId,
+    pub(super) agent_svid_ttl: Duration,
+}
+
+/// The one audit line of a refused attestation, and the status the node gets.
+fn refuse(remote: SocketAddr, agent: Option<&SpiffeId>, code: Code, reason: &str) -> Status {
+    match agent {
+        Some(agent) => {
+            tracing::warn!(target: "lanyard::audit", peer = %remote, agent = %agent, reason, "node attestation refused")
+        }
+        None => {
+            tracing::warn!(target: "lanyard::audit", peer = %remote, reason, "node attestation refused")
+        }
+    }
+    Status::new(code, format!("attestation refused: {reason}"))
+}
+
+fn attest_status(remote: SocketAddr, agent: Option<&SpiffeId>, error: &AttestError) -> Status {
+    let code = match error {
+        AttestError::Malformed(_) => Code::InvalidArgument,
+        AttestError::NotConfigured(_) => Code::FailedPrecondition,
+        _ => Code::PermissionDenied,
+    };
+    refuse(remote, agent, code, &error.to_string())
+}
+
+/// SHA-256 of the CSR's SubjectPublicKeyInfo (the CSR was checked before).
+fn csr_key_sha256(csr: &[u8]) -> Option<[u8; 32]> {
+    let (_, request) = X509CertificationRequest::from_der(csr).ok()?;
+    let hash = digest::digest(
+        &digest::SHA256,
+        request.certification_request_info.subject_pki.raw,
+    );
+    hash.as_ref().try_into().ok()
+}
+
+impl Attestation {
+    /// The responses of an `Attest` stream from `remote`, served by a task
+    /// that holds the peer's pending slot for as long as it runs.
+    pub(super) fn open(
+        self,
+        remote: SocketAddr,
+        inbound: Streaming<AttestRequest>,
+    ) -> Result<AttestStream, Status> {
+        let slot = self
+            .attestors
+            .pending()
+            .acquire(remote.ip())
+            .map_err(|e| refuse(remote, None, Code::ResourceExhausted, &e.to_string()))?;
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let result = self.run(remote, inbound, &tx).await;
+            if let Err(status) = result {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn run(
+        &self,
+        remote: SocketAddr,
+        mut inbound: Streaming<AttestRequest>,
+        tx: &mpsc::Sender<Result<AttestResponse, Status>>,
+    ) -> Result<(), Status> {
+        let start = match tokio::time::timeout(START_TIMEOUT, inbound.message()).await {
+            Err(_) => {
+                return Err(refuse(
+                    remote,
+                    None,
+                    Code::DeadlineExceeded,
+                    "no start within 10 seconds",
+                ));
+            }
+            Ok(Err(status)) => {
+                return Err(refuse(remote, None, status.code(), status.message()));
+            }
+            Ok(Ok(None)) => {
+                return Err(refuse(
+                    remote,
+                    None,
+                    Code::InvalidArgument,
+                    "the stream ended before its start",
+                ));
+            }
+            Ok(Ok(Some(AttestRequest {
+                step: Some(Step::Start(start)),
+            }))) => start,
+            Ok(Ok(Some(_))) => {
+                return Err(refuse(
+                    remote,
+                    None,
+                    Code::InvalidArgument,
+                    "the first message must be a start",
+                ));
+            }
+        };
+        let AttestStart { csr, evidence } = start;
+        let evidence = match &evidence {
+            None => {
+                return Err(refuse(
+                    remote,
+                    None,
+                    Code::InvalidArgument,
+                    "the start names no evidence",
+                ));
+            }
+            Some(WireEvidence::JoinToken(token)) => {
+                let svid = self.attest_with_join_token(remote, &csr, token).await?;
+                let _ = tx
+                    .send(Ok(AttestResponse {
+                        step: Some(ResponseStep::Svid(svid)),
+                    }))
+                    .await;
+                return Ok(());
+            }
+            Some(WireEvidence::X509pop(x509pop)) => Evidence::X509Pop {
+                chain: &x509pop.chain,
+            },
+            Some(WireEvidence::Sshpop(sshpop)) => Evidence::SshPop {
+                certificate: &sshpop.certificate,
+            },
+        };
+        ca::check_csr(&csr)
+            .map_err(|e| refuse(remote, None, Code::InvalidArgument, &e.to_string()))?;
+        let csr_key = csr_key_sha256(&csr).ok_or_else(|| {
+            refuse(
+                remote,
+                None,
+                Code::InvalidArgument,
+                "the CSR's public key does not parse",
+            )
+        })?;
+        let verified = self
+            .attestors
+            .verify_evidence(evidence, SystemTime::now())
+            .map_err(|e| attest_status(remote, None, &e))?;
+        let agent = verified.agent_id.clone();
+        self.check_admissible(remote, &verified).await?;
+
+        let nonce = challenge::nonce().map_err(|_| Status::internal("no randomness available"))?;
+        let ttl = self.attestors.challenge_ttl();
+        let deadline = tokio::time::Instant::now() + ttl;
+        let expires_at = unix_seconds(SystemTime::now() + ttl);
+        let challenge = AttestResponse {
+            step: Some(ResponseStep::Challenge(Challenge {
+                nonce: nonce.to_vec(),
+                expires_at,
+            })),
+        };
+        if tx.send(Ok(challenge)).await.is_err() {
+            return Ok(()); // the node left
+        }
+        let wire_proof = match tokio::time::timeout_at(deadline, inbound.message()).await {
+            Err(_) => {
+                return Err(refuse(
+                    remote,
+                    Some(&agent),
+                    Code::PermissionDenied,
+                    "the challenge expired before its answer",
+                ));
+            }
+            Ok(Err(status)) => {
+                return Err(refuse(
+                    remote,
+                    Some(&agent),
+                    status.code(),
+                    status.message(),
+                ));
+            }
+            Ok(Ok(None)) => {
+                return Err(refuse(
+                    remote,
+                    Some(&agent),
+                    Code::InvalidArgument,
+                    "the stream ended before the answer",
+                ));
+            }
+            Ok(Ok(Some(AttestRequest {
+                step: Some(Step::Proof(AttestProof { proof: Some(proof) })),
+            }))) => proof,
+            Ok(Ok(Some(_))) => {
+                return Err(refuse(
+                    remote,
+                    Some(&agent),
+                    Code::InvalidArgument,
+                    "the answer to the challenge (a proof) was expected",
+                ));
+            }
+        };
+        let proof = match &wire_proof {
+            WireProof::X509pop(x509pop) => Proof::X509Pop {
+                scheme: x509pop.scheme,
+                signature: &x509pop.signature,
+            },
+            WireProof::Sshsig(sshsig) => Proof::SshPop { sshsig },
+        };
+        let now = SystemTime::now();
+        if unix_seconds(now) > expires_at {
+            return Err(refuse(
+                remote,
+                Some(&agent),
+                Code::PermissionDenied,
+                "the challenge expired before its answer",
+            ));
+        }
+        self.attestors
+            .verify_proof(&verified, proof, &nonce, &csr_key, now)
+            .map_err(|e| attest_status(remote, Some(&agent), &e))?;
+
+        let issued = self
+            .ca
+            .issue_agent_svid(&csr, &agent, self.agent_svid_ttl, now)
+            .map_err(super::csr_status)?;
+        self.authority
+            .registry()
+            .attest_node(&agent, &issued.serial, verified.method, &verified.selectors)
+            .await
+            .map_err(|e| match e {
+                RegistryError::Conflict(message) => {
+                    refuse(remote, Some(&agent), Code::PermissionDenied, &message)
+                }
+                other => super::unavailable(other),
+            })?;
+        tracing::info!(
+            target: "lanyard::audit",
+            peer = %remote,
+            agent = %agent,
+            method = verified.method,
+            serial = issued.serial,
+            selectors = verified.selectors.len(),
+            "agent attested"
+        );
+        let svid = super::svid_response(&self.ca, &agent, issued);
+        let _ = tx
+            .send(Ok(AttestResponse {
+                step: Some(ResponseStep::Svid(svid)),
+            }))
+            .await;
+        Ok(())
+    }
+
+    /// Refuses, before any challenge, an agent that may not attest: a banned
+    /// one, or evidence that would make a node the local agent.
+    async fn check_admissible(
+        &self,
+        remote: SocketAddr,
+        verified: &Verified,
+    ) -> Result<(), Status> {
+        let agent = &verified.agent_id;
+        if *agent == self.local_agent_id {
+            return Err(refuse(
+                remote,
+                Some(agent),
+                Code::PermissionDenied,
+                "the evidence names the local agent's ID",
+            ));
+        }
+        match self.authority.registry().get_agent(agent).await {
+            Ok(record) if record.banned => Err(attest_status(
+                remote,
+                Some(agent),
+                &AttestError::Banned(agent.clone()),
+            )),
+            Ok(_) | Err(RegistryError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(super::unavailable(e)),
+        }
+    }
+
+    /// Spends `token` for an agent SVID of the key in `csr`: the unary
+    /// `AttestAgent` and the `Attest` stream both come here.
+    pub(super) async fn attest_with_join_token(
+        &self,
+        remote: SocketAddr,
+        csr: &[u8],
+        token: &str,
+    ) -> Result<AgentSvidResponse, Status> {
+        if token.is_empty() {
+            return Err(Status::invalid_argument("join_token is required"));
+        }
+        // A CSR that cannot be signed is refused while the token is still
+        // unspent, so the agent can retry with a good one.
+        ca::check_csr(csr).map_err(super::csr_status)?;
+        let registry = self.authority.registry();
+        let agent_id = match registry
+            .redeem_join_token(token)
+            .await
+            .map_err(super::unavailable)?
+        {
+            Ok(id) => id,
+            Err(reason) => {
+                tracing::warn!(target: "lanyard::audit", peer = %remote, %reason, "agent attestation refused");
+                return Err(Status::permission_denied(format!(
+                    "attestation refused: {reason}"
+                )));
+            }
+        };
+        // Tokens made before IDs under /lanyard/ were refused could name the
+        // local agent: a remote node must never become it.
+        if agent_id == self.local_agent_id {
+            tracing::warn!(target: "lanyard::audit", peer = %remote, agent = %agent_id, "agent attestation refused: the token names the local agent");
+            return Err(Status::permission_denied(
+                "attestation refused: the join token names the local agent's ID",
+            ));
+        }
+        // The token is spent either way: a failure below needs a new token,
+        // which is what an operator would expect of a single-use secret.
+        let issued = self
+            .ca
+            .issue_agent_svid(csr, &agent_id, self.agent_svid_ttl, SystemTime::now())
+            .map_err(super::csr_status)?;
+        registry
+            .attest_agent(&agent_id, &issued.serial)
+            .await
+            .map_err(|e| match e {
+                RegistryError::Conflict(message) => {
+                    tracing::warn!(target: "lanyard::audit", peer = %remote, agent = %agent_id, reason = message, "agent attestation refused");
+                    Status::permission_denied(message)
+                }
+                other => super::unavailable(other),
+            })?;
+        tracing::info!(target: "lanyard::audit", peer = %remote, agent = %agent_id, serial = issued.serial, "agent attested with a join token");
+        Ok(super::svid_response(&self.ca, &agent_id, issued))
+    }
+}
