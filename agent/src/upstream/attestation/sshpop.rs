@@ -159,3 +159,225 @@ impl SshPop {
         )?)
     }
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use std::process::Command;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn ssh_keygen(dir: &Path, args: &[&str]) -> TestResult {
+        let out = Command::new("/usr/bin/ssh-keygen")
+            .current_dir(dir)
+            .args(args)
+            .output()?;
+        assert!(out.status.success(), "ssh-keygen {args:?}: {out:?}");
+        Ok(())
+    }
+
+    /// A key `name` of `kind` (`-t`, `-b`) in `dir`, unencrypted.
+    pub(in super::super) fn key(dir: &Path, name: &str, kind: &[&str]) -> TestResult {
+        let mut args = vec!["-q", "-N", "", "-C", name, "-f", name];
+        args.extend_from_slice(kind);
+        ssh_keygen(dir, &args)
+    }
+
+    /// An Ed25519 CA `ca` and a host key `host` of `kind` with a host
+    /// certificate (`host-cert.pub`) signed by it.
+    pub(in super::super) fn host_material(
+        dir: &Path,
+        kind: &[&str],
+    ) -> Result<(PathBuf, PathBuf), Box<dyn std::error::Error>> {
+        key(dir, "ca", &["-t", "ed25519"])?;
+        key(dir, "host", kind)?;
+        ssh_keygen(
+            dir,
+            &[
+                "-q",
+                "-s",
+                "ca",
+                "-I",
+                "host-1",
+                "-h",
+                "-n",
+                "host.example.org",
+                "host.pub",
+            ],
+        )?;
+        Ok((dir.join("host"), dir.join("host-cert.pub")))
+    }
+
+    /// Whether `ssh-keygen -Y check-novalidate` accepts `sshsig` (binary)
+    /// as a signature over `message` by the key in `public_key`.
+    pub(in super::super) fn ssh_keygen_accepts(
+        dir: &Path,
+        public_key: &Path,
+        sshsig: &[u8],
+        message: &[u8],
+    ) -> Result<bool, Box<dyn std::error::Error>> {
+        use ssh_key::encoding::Decode;
+        let parsed = SshSig::decode(&mut &sshsig[..])?;
+        let sig_path = dir.join("proof.sig");
+        std::fs::write(&sig_path, parsed.to_pem(ssh_key::LineEnding::LF)?)?;
+        let mut child = Command::new("/usr/bin/ssh-keygen")
+            .args(["-Y", "check-novalidate", "-n", SSHSIG_NAMESPACE, "-s"])
+            .arg(&sig_path)
+            .arg("-f")
+            .arg(public_key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, message)?;
+        }
+        Ok(child.wait()?.success())
+    }
+
+    #[test]
+    fn every_host_key_type_signs_what_ssh_keygen_verifies() -> TestResult {
+        let message = b"lanyard node attestation v1\0sshpop\0example.org\0nonce and key hash";
+        for (kind, algorithm) in [
+            (&["-t", "ed25519"][..], "ssh-ed25519"),
+            (&["-t", "ecdsa", "-b", "256"][..], "ecdsa-sha2-nistp256"),
+            (&["-t", "ecdsa", "-b", "384"][..], "ecdsa-sha2-nistp384"),
+            (&["-t", "rsa", "-b", "2048"][..], "rsa-sha2-512"),
+        ] {
+            let dir = tempfile::tempdir()?;
+            let (host_key, host_cert) = host_material(dir.path(), kind)?;
+            let pop = SshPop::load(&host_key, &host_cert)?;
+            let sshsig = pop.prove(message)?;
+            use ssh_key::encoding::Decode;
+            let parsed = SshSig::decode(&mut sshsig.as_slice())?;
+            assert_eq!(parsed.algorithm().as_str(), algorithm);
+            assert_eq!(parsed.namespace(), SSHSIG_NAMESPACE);
+            assert_eq!(parsed.hash_alg(), HashAlg::Sha512);
+            let public = dir.path().join("host.pub");
+            assert!(
+                ssh_keygen_accepts(dir.path(), &public, &sshsig, message)?,
+                "{algorithm}: ssh-keygen refused the signature"
+            );
+            assert!(
+                !ssh_keygen_accepts(dir.path(), &public, &sshsig, b"another message")?,
+                "{algorithm}: ssh-keygen took the signature for another message"
+            );
+            // The evidence is the certificate file's binary form.
+            let text = std::fs::read_to_string(&host_cert)?;
+            let base64 = text.split_whitespace().nth(1).unwrap_or_default();
+            let expected =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, base64)?;
+            assert_eq!(pop.evidence().certificate, expected);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_user_certificate_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        key(d, "ca", &["-t", "ed25519"])?;
+        key(d, "host", &["-t", "ed25519"])?;
+        ssh_keygen(
+            d,
+            &["-q", "-s", "ca", "-I", "user", "-n", "alice", "host.pub"],
+        )?;
+        let err = SshPop::load(&d.join("host"), &d.join("host-cert.pub"))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(err, EvidenceError::NotHostCertificate(_)), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_certificate_of_another_key_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (_, host_cert) = host_material(dir.path(), &["-t", "ed25519"])?;
+        key(dir.path(), "other", &["-t", "ed25519"])?;
+        let err = SshPop::load(&dir.path().join("other"), &host_cert)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(err, EvidenceError::CertificateNotOfKey { .. }),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_encrypted_host_key_is_refused_with_a_clear_error() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        key(d, "ca", &["-t", "ed25519"])?;
+        ssh_keygen(
+            d,
+            &[
+                "-q",
+                "-N",
+                "secret passphrase",
+                "-f",
+                "host",
+                "-t",
+                "ed25519",
+            ],
+        )?;
+        ssh_keygen(d, &["-q", "-s", "ca", "-I", "h", "-h", "host.pub"])?;
+        let err = SshPop::load(&d.join("host"), &d.join("host-cert.pub"))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(err, EvidenceError::EncryptedKey(_)), "{err}");
+        assert!(
+            err.to_string().contains("encrypted with a passphrase"),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_host_key_others_may_read_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (host_key, host_cert) = host_material(dir.path(), &["-t", "ed25519"])?;
+        std::fs::set_permissions(
+            &host_key,
+            std::os::unix::fs::PermissionsExt::from_mode(0o640),
+        )?;
+        let err = SshPop::load(&host_key, &host_cert).map(|_| ()).unwrap_err();
+        assert!(matches!(err, EvidenceError::File(_)), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_certificate_the_server_would_refuse_for_its_size_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        key(d, "ca", &["-t", "ed25519"])?;
+        key(d, "host", &["-t", "ed25519"])?;
+        // ssh-keygen takes at most 256 principals: long ones, then.
+        let principals = (0..256)
+            .map(|i| format!("host-{i:04}-{}.example.org", "x".repeat(60)))
+            .collect::<Vec<_>>()
+            .join(",");
+        ssh_keygen(
+            d,
+            &[
+                "-q",
+                "-s",
+                "ca",
+                "-I",
+                "big",
+                "-h",
+                "-n",
+                &principals,
+                "host.pub",
+            ],
+        )?;
+        let err = SshPop::load(&d.join("host"), &d.join("host-cert.pub"))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(err, EvidenceError::SshCertificateTooLarge { .. }),
+            "{err}"
+        );
+        Ok(())
+    }
+}
