@@ -347,3 +347,315 @@ pub async fn renew(
         .into_inner();
     AgentCredentials::from_response(response, &key)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt as _;
+    use lanyard_proto::attestation::{SSHPOP, X509POP};
+    use lanyard_proto::node::node_server::{Node, NodeServer};
+    use lanyard_proto::node::{
+        AgentSvidResponse, AttestRequest, AttestResponse, Challenge, GetBundleRequest,
+        GetBundleResponse, MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidRequest,
+        MintX509SvidResponse, SyncEntriesRequest, SyncEntriesResponse, attest_request,
+        attest_response,
+    };
+    use rcgen::{BasicConstraints, IsCa, Issuer, PublicKeyData};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use tonic::{Request, Response, Status, Streaming};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+    const TD: &str = "example.org";
+    const NONCE: [u8; NONCE_LEN] = [7; NONCE_LEN];
+
+    /// A Node API that checks attestations as the real server does (the
+    /// signed message rebuilt from its own nonce and the CSR's key) and
+    /// answers with a placeholder SVID naming the method; `attest` is
+    /// `Unimplemented` when `old` (a server of an earlier release).
+    struct TestNode {
+        old: bool,
+        dir: PathBuf,
+    }
+
+    fn svid(method: &str) -> AgentSvidResponse {
+        AgentSvidResponse {
+            spiffe_id: format!("spiffe://{TD}/lanyard/agent/{method}/x"),
+            svid: vec![1],
+            bundle: vec![vec![2]],
+            expires_at: 1,
+        }
+    }
+
+    /// Checks `proof` for `start`, as the server would.
+    fn check(dir: &Path, start: &AttestStart, proof: AttestProof) -> Result<&'static str, Status> {
+        let denied = |what: &str| Status::permission_denied(what.to_owned());
+        let key = csr_key_sha256(&start.csr).map_err(|_| denied("csr"))?;
+        match (&start.evidence, proof.proof) {
+            (
+                Some(attest_start::Evidence::X509pop(chain)),
+                Some(attest_proof::Proof::X509pop(p)),
+            ) => {
+                let message = signed_message(X509POP, TD, &NONCE, &key);
+                x509pop::tests::verify(&chain.chain[0], &message, &p)
+                    .map_err(|_| denied("x509pop signature"))?;
+                Ok(X509POP)
+            }
+            (Some(attest_start::Evidence::Sshpop(_)), Some(attest_proof::Proof::Sshsig(sig))) => {
+                let message = signed_message(SSHPOP, TD, &NONCE, &key);
+                let accepted =
+                    sshpop::tests::ssh_keygen_accepts(dir, &dir.join("host.pub"), &sig, &message)
+                        .map_err(|_| denied("ssh-keygen"))?;
+                accepted.then_some(SSHPOP).ok_or_else(|| denied("sshsig"))
+            }
+            _ => Err(denied("proof of another method")),
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Node for TestNode {
+        async fn attest_agent(
+            &self,
+            request: Request<AttestAgentRequest>,
+        ) -> Result<Response<AgentSvidResponse>, Status> {
+            match request.into_inner().join_token.as_str() {
+                "good" => Ok(Response::new(svid("join_token"))),
+                _ => Err(Status::permission_denied("unknown join token")),
+            }
+        }
+
+        type AttestStream =
+            Pin<Box<dyn futures::Stream<Item = Result<AttestResponse, Status>> + Send>>;
+
+        async fn attest(
+            &self,
+            request: Request<Streaming<AttestRequest>>,
+        ) -> Result<Response<Self::AttestStream>, Status> {
+            if self.old {
+                return Err(Status::unimplemented("no Attest"));
+            }
+            let mut requests = request.into_inner();
+            let (answers, stream) = futures::channel::mpsc::unbounded();
+            let dir = self.dir.clone();
+            tokio::spawn(async move {
+                let step = |s| Ok(AttestResponse { step: Some(s) });
+                let Some(Ok(AttestRequest {
+                    step: Some(attest_request::Step::Start(start)),
+                })) = requests.next().await
+                else {
+                    let _ = answers.unbounded_send(Err(Status::invalid_argument("no start")));
+                    return;
+                };
+                if let Some(attest_start::Evidence::JoinToken(token)) = &start.evidence {
+                    let _ = answers.unbounded_send(if token == "good" {
+                        step(attest_response::Step::Svid(svid("join_token")))
+                    } else {
+                        Err(Status::permission_denied("unknown join token"))
+                    });
+                    return;
+                }
+                let _ = answers.unbounded_send(step(attest_response::Step::Challenge(Challenge {
+                    nonce: NONCE.to_vec(),
+                    expires_at: 0,
+                })));
+                let answer = match requests.next().await {
+                    Some(Ok(AttestRequest {
+                        step: Some(attest_request::Step::Proof(proof)),
+                    })) => check(&dir, &start, proof)
+                        .and_then(|method| step(attest_response::Step::Svid(svid(method)))),
+                    _ => Err(Status::invalid_argument("no proof")),
+                };
+                let _ = answers.unbounded_send(answer);
+            });
+            Ok(Response::new(Box::pin(stream)))
+        }
+
+        async fn renew_agent(
+            &self,
+            _: Request<RenewAgentRequest>,
+        ) -> Result<Response<AgentSvidResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+
+        async fn sync_entries(
+            &self,
+            _: Request<SyncEntriesRequest>,
+        ) -> Result<Response<SyncEntriesResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+
+        async fn mint_jwt_svid(
+            &self,
+            _: Request<MintJwtSvidRequest>,
+        ) -> Result<Response<MintJwtSvidResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+
+        async fn mint_x509_svid(
+            &self,
+            _: Request<MintX509SvidRequest>,
+        ) -> Result<Response<MintX509SvidResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+
+        async fn get_bundle(
+            &self,
+            _: Request<GetBundleRequest>,
+        ) -> Result<Response<GetBundleResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+    }
+
+    /// Serves `node` over TLS (a certificate for `lanyard-server` from a
+    /// new CA) on a local port; the endpoint trusts that CA.
+    async fn serve(node: TestNode) -> Result<ServerEndpoint, Box<dyn std::error::Error>> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(vec![super::super::SERVER_NAME.to_owned()])?
+            .signed_by(&key, &issuer)?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )?;
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        let incoming =
+            futures::stream::unfold((listener, acceptor), |(listener, acceptor)| async move {
+                let accepted = match listener.accept().await {
+                    Ok((tcp, _)) => acceptor
+                        .accept(tcp)
+                        .await
+                        .map(|tls| lanyard_host::transport::Accepted::new(tls, ())),
+                    Err(e) => Err(e),
+                };
+                Some((accepted, (listener, acceptor)))
+            });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(NodeServer::new(node))
+                .serve_with_incoming(incoming),
+        );
+        Ok(ServerEndpoint {
+            address,
+            trust_bundle: vec![CertificateDer::from(ca.der().to_vec())],
+        })
+    }
+
+    fn td() -> TrustDomain {
+        TrustDomain::new(TD).unwrap_or_else(|_| unreachable!())
+    }
+
+    #[test]
+    fn the_csr_key_hash_is_that_of_the_keys_subject_public_key_info() -> TestResult {
+        let (key, csr) = csr()?;
+        let expected =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &key.subject_public_key_info());
+        assert_eq!(csr_key_sha256(&csr)?.as_slice(), expected.as_ref());
+        assert!(csr_key_sha256(b"not a CSR").is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn x509pop_answers_the_challenge_over_the_attest_stream() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (certificate, private_key) =
+            x509pop::tests::rcgen_material(dir.path(), &rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let server = serve(TestNode {
+            old: false,
+            dir: dir.path().to_owned(),
+        })
+        .await?;
+        let attestation = NodeAttestation::X509Pop {
+            certificate,
+            private_key,
+        };
+        let creds = attest_within(&server, &td(), &attestation, Duration::from_secs(10)).await?;
+        assert!(creds.spiffe_id.as_str().contains("/x509pop/"), "{creds:?}");
+        // Signed for another trust domain: refused.
+        let other = TrustDomain::new("other.org")?;
+        let refused = attest_node(&server, &other, &attestation).await;
+        assert!(
+            matches!(&refused, Err(IdentityError::Node(NodeClientError::Refused(s))) if s.code() == tonic::Code::PermissionDenied),
+            "{refused:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sshpop_answers_the_challenge_over_the_attest_stream() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (host_key, host_certificate) =
+            sshpop::tests::host_material(dir.path(), &["-t", "ecdsa", "-b", "256"])?;
+        let server = serve(TestNode {
+            old: false,
+            dir: dir.path().to_owned(),
+        })
+        .await?;
+        let attestation = NodeAttestation::SshPop {
+            host_key,
+            host_certificate,
+        };
+        let creds = attest_within(&server, &td(), &attestation, Duration::from_secs(10)).await?;
+        assert!(creds.spiffe_id.as_str().contains("/sshpop/"), "{creds:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn join_tokens_go_through_attest_and_fall_back_on_older_servers() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        for old in [false, true] {
+            let server = serve(TestNode {
+                old,
+                dir: dir.path().to_owned(),
+            })
+            .await?;
+            let creds = attest(&server, "good").await?;
+            assert!(creds.spiffe_id.as_str().contains("/join_token/"));
+            let refused = attest(&server, "bad").await;
+            assert!(
+                matches!(&refused, Err(NodeClientError::Refused(s)) if s.code() == tonic::Code::PermissionDenied),
+                "old={old}: {refused:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Host material that cannot serve fails before anything is sent.
+    #[tokio::test]
+    async fn unusable_host_material_fails_with_its_reason() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let server = ServerEndpoint {
+            address: "127.0.0.1:9".to_owned(),
+            trust_bundle: Vec::new(),
+        };
+        let attestation = NodeAttestation::X509Pop {
+            certificate: dir.path().join("missing.pem"),
+            private_key: dir.path().join("missing.key"),
+        };
+        let err = attest_node(&server, &td(), &attestation)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IdentityError::Node(NodeClientError::Evidence(EvidenceError::Unreadable { .. }))
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        Ok(())
+    }
+}
