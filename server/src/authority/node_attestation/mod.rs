@@ -251,3 +251,6 @@ impl NodeAttestors {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
