@@ -222,3 +222,54 @@ impl ServerClient {
             .into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reattest_refusal() -> tonic::Status {
+        let mut status = tonic::Status::permission_denied("evicted");
+        status.metadata_mut().insert(
+            lanyard_proto::REATTEST_REQUIRED_METADATA,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        status
+    }
+
+    async fn requested(client: &ServerClient) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), client.reattestation_requested())
+            .await
+            .is_ok()
+    }
+
+    /// A refusal asks for a new attestation only while the channel it came
+    /// over is in use: calls still in flight on a replaced one do not ask
+    /// again after the agent attested.
+    #[tokio::test]
+    async fn reattestation_is_requested_for_the_channel_in_use_only() {
+        let dir = std::env::temp_dir().join("lanyard-no-server.sock");
+        let client = ServerClient::local(&dir);
+        assert!(!requested(&client).await);
+        let _ = client.observe(0, tonic::Status::unavailable("down"));
+        assert!(!requested(&client).await, "any refusal asked");
+        let _ = client.observe(0, reattest_refusal());
+        assert!(requested(&client).await);
+        assert!(
+            requested(&client).await,
+            "asks until the channel is replaced"
+        );
+
+        client.replace_channel(super::super::channel::local_channel(&dir));
+        assert!(
+            !requested(&client).await,
+            "a replaced channel's refusal asked"
+        );
+        let _ = client.observe(0, reattest_refusal());
+        assert!(
+            !requested(&client).await,
+            "a late refusal of the old channel asked"
+        );
+        let _ = client.observe(1, reattest_refusal());
+        assert!(requested(&client).await);
+    }
+}
