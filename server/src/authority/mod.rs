@@ -490,6 +490,89 @@ mod tests {
         Ok(())
     }
 
+    /// Issue 13: an agent whose node selectors include all of an alias's is
+    /// under it (entries, sync, minting); an agent that proves other node
+    /// selectors later leaves it in one full sync; the alias itself is never
+    /// sent.
+    #[tokio::test]
+    async fn node_aliases_reach_the_agents_they_select() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (authority, _, _) = authority(dir.path()).await?;
+        let td = authority.trust_domain().clone();
+        let store = &authority.store;
+        let web = td.id_with_path("/lanyard/agent/x509pop/aa")?;
+        let db = td.id_with_path("/lanyard/agent/x509pop/bb")?;
+        let ou = |v: &str| Selector::parse(&format!("x509pop:subject:ou:{v}"));
+        let cn = Selector::parse("x509pop:subject:cn:web-1")?;
+        store
+            .attest_node(&web, "01", "x509pop", &[ou("web")?, cn.clone()], 1)
+            .await?;
+        store
+            .attest_node(&db, "01", "x509pop", &[ou("db")?], 1)
+            .await?;
+        let server = authority.server_id().ok_or("no server ID")?.clone();
+        let alias = EntrySpec::new(
+            td.id_with_path("/fleet/web")?,
+            server,
+            vec![ou("web")?],
+            Duration::from_secs(60),
+        );
+        store.create_entry("alias", &alias, 2).await?;
+        store
+            .create_entry("app", &uid1_entry(&td, "/app", &alias.spiffe_id)?, 3)
+            .await?;
+
+        let ids = |entries: Vec<RegistrationEntry>| -> Vec<String> {
+            entries.into_iter().map(|e| e.id).collect()
+        };
+        assert_eq!(ids(authority.entries_for_agent(&web).await?), ["app"]);
+        assert!(authority.entries_for_agent(&db).await?.is_empty());
+        let aud = vec!["a".to_owned()];
+        assert!(
+            authority
+                .mint_jwt_svid(&web, "app", &aud, SystemTime::now())
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            authority
+                .mint_jwt_svid(&db, "app", &aud, SystemTime::now())
+                .await,
+            Err(MintError::NotAuthorized(_))
+        ));
+        for agent in [&web, &db] {
+            assert!(matches!(
+                authority
+                    .mint_jwt_svid(agent, "alias", &aud, SystemTime::now())
+                    .await,
+                Err(MintError::NotAuthorized(_))
+            ));
+        }
+
+        // An incremental change under the alias arrives incrementally.
+        let full = authority.entry_update_for_agent(&web, 0).await?;
+        assert_eq!(ids(full.upserts), ["app"]);
+        store
+            .create_entry("app2", &uid1_entry(&td, "/app2", &alias.spiffe_id)?, 4)
+            .await?;
+        let update = authority
+            .entry_update_for_agent(&web, full.revision)
+            .await?;
+        assert!(!update.full);
+        assert_eq!(ids(update.upserts), ["app2"]);
+
+        // Re-attested with other node selectors: out, in one full sync.
+        store
+            .attest_node(&web, "02", "x509pop", &[ou("db")?], 5)
+            .await?;
+        let moved = authority
+            .entry_update_for_agent(&web, update.revision)
+            .await?;
+        assert!(moved.full, "new node selectors force a full sync");
+        assert!(moved.upserts.is_empty(), "{:?}", moved.upserts);
+        Ok(())
+    }
+
     /// An entry stored before binary selectors needed a uid or gid (as an
     /// older server wrote it) is never signed for, even by its own agent.
     #[tokio::test]

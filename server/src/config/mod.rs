@@ -897,6 +897,109 @@ selectors = ["unix:uid:1000"]
         );
     }
 
+    /// Issue 13: `[node_attestation]` is typed at load, its files read and
+    /// parsed, every error naming its key.
+    #[test]
+    fn node_attestation_is_read_and_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let bundle = dir.path().join("ca.pem");
+        std::fs::write(&bundle, ca.pem()).unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not pem").unwrap();
+        let ca_line =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrQIj1dkV6VH6mwkMqZC6WXvhJL9dqZiaqq66F30Upi ca";
+        let known_hosts = dir.path().join("known_hosts");
+        std::fs::write(
+            &known_hosts,
+            format!("# fleet CA\n@cert-authority * {ca_line}\n@revoked * {ca_line}\n"),
+        )
+        .unwrap();
+        let good = format!(
+            "{GOOD}[node_attestation]\nchallenge_ttl_seconds = 10\n[node_attestation.x509pop]\nca_bundle = {:?}\n[node_attestation.sshpop]\ncert_authorities = [{ca_line:?}]\ncert_authorities_file = {:?}\n",
+            bundle.display().to_string(),
+            known_hosts.display().to_string()
+        );
+        let config = ServerConfig::from_toml(&good, "test.toml").unwrap();
+        let attestation = &config.node_attestation;
+        assert_eq!(attestation.challenge_ttl, Duration::from_secs(10));
+        assert_eq!(attestation.max_pending_per_peer, 8);
+        assert_eq!(attestation.x509pop.as_ref().unwrap().ca_bundle.len(), 1);
+        let sshpop = attestation.sshpop.as_ref().unwrap();
+        assert_eq!(
+            (sshpop.cert_authorities.len(), sshpop.revoked.len()),
+            (2, 1)
+        );
+        let defaults = ServerConfig::from_toml(GOOD, "test.toml").unwrap();
+        assert!(defaults.node_attestation.x509pop.is_none());
+        assert_eq!(
+            defaults.node_attestation.challenge_ttl,
+            Duration::from_secs(30)
+        );
+
+        let section = |body: &str| format!("{GOOD}[node_attestation]\n{body}\n");
+        let cases = [
+            (
+                section("challenge_ttl_seconds = 61"),
+                "node_attestation.challenge_ttl_seconds",
+            ),
+            (
+                section("challenge_ttl_seconds = 0"),
+                "node_attestation.challenge_ttl_seconds",
+            ),
+            (
+                section("max_pending_per_peer = 0"),
+                "node_attestation.max_pending_per_peer",
+            ),
+            (
+                section("[node_attestation.x509pop]\nca_bundle = \"/nonexistent.pem\""),
+                "node_attestation.x509pop.ca_bundle",
+            ),
+            (
+                section(&format!(
+                    "[node_attestation.x509pop]\nca_bundle = {:?}",
+                    garbage.display().to_string()
+                )),
+                "node_attestation.x509pop.ca_bundle",
+            ),
+            (
+                section(&format!(
+                    "[node_attestation.x509pop]\nca_bundle = {:?}\ncrl = {:?}",
+                    bundle.display().to_string(),
+                    garbage.display().to_string()
+                )),
+                "node_attestation.x509pop.crl",
+            ),
+            (
+                section("[node_attestation.sshpop]\ncert_authorities = [\"ssh-ed25519 AAAA\"]"),
+                "node_attestation.sshpop.cert_authorities[0]",
+            ),
+            (
+                section("[node_attestation.sshpop]"),
+                "node_attestation.sshpop.cert_authorities",
+            ),
+            (
+                section(&format!(
+                    "[node_attestation.sshpop]\ncert_authorities_file = {:?}",
+                    garbage.display().to_string()
+                )),
+                "node_attestation.sshpop.cert_authorities_file",
+            ),
+        ];
+        for (text, key) in cases {
+            let message = error_of(&text);
+            assert!(
+                message.contains(&format!("config key `{key}`")),
+                "{message:?} should name {key}"
+            );
+            assert!(!message.contains('\n'), "one line: {message:?}");
+        }
+        assert!(error_of(&section("bogus = 1")).contains("unknown field `bogus`"));
+    }
+
     #[test]
     fn parse_errors_carry_the_line() {
         let message = error_of(&GOOD.replace("[[entries]]", "[[entries]]\nbogus = 1"));

@@ -362,6 +362,94 @@ mod tests {
         }
     }
 
+    fn node_id() -> SpiffeId {
+        SpiffeId::parse("spiffe://example.org/lanyard/agent/x509pop/ab").unwrap()
+    }
+
+    fn selectors(raw: &[&str]) -> Vec<Selector> {
+        raw.iter().map(|s| Selector::parse(s).unwrap()).collect()
+    }
+
+    /// Issue 13: a proof of possession re-attests after an eviction (a join
+    /// token does not); a ban refuses both, known ID or not, until unbanned;
+    /// new node selectors take a new entry revision.
+    #[tokio::test]
+    async fn nodes_reattest_after_eviction_but_not_when_banned() {
+        let id = node_id();
+        for (_dir, store) in datastores().await {
+            let web = selectors(&["x509pop:subject:ou:web"]);
+            let first = store
+                .attest_node(&id, "01", "x509pop", &web, 10)
+                .await
+                .unwrap();
+            assert_eq!(
+                (
+                    first.attestation_type.as_str(),
+                    &first.selectors,
+                    first.banned
+                ),
+                ("x509pop", &web, false)
+            );
+            assert!(first.selectors_revision > 0);
+            let again = store
+                .attest_node(&id, "02", "x509pop", &web, 11)
+                .await
+                .unwrap();
+            assert_eq!(
+                again.selectors_revision, first.selectors_revision,
+                "same selectors, same revision"
+            );
+            store.evict_agent(&id).await.unwrap();
+            let db = selectors(&["x509pop:subject:ou:db"]);
+            let back = store
+                .attest_node(&id, "03", "x509pop", &db, 12)
+                .await
+                .unwrap();
+            assert!(!back.evicted, "eviction forces a new proof, not a human");
+            assert!(back.selectors_revision > first.selectors_revision);
+            assert_eq!(back.selectors, db);
+
+            store.ban_agent(&id, 13).await.unwrap();
+            let banned = store.get_agent(&id).await.unwrap();
+            assert!(banned.banned && banned.evicted);
+            let refused = store.attest_node(&id, "04", "x509pop", &db, 14).await;
+            assert!(
+                matches!(&refused, Err(StoreError::Conflict(m)) if m.contains("banned")),
+                "{refused:?}"
+            );
+            store.unban_agent(&id).await.unwrap();
+            assert!(store.get_agent(&id).await.unwrap().evicted, "stays evicted");
+            store
+                .attest_node(&id, "05", "x509pop", &db, 15)
+                .await
+                .unwrap();
+
+            // An ID never seen is banned ahead of its first attestation.
+            let unknown = SpiffeId::parse("spiffe://example.org/lanyard/agent/sshpop/cd").unwrap();
+            store.ban_agent(&unknown, 16).await.unwrap();
+            assert!(matches!(
+                store.attest_node(&unknown, "01", "sshpop", &[], 17).await,
+                Err(StoreError::Conflict(_))
+            ));
+            assert!(matches!(
+                store.unban_agent(&agent_id()).await,
+                Err(StoreError::NotFound { .. })
+            ));
+
+            // A join token agent that was evicted stays out.
+            let token_agent = agent_id();
+            store.attest_agent(&token_agent, "01", 10).await.unwrap();
+            store.evict_agent(&token_agent).await.unwrap();
+            assert!(matches!(
+                store.attest_agent(&token_agent, "02", 11).await,
+                Err(StoreError::Conflict(_))
+            ));
+            let listed = store.list_agents().await.unwrap();
+            assert_eq!(listed.len(), 3);
+            assert_eq!(listed[0].attestation_type, "join_token");
+        }
+    }
+
     /// Two renewals presenting the same serial (say a stolen copy racing the
     /// agent): exactly one wins, from the current and from the previous serial.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

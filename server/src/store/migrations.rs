@@ -235,6 +235,35 @@ mod tests {
         }
     }
 
+    /// Agents of a schema-4 datastore come through migration 5 as join-token
+    /// agents with no node selectors, not banned.
+    #[tokio::test]
+    async fn migration_5_keeps_agents_as_join_token_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        for url in empty_database_urls(dir.path()).await {
+            let old = at_version(&url, 4).await;
+            sqlx::query("INSERT INTO agents (spiffe_id, serial, attested_at, last_seen, evicted, prev_serial) VALUES ('spiffe://example.org/node/a', '0a', 1, 2, 1, NULL)")
+                .execute(&old)
+                .await
+                .unwrap();
+            old.close().await;
+            let store = Datastore::open(&url).await.unwrap();
+            let id = lanyard_proto::SpiffeId::parse("spiffe://example.org/node/a").unwrap();
+            let agent = store.get_agent(&id).await.unwrap();
+            assert_eq!(
+                (
+                    agent.attestation_type.as_str(),
+                    agent.selectors.len(),
+                    agent.banned,
+                    agent.evicted,
+                    agent.selectors_revision
+                ),
+                ("join_token", 0, false, true, 0)
+            );
+            store.close().await;
+        }
+    }
+
     /// A datastore written by a server before migration 2 keeps its agents.
     #[tokio::test]
     async fn agents_survive_the_prev_serial_migration() {

@@ -224,4 +224,36 @@ mod tests {
             );
         }
     }
+
+    /// Issue 13: a banned agent is refused as such, and the refusals only a
+    /// new attestation cures say so in the reattest-required metadata.
+    #[tokio::test]
+    async fn a_banned_agent_is_refused_and_told_to_reattest() {
+        for (_dir, registry) in registries().await {
+            registry.attest_agent(&id(), "01").await.unwrap();
+            registry.ban_agent(&id()).await.unwrap();
+            let refused = admit(&registry, &peer("01"), Call::Other, NOW).await;
+            assert!(matches!(refused, Err(Refusal::Banned(_))), "{refused:?}");
+            let status = Status::from(refused.unwrap_err());
+            assert_eq!(status.code(), tonic::Code::PermissionDenied);
+            assert!(status.message().contains("is banned"), "{status:?}");
+            let marked = |status: &Status| {
+                status
+                    .metadata()
+                    .get(lanyard_proto::REATTEST_REQUIRED_METADATA)
+                    .is_some_and(|v| v == "1")
+            };
+            assert!(marked(&status));
+            for refusal in [
+                Refusal::Evicted(id()),
+                Refusal::NotAttested(id()),
+                Refusal::Expired(NOW),
+            ] {
+                assert!(marked(&Status::from(refusal)));
+            }
+            for refusal in [Refusal::Superseded, Refusal::RenewOnly, Refusal::NoSvid] {
+                assert!(!marked(&Status::from(refusal)));
+            }
+        }
+    }
 }
