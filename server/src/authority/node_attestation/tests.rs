@@ -390,7 +390,7 @@ fn sshsig(dir: &Path, host: &str, namespace: &str, nonce: &[u8; 32]) -> Vec<u8> 
 }
 
 fn ca_key(dir: &Path, name: &str) -> KeyData {
-    ssh_key::PublicKey::read_openssh_file(&dir.join(format!("{name}.pub")))
+    ssh_key::PublicKey::read_openssh_file(dir.join(format!("{name}.pub")))
         .unwrap()
         .key_data()
         .clone()
