@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::digest;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use lanyard_host::clock::unix_seconds;
 use lanyard_proto::SpiffeId;
 use lanyard_proto::node::attest_proof::Proof as WireProof;
@@ -27,7 +27,7 @@ use lanyard_proto::node::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
 
@@ -79,6 +79,14 @@ fn attest_status(remote: SocketAddr, agent: Option<&SpiffeId>, error: &AttestErr
     refuse(remote, agent, code, &error.to_string())
 }
 
+/// The next message, as `Streaming::message` gives it.
+async fn next<S>(inbound: &mut S) -> Result<Option<AttestRequest>, Status>
+where
+    S: Stream<Item = Result<AttestRequest, Status>> + Unpin,
+{
+    inbound.next().await.transpose()
+}
+
 /// SHA-256 of the CSR's SubjectPublicKeyInfo (the CSR was checked before).
 fn csr_key_sha256(csr: &[u8]) -> Option<[u8; 32]> {
     let (_, request) = X509CertificationRequest::from_der(csr).ok()?;
@@ -92,11 +100,10 @@ fn csr_key_sha256(csr: &[u8]) -> Option<[u8; 32]> {
 impl Attestation {
     /// The responses of an `Attest` stream from `remote`, served by a task
     /// that holds the peer's pending slot for as long as it runs.
-    pub(super) fn open(
-        self,
-        remote: SocketAddr,
-        inbound: Streaming<AttestRequest>,
-    ) -> Result<AttestStream, Status> {
+    pub(super) fn open<S>(self, remote: SocketAddr, inbound: S) -> Result<AttestStream, Status>
+    where
+        S: Stream<Item = Result<AttestRequest, Status>> + Send + Unpin + 'static,
+    {
         let slot = self
             .attestors
             .pending()
@@ -113,13 +120,16 @@ impl Attestation {
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
-    async fn run(
+    async fn run<S>(
         &self,
         remote: SocketAddr,
-        mut inbound: Streaming<AttestRequest>,
+        mut inbound: S,
         tx: &mpsc::Sender<Result<AttestResponse, Status>>,
-    ) -> Result<(), Status> {
-        let start = match tokio::time::timeout(START_TIMEOUT, inbound.message()).await {
+    ) -> Result<(), Status>
+    where
+        S: Stream<Item = Result<AttestRequest, Status>> + Unpin,
+    {
+        let start = match tokio::time::timeout(START_TIMEOUT, next(&mut inbound)).await {
             Err(_) => {
                 return Err(refuse(
                     remote,
@@ -207,7 +217,7 @@ impl Attestation {
         if tx.send(Ok(challenge)).await.is_err() {
             return Ok(()); // the node left
         }
-        let wire_proof = match tokio::time::timeout_at(deadline, inbound.message()).await {
+        let wire_proof = match tokio::time::timeout_at(deadline, next(&mut inbound)).await {
             Err(_) => {
                 return Err(refuse(
                     remote,
@@ -377,5 +387,288 @@ impl Attestation {
             })?;
         tracing::info!(target: "lanyard::audit", peer = %remote, agent = %agent_id, serial = issued.serial, "agent attested with a join token");
         Ok(super::svid_response(&self.ca, &agent_id, issued))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The stream handler end to end (evidence, challenge, proof, SVID, the
+    //! record), fed by a channel in place of the HTTP/2 stream.
+
+    use lanyard_proto::TrustDomain;
+    use lanyard_proto::attestation::{X509POP, signed_message};
+    use lanyard_proto::node::{X509PopEvidence, X509PopProof};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, PublicKeyData, SigningKey,
+    };
+
+    use super::*;
+    use crate::authority::Issuer as OidcIssuer;
+    use crate::config::{NodeAttestationConfig, X509PopConfig};
+    use crate::keys::{KeyManager, KeyType, RotationPolicy};
+    use crate::store::Datastore;
+
+    type Inbound = mpsc::Sender<Result<AttestRequest, Status>>;
+
+    struct Node {
+        chain: Vec<Vec<u8>>,
+        key: KeyPair,
+    }
+
+    async fn setup(
+        dir: &std::path::Path,
+        ttl: Duration,
+        max_pending: usize,
+    ) -> Result<(Attestation, Node), Box<dyn std::error::Error>> {
+        let td = TrustDomain::new("example.org")?;
+        let store = Datastore::open_sqlite(&dir.join("db.sqlite")).await?;
+        let policy = RotationPolicy::with_max_token_ttl(Duration::from_secs(3600));
+        let now = unix_seconds(SystemTime::now());
+        let keys = KeyManager::open(
+            store.clone(),
+            &dir.join("keys"),
+            "test",
+            policy,
+            KeyType::EcP256,
+            now,
+        )
+        .await?;
+        let authority = Authority::new(
+            td.clone(),
+            OidcIssuer::parse("https://issuer.example.org")?,
+            Arc::new(keys),
+            store,
+            Duration::from_secs(3600),
+        );
+        let ca = CertificateAuthority::load_or_generate(&dir.join("ca"), &td, SystemTime::now())?;
+
+        let root_key = KeyPair::generate()?;
+        let mut root = CertificateParams::new(Vec::<String>::new())?;
+        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root_der = root.self_signed(&root_key)?.der().clone();
+        let issuer = Issuer::new(root, root_key);
+        let key = KeyPair::generate()?;
+        let mut leaf = CertificateParams::new(vec!["web-1.example.org".to_owned()])?;
+        leaf.distinguished_name
+            .push(DnType::OrganizationalUnitName, "web");
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf_der = leaf.signed_by(&key, &issuer)?.der().to_vec();
+
+        let config = NodeAttestationConfig {
+            challenge_ttl: ttl,
+            max_pending_per_peer: max_pending,
+            x509pop: Some(X509PopConfig {
+                ca_bundle: vec![root_der],
+                intermediates: Vec::new(),
+                crls: Vec::new(),
+            }),
+            sshpop: None,
+        };
+        let attestation = Attestation {
+            authority: Arc::new(authority),
+            ca: Arc::new(ca),
+            attestors: Arc::new(NodeAttestors::new(td, &config)?),
+            local_agent_id: TrustDomain::new("example.org")?
+                .id_with_path("/lanyard/agent/local")?,
+            agent_svid_ttl: Duration::from_secs(600),
+        };
+        Ok((
+            attestation,
+            Node {
+                chain: vec![leaf_der],
+                key,
+            },
+        ))
+    }
+
+    fn remote() -> SocketAddr {
+        "192.0.2.7:4000".parse().unwrap()
+    }
+
+    /// A CSR and the SHA-256 of its key, computed apart from the server's code.
+    fn csr() -> (Vec<u8>, [u8; 32]) {
+        let key = KeyPair::generate().unwrap();
+        let csr = CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec();
+        let hash = digest::digest(&digest::SHA256, &key.subject_public_key_info());
+        (csr, hash.as_ref().try_into().unwrap())
+    }
+
+    fn open(attestation: &Attestation) -> Result<(Inbound, AttestStream), Status> {
+        let (tx, rx) = mpsc::channel(4);
+        let stream = attestation
+            .clone()
+            .open(remote(), ReceiverStream::new(rx))?;
+        Ok((tx, stream))
+    }
+
+    fn start(node: &Node, csr: &[u8]) -> AttestRequest {
+        AttestRequest {
+            step: Some(Step::Start(AttestStart {
+                csr: csr.to_vec(),
+                evidence: Some(WireEvidence::X509pop(X509PopEvidence {
+                    chain: node.chain.clone(),
+                })),
+            })),
+        }
+    }
+
+    fn proof(node: &Node, nonce: &[u8], csr_key: &[u8; 32]) -> AttestRequest {
+        let nonce: [u8; 32] = nonce.try_into().unwrap();
+        let message = signed_message(X509POP, "example.org", &nonce, csr_key);
+        AttestRequest {
+            step: Some(Step::Proof(AttestProof {
+                proof: Some(WireProof::X509pop(X509PopProof {
+                    scheme: 0x0403,
+                    signature: node.key.sign(&message).unwrap(),
+                })),
+            })),
+        }
+    }
+
+    async fn challenge(stream: &mut AttestStream) -> Vec<u8> {
+        match stream.next().await {
+            Some(Ok(AttestResponse {
+                step: Some(ResponseStep::Challenge(challenge)),
+            })) => challenge.nonce,
+            other => panic!("expected a challenge, got {other:?}"),
+        }
+    }
+
+    async fn refusal(stream: &mut AttestStream) -> Status {
+        match stream.next().await {
+            Some(Err(status)) => status,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn x509pop_attests_once_per_challenge() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (attestation, node) = setup(dir.path(), Duration::from_secs(30), 8).await?;
+        let (csr, csr_key) = csr();
+
+        let (tx, mut stream) = open(&attestation)?;
+        tx.send(Ok(start(&node, &csr))).await?;
+        let nonce = challenge(&mut stream).await;
+        assert_eq!(nonce.len(), 32);
+        let answer = proof(&node, &nonce, &csr_key);
+        tx.send(Ok(answer.clone())).await?;
+        let svid = match stream.next().await {
+            Some(Ok(AttestResponse {
+                step: Some(ResponseStep::Svid(svid)),
+            })) => svid,
+            other => panic!("expected the SVID, got {other:?}"),
+        };
+        assert!(
+            svid.spiffe_id
+                .starts_with("spiffe://example.org/lanyard/agent/x509pop/")
+        );
+        let id = SpiffeId::parse(&svid.spiffe_id)?;
+        let record = attestation.authority.registry().get_agent(&id).await?;
+        assert_eq!(record.attestation_type, "x509pop");
+        assert!(
+            record
+                .selectors
+                .iter()
+                .any(|s| s.to_string() == "x509pop:subject:ou:web")
+        );
+
+        // The same answer on a new stream (a replay) is refused.
+        let (tx, mut stream) = open(&attestation)?;
+        tx.send(Ok(start(&node, &csr))).await?;
+        let _ = challenge(&mut stream).await;
+        tx.send(Ok(answer)).await?;
+        assert_eq!(refusal(&mut stream).await.code(), Code::PermissionDenied);
+
+        // A second start where the answer belongs.
+        let (tx, mut stream) = open(&attestation)?;
+        tx.send(Ok(start(&node, &csr))).await?;
+        let _ = challenge(&mut stream).await;
+        tx.send(Ok(start(&node, &csr))).await?;
+        assert_eq!(refusal(&mut stream).await.code(), Code::InvalidArgument);
+
+        // Banned: refused before any challenge.
+        attestation.authority.registry().ban_agent(&id).await?;
+        let (tx, mut stream) = open(&attestation)?;
+        tx.send(Ok(start(&node, &csr))).await?;
+        let status = refusal(&mut stream).await;
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert!(status.message().contains("banned"), "{status:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn late_answers_and_too_many_pending_streams_are_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (attestation, node) = setup(dir.path(), Duration::from_secs(1), 2).await?;
+        let (csr, csr_key) = csr();
+        let (tx, mut stream) = open(&attestation)?;
+        tx.send(Ok(start(&node, &csr))).await?;
+        let nonce = challenge(&mut stream).await;
+        let held = open(&attestation)?;
+        assert_eq!(
+            open(&attestation).err().map(|s| s.code()),
+            Some(Code::ResourceExhausted)
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let status = refusal(&mut stream).await;
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert!(status.message().contains("expired"), "{status:?}");
+        let _ = tx.send(Ok(proof(&node, &nonce, &csr_key))).await;
+        // Its slot is free again once its task has ended.
+        drop((tx, stream));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _again = open(&attestation)?;
+        drop(held);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn join_tokens_take_the_stream_without_a_challenge()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (attestation, _) = setup(dir.path(), Duration::from_secs(30), 8).await?;
+        let registry = attestation.authority.registry();
+        let token = registry
+            .create_join_token(&TrustDomain::new("example.org")?, None, 600)
+            .await?;
+        let (csr, _) = csr();
+        let (tx, mut stream) = open(&attestation)?;
+        tx.send(Ok(AttestRequest {
+            step: Some(Step::Start(AttestStart {
+                csr,
+                evidence: Some(WireEvidence::JoinToken(token.token)),
+            })),
+        }))
+        .await?;
+        match stream.next().await {
+            Some(Ok(AttestResponse {
+                step: Some(ResponseStep::Svid(svid)),
+            })) => assert_eq!(svid.spiffe_id, token.spiffe_id.to_string()),
+            other => panic!("expected the SVID, got {other:?}"),
+        }
+        // sshpop is not configured on this server.
+        let (tx, mut stream) = open(&attestation)?;
+        tx.send(Ok(AttestRequest {
+            step: Some(Step::Start(AttestStart {
+                csr: csr_of_nothing(),
+                evidence: Some(WireEvidence::Sshpop(lanyard_proto::node::SshPopEvidence {
+                    certificate: Vec::new(),
+                })),
+            })),
+        }))
+        .await?;
+        assert_eq!(refusal(&mut stream).await.code(), Code::FailedPrecondition);
+        Ok(())
+    }
+
+    fn csr_of_nothing() -> Vec<u8> {
+        csr().0
     }
 }
