@@ -22,13 +22,13 @@ use lanyard_proto::node::{
     AgentSvidResponse, AttestProof, AttestRequest, AttestResponse, AttestStart, Challenge,
     SshPopEvidence, X509PopEvidence, X509PopProof,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SignatureAlgorithm,
 };
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
 
 /// ECDSA P-256 with SHA-256, as TLS numbers it.
 pub const SCHEME_ECDSA_P256: u32 = 0x0403;
@@ -241,13 +241,35 @@ pub fn openssl_rsa_host(dir: &Path, common_name: &str, ou: &str) -> anyhow::Resu
         path("openssl-host.ext"),
     );
     run(Command::new("openssl").args([
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-        "/CN=openssl fleet CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign", "-keyout", &s(&ca_key), "-out", &s(&ca_cert),
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=openssl fleet CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        &s(&ca_key),
+        "-out",
+        &s(&ca_cert),
     ]))?;
     run(Command::new("openssl").args([
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={common_name}/OU={ou}"),
-        "-keyout", &s(&key), "-out", &s(&csr),
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        &format!("/CN={common_name}/OU={ou}"),
+        "-keyout",
+        &s(&key),
+        "-out",
+        &s(&csr),
     ]))?;
     std::fs::write(
         &ext,
@@ -256,8 +278,21 @@ pub fn openssl_rsa_host(dir: &Path, common_name: &str, ou: &str) -> anyhow::Resu
         ),
     )?;
     run(Command::new("openssl").args([
-        "x509", "-req", "-in", &s(&csr), "-CA", &s(&ca_cert), "-CAkey", &s(&ca_key),
-        "-CAcreateserial", "-days", "1", "-extfile", &s(&ext), "-out", &s(&cert),
+        "x509",
+        "-req",
+        "-in",
+        &s(&csr),
+        "-CA",
+        &s(&ca_cert),
+        "-CAkey",
+        &s(&ca_key),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &s(&ext),
+        "-out",
+        &s(&cert),
     ]))?;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
     Ok([ca_cert, cert, key])
@@ -551,10 +586,7 @@ pub fn ssh_evidence(host: &SshHost) -> anyhow::Result<Evidence> {
 pub fn ed25519_sshsig(key: &ssh_key::PrivateKey, message: &[u8]) -> anyhow::Result<Vec<u8>> {
     use ssh_key::encoding::Encode;
     use ssh_key::{Algorithm, HashAlg, Signature, SshSig};
-    let pair = key
-        .key_data()
-        .ed25519()
-        .context("an Ed25519 host key")?;
+    let pair = key.key_data().ed25519().context("an Ed25519 host key")?;
     let signer = aws_lc_rs::signature::Ed25519KeyPair::from_seed_and_public_key(
         &pair.private.to_bytes(),
         &pair.public.0,

@@ -77,7 +77,10 @@ fn probe_until_refused(endpoint: &str) -> anyhow::Result<String> {
         if !said.starts_with("ok") {
             return Ok(said);
         }
-        anyhow::ensure!(Instant::now() < deadline, "mints never stopped; last: {said}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "mints never stopped; last: {said}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -88,12 +91,7 @@ struct Node {
 }
 
 /// Starts an agent whose `[server.attestation.…]` table is `attestation`.
-fn start_agent(
-    dir: &Path,
-    name: &str,
-    node_port: u16,
-    attestation: &str,
-) -> anyhow::Result<Node> {
+fn start_agent(dir: &Path, name: &str, node_port: u16, attestation: &str) -> anyhow::Result<Node> {
     let socket = dir.join(format!("{name}-socket/api.sock"));
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
@@ -189,27 +187,38 @@ fn a_fleet_enrols_by_host_certificates_and_groups_by_what_it_proved() -> anyhow:
         .as_array()
         .map(|all| all.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
+    assert!(selectors.contains(&"x509pop:subject:ou:web"), "{shown}");
+    let shown = admin(d, &["agent", "show", &db_id])?;
     assert!(
-        selectors.contains(&"x509pop:subject:ou:web"),
+        shown.to_string().contains("sshpop:principal:db-1"),
         "{shown}"
     );
-    let shown = admin(d, &["agent", "show", &db_id])?;
-    assert!(shown.to_string().contains("sshpop:principal:db-1"), "{shown}");
 
     // Node groups: an alias for the web tier, a workload under it.
     let uid = format!("unix:uid:{}", my_uid());
     admin(
         d,
         &[
-            "entry", "create", "--node", "--spiffe-id", "spiffe://example.org/fleet/web", "-s",
+            "entry",
+            "create",
+            "--node",
+            "--spiffe-id",
+            "spiffe://example.org/fleet/web",
+            "-s",
             "x509pop:subject:ou:web",
         ],
     )?;
     admin(
         d,
         &[
-            "entry", "create", "--spiffe-id", "spiffe://example.org/web-app", "--parent-id",
-            "spiffe://example.org/fleet/web", "-s", &uid,
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/web-app",
+            "--parent-id",
+            "spiffe://example.org/fleet/web",
+            "-s",
+            &uid,
         ],
     )?;
     assert_eq!(
@@ -223,15 +232,26 @@ fn a_fleet_enrols_by_host_certificates_and_groups_by_what_it_proved() -> anyhow:
     admin(
         d,
         &[
-            "entry", "create", "--node", "--spiffe-id", "spiffe://example.org/fleet/db", "-s",
+            "entry",
+            "create",
+            "--node",
+            "--spiffe-id",
+            "spiffe://example.org/fleet/db",
+            "-s",
             "sshpop:principal:db-1",
         ],
     )?;
     admin(
         d,
         &[
-            "entry", "create", "--spiffe-id", "spiffe://example.org/db-app", "--parent-id",
-            "spiffe://example.org/fleet/db", "-s", &uid,
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/db-app",
+            "--parent-id",
+            "spiffe://example.org/fleet/db",
+            "-s",
+            &uid,
         ],
     )?;
     assert_eq!(

@@ -35,7 +35,7 @@ pub enum IdentityError {
     #[error(transparent)]
     Node(#[from] NodeClientError),
     #[error(
-        "no agent SVID in {0} and no way to attest: give server.join_token_file, --join-token-file, LANYARD_JOIN_TOKEN, [server.attestation.x509pop] or [server.attestation.sshpop]"
+        "no agent SVID in {0} and no way to attest: give a join token (server.join_token_file, --join-token-file or LANYARD_JOIN_TOKEN) or a host certificate ([server.attestation.x509pop] or [server.attestation.sshpop])"
     )]
     NotAttested(PathBuf),
     #[error("join token: {0}")]

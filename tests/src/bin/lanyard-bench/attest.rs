@@ -11,15 +11,15 @@ use std::time::Duration;
 use anyhow::Context;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, ED25519, EcdsaKeyPair,
-    Ed25519KeyPair, KeyPair, UnparsedPublicKey,
+    ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, ED25519, EcdsaKeyPair, Ed25519KeyPair,
+    KeyPair, UnparsedPublicKey,
 };
 use lanyard_agent::upstream::ServerEndpoint;
 use lanyard_proto::attestation;
 use lanyard_proto::node::attest_proof::Proof;
 use lanyard_tests::fleet::{
-    LeafSpec, SshCa, SshHost, SshKeyType, X509Ca, ecdsa_proof, ed25519_sshsig, open,
-    ssh_evidence, x509_evidence,
+    LeafSpec, SshCa, SshHost, SshKeyType, X509Ca, ecdsa_proof, ed25519_sshsig, open, ssh_evidence,
+    x509_evidence,
 };
 
 use crate::stats::{Worker, single_thread_rate};
