@@ -1,9 +1,10 @@
 //! `Node.Attest`: node attestation by challenge and response on one stream.
 //!
-//! The server takes a pending slot for the peer's address, waits (10 s at
-//! most) for the start (a CSR and the evidence), checks the CSR and the
-//! evidence, refuses a banned agent, sends a fresh nonce and waits for the
-//! answer until the challenge expires; only a signature by the evidence's
+//! The server waits (10 s at most) for the start (a CSR and the evidence),
+//! checks the CSR and the evidence, refuses a banned agent, takes a pending
+//! slot for the peer's address (at most `max_pending_per_peer` challenges
+//! open at once), sends a fresh nonce and waits for the answer until the
+//! challenge expires; only a signature by the evidence's
 //! key over the nonce, the method, the trust domain and the CSR's key earns
 //! the agent SVID. The nonce lives in this stream's task alone: it cannot be
 //! answered twice, nor on another stream. Join tokens take the same stream
@@ -98,20 +99,13 @@ fn csr_key_sha256(csr: &[u8]) -> Option<[u8; 32]> {
 }
 
 impl Attestation {
-    /// The responses of an `Attest` stream from `remote`, served by a task
-    /// that holds the peer's pending slot for as long as it runs.
+    /// The responses of an `Attest` stream from `remote`, served by its own task.
     pub(super) fn open<S>(self, remote: SocketAddr, inbound: S) -> Result<AttestStream, Status>
     where
         S: Stream<Item = Result<AttestRequest, Status>> + Send + Unpin + 'static,
     {
-        let slot = self
-            .attestors
-            .pending()
-            .acquire(remote.ip())
-            .map_err(|e| refuse(remote, None, Code::ResourceExhausted, &e.to_string()))?;
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
-            let _slot = slot;
             let result = self.run(remote, inbound, &tx).await;
             if let Err(status) = result {
                 let _ = tx.send(Err(status)).await;
@@ -204,6 +198,16 @@ impl Attestation {
         let agent = verified.agent_id.clone();
         self.check_admissible(remote, &verified).await?;
 
+        // Held until this stream's task ends: an unanswered challenge counts
+        // against its peer's address.
+        let _slot = self.attestors.pending().acquire(remote.ip()).map_err(|e| {
+            refuse(
+                remote,
+                Some(&agent),
+                Code::ResourceExhausted,
+                &e.to_string(),
+            )
+        })?;
         let nonce = challenge::nonce().map_err(|_| Status::internal("no randomness available"))?;
         let ttl = self.attestors.challenge_ttl();
         let deadline = tokio::time::Instant::now() + ttl;
@@ -603,29 +607,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn late_answers_and_too_many_pending_streams_are_refused()
+    async fn late_answers_and_too_many_open_challenges_are_refused()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
+        // Challenges of 1 s, at most 2 open per peer address.
         let (attestation, node) = setup(dir.path(), Duration::from_secs(1), 2).await?;
         let (csr, csr_key) = csr();
         let (tx, mut stream) = open(&attestation)?;
         tx.send(Ok(start(&node, &csr))).await?;
         let nonce = challenge(&mut stream).await;
-        let held = open(&attestation)?;
-        assert_eq!(
-            open(&attestation).err().map(|s| s.code()),
-            Some(Code::ResourceExhausted)
-        );
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let (held_tx, mut held) = open(&attestation)?;
+        held_tx.send(Ok(start(&node, &csr))).await?;
+        challenge(&mut held).await;
+        // A third start while two challenges are open: refused at its challenge.
+        let (third_tx, mut third) = open(&attestation)?;
+        third_tx.send(Ok(start(&node, &csr))).await?;
+        assert_eq!(refusal(&mut third).await.code(), Code::ResourceExhausted);
+        // The first challenge expires unanswered; its refusal comes after its
+        // slot is given back, so a new challenge is granted at once.
         let status = refusal(&mut stream).await;
         assert_eq!(status.code(), Code::PermissionDenied);
         assert!(status.message().contains("expired"), "{status:?}");
         let _ = tx.send(Ok(proof(&node, &nonce, &csr_key))).await;
-        // Its slot is free again once its task has ended.
-        drop((tx, stream));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let _again = open(&attestation)?;
-        drop(held);
+        let (again_tx, mut again) = open(&attestation)?;
+        again_tx.send(Ok(start(&node, &csr))).await?;
+        challenge(&mut again).await;
         Ok(())
     }
 
