@@ -103,6 +103,39 @@ mod deploy_samples {
     }
 
     #[test]
+    fn fleet_samples_pass_their_loaders() {
+        // The server reads its fleet CA at load: the sample's path, given a real CA.
+        let dir = tempfile_dir();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca_pem = params.self_signed(&key).unwrap().pem();
+        let bundle = dir.join("fleet-ca.pem");
+        std::fs::write(&bundle, ca_pem).unwrap();
+        let server = std::fs::read_to_string(sample("server-fleet.toml"))
+            .unwrap()
+            .replace("/etc/lanyard/fleet-ca.pem", bundle.to_str().unwrap());
+        lanyard_server::config::ServerConfig::from_toml(&server, "deploy/server-fleet.toml")
+            .unwrap();
+        for agent in ["agent-x509pop.toml", "agent-sshpop.toml"] {
+            let text = std::fs::read_to_string(sample(agent)).unwrap();
+            lanyard_agent::config::AgentConfig::from_toml(&text, agent).unwrap();
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A fresh directory under the system's temporary directory.
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "lanyard-samples-{}-{}",
+            std::process::id(),
+            lanyard_host::random::identifier::<8>().unwrap()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
     fn cloud_samples_name_valid_roles_and_providers() {
         let aws = std::fs::read_to_string(sample("cloud/aws-config")).unwrap();
         let arns: Vec<&str> = aws
