@@ -88,3 +88,31 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a daemon's config).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs the server binary `server`'s Admin verb `args` against the Admin
+/// socket `socket` with `--output json`, and returns what it printed.
+pub fn admin_json(
+    server: &str,
+    socket: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    let output = Command::new(server)
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .args(["--output", "json"])
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}

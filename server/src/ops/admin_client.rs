@@ -153,10 +153,12 @@ async fn agent(verb: AgentCommand) -> Result<String, AdminCliError> {
                     spiffe_id: spiffe_id.clone(),
                 })
                 .await?;
-            Ok(match admin_args.output {
-                Output::Human => format!("Evicted {spiffe_id}"),
-                Output::Json => json!({"evicted": spiffe_id}).to_string(),
-            })
+            Ok(agent_done(
+                &admin_args.output,
+                "Evicted",
+                "evicted",
+                &spiffe_id,
+            ))
         }
         AgentCommand::Ban {
             spiffe_id,
@@ -167,10 +169,12 @@ async fn agent(verb: AgentCommand) -> Result<String, AdminCliError> {
                     spiffe_id: spiffe_id.clone(),
                 })
                 .await?;
-            Ok(match admin_args.output {
-                Output::Human => format!("Banned {spiffe_id}"),
-                Output::Json => json!({"banned": spiffe_id}).to_string(),
-            })
+            Ok(agent_done(
+                &admin_args.output,
+                "Banned",
+                "banned",
+                &spiffe_id,
+            ))
         }
         AgentCommand::Unban {
             spiffe_id,
@@ -181,10 +185,12 @@ async fn agent(verb: AgentCommand) -> Result<String, AdminCliError> {
                     spiffe_id: spiffe_id.clone(),
                 })
                 .await?;
-            Ok(match admin_args.output {
-                Output::Human => format!("Unbanned {spiffe_id}"),
-                Output::Json => json!({"unbanned": spiffe_id}).to_string(),
-            })
+            Ok(agent_done(
+                &admin_args.output,
+                "Unbanned",
+                "unbanned",
+                &spiffe_id,
+            ))
         }
     }
 }
@@ -412,6 +418,18 @@ fn render(entries: &[Entry], output: Output) -> String {
             })
             .collect::<Vec<_>>()
             .join("\n\n"),
+    }
+}
+
+/// What an agent verb prints once done: `<Done> <ID>` for people, or
+/// `{"<key>": "<ID>"}`.
+fn agent_done(output: &Output, done: &str, key: &str, spiffe_id: &str) -> String {
+    match output {
+        Output::Human => format!("{done} {spiffe_id}"),
+        Output::Json => {
+            serde_json::Value::Object([(key.to_owned(), spiffe_id.into())].into_iter().collect())
+                .to_string()
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lanyard_tests::my_uid;
-use lanyard_tests::process::Daemon;
+use lanyard_tests::process::{Daemon, free_port};
 use serde_json::Value;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_test-lanyard-server");
@@ -17,27 +17,7 @@ const PROBE: &str = env!("CARGO_BIN_EXE_workload-probe");
 const AGENT_ID: &str = "spiffe://example.org/node/n1";
 
 fn admin(dir: &Path, args: &[&str]) -> anyhow::Result<Value> {
-    let output = Command::new(SERVER)
-        .args(args)
-        .args([
-            "--socket",
-            dir.join("server/admin.sock").to_str().unwrap_or_default(),
-            "--output",
-            "json",
-        ])
-        .output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(serde_json::from_slice(&output.stdout)?)
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    lanyard_tests::process::admin_json(SERVER, &dir.join("server/admin.sock"), args)
 }
 
 /// Runs the probe until it prints `want` (the agent syncs every second), or gives up.

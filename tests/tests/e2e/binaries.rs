@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use anyhow::Context;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
-use lanyard_tests::process::Daemon;
+use lanyard_tests::process::{Daemon, free_port};
 use lanyard_tests::{https_client_trusting, my_uid};
 use serde_json::Value;
 
@@ -41,12 +41,6 @@ fn assert_one_line_error(output: &Output, needle: &str) {
         "one line, got: {stderr:?}"
     );
     assert!(stderr.contains(needle), "{stderr:?} should name {needle:?}");
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn server_config(dir: &Path, port: u16) -> String {

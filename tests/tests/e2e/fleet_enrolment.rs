@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use lanyard_tests::fleet::{LeafSpec, SshCa, SshHost, SshKeyType, X509Ca, sha256_hex};
 use lanyard_tests::my_uid;
-use lanyard_tests::process::Daemon;
+use lanyard_tests::process::{Daemon, free_port};
 use serde_json::Value;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_test-lanyard-server");
@@ -19,24 +19,7 @@ const AGENT: &str = env!("CARGO_BIN_EXE_test-lanyard-agent");
 const PROBE: &str = env!("CARGO_BIN_EXE_workload-probe");
 
 fn admin(dir: &Path, args: &[&str]) -> anyhow::Result<Value> {
-    let output = Command::new(SERVER)
-        .args(args)
-        .arg("--socket")
-        .arg(dir.join("server/admin.sock"))
-        .args(["--output", "json"])
-        .output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(serde_json::from_slice(&output.stdout)?)
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    lanyard_tests::process::admin_json(SERVER, &dir.join("server/admin.sock"), args)
 }
 
 /// What the probe says for a JWT-SVID of `audience` (a new audience is a new
