@@ -505,10 +505,10 @@ mod tests {
         let ou = |v: &str| Selector::parse(&format!("x509pop:subject:ou:{v}"));
         let cn = Selector::parse("x509pop:subject:cn:web-1")?;
         store
-            .attest_node(&web, "01", "x509pop", &[ou("web")?, cn.clone()], 1)
+            .attest_node(&web, "01", "x509pop", &[ou("web")?, cn.clone()], 0, 1)
             .await?;
         store
-            .attest_node(&db, "01", "x509pop", &[ou("db")?], 1)
+            .attest_node(&db, "01", "x509pop", &[ou("db")?], 0, 1)
             .await?;
         let server = authority.server_id().ok_or("no server ID")?.clone();
         let alias = EntrySpec::new(
@@ -563,7 +563,7 @@ mod tests {
 
         // Re-attested with other node selectors: out, in one full sync.
         store
-            .attest_node(&web, "02", "x509pop", &[ou("db")?], 5)
+            .attest_node(&web, "02", "x509pop", &[ou("db")?], 0, 5)
             .await?;
         let moved = authority
             .entry_update_for_agent(&web, update.revision)

@@ -131,7 +131,8 @@ impl Registry {
     }
 
     /// Records `spiffe_id` as attested by `method` with the node selectors
-    /// `selectors` and the SVID `serial`: `Conflict` when it is banned, or
+    /// `selectors`, evidence that expires at `evidence_expires_at` (Unix
+    /// seconds) and the SVID `serial`: `Conflict` when it is banned, or
     /// evicted and attesting with a join token.
     pub async fn attest_node(
         &self,
@@ -139,10 +140,18 @@ impl Registry {
         serial: &str,
         method: &str,
         selectors: &[Selector],
+        evidence_expires_at: i64,
     ) -> Result<AgentRecord, RegistryError> {
         Ok(self
             .store
-            .attest_node(spiffe_id, serial, method, selectors, clock::now())
+            .attest_node(
+                spiffe_id,
+                serial,
+                method,
+                selectors,
+                evidence_expires_at,
+                clock::now(),
+            )
             .await?)
     }
 

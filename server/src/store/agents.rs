@@ -1,7 +1,7 @@
 //! Attested agents: who they are, how they attested and what that proved
 //! (their node selectors), their current SVID serial (and the one it was
-//! renewed from, until the new one is used), and whether they have been
-//! evicted or banned.
+//! renewed from, until the new one is used), when the evidence they proved
+//! expires, and whether they have been evicted or banned.
 
 use lanyard_proto::attestation::JOIN_TOKEN;
 use lanyard_proto::{Selector, SpiffeId};
@@ -11,7 +11,7 @@ use sqlx::{Any, Row, Transaction};
 use super::entries::next_revision;
 use super::{Datastore, StoreError};
 
-const COLUMNS: &str = "spiffe_id, serial, prev_serial, attested_at, last_seen, evicted, banned, attestation_type, selectors, selectors_revision";
+const COLUMNS: &str = "spiffe_id, serial, prev_serial, attested_at, last_seen, evicted, banned, attestation_type, selectors, selectors_revision, evidence_expires_at";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRecord {
@@ -32,6 +32,18 @@ pub struct AgentRecord {
     /// The entry revision at which `selectors` last changed: an agent syncing
     /// from an older revision must get a full update.
     pub selectors_revision: u64,
+    /// When the evidence its last attestation proved expires (the host
+    /// certificate's end), Unix seconds; 0 when there is none (join tokens).
+    /// Its SVIDs never outlive it, and from then on it must attest again.
+    pub evidence_expires_at: i64,
+}
+
+impl AgentRecord {
+    /// Whether the evidence this agent proved has expired at `now` (Unix
+    /// seconds): never for an agent without one.
+    pub fn evidence_expired(&self, now: i64) -> bool {
+        self.evidence_expires_at > 0 && now >= self.evidence_expires_at
+    }
 }
 
 fn decode(row: &AnyRow) -> Result<AgentRecord, StoreError> {
@@ -61,6 +73,7 @@ fn decode(row: &AnyRow) -> Result<AgentRecord, StoreError> {
         attestation_type: row.try_get("attestation_type")?,
         selectors,
         selectors_revision: u64::try_from(selectors_revision).unwrap_or(0),
+        evidence_expires_at: row.try_get("evidence_expires_at")?,
     })
 }
 
@@ -96,12 +109,13 @@ impl Datastore {
         serial: &str,
         now: i64,
     ) -> Result<AgentRecord, StoreError> {
-        self.attest_node(spiffe_id, serial, JOIN_TOKEN, &[], now)
+        self.attest_node(spiffe_id, serial, JOIN_TOKEN, &[], 0, now)
             .await
     }
 
     /// Records an attested agent, how it attested (`method`), the node
-    /// selectors that proved and its SVID serial, in one transaction. A banned
+    /// selectors that proved, when that evidence expires (`evidence_expires_at`,
+    /// Unix seconds, 0 for none) and its SVID serial, in one transaction. A banned
     /// agent is refused (`Conflict`). An evicted one may come back by a
     /// proof of possession (x509pop, sshpop: eviction forces a new proof),
     /// never with a join token. When the selectors change, they take a new
@@ -112,6 +126,7 @@ impl Datastore {
         serial: &str,
         method: &str,
         selectors: &[Selector],
+        evidence_expires_at: i64,
         now: i64,
     ) -> Result<AgentRecord, StoreError> {
         let selectors = selectors_json(selectors);
@@ -140,13 +155,15 @@ impl Datastore {
                 };
                 sqlx::query(
                     "UPDATE agents SET serial = $1, prev_serial = NULL, attested_at = $2, last_seen = $2, \
-                     evicted = 0, attestation_type = $3, selectors = $4, selectors_revision = $5 WHERE spiffe_id = $6",
+                     evicted = 0, attestation_type = $3, selectors = $4, selectors_revision = $5, \
+                     evidence_expires_at = $6 WHERE spiffe_id = $7",
                 )
                 .bind(serial)
                 .bind(now)
                 .bind(method)
                 .bind(&selectors)
                 .bind(revision)
+                .bind(evidence_expires_at)
                 .bind(spiffe_id.as_str())
                 .execute(&mut *tx)
                 .await?;
@@ -158,8 +175,8 @@ impl Datastore {
                     next_revision(&mut tx).await?
                 };
                 sqlx::query(
-                    "INSERT INTO agents (spiffe_id, serial, attested_at, last_seen, evicted, banned, attestation_type, selectors, selectors_revision) \
-                     VALUES ($1, $2, $3, $3, 0, 0, $4, $5, $6)",
+                    "INSERT INTO agents (spiffe_id, serial, attested_at, last_seen, evicted, banned, attestation_type, selectors, selectors_revision, evidence_expires_at) \
+                     VALUES ($1, $2, $3, $3, 0, 0, $4, $5, $6, $7)",
                 )
                 .bind(spiffe_id.as_str())
                 .bind(serial)
@@ -167,6 +184,7 @@ impl Datastore {
                 .bind(method)
                 .bind(&selectors)
                 .bind(revision)
+                .bind(evidence_expires_at)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| match e {
@@ -379,7 +397,7 @@ mod tests {
         for (_dir, store) in datastores().await {
             let web = selectors(&["x509pop:subject:ou:web"]);
             let first = store
-                .attest_node(&id, "01", "x509pop", &web, 10)
+                .attest_node(&id, "01", "x509pop", &web, 0, 10)
                 .await
                 .unwrap();
             assert_eq!(
@@ -392,7 +410,7 @@ mod tests {
             );
             assert!(first.selectors_revision > 0);
             let again = store
-                .attest_node(&id, "02", "x509pop", &web, 11)
+                .attest_node(&id, "02", "x509pop", &web, 0, 11)
                 .await
                 .unwrap();
             assert_eq!(
@@ -402,7 +420,7 @@ mod tests {
             store.evict_agent(&id).await.unwrap();
             let db = selectors(&["x509pop:subject:ou:db"]);
             let back = store
-                .attest_node(&id, "03", "x509pop", &db, 12)
+                .attest_node(&id, "03", "x509pop", &db, 0, 12)
                 .await
                 .unwrap();
             assert!(!back.evicted, "eviction forces a new proof, not a human");
@@ -412,7 +430,7 @@ mod tests {
             store.ban_agent(&id, 13).await.unwrap();
             let banned = store.get_agent(&id).await.unwrap();
             assert!(banned.banned && banned.evicted);
-            let refused = store.attest_node(&id, "04", "x509pop", &db, 14).await;
+            let refused = store.attest_node(&id, "04", "x509pop", &db, 0, 14).await;
             assert!(
                 matches!(&refused, Err(StoreError::Conflict(m)) if m.contains("banned")),
                 "{refused:?}"
@@ -420,7 +438,7 @@ mod tests {
             store.unban_agent(&id).await.unwrap();
             assert!(store.get_agent(&id).await.unwrap().evicted, "stays evicted");
             store
-                .attest_node(&id, "05", "x509pop", &db, 15)
+                .attest_node(&id, "05", "x509pop", &db, 0, 15)
                 .await
                 .unwrap();
 
@@ -428,7 +446,9 @@ mod tests {
             let unknown = SpiffeId::parse("spiffe://example.org/lanyard/agent/sshpop/cd").unwrap();
             store.ban_agent(&unknown, 16).await.unwrap();
             assert!(matches!(
-                store.attest_node(&unknown, "01", "sshpop", &[], 17).await,
+                store
+                    .attest_node(&unknown, "01", "sshpop", &[], 0, 17)
+                    .await,
                 Err(StoreError::Conflict(_))
             ));
             assert!(matches!(
@@ -447,6 +467,31 @@ mod tests {
             let listed = store.list_agents().await.unwrap();
             assert_eq!(listed.len(), 3);
             assert_eq!(listed[0].attestation_type, "join_token");
+        }
+    }
+
+    /// Review of issue 13: the evidence's expiry is recorded at each
+    /// attestation, survives renewals, and a join token records none.
+    #[tokio::test]
+    async fn the_evidence_expiry_is_recorded_per_attestation() {
+        let id = node_id();
+        for (_dir, store) in datastores().await {
+            let first = store
+                .attest_node(&id, "01", "sshpop", &[], 100, 10)
+                .await
+                .unwrap();
+            assert_eq!(first.evidence_expires_at, 100);
+            assert!(!first.evidence_expired(99) && first.evidence_expired(100));
+            store.renew_agent(&first, "01", "02", 11).await.unwrap();
+            assert_eq!(store.get_agent(&id).await.unwrap().evidence_expires_at, 100);
+            let again = store
+                .attest_node(&id, "03", "sshpop", &[], 200, 12)
+                .await
+                .unwrap();
+            assert_eq!(again.evidence_expires_at, 200);
+            let token = store.attest_agent(&agent_id(), "01", 10).await.unwrap();
+            assert_eq!(token.evidence_expires_at, 0);
+            assert!(!token.evidence_expired(i64::MAX));
         }
     }
 

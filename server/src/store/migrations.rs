@@ -74,12 +74,15 @@ const MIGRATIONS: &[&str] = &[
     // sshpop), the node selectors it proved (a JSON array), the entry
     // revision at which they last changed (its next sync is then full), and
     // whether it is banned (a ban also sets evicted, which servers of the
-    // previous release honour).
+    // previous release honour), and when the evidence it proved expires
+    // (Unix seconds; 0 for none, as with join tokens): its SVIDs never
+    // outlive it, and it must attest again to renew past it.
     r#"
     ALTER TABLE agents ADD COLUMN banned BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE agents ADD COLUMN attestation_type TEXT NOT NULL DEFAULT 'join_token';
     ALTER TABLE agents ADD COLUMN selectors TEXT NOT NULL DEFAULT '[]';
-    ALTER TABLE agents ADD COLUMN selectors_revision BIGINT NOT NULL DEFAULT 0
+    ALTER TABLE agents ADD COLUMN selectors_revision BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN evidence_expires_at BIGINT NOT NULL DEFAULT 0
     "#,
 ];
 
@@ -236,7 +239,7 @@ mod tests {
     }
 
     /// Agents of a schema-4 datastore come through migration 5 as join-token
-    /// agents with no node selectors, not banned.
+    /// agents with no node selectors and no evidence expiry, not banned.
     #[tokio::test]
     async fn migration_5_keeps_agents_as_join_token_agents() {
         let dir = tempfile::tempdir().unwrap();
@@ -256,9 +259,10 @@ mod tests {
                     agent.selectors.len(),
                     agent.banned,
                     agent.evicted,
-                    agent.selectors_revision
+                    agent.selectors_revision,
+                    agent.evidence_expires_at
                 ),
-                ("join_token", 0, false, true, 0)
+                ("join_token", 0, false, true, 0, 0)
             );
             store.close().await;
         }

@@ -3,7 +3,9 @@
 //! the serial must be the current one — or, for a renewal only, the one the
 //! current SVID was renewed from, so that an agent whose renewal response was
 //! lost can renew again. The first call with the current SVID kills the
-//! previous one.
+//! previous one. A renewal is refused, with the reattest-required marker,
+//! once the host certificate the agent proved (x509pop, sshpop) has expired:
+//! only a new proof extends its identity.
 
 use lanyard_proto::SpiffeId;
 use tonic::Status;
@@ -31,6 +33,8 @@ pub enum Refusal {
     Evicted(SpiffeId),
     #[error("agent {0} is banned")]
     Banned(SpiffeId),
+    #[error("the host certificate this agent proved has expired: attest again")]
+    EvidenceExpired,
     #[error("this agent SVID has been superseded; use the renewed one")]
     Superseded,
     #[error(
@@ -58,7 +62,10 @@ impl From<Refusal> for Status {
                 Status::unauthenticated(refusal.to_string()),
                 lanyard_proto::REATTEST_REQUIRED_METADATA,
             ),
-            Refusal::NotAttested(_) | Refusal::Evicted(_) | Refusal::Banned(_) => marked(
+            Refusal::NotAttested(_)
+            | Refusal::Evicted(_)
+            | Refusal::Banned(_)
+            | Refusal::EvidenceExpired => marked(
                 Status::permission_denied(refusal.to_string()),
                 lanyard_proto::REATTEST_REQUIRED_METADATA,
             ),
@@ -107,15 +114,19 @@ pub(super) async fn admit(
         {
             return Err(Refusal::Superseded); // renewed or evicted meanwhile
         }
-        return Ok(agent);
+    } else if agent.prev_serial.as_deref() == Some(peer.serial.as_str()) {
+        if call == Call::Other {
+            return Err(Refusal::RenewOnly);
+        }
+    } else {
+        return Err(Refusal::Superseded);
     }
-    if agent.prev_serial.as_deref() == Some(peer.serial.as_str()) {
-        return match call {
-            Call::Renewal => Ok(agent),
-            Call::Other => Err(Refusal::RenewOnly),
-        };
+    // The SVID is the agent's: a renewal needs evidence that still holds.
+    if call == Call::Renewal && agent.evidence_expired(now) {
+        tracing::warn!(target: "lanyard::audit", agent = %peer.spiffe_id, evidence_expires_at = agent.evidence_expires_at, "agent renewal refused: its evidence has expired");
+        return Err(Refusal::EvidenceExpired);
     }
-    Err(Refusal::Superseded)
+    Ok(agent)
 }
 
 #[cfg(test)]
@@ -254,6 +265,58 @@ mod tests {
             for refusal in [Refusal::Superseded, Refusal::RenewOnly, Refusal::NoSvid] {
                 assert!(!marked(&Status::from(refusal)));
             }
+        }
+    }
+
+    /// Review of issue 13: once the host certificate an agent proved has
+    /// expired, it may not renew (PermissionDenied, marked reattest-required)
+    /// but its current SVID still serves other calls until it ends; a join
+    /// token agent (no evidence expiry) renews as before.
+    #[tokio::test]
+    async fn a_renewal_past_the_evidence_is_refused_and_told_to_reattest() {
+        let node = SpiffeId::parse("spiffe://example.org/lanyard/agent/x509pop/ab").unwrap();
+        let svid = PeerSvid {
+            spiffe_id: node.clone(),
+            ..peer("01")
+        };
+        for (_dir, registry) in registries().await {
+            registry
+                .attest_node(&node, "01", "x509pop", &[], NOW + 10)
+                .await
+                .unwrap();
+            assert_eq!(
+                code(admit(&registry, &svid, Call::Renewal, NOW + 9).await),
+                Ok("01".into())
+            );
+            let refused = admit(&registry, &svid, Call::Renewal, NOW + 10).await;
+            assert!(
+                matches!(refused, Err(Refusal::EvidenceExpired)),
+                "{refused:?}"
+            );
+            let status = Status::from(refused.unwrap_err());
+            assert_eq!(status.code(), tonic::Code::PermissionDenied);
+            assert!(
+                status
+                    .message()
+                    .contains("the host certificate this agent proved has expired: attest again"),
+                "{status:?}"
+            );
+            assert!(
+                status
+                    .metadata()
+                    .get(lanyard_proto::REATTEST_REQUIRED_METADATA)
+                    .is_some_and(|v| v == "1")
+            );
+            assert_eq!(
+                code(admit(&registry, &svid, Call::Other, NOW + 10).await),
+                Ok("01".into())
+            );
+
+            registry.attest_agent(&id(), "01").await.unwrap();
+            assert_eq!(
+                code(admit(&registry, &peer("01"), Call::Renewal, NOW + 600).await),
+                Ok("01".into())
+            );
         }
     }
 }

@@ -6,7 +6,8 @@
 //! open at once), sends a fresh nonce and waits for the answer until the
 //! challenge expires; only a signature by the evidence's
 //! key over the nonce, the method, the trust domain and the CSR's key earns
-//! the agent SVID. The nonce lives in this stream's task alone: it cannot be
+//! the agent SVID, which ends no later than the evidence (the host
+//! certificate) does. The nonce lives in this stream's task alone: it cannot be
 //! answered twice, nor on another stream. Join tokens take the same stream
 //! without a challenge, and share their code with the unary `AttestAgent`.
 
@@ -35,7 +36,7 @@ use x509_parser::prelude::FromDer;
 use crate::authority::Authority;
 use crate::authority::ca::{self, CertificateAuthority};
 use crate::authority::node_attestation::{
-    AttestError, Evidence, NodeAttestors, Proof, Verified, challenge,
+    self, AttestError, Evidence, NodeAttestors, Proof, Verified, challenge,
 };
 use crate::authority::registry::RegistryError;
 
@@ -278,13 +279,21 @@ impl Attestation {
             .verify_proof(&verified, proof, &nonce, &csr_key, now)
             .map_err(|e| attest_status(remote, Some(&agent), &e))?;
 
+        // The identity never outlives the evidence it was earned with.
+        let ttl = node_attestation::agent_svid_ttl(self.agent_svid_ttl, verified.valid_until, now);
         let issued = self
             .ca
-            .issue_agent_svid(&csr, &agent, self.agent_svid_ttl, now)
+            .issue_agent_svid(&csr, &agent, ttl, now)
             .map_err(super::csr_status)?;
         self.authority
             .registry()
-            .attest_node(&agent, &issued.serial, verified.method, &verified.selectors)
+            .attest_node(
+                &agent,
+                &issued.serial,
+                verified.method,
+                &verified.selectors,
+                verified.valid_until,
+            )
             .await
             .map_err(|e| match e {
                 RegistryError::Conflict(message) => {
@@ -425,6 +434,16 @@ mod tests {
         ttl: Duration,
         max_pending: usize,
     ) -> Result<(Attestation, Node), Box<dyn std::error::Error>> {
+        setup_with(dir, ttl, max_pending, |_| {}).await
+    }
+
+    /// As [`setup`], the node's leaf changed by `tweak`.
+    async fn setup_with(
+        dir: &std::path::Path,
+        ttl: Duration,
+        max_pending: usize,
+        tweak: impl FnOnce(&mut CertificateParams),
+    ) -> Result<(Attestation, Node), Box<dyn std::error::Error>> {
         let td = TrustDomain::new("example.org")?;
         let store = Datastore::open_sqlite(&dir.join("db.sqlite")).await?;
         let policy = RotationPolicy::with_max_token_ttl(Duration::from_secs(3600));
@@ -457,6 +476,7 @@ mod tests {
         leaf.distinguished_name
             .push(DnType::OrganizationalUnitName, "web");
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        tweak(&mut leaf);
         let leaf_der = leaf.signed_by(&key, &issuer)?.der().to_vec();
 
         let config = NodeAttestationConfig {
@@ -671,6 +691,58 @@ mod tests {
         }))
         .await?;
         assert_eq!(refusal(&mut stream).await.code(), Code::FailedPrecondition);
+        Ok(())
+    }
+
+    /// Review of issue 13: a host certificate that ends before
+    /// `agent_svid_ttl` (600 s) cuts the agent SVID short, and the record
+    /// keeps its end for renewals.
+    #[tokio::test]
+    async fn the_agent_svid_ends_with_the_host_certificate()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(120);
+        let (attestation, node) = setup_with(dir.path(), Duration::from_secs(30), 8, |leaf| {
+            leaf.not_after = not_after;
+        })
+        .await?;
+        let (csr, csr_key) = csr();
+        let (tx, mut stream) = open(&attestation)?;
+        tx.send(Ok(start(&node, &csr))).await?;
+        let nonce = challenge(&mut stream).await;
+        tx.send(Ok(proof(&node, &nonce, &csr_key))).await?;
+        let svid = match stream.next().await {
+            Some(Ok(AttestResponse {
+                step: Some(ResponseStep::Svid(svid)),
+            })) => svid,
+            other => panic!("expected the SVID, got {other:?}"),
+        };
+        assert_eq!(svid.expires_at, not_after.unix_timestamp());
+        let (_, cert) = x509_parser::parse_x509_certificate(&svid.svid)?;
+        assert_eq!(
+            cert.validity().not_after.timestamp(),
+            not_after.unix_timestamp()
+        );
+        let id = SpiffeId::parse(&svid.spiffe_id)?;
+        let record = attestation.authority.registry().get_agent(&id).await?;
+        assert_eq!(record.evidence_expires_at, not_after.unix_timestamp());
+
+        // A join token agent has no evidence expiry: the full TTL, as before.
+        let token = attestation
+            .authority
+            .registry()
+            .create_join_token(&TrustDomain::new("example.org")?, None, 600)
+            .await?;
+        let issued = attestation
+            .attest_with_join_token(remote(), &csr, &token.token)
+            .await?;
+        assert!(issued.expires_at >= unix_seconds(SystemTime::now()) + 590);
+        let record = attestation
+            .authority
+            .registry()
+            .get_agent(&token.spiffe_id)
+            .await?;
+        assert_eq!(record.evidence_expires_at, 0);
         Ok(())
     }
 

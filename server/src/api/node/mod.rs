@@ -29,7 +29,7 @@ use crate::api::node_tls::NodeConnectInfo;
 use crate::api::peer;
 use crate::authority::ca::{CaError, CertificateAuthority, IssuedCert};
 use crate::authority::entries::RegistrationEntry;
-use crate::authority::node_attestation::NodeAttestors;
+use crate::authority::node_attestation::{self, NodeAttestors};
 use crate::authority::{Authority, MintError, RegistryError};
 use agent_check::{Call, Refusal};
 use attest::Attestation;
@@ -206,14 +206,14 @@ impl Node for NodeService {
         let registry = self.authority.registry();
         let checked = agent_check::admit(registry, peer, Call::Renewal, clock::now()).await?;
         let agent = &checked.spiffe_id;
+        let now = SystemTime::now();
+        // Never past the host certificate the agent proved (admit refused
+        // the renewal once it had expired).
+        let ttl =
+            node_attestation::agent_svid_ttl(self.agent_svid_ttl, checked.evidence_expires_at, now);
         let issued = self
             .ca
-            .issue_agent_svid(
-                &request.get_ref().csr,
-                agent,
-                self.agent_svid_ttl,
-                SystemTime::now(),
-            )
+            .issue_agent_svid(&request.get_ref().csr, agent, ttl, now)
             .map_err(csr_status)?;
         // Compare-and-swap against what was checked: a concurrent renewal
         // with the same SVID (or an eviction) makes this one fail.

@@ -118,8 +118,22 @@ pub(crate) struct Verified {
     pub(crate) method: &'static str,
     pub(crate) selectors: Vec<Selector>,
     key: ProofKey,
-    /// When the evidence stops being valid, Unix seconds.
-    valid_until: i64,
+    /// When the evidence stops being valid, Unix seconds: x509pop, the
+    /// earliest notAfter along the verified path (valid through that
+    /// second); sshpop, the certificate's valid-before (exclusive). The agent
+    /// SVID is capped at it, and the agent must attest again to renew past it.
+    pub(crate) valid_until: i64,
+}
+
+/// The lifetime of an agent SVID issued at `now`: `ttl`, cut short so that it
+/// ends no later than `evidence_expires_at` (Unix seconds; 0 for no evidence
+/// expiry, as with join tokens).
+pub(crate) fn agent_svid_ttl(ttl: Duration, evidence_expires_at: i64, now: SystemTime) -> Duration {
+    if evidence_expires_at <= 0 {
+        return ttl;
+    }
+    let left = evidence_expires_at.saturating_sub(unix_seconds(now));
+    ttl.min(Duration::from_secs(u64::try_from(left).unwrap_or(0)))
 }
 
 /// The configured methods, and the challenges in progress.

@@ -549,3 +549,82 @@ fn sshpop_refuses_what_is_not_a_valid_host_certificate() {
     ));
     assert!(matches!(check(b"garbage"), Err(AttestError::Malformed(_))));
 }
+
+/// Review of issue 13: the evidence expires with the earliest notAfter along
+/// the verified path (here an intermediate that ends before the leaf), and an
+/// agent SVID never outlives it.
+#[test]
+fn x509pop_evidence_expires_with_the_earliest_certificate_of_its_path() -> TestResult {
+    let root = ca("root");
+    let inter_key = KeyPair::generate()?;
+    let mut inter_params = CertificateParams::new(Vec::<String>::new())?;
+    inter_params
+        .distinguished_name
+        .push(DnType::CommonName, "intermediate");
+    inter_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    inter_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    inter_params.not_before = OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let inter_end = OffsetDateTime::now_utc() + time::Duration::minutes(30);
+    inter_params.not_after = inter_end;
+    let inter_der = inter_params
+        .signed_by(&inter_key, &root.issuer)?
+        .der()
+        .clone();
+    let inter = Ca {
+        der: inter_der.clone(),
+        issuer: Issuer::new(inter_params, inter_key),
+    };
+    let attestors = attestors(&[&root], Vec::new());
+    let now = SystemTime::now();
+
+    let (longer, _) = leaf(&inter, |_| {});
+    let chain = [longer.to_vec(), inter_der.to_vec()];
+    let verified = attestors.verify_evidence(Evidence::X509Pop { chain: &chain }, now)?;
+    assert_eq!(verified.valid_until, inter_end.unix_timestamp());
+
+    let leaf_end = OffsetDateTime::now_utc() + time::Duration::minutes(10);
+    let (shorter, _) = leaf(&inter, |p| p.not_after = leaf_end);
+    let chain = [shorter.to_vec(), inter_der.to_vec()];
+    let verified = attestors.verify_evidence(Evidence::X509Pop { chain: &chain }, now)?;
+    assert_eq!(verified.valid_until, leaf_end.unix_timestamp());
+
+    // The SVID's lifetime: cut at the evidence, never lengthened.
+    let ttl = Duration::from_secs(3600);
+    let at = unix_seconds(now);
+    let capped = agent_svid_ttl(ttl, verified.valid_until, now);
+    assert_eq!(unix_seconds(now + capped), leaf_end.unix_timestamp());
+    assert_eq!(
+        agent_svid_ttl(Duration::from_secs(60), at + 600, now),
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        agent_svid_ttl(ttl, 0, now),
+        ttl,
+        "join tokens: no evidence expiry"
+    );
+    assert_eq!(agent_svid_ttl(ttl, at - 5, now), Duration::ZERO);
+    Ok(())
+}
+
+/// Review of issue 13: an sshpop agent's evidence ends at the certificate's
+/// valid-before.
+#[test]
+fn sshpop_evidence_expires_at_valid_before() {
+    if !have_ssh_keygen() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    keygen(dir, "ca", &["-t", "ed25519"]);
+    keygen(dir, "host", &["-t", "ed25519"]);
+    let attestors = ssh_attestors(vec![ca_key(dir, "ca")], Vec::new());
+    let cert = certify(dir, "ca", "host", &["-h", "-V", "-5m:+20m"]);
+    let valid_before = ssh_key::Certificate::from_bytes(&cert)
+        .unwrap()
+        .valid_before();
+    let verified = attestors
+        .verify_evidence(Evidence::SshPop { certificate: &cert }, SystemTime::now())
+        .unwrap();
+    assert_eq!(verified.valid_until, i64::try_from(valid_before).unwrap());
+    assert!(verified.valid_until > unix_seconds(SystemTime::now()) + 15 * 60);
+}

@@ -57,7 +57,9 @@ pub(crate) struct X509Evidence {
     pub(crate) agent_id: SpiffeId,
     pub(crate) candidates: Vec<Candidate>,
     pub(crate) leaf: CertificateDer<'static>,
-    /// The leaf's notAfter, Unix seconds.
+    /// The earliest notAfter along the verified path (the leaf and the
+    /// intermediates it went through; not the trust anchor, whose validity
+    /// webpki does not check), Unix seconds.
     pub(crate) not_after: i64,
 }
 
@@ -195,6 +197,14 @@ impl X509Pop {
                 None,
             )
             .map_err(|e| AttestError::Refused(format!("x509pop: the chain is refused: {e}")))?;
+        let mut path_not_after = i64::MAX;
+        for intermediate in path.intermediate_certificates() {
+            let der = intermediate.der();
+            let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
+                AttestError::Malformed(format!("x509pop: an intermediate does not parse: {e}"))
+            })?;
+            path_not_after = path_not_after.min(parsed.validity().not_after.timestamp());
+        }
         let issuer_der: Vec<u8> = match path.intermediate_certificates().next() {
             Some(cert) => cert.der().to_vec(),
             None => {
@@ -258,7 +268,7 @@ impl X509Pop {
         let agent_id = trust_domain
             .id_with_path(&format!("/lanyard/agent/{X509POP}/{}", sha256_hex(&leaf)))
             .map_err(|e| AttestError::Malformed(format!("x509pop: agent ID: {e}")))?;
-        let not_after = parsed.validity().not_after.timestamp();
+        let not_after = parsed.validity().not_after.timestamp().min(path_not_after);
         Ok(X509Evidence {
             agent_id,
             candidates,
