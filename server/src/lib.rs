@@ -295,6 +295,12 @@ fn grpc_server() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(listener::KEEPALIVE_TIMEOUT))
 }
 
+/// The gRPC server of the Node API (mTLS and socket): as [`grpc_server`],
+/// with at most [`api::node::MAX_CONCURRENT_STREAMS`] streams per connection.
+fn node_grpc_server() -> tonic::transport::Server {
+    grpc_server().max_concurrent_streams(Some(api::node::MAX_CONCURRENT_STREAMS))
+}
+
 /// The Node API on its Unix socket, for the local agent.
 async fn serve_node_socket(
     config: &ServerConfig,
@@ -306,7 +312,7 @@ async fn serve_node_socket(
     let incoming = listener::unix_incoming(socket, "Node API socket", limiters.node_socket.clone());
     let stopped = tasks.stopped();
     tasks.spawn(async move {
-        grpc_server()
+        node_grpc_server()
             .add_service(
                 NodeServer::from_arc(service)
                     .max_decoding_message_size(api::node::attest::MAX_MESSAGE_BYTES),
@@ -349,7 +355,7 @@ async fn serve_node_tls(
     tasks.spawn(node_tls::maintain(ca.clone(), acceptor, resolver, tasks.stopping()).then_ok());
     let stopped = tasks.stopped();
     tasks.spawn(async move {
-        grpc_server()
+        node_grpc_server()
             .add_service(
                 NodeServer::from_arc(service)
                     .max_decoding_message_size(api::node::attest::MAX_MESSAGE_BYTES),

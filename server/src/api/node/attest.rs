@@ -1,6 +1,9 @@
 //! `Node.Attest`: node attestation by challenge and response on one stream.
 //!
-//! The server waits (10 s at most) for the start (a CSR and the evidence),
+//! Each stream takes, as it opens and before anything is read, an
+//! in-progress slot for the peer's address (at most 4 × `max_pending_per_peer`
+//! streams at once, join tokens included; 32 by default), held until the
+//! stream's task ends. The server waits (10 s at most) for the start (a CSR and the evidence),
 //! checks the CSR and the evidence, refuses a banned agent, takes a pending
 //! slot for the peer's address (at most `max_pending_per_peer` challenges
 //! open at once), sends a fresh nonce and waits for the answer until the
@@ -105,9 +108,18 @@ impl Attestation {
     where
         S: Stream<Item = Result<AttestRequest, Status>> + Send + Unpin + 'static,
     {
+        // Held until this stream's task ends, before the start is read.
+        let slot = self
+            .attestors
+            .in_progress()
+            .acquire(remote.ip())
+            .map_err(|e| refuse(remote, None, Code::ResourceExhausted, &e.to_string()))?;
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
             let result = self.run(remote, inbound, &tx).await;
+            // Given back before the refusal goes out: a node that reads it
+            // may open a stream again at once.
+            drop(slot);
             if let Err(status) = result {
                 let _ = tx.send(Err(status)).await;
             }
@@ -743,6 +755,33 @@ mod tests {
             .get_agent(&token.spiffe_id)
             .await?;
         assert_eq!(record.evidence_expires_at, 0);
+        Ok(())
+    }
+
+    /// Review of issue 13: at most 4 × `max_pending_per_peer` streams in
+    /// progress per address, counted from their opening (before any start);
+    /// a stream that ends gives its place back.
+    #[tokio::test]
+    async fn too_many_streams_in_progress_are_refused_at_open()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (attestation, _) = setup(dir.path(), Duration::from_secs(30), 1).await?;
+        let mut open_streams = Vec::new();
+        for _ in 0..4 {
+            open_streams.push(open(&attestation)?);
+        }
+        let refused = match open(&attestation) {
+            Err(status) => status,
+            Ok(_) => panic!("a fifth stream in progress was accepted"),
+        };
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert!(refused.message().contains("in progress"), "{refused:?}");
+        // One node leaves before its start: its place is free once it is told.
+        let (tx, mut stream) = open_streams.remove(0);
+        drop(tx);
+        assert_eq!(refusal(&mut stream).await.code(), Code::InvalidArgument);
+        let _again = open(&attestation)?;
+        assert!(open(&attestation).is_err());
         Ok(())
     }
 

@@ -5,10 +5,15 @@
 //! then present their X.509 SVID, which is checked on every call
 //! against the agent's record and the clock (see [`agent_check`]). The local
 //! agent may instead use a Unix socket that trusts only this server's uid (or
-//! root) and is known as `node_api.agent_id`.
+//! root) and is known as `node_api.agent_id`. Either way a connection may
+//! have at most [`MAX_CONCURRENT_STREAMS`] streams open at once.
 
 mod agent_check;
 pub(crate) mod attest;
+
+/// Most HTTP/2 streams one connection may have open on the Node API (both
+/// transports): a connection cannot open attestations without bound.
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 128;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -144,6 +144,7 @@ pub(crate) struct NodeAttestors {
     sshpop: Option<sshpop::SshPop>,
     challenge_ttl: Duration,
     pending: PendingChallenges,
+    in_progress: PendingChallenges,
 }
 
 impl NodeAttestors {
@@ -169,6 +170,7 @@ impl NodeAttestors {
                 config.max_pending_per_peer,
                 challenge::MAX_PENDING_TOTAL,
             ),
+            in_progress: PendingChallenges::streams(config.max_pending_per_peer),
         })
     }
 
@@ -178,6 +180,11 @@ impl NodeAttestors {
 
     pub(crate) fn pending(&self) -> &PendingChallenges {
         &self.pending
+    }
+
+    /// The `Attest` streams in progress, per peer address.
+    pub(crate) fn in_progress(&self) -> &PendingChallenges {
+        &self.in_progress
     }
 
     /// Verifies `evidence` at `now`.
