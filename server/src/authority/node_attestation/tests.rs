@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use lanyard_proto::attestation::{SSHSIG_NAMESPACE, signed_message};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CustomExtension, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
     RevokedCertParams, SerialNumber, SigningKey,
 };
@@ -217,6 +217,19 @@ fn x509pop_refuses_bad_chains() {
         p.key_usages = vec![KeyUsagePurpose::KeyEncipherment];
     });
     assert!(refused(check(&no_signing)).contains("digitalSignature"));
+    // Review of issue 13: a keyUsage that does not parse (a NULL where the
+    // BIT STRING belongs) is a refusal, not a pass.
+    let (malformed_usage, _) = leaf(&root, |p| {
+        p.custom_extensions = vec![CustomExtension::from_oid_content(
+            &[2, 5, 29, 15],
+            vec![0x05, 0x00],
+        )];
+    });
+    assert!(
+        refused(check(&malformed_usage)).contains("key usage does not parse"),
+        "{:?}",
+        check(&malformed_usage)
+    );
     let (fine, _) = leaf(&root, |_| {});
 
     // Limits: 9 certificates, 1 MiB, nothing; refused at once, unparsed.

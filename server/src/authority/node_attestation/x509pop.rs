@@ -225,13 +225,20 @@ impl X509Pop {
         let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).map_err(|e| {
             AttestError::Malformed(format!("x509pop: the leaf does not parse: {e}"))
         })?;
-        // webpki ignores KeyUsage; a leaf that names one must allow signing.
-        if let Ok(Some(usage)) = parsed.key_usage()
-            && !usage.value.digital_signature()
-        {
-            return Err(AttestError::Refused(
-                "x509pop: the leaf's key usage does not allow digitalSignature".into(),
-            ));
+        // webpki ignores KeyUsage; a leaf that names one must allow signing,
+        // and one that cannot be read (malformed, or twice) allows nothing.
+        match parsed.key_usage() {
+            Ok(Some(usage)) if !usage.value.digital_signature() => {
+                return Err(AttestError::Refused(
+                    "x509pop: the leaf's key usage does not allow digitalSignature".into(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(AttestError::Refused(format!(
+                    "x509pop: the leaf's key usage does not parse: {e}"
+                )));
+            }
         }
         let mut candidates = Vec::new();
         for cn in parsed.subject().iter_common_name() {
