@@ -119,9 +119,10 @@ pub(crate) struct Verified {
     pub(crate) selectors: Vec<Selector>,
     key: ProofKey,
     /// When the evidence stops being valid, Unix seconds: x509pop, the
-    /// earliest notAfter along the verified path (valid through that
-    /// second); sshpop, the certificate's valid-before (exclusive). The agent
-    /// SVID is capped at it, and the agent must attest again to renew past it.
+    /// earliest notAfter along the verified path; sshpop, the certificate's
+    /// valid-before. From that second on the evidence proves nothing (a proof
+    /// arriving then is refused, a renewal too); the agent SVID is capped at
+    /// it, and the agent must attest again to renew past it.
     pub(crate) valid_until: i64,
 }
 
@@ -246,7 +247,9 @@ impl NodeAttestors {
         now: SystemTime,
     ) -> Result<(), AttestError> {
         // Re-checked: the certificate may have expired while the node answered.
-        if unix_seconds(now) > verified.valid_until {
+        // The evidence ends at `valid_until` (an SSH valid-before is
+        // exclusive), as a renewal's check has it.
+        if unix_seconds(now) >= verified.valid_until {
             return Err(AttestError::Refused(format!(
                 "{}: the certificate expired during the attestation",
                 verified.method

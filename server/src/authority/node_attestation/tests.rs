@@ -640,4 +640,20 @@ fn sshpop_evidence_expires_at_valid_before() {
         .unwrap();
     assert_eq!(verified.valid_until, i64::try_from(valid_before).unwrap());
     assert!(verified.valid_until > unix_seconds(SystemTime::now()) + 15 * 60);
+
+    // valid-before is exclusive: a proof arriving in that second is refused,
+    // one the second before is not.
+    let answer = sshsig(dir, "host", SSHSIG_NAMESPACE, &NONCE);
+    let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    let proof = Proof::SshPop { sshsig: &answer };
+    assert!(
+        attestors
+            .verify_proof(&verified, proof, &NONCE, &CSR_KEY, at(valid_before - 1))
+            .is_ok()
+    );
+    let late = attestors.verify_proof(&verified, proof, &NONCE, &CSR_KEY, at(valid_before));
+    assert!(
+        matches!(&late, Err(AttestError::Refused(m)) if m.contains("expired")),
+        "{late:?}"
+    );
 }
