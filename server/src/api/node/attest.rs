@@ -221,7 +221,14 @@ impl Attestation {
                 &e.to_string(),
             )
         })?;
-        let nonce = challenge::nonce().map_err(|_| Status::internal("no randomness available"))?;
+        let nonce = challenge::nonce().map_err(|_| {
+            refuse(
+                remote,
+                Some(&agent),
+                Code::Internal,
+                "no randomness available",
+            )
+        })?;
         let ttl = self.attestors.challenge_ttl();
         let deadline = tokio::time::Instant::now() + ttl;
         let expires_at = unix_seconds(SystemTime::now() + ttl);
@@ -367,11 +374,19 @@ impl Attestation {
         token: &str,
     ) -> Result<AgentSvidResponse, Status> {
         if token.is_empty() {
-            return Err(Status::invalid_argument("join_token is required"));
+            return Err(refuse(
+                remote,
+                None,
+                Code::InvalidArgument,
+                "join_token is required",
+            ));
         }
         // A CSR that cannot be signed is refused while the token is still
         // unspent, so the agent can retry with a good one.
-        ca::check_csr(csr).map_err(super::csr_status)?;
+        ca::check_csr(csr).map_err(|e| match e {
+            ca::CaError::BadCsr(_) => refuse(remote, None, Code::InvalidArgument, &e.to_string()),
+            other => super::csr_status(other),
+        })?;
         let registry = self.authority.registry();
         let agent_id = match registry
             .redeem_join_token(token)
@@ -782,6 +797,80 @@ mod tests {
         assert_eq!(refusal(&mut stream).await.code(), Code::InvalidArgument);
         let _again = open(&attestation)?;
         assert!(open(&attestation).is_err());
+        Ok(())
+    }
+
+    /// The `lanyard::audit` events of a test, each as its fields' text.
+    #[derive(Default, Clone)]
+    struct Audit(Arc<std::sync::Mutex<Vec<String>>>);
+
+    struct Fields(String);
+
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for Audit {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if event.metadata().target() == "lanyard::audit" {
+                let mut fields = Fields(String::new());
+                event.record(&mut fields);
+                self.0.lock().unwrap().push(fields.0);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// Review of issue 13: a join token refused for being empty, or for its
+    /// CSR, leaves one audit line with the peer and the reason.
+    #[tokio::test]
+    async fn join_token_refusals_are_audited() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (attestation, _) = setup(dir.path(), Duration::from_secs(30), 8).await?;
+        let token = attestation
+            .authority
+            .registry()
+            .create_join_token(&TrustDomain::new("example.org")?, None, 600)
+            .await?;
+        let audit = Audit::default();
+        let _guard = tracing::subscriber::set_default(audit.clone());
+        let (good, _) = csr();
+        for (csr, token, reason) in [
+            (&good[..], "", "join_token is required"),
+            (
+                b"not a CSR".as_slice(),
+                token.token.as_str(),
+                "certificate signing request",
+            ),
+        ] {
+            audit.0.lock().unwrap().clear();
+            let status = attestation
+                .attest_with_join_token(remote(), csr, token)
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(status.message().contains(reason), "{status:?}");
+            let lines = audit.0.lock().unwrap().clone();
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert!(lines[0].contains("peer=192.0.2.7:4000"), "{lines:?}");
+            assert!(lines[0].contains(reason), "{lines:?}");
+            assert!(lines[0].contains("node attestation refused"), "{lines:?}");
+        }
+        // The token was never spent: it still attests.
+        attestation
+            .attest_with_join_token(remote(), &good, &token.token)
+            .await?;
         Ok(())
     }
 
