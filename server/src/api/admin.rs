@@ -1,6 +1,9 @@
 //! The Admin API: operators manage entries, join tokens and agents over a
 //! local Unix socket. Only root, the server's own uid and the configured admin
-//! uid may call it; every change is audited with the caller's uid.
+//! uid may call it; every change is audited with the caller's uid. A node
+//! alias never takes an agent's ID (nor one under `/lanyard/`), and a join
+//! token never names a node alias's ID: an agent and a group of nodes stay
+//! apart.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +82,20 @@ impl AdminService {
         let spiffe_id = member("spiffe_id", spiffe_id)?;
         self.check_assignable("spiffe_id", &spiffe_id)?;
         let server_id = self.server_id()?;
+        // An alias under an agent's own ID would give that agent's workloads
+        // to every node the alias selects, and the alias's to the agent.
+        if node
+            && self
+                .authority
+                .registry()
+                .is_agent_id(&spiffe_id)
+                .await
+                .map_err(registry_status)?
+        {
+            return Err(Status::already_exists(format!(
+                "spiffe_id {spiffe_id} is an agent's ID: a node alias names a group of nodes and may not take the ID of one"
+            )));
+        }
         // The parent may well be a system ID: the local agent or an attested one.
         let parent_id = if node {
             if !parent_id.is_empty() && parent_id != server_id.as_str() {
@@ -394,6 +411,18 @@ impl Admin for AdminService {
                 )));
             }
             self.check_assignable("spiffe_id", id)?;
+            // The agent would get every entry under the alias, whatever it proved.
+            if self
+                .authority
+                .registry()
+                .is_node_alias_id(id, &self.server_id()?)
+                .await
+                .map_err(registry_status)?
+            {
+                return Err(Status::failed_precondition(format!(
+                    "spiffe_id {id} is a node alias's ID: a join token names one agent, not a group of nodes; choose another ID"
+                )));
+            }
         }
         let token = self
             .authority
@@ -498,5 +527,143 @@ impl Admin for AdminService {
             jwks,
             issuer: self.authority.issuer().as_str().to_owned(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The handlers over a real registry, called as a local uid would.
+
+    use std::time::SystemTime;
+
+    use lanyard_host::clock::unix_seconds;
+    use lanyard_proto::TrustDomain;
+    use tonic::Code;
+    use tonic::transport::server::UdsConnectInfo;
+
+    use super::*;
+    use crate::authority::Issuer;
+    use crate::keys::{KeyManager, KeyType, RotationPolicy};
+    use crate::store::Datastore;
+
+    async fn service(dir: &std::path::Path) -> Result<AdminService, Box<dyn std::error::Error>> {
+        let td = TrustDomain::new("example.org")?;
+        let store = Datastore::open_sqlite(&dir.join("db.sqlite")).await?;
+        let policy = RotationPolicy::with_max_token_ttl(Duration::from_secs(3600));
+        let keys = KeyManager::open(
+            store.clone(),
+            &dir.join("keys"),
+            "test",
+            policy,
+            KeyType::EcP256,
+            unix_seconds(SystemTime::now()),
+        )
+        .await?;
+        let authority = Authority::new(
+            td.clone(),
+            Issuer::parse("https://issuer.example.org")?,
+            Arc::new(keys),
+            store,
+            Duration::from_secs(3600),
+        );
+        Ok(AdminService::new(
+            Arc::new(authority),
+            AdminPolicy {
+                allowed_uids: vec![nix::unistd::geteuid().as_raw()],
+                local_agent_id: td.id_with_path("/lanyard/agent/local")?,
+                default_ttl: Duration::from_secs(300),
+                max_ttl: Duration::from_secs(3600),
+            },
+        ))
+    }
+
+    /// A request as this process would make it over the Admin socket.
+    fn request<T>(body: T) -> Request<T> {
+        let (ours, _theirs) = tokio::net::UnixStream::pair().unwrap();
+        let mut request = Request::new(body);
+        request.extensions_mut().insert(UdsConnectInfo {
+            peer_addr: None,
+            peer_cred: Some(ours.peer_cred().unwrap()),
+        });
+        request
+    }
+
+    fn alias(spiffe_id: &str) -> CreateEntryRequest {
+        CreateEntryRequest {
+            spiffe_id: spiffe_id.to_owned(),
+            selectors: vec!["x509pop:subject:ou:web".to_owned()],
+            node: true,
+            ..CreateEntryRequest::default()
+        }
+    }
+
+    /// Review of issue 13: a node alias may not take an agent's ID (nor one
+    /// under /lanyard/), and a join token may not name a node alias's ID.
+    #[tokio::test]
+    async fn node_aliases_and_agents_never_share_an_id() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let admin = service(dir.path()).await?;
+        let agent = SpiffeId::parse("spiffe://example.org/node/a")?;
+        admin
+            .authority
+            .registry()
+            .attest_agent(&agent, "01")
+            .await?;
+
+        let taken = admin
+            .create_entry(request(alias(agent.as_str())))
+            .await
+            .unwrap_err();
+        assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+        assert!(taken.message().contains("is an agent's ID"), "{taken:?}");
+        let reserved = admin
+            .create_entry(request(alias(
+                "spiffe://example.org/lanyard/agent/x509pop/ab",
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(reserved.code(), Code::InvalidArgument, "{reserved:?}");
+
+        let created = admin
+            .create_entry(request(alias("spiffe://example.org/fleet/web")))
+            .await?
+            .into_inner();
+        assert!(created.node);
+        // Updating an alias onto an agent's ID is refused as creating one is.
+        let moved = admin
+            .update_entry(request(UpdateEntryRequest {
+                id: created.id.clone(),
+                entry: Some(Entry {
+                    spiffe_id: agent.to_string(),
+                    ..created.clone()
+                }),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(moved.code(), Code::AlreadyExists, "{moved:?}");
+
+        let token = |spiffe_id: &str| GenerateJoinTokenRequest {
+            spiffe_id: spiffe_id.to_owned(),
+            ..GenerateJoinTokenRequest::default()
+        };
+        let refused = admin
+            .generate_join_token(request(token("spiffe://example.org/fleet/web")))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("node alias's ID"), "{refused:?}");
+        admin
+            .generate_join_token(request(token("spiffe://example.org/node/b")))
+            .await?;
+        // A workload entry may still share an agent's ID, as before.
+        let workload = admin
+            .create_entry(request(CreateEntryRequest {
+                spiffe_id: agent.to_string(),
+                selectors: vec!["unix:uid:1000".to_owned()],
+                ..CreateEntryRequest::default()
+            }))
+            .await;
+        assert!(workload.is_ok(), "{workload:?}");
+        Ok(())
     }
 }

@@ -96,6 +96,31 @@ impl Registry {
         Ok(!self.store.list_entries(&filter).await?.is_empty())
     }
 
+    /// Whether `spiffe_id` is an agent's: any agent recorded, attested,
+    /// evicted or banned.
+    pub async fn is_agent_id(&self, spiffe_id: &SpiffeId) -> Result<bool, RegistryError> {
+        match self.store.get_agent(spiffe_id).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether `spiffe_id` is a node alias's: the SPIFFE ID of an entry
+    /// under `server_id` (the server's own ID, which node aliases hang under).
+    pub async fn is_node_alias_id(
+        &self,
+        spiffe_id: &SpiffeId,
+        server_id: &SpiffeId,
+    ) -> Result<bool, RegistryError> {
+        let filter = EntryFilter {
+            spiffe_id: Some(spiffe_id.clone()),
+            parent_id: Some(server_id.clone()),
+            ..EntryFilter::default()
+        };
+        Ok(!self.store.list_entries(&filter).await?.is_empty())
+    }
+
     /// A new join token for `spiffe_id` (or a generated agent ID), valid for
     /// `ttl_seconds`.
     pub async fn create_join_token(
@@ -218,5 +243,53 @@ pub(crate) mod test_support {
             .into_iter()
             .map(|(dir, store)| (dir, Registry::new(store)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::registries;
+    use super::*;
+
+    /// Review of issue 13: what tells an agent's ID from a node alias's.
+    #[tokio::test]
+    async fn agent_and_node_alias_ids_are_told_apart() {
+        use std::time::Duration;
+
+        use crate::store::EntrySpec;
+        use lanyard_proto::Selector;
+
+        let id = |raw: &str| SpiffeId::parse(raw).unwrap();
+        let server = id("spiffe://example.org/lanyard/server");
+        for (_dir, registry) in registries().await {
+            let agent = id("spiffe://example.org/node/a");
+            assert!(!registry.is_agent_id(&agent).await.unwrap());
+            registry.attest_agent(&agent, "01").await.unwrap();
+            assert!(registry.is_agent_id(&agent).await.unwrap());
+            let banned = id("spiffe://example.org/node/never-seen");
+            registry.ban_agent(&banned).await.unwrap();
+            assert!(
+                registry.is_agent_id(&banned).await.unwrap(),
+                "a ban's placeholder counts"
+            );
+
+            let alias = id("spiffe://example.org/fleet/web");
+            let spec = |parent: &SpiffeId| {
+                EntrySpec::new(
+                    alias.clone(),
+                    parent.clone(),
+                    vec![Selector::parse("x509pop:subject:ou:web").unwrap()],
+                    Duration::from_secs(60),
+                )
+            };
+            assert!(!registry.is_node_alias_id(&alias, &server).await.unwrap());
+            // The same ID under an agent is a workload entry, not an alias.
+            registry.create_entry("w", &spec(&agent)).await.unwrap();
+            assert!(!registry.is_node_alias_id(&alias, &server).await.unwrap());
+            registry.create_entry("n", &spec(&server)).await.unwrap();
+            assert!(registry.is_node_alias_id(&alias, &server).await.unwrap());
+            registry.delete_entry("n").await.unwrap();
+            assert!(!registry.is_node_alias_id(&alias, &server).await.unwrap());
+        }
     }
 }
