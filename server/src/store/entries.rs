@@ -131,7 +131,7 @@ fn duplicate_of(existing: &str) -> StoreError {
 /// Identical live entries (an update could make them before) keep the oldest;
 /// the others become tombstones of a new revision, so agents drop them.
 pub(super) async fn backfill_identity_keys(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
 ) -> Result<(), StoreError> {
     let rows = sqlx::query(
         "SELECT id, spiffe_id, parent_id, selectors FROM registration_entries WHERE deleted = 0 ORDER BY created_at, id",
@@ -209,7 +209,7 @@ fn reach_cte(roots: usize, max_depth: usize) -> String {
 }
 
 /// Takes the next entry revision inside `tx`; concurrent writers serialise on this row.
-pub(super) async fn next_revision(tx: &mut Transaction<'static, Any>) -> Result<i64, StoreError> {
+pub(super) async fn next_revision(tx: &mut Transaction<'_, Any>) -> Result<i64, StoreError> {
     let row =
         sqlx::query("UPDATE entry_revision SET value = value + 1 WHERE id = 1 RETURNING value")
             .fetch_one(&mut **tx)

@@ -1,7 +1,7 @@
 //! Versioned schema migrations, applied in order at start, each in its own
 //! transaction. The SQL is portable between SQLite and PostgreSQL.
 
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
 
 use super::StoreError;
 
@@ -89,12 +89,57 @@ const MIGRATIONS: &[&str] = &[
 /// The migration after whose SQL `entries::backfill_identity_keys` runs.
 const IDENTITY_KEY_MIGRATION: i64 = 4;
 
-pub(super) async fn apply(pool: &AnyPool) -> Result<(), StoreError> {
+/// The PostgreSQL advisory lock (database-scoped) held around a migration
+/// run, so that servers starting together on one database apply each
+/// migration once: "LANYARD\0" as a big-endian 64-bit integer.
+const MIGRATION_LOCK_KEY: i64 = 0x4c41_4e59_4152_4400;
+
+/// Brings the schema to the newest version this server knows.
+///
+/// On PostgreSQL the whole run (reading the version, applying, recording)
+/// happens on one dedicated connection holding [`MIGRATION_LOCK_KEY`]: a
+/// second server waits for the first and then finds nothing left to do. On
+/// SQLite the database file belongs to one server (it sits in that server's
+/// data directory) and SQLite admits one writer at a time, so no lock is
+/// taken: several servers on one SQLite file are not supported.
+pub(super) async fn apply(pool: &AnyPool, postgres: bool) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await?;
+    if !postgres {
+        return apply_on(&mut conn).await;
+    }
+    let locked: bool = sqlx::query("SELECT pg_try_advisory_lock($1) AS locked")
+        .bind(MIGRATION_LOCK_KEY)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("locked")?;
+    if !locked {
+        tracing::info!("another server is migrating the datastore; waiting for it");
+        // pg_advisory_lock returns void, which the Any driver cannot decode: ask for a constant.
+        sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_lock($1)) AS l")
+            .bind(MIGRATION_LOCK_KEY)
+            .fetch_one(&mut *conn)
+            .await?;
+    }
+    let applied = apply_on(&mut conn).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1) AS unlocked")
+        .bind(MIGRATION_LOCK_KEY)
+        .fetch_one(&mut *conn)
+        .await;
+    if applied.is_err() || unlocked.is_err() {
+        // Ending the session is what surely releases a session-level lock.
+        let _ = conn.close().await;
+    }
+    applied?;
+    unlocked?;
+    Ok(())
+}
+
+async fn apply_on(conn: &mut AnyConnection) -> Result<(), StoreError> {
     sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
     let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?
         .try_get("v")?;
     let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
@@ -108,14 +153,15 @@ pub(super) async fn apply(pool: &AnyPool) -> Result<(), StoreError> {
         .zip(MIGRATIONS)
         .skip(usize::try_from(current).unwrap_or(0))
     {
-        let mut tx = pool.begin().await?;
+        let mut tx = conn.begin().await?;
         for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             sqlx::query(statement).execute(&mut *tx).await?;
         }
         if version == IDENTITY_KEY_MIGRATION {
             super::entries::backfill_identity_keys(&mut tx).await?;
         }
-        // Fails on the primary key if another server applied this version first.
+        // The primary key refuses a version applied twice, should the lock
+        // ever not hold (SQLite shared by mistake).
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
             .bind(version)
             .bind(lanyard_host::clock::now())
@@ -145,6 +191,69 @@ mod tests {
             "n",
         );
         assert_eq!(rows, super::MIGRATIONS.len() as i64);
+    }
+
+    /// Servers starting at the same instant on one empty PostgreSQL database
+    /// all come up, and each migration is applied (and recorded) once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers_starting_together_migrate_once() {
+        let Ok(base) = std::env::var("LANYARD_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: LANYARD_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let url = super::super::test_support::fresh_postgres_url(&base).await;
+        let (a, b, c) = tokio::join!(
+            Datastore::open(&url),
+            Datastore::open(&url),
+            Datastore::open(&url)
+        );
+        let stores = [a.unwrap(), b.unwrap(), c.unwrap()];
+        let versions: Vec<i64> =
+            sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
+                .fetch_all(stores[0].pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| sqlx::Row::get(row, "version"))
+                .collect();
+        let expected: Vec<i64> = (1..=super::MIGRATIONS.len() as i64).collect();
+        assert_eq!(versions, expected);
+        for store in &stores {
+            store.ping().await.unwrap();
+            store.close().await;
+        }
+    }
+
+    /// A binary older than the schema refuses to start, saying so.
+    #[tokio::test]
+    async fn a_newer_schema_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        for url in empty_database_urls(dir.path()).await {
+            let old = at_version(&url, super::MIGRATIONS.len()).await;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, 0)")
+                .bind(super::MIGRATIONS.len() as i64 + 1)
+                .execute(&old)
+                .await
+                .unwrap();
+            old.close().await;
+            let error = Datastore::open(&url).await.unwrap_err();
+            assert!(
+                matches!(error, super::super::StoreError::SchemaTooNew { .. }),
+                "{error:?}"
+            );
+            let message = error.to_string();
+            assert!(message.contains("upgrade this server"), "{message}");
+            // The refusal released the lock: an up-to-date open still works
+            // once the extra version is gone.
+            let fix = sqlx::AnyPool::connect(&url).await.unwrap();
+            sqlx::query("DELETE FROM schema_migrations WHERE version > $1")
+                .bind(super::MIGRATIONS.len() as i64)
+                .execute(&fix)
+                .await
+                .unwrap();
+            fix.close().await;
+            Datastore::open(&url).await.unwrap().close().await;
+        }
     }
 
     /// An empty database at `url` brought to schema version `version` by hand,

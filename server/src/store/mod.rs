@@ -37,7 +37,7 @@ pub enum StoreError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(
-        "datastore schema is at version {found}, newer than this server knows ({known}); upgrade the server"
+        "datastore schema is at version {found} but this server binary knows versions up to {known}: a newer server release has migrated the datastore; upgrade this server to that release (or newer) before starting it"
     )]
     SchemaTooNew { found: i64, known: i64 },
     #[error("{what} {id:?} not found")]
@@ -91,7 +91,7 @@ impl Datastore {
             })
             .connect_with(options)
             .await?;
-        migrations::apply(&pool).await?;
+        migrations::apply(&pool, !is_sqlite).await?;
         Ok(Self { pool })
     }
 
