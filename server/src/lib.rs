@@ -38,6 +38,7 @@ use crate::api::admin::{AdminPolicy, AdminService};
 use crate::api::listener::{self, Limiters};
 use crate::api::node::NodeService;
 use crate::api::node_tls;
+use crate::authority::bundle::{self, TrustBundle};
 use crate::authority::ca::{self, CertificateAuthority};
 use crate::authority::node_attestation::{NodeAttestors, X509PopConfigError};
 use crate::authority::{Authority, Issuer};
@@ -59,6 +60,8 @@ pub enum ServerError {
     Keys(#[from] KeyManagerError),
     #[error(transparent)]
     Ca(#[from] ca::CaError),
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
     #[error("node_attestation.x509pop: {0}")]
     NodeAttestation(#[source] X509PopConfigError),
     #[error(transparent)]
@@ -93,12 +96,15 @@ pub struct RunningServer {
     pub admin_socket: PathBuf,
     /// Where the mTLS Node API listens, when enabled.
     pub node_addr: Option<SocketAddr>,
-    /// PEM of the trust domain's CA: the trust bundle agents are given.
+    /// PEM of the trust domain's CAs (every server's, when several share the
+    /// datastore): the trust bundle agents are given.
     pub ca_bundle: PathBuf,
     /// PEM of the certificate the OIDC endpoint presents when self-signed.
     pub oidc_self_signed_cert: Option<PathBuf>,
     /// The trust domain's X.509 CA (rotated by the server's own clock).
     pub ca: Arc<CertificateAuthority>,
+    /// The trust domain's X.509 bundle: this server's CAs and the group's.
+    pub trust_bundle: Arc<TrustBundle>,
     tasks: Tasks<ServerError>,
 }
 
@@ -139,18 +145,23 @@ pub async fn start_with_listener(
     oidc_listener: TcpListener,
 ) -> Result<RunningServer, ServerError> {
     private_files::ensure_private_dir(&config.data_dir)?;
-    let (authority, keys) = open_authority(&config).await?;
+    let server_id = server_identity(&config)?;
+    let (authority, keys, store) = open_authority(&config, &server_id).await?;
     let ca = Arc::new(CertificateAuthority::load_or_generate(
         &config.data_dir.join("ca"),
         &config.trust_domain,
         std::time::SystemTime::now(),
     )?);
+    let trust_bundle = Arc::new(TrustBundle::new(ca.clone(), store, server_id));
+    // Publishes this server's CAs and learns the group's before trusting anyone.
+    trust_bundle.refresh().await?;
     let limiters = Limiters::for_open_files(
         transport::limits::raise_open_files_limit(),
         config.oidc.plain_http,
     );
     tracing::debug!(?limiters, "connection caps");
     let mut tasks = Tasks::new("lanyard-server");
+    tasks.spawn(bundle::maintain(trust_bundle.clone(), tasks.stopping()).then_ok());
 
     let oidc_addr = serve_oidc(
         &config,
@@ -166,14 +177,16 @@ pub async fn start_with_listener(
     );
     let node_service = Arc::new(NodeService::new(
         authority.clone(),
-        ca.clone(),
+        trust_bundle.clone(),
         attestors,
         config.node_api.agent_id.clone(),
         config.node_api.agent_svid_ttl,
     ));
     serve_node_socket(&config, node_service.clone(), &limiters, &mut tasks).await?;
     let node_addr = match config.node_api.listen {
-        Some(addr) => Some(serve_node_tls(addr, node_service, &ca, &limiters, &mut tasks).await?),
+        Some(addr) => {
+            Some(serve_node_tls(addr, node_service, &trust_bundle, &limiters, &mut tasks).await?)
+        }
         None => None,
     };
     serve_admin(&config, authority, &limiters, &mut tasks).await?;
@@ -193,6 +206,7 @@ pub async fn start_with_listener(
         node_addr,
         ca_bundle: config.data_dir.join("ca").join(ca::BUNDLE_FILE),
         ca,
+        trust_bundle,
         oidc_self_signed_cert: (config.oidc.tls.is_none() && !config.oidc.plain_http)
             .then(|| config.data_dir.join(tls::SELF_SIGNED_CERT_FILE)),
         tasks,
@@ -209,7 +223,8 @@ async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 /// authority over them.
 async fn open_authority(
     config: &ServerConfig,
-) -> Result<(Arc<Authority>, Arc<KeyManager>), ServerError> {
+    server_id: &str,
+) -> Result<(Arc<Authority>, Arc<KeyManager>, store::Datastore), ServerError> {
     let store = store::Datastore::open(&config.datastore_url).await?;
     let now = lanyard_host::clock::now();
     for spec in &config.entries {
@@ -217,12 +232,11 @@ async fn open_authority(
             tracing::info!(spiffe_id = %spec.spiffe_id, "registered entry from the config file");
         }
     }
-    let server_id = server_identity(config)?;
     let keys = Arc::new(
         KeyManager::open(
             store.clone(),
             &config.data_dir.join("keys"),
-            &server_id,
+            server_id,
             config.jwt.rotation.clone(),
             config.jwt.key_type,
             now,
@@ -233,10 +247,10 @@ async fn open_authority(
         config.trust_domain.clone(),
         config.issuer.clone(),
         keys.clone(),
-        store,
+        store.clone(),
         config.jwt.max_ttl,
     ));
-    Ok((authority, keys))
+    Ok((authority, keys, store))
 }
 
 /// The OIDC discovery/JWKS endpoint, its certificate reloads, and the key
@@ -332,7 +346,7 @@ async fn serve_node_socket(
 async fn serve_node_tls(
     addr: SocketAddr,
     service: Arc<NodeService>,
-    ca: &Arc<CertificateAuthority>,
+    trust_bundle: &Arc<TrustBundle>,
     limiters: &Limiters,
     tasks: &mut Tasks<ServerError>,
 ) -> Result<SocketAddr, ServerError> {
@@ -340,7 +354,7 @@ async fn serve_node_tls(
     let bound = tcp
         .local_addr()
         .map_err(|source| ServerError::Listen { addr, source })?;
-    let (acceptor, resolver) = node_tls::acceptor(ca)?;
+    let (acceptor, resolver) = node_tls::acceptor(trust_bundle)?;
     let (connections_tx, connections_rx) = tokio::sync::mpsc::channel(64);
     tasks.spawn(
         node_tls::accept(
@@ -352,7 +366,9 @@ async fn serve_node_tls(
         )
         .then_ok(),
     );
-    tasks.spawn(node_tls::maintain(ca.clone(), acceptor, resolver, tasks.stopping()).then_ok());
+    tasks.spawn(
+        node_tls::maintain(trust_bundle.clone(), acceptor, resolver, tasks.stopping()).then_ok(),
+    );
     let stopped = tasks.stopped();
     tasks.spawn(async move {
         node_grpc_server()

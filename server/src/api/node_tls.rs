@@ -1,6 +1,8 @@
 //! The Node API's TLS listener. Client certificates are optional at the TLS
 //! layer (an agent attesting for the first time has none) but, when present,
-//! must chain to the trust domain's CA; the peer's SPIFFE ID, serial and
+//! must chain to a CA of the trust domain's bundle (every server's CAs, see
+//! `authority::bundle`, so an agent attested through one server of a group
+//! is admitted by all); the server's own certificate is signed by its own CA; the peer's SPIFFE ID, serial and
 //! expiry ride along with each connection so handlers can check them against
 //! the agent's record and the clock (rustls checks validity only at the
 //! handshake, and an HTTP/2 connection can outlive the certificate).
@@ -25,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::api::listener::{self, ReloadingCert};
+use crate::authority::bundle::TrustBundle;
 use crate::authority::ca::{CaError, CertificateAuthority, peer_identity};
 
 /// The server certificate's lifetime; it is reissued at half of it.
@@ -116,14 +119,14 @@ impl SharedAcceptor {
     }
 }
 
-/// Client certificates must chain to one of the trust domain's published CAs.
+/// Client certificates must chain to one of the trust bundle's CAs.
 fn build_acceptor(
-    ca: &CertificateAuthority,
+    bundle: &TrustBundle,
     resolver: Arc<ReloadingCert>,
 ) -> Result<TlsAcceptor, NodeTlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = RootCertStore::empty();
-    for cert in ca.bundle() {
+    for cert in bundle.certificates() {
         roots.add(cert)?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -140,32 +143,50 @@ fn build_acceptor(
 
 /// The acceptor, and the resolver whose certificate `maintain` keeps fresh.
 pub(crate) fn acceptor(
-    ca: &CertificateAuthority,
+    bundle: &TrustBundle,
 ) -> Result<(Arc<SharedAcceptor>, Arc<ReloadingCert>), NodeTlsError> {
     let resolver = Arc::new(ReloadingCert::new(server_certified_key(
-        ca,
+        bundle.ca(),
         SystemTime::now(),
     )?));
-    let acceptor = build_acceptor(ca, resolver.clone())?;
+    let acceptor = build_acceptor(bundle, resolver.clone())?;
     Ok((
         Arc::new(SharedAcceptor(ArcSwap::from_pointee(acceptor))),
         resolver,
     ))
 }
 
-/// Rotates the CA when due (then trusts the new set and reissues the server
-/// certificate from the signing CA) and reissues the server certificate at
-/// half its lifetime, until shutdown.
+/// Rotates the CA when due (then publishes the new set and reissues the
+/// server certificate from the signing CA), reissues the server certificate
+/// at half its lifetime, and trusts the bundle anew whenever it changes (a
+/// rotation here or on another server of the group), until shutdown.
 pub(crate) async fn maintain(
-    ca: Arc<CertificateAuthority>,
+    bundle: Arc<TrustBundle>,
     acceptor: Arc<SharedAcceptor>,
     resolver: Arc<ReloadingCert>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let ca = bundle.ca().clone();
+    let mut changes = bundle.subscribe();
+    changes.borrow_and_update();
+    let rebuild = |why: &str| match build_acceptor(&bundle, resolver.clone()) {
+        Ok(new) => acceptor.replace(new),
+        Err(e) => {
+            tracing::error!(error = %e, why, "trusting the new CA set failed; retrying later")
+        }
+    };
+    let mut ticks = tokio::time::interval_at(
+        tokio::time::Instant::now() + MAINTENANCE_INTERVAL,
+        MAINTENANCE_INTERVAL,
+    );
     let mut issued_at = SystemTime::now();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+            _ = ticks.tick() => {}
+            Ok(()) = changes.changed() => {
+                rebuild("the trust bundle changed");
+                continue;
+            }
             _ = shutdown.changed() => return,
         }
         let now = SystemTime::now();
@@ -177,12 +198,12 @@ pub(crate) async fn maintain(
             }
         };
         if rotated {
-            match build_acceptor(&ca, resolver.clone()) {
-                Ok(new) => acceptor.replace(new),
-                Err(e) => {
-                    tracing::error!(error = %e, "trusting the rotated CAs failed; retrying later")
-                }
+            // Trusted here at once; the group learns of it from the datastore.
+            if let Err(e) = bundle.refresh().await {
+                tracing::warn!(error = %e, "publishing the rotated CAs failed; retrying with the next refresh");
             }
+            changes.borrow_and_update();
+            rebuild("the CA rotated");
         }
         let due = now.duration_since(issued_at).unwrap_or_default() >= SERVER_CERT_TTL / 2;
         if rotated || due {

@@ -65,6 +65,46 @@ pub struct IssuedCert {
     pub expires_at: i64,
 }
 
+/// A CA certificate a server holds, with its validity in Unix seconds.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldCa {
+    pub(crate) serial: String,
+    pub(crate) cert: CertificateDer<'static>,
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
+}
+
+/// The validity (notBefore, notAfter in Unix seconds) of `cert` when it is a
+/// CA certificate of `trust_domain` as every Lanyard server makes them (a CA
+/// whose only URI SAN is the trust domain's ID); None for anything else.
+pub(crate) fn trust_domain_ca_validity(
+    cert: &[u8],
+    trust_domain: &TrustDomain,
+) -> Option<(i64, i64)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    if !parsed.is_ca() {
+        return None;
+    }
+    let san = parsed.subject_alternative_name().ok()??;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        })
+        .collect();
+    if uris != [trust_domain.id_string().as_str()] {
+        return None;
+    }
+    let validity = parsed.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
 /// One CA key and certificate.
 struct Generation {
     /// Names its files: `ca-<serial>-key.pem`, `ca-<serial>-cert.pem`.
@@ -278,6 +318,29 @@ impl CertificateAuthority {
             .or_else(|| valid.last())
             .cloned()
             .ok_or(CaError::NoSigningCa)
+    }
+
+    /// Every CA certificate this server holds (current, next and previous
+    /// generations), oldest first, as it publishes them in the datastore.
+    pub(crate) fn held(&self) -> Vec<HeldCa> {
+        self.snapshot()
+            .iter()
+            .map(|g| HeldCa {
+                serial: g.serial.clone(),
+                cert: g.cert.clone(),
+                not_before: g.not_before,
+                not_after: g.not_after,
+            })
+            .collect()
+    }
+
+    pub(crate) fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// `<data_dir>/ca/bundle.pem`, which operators hand to agents.
+    pub(crate) fn bundle_file(&self) -> PathBuf {
+        self.dir.join(BUNDLE_FILE)
     }
 
     /// Every published CA certificate: the trust bundle.

@@ -2,6 +2,7 @@
 //! It owns the registry of entries, agents and join tokens the APIs manage,
 //! the trust domain's X.509 CA and the issuer name its tokens carry.
 
+pub mod bundle;
 pub mod ca;
 pub mod entries;
 mod issuer;

@@ -84,6 +84,22 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE agents ADD COLUMN selectors_revision BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE agents ADD COLUMN evidence_expires_at BIGINT NOT NULL DEFAULT 0
     "#,
+    // 6: one trust bundle per trust domain. Every server publishes the CA
+    // certificates it holds (PEM, one row each; a server's rows are replaced
+    // whenever its set changes), and every server trusts and hands out the
+    // union of the unexpired ones. Expired rows are pruned by any server.
+    r#"
+    CREATE TABLE ca_certificates (
+        server_id TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        cert_pem TEXT NOT NULL,
+        not_before BIGINT NOT NULL,
+        not_after BIGINT NOT NULL,
+        published_at BIGINT NOT NULL,
+        PRIMARY KEY (server_id, serial)
+    );
+    CREATE INDEX ca_certificates_not_after ON ca_certificates (not_after)
+    "#,
 ];
 
 /// The migration after whose SQL `entries::backfill_identity_keys` runs.

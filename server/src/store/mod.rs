@@ -1,9 +1,10 @@
-//! The datastore: registration entries, join tokens, agents and public key
-//! records. One code path (sqlx's `Any` driver) serves both backends: SQLite
+//! The datastore: registration entries, join tokens, agents, public key
+//! records and the CA certificates of every server. One code path (sqlx's `Any` driver) serves both backends: SQLite
 //! embedded by default (WAL, fsync on every commit) and PostgreSQL for several
 //! servers sharing a trust domain. Private keys are never stored here.
 
 mod agents;
+mod ca_certificates;
 mod entries;
 mod entry;
 mod join_tokens;
@@ -17,6 +18,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use agents::AgentRecord;
+pub(crate) use ca_certificates::CaCertificateRow;
 pub use entries::{EntryChange, EntryFilter};
 pub use entry::{DEFAULT_X509_SVID_TTL, EntrySpec, RegistrationEntry};
 pub use join_tokens::{JoinToken, RedeemError};

@@ -37,6 +37,7 @@ use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
 
 use crate::authority::Authority;
+use crate::authority::bundle::TrustBundle;
 use crate::authority::ca::{self, CertificateAuthority};
 use crate::authority::node_attestation::{
     self, AttestError, Evidence, NodeAttestors, Proof, Verified, challenge,
@@ -57,6 +58,7 @@ pub(crate) type AttestStream =
 pub(super) struct Attestation {
     pub(super) authority: Arc<Authority>,
     pub(super) ca: Arc<CertificateAuthority>,
+    pub(super) bundle: Arc<TrustBundle>,
     pub(super) attestors: Arc<NodeAttestors>,
     pub(super) local_agent_id: SpiffeId,
     pub(super) agent_svid_ttl: Duration,
@@ -329,7 +331,7 @@ impl Attestation {
             selectors = verified.selectors.len(),
             "agent attested"
         );
-        let svid = super::svid_response(&self.ca, &agent, issued);
+        let svid = super::svid_response(&self.bundle, &agent, issued);
         let _ = tx
             .send(Ok(AttestResponse {
                 step: Some(ResponseStep::Svid(svid)),
@@ -426,7 +428,7 @@ impl Attestation {
                 other => super::unavailable(other),
             })?;
         tracing::info!(target: "lanyard::audit", peer = %remote, agent = %agent_id, serial = issued.serial, "agent attested with a join token");
-        Ok(super::svid_response(&self.ca, &agent_id, issued))
+        Ok(super::svid_response(&self.bundle, &agent_id, issued))
     }
 }
 
@@ -491,7 +493,11 @@ mod tests {
             store,
             Duration::from_secs(3600),
         );
-        let ca = CertificateAuthority::load_or_generate(&dir.join("ca"), &td, SystemTime::now())?;
+        let ca = Arc::new(CertificateAuthority::load_or_generate(
+            &dir.join("ca"),
+            &td,
+            SystemTime::now(),
+        )?);
 
         let root_key = KeyPair::generate()?;
         let mut root = CertificateParams::new(Vec::<String>::new())?;
@@ -518,7 +524,8 @@ mod tests {
         };
         let attestation = Attestation {
             authority: Arc::new(authority),
-            ca: Arc::new(ca),
+            bundle: Arc::new(crate::authority::bundle::TrustBundle::local(ca.clone())),
+            ca,
             attestors: Arc::new(NodeAttestors::new(td, &config)?),
             local_agent_id: TrustDomain::new("example.org")?
                 .id_with_path("/lanyard/agent/local")?,

@@ -32,6 +32,7 @@ use lanyard_host::clock;
 
 use crate::api::node_tls::NodeConnectInfo;
 use crate::api::peer;
+use crate::authority::bundle::TrustBundle;
 use crate::authority::ca::{CaError, CertificateAuthority, IssuedCert};
 use crate::authority::entries::RegistrationEntry;
 use crate::authority::node_attestation::{self, NodeAttestors};
@@ -43,6 +44,7 @@ use attest::Attestation;
 pub(crate) struct NodeService {
     authority: Arc<Authority>,
     ca: Arc<CertificateAuthority>,
+    bundle: Arc<TrustBundle>,
     attestors: Arc<NodeAttestors>,
     local_agent_id: SpiffeId,
     agent_svid_ttl: Duration,
@@ -52,14 +54,15 @@ pub(crate) struct NodeService {
 impl NodeService {
     pub(crate) fn new(
         authority: Arc<Authority>,
-        ca: Arc<CertificateAuthority>,
+        bundle: Arc<TrustBundle>,
         attestors: Arc<NodeAttestors>,
         local_agent_id: SpiffeId,
         agent_svid_ttl: Duration,
     ) -> Self {
         Self {
             authority,
-            ca,
+            ca: bundle.ca().clone(),
+            bundle,
             attestors,
             local_agent_id,
             agent_svid_ttl,
@@ -71,6 +74,7 @@ impl NodeService {
         Attestation {
             authority: self.authority.clone(),
             ca: self.ca.clone(),
+            bundle: self.bundle.clone(),
             attestors: self.attestors.clone(),
             local_agent_id: self.local_agent_id.clone(),
             agent_svid_ttl: self.agent_svid_ttl,
@@ -95,16 +99,13 @@ impl NodeService {
     }
 }
 
-/// An agent SVID as the Node API sends it, with the CA bundle.
-fn svid_response(
-    ca: &CertificateAuthority,
-    agent: &SpiffeId,
-    issued: IssuedCert,
-) -> AgentSvidResponse {
+/// An agent SVID as the Node API sends it, with the trust bundle (every
+/// server's CAs).
+fn svid_response(bundle: &TrustBundle, agent: &SpiffeId, issued: IssuedCert) -> AgentSvidResponse {
     AgentSvidResponse {
         spiffe_id: agent.to_string(),
         svid: issued.der.to_vec(),
-        bundle: ca.bundle().iter().map(|c| c.to_vec()).collect(),
+        bundle: bundle.certificates().iter().map(|c| c.to_vec()).collect(),
         expires_at: issued.expires_at,
     }
 }
@@ -234,7 +235,7 @@ impl Node for NodeService {
             })?;
         let from_previous = checked.serial != peer.serial;
         tracing::info!(target: "lanyard::audit", agent = %agent, serial = issued.serial, presented = peer.serial, from_previous, "agent SVID renewed");
-        Ok(Response::new(svid_response(&self.ca, agent, issued)))
+        Ok(Response::new(svid_response(&self.bundle, agent, issued)))
     }
 
     async fn sync_entries(
@@ -322,7 +323,12 @@ impl Node for NodeService {
         Ok(Response::new(GetBundleResponse {
             trust_domain: self.authority.trust_domain().to_string(),
             jwks,
-            x509_authorities: self.ca.bundle().iter().map(|c| c.to_vec()).collect(),
+            x509_authorities: self
+                .bundle
+                .certificates()
+                .iter()
+                .map(|c| c.to_vec())
+                .collect(),
         }))
     }
 }
