@@ -147,10 +147,16 @@ impl NodeAttestation {
 pub enum ServerConnection {
     /// A server on this machine, over its local Node API socket.
     Local { node_socket: PathBuf },
-    /// A server anywhere, over mTLS, after node attestation.
+    /// Servers anywhere (one, or an HA group), over mTLS, after node
+    /// attestation.
     Remote {
-        /// `host:port` of the server's mTLS Node API.
+        /// `host:port` of the first server's mTLS Node API (`server.address`,
+        /// or the first of `server.addresses`).
         address: String,
+        /// `host:port` of every server of the group, `address` first; a
+        /// name that resolves to several IP addresses counts as several
+        /// servers.
+        addresses: Vec<String>,
         /// PEM of the trust domain's CA, which authenticates the server.
         trust_bundle: PathBuf,
         /// Used when no usable agent SVID is stored in `data_dir`; x509pop
@@ -198,6 +204,7 @@ struct RawConfig {
 struct RawServer {
     node_socket: Option<PathBuf>,
     address: Option<String>,
+    addresses: Option<Vec<String>>,
     trust_bundle: Option<PathBuf>,
     join_token: Option<String>,
     join_token_file: Option<PathBuf>,
@@ -224,6 +231,57 @@ struct RawX509Pop {
 struct RawSshPop {
     host_key: Option<PathBuf>,
     host_certificate: Option<PathBuf>,
+}
+
+/// Most servers `server.addresses` may list.
+pub const MAX_SERVER_ADDRESSES: usize = 16;
+
+/// The remote servers of `[server]`: `address` or `addresses`, exactly one
+/// of them, each entry `host:port`, 1 to [`MAX_SERVER_ADDRESSES`] distinct
+/// entries. `None` when neither is given.
+fn server_addresses(
+    address: Option<String>,
+    addresses: Option<Vec<String>>,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    match (address, addresses) {
+        (Some(_), Some(_)) => Err(invalid(
+            "server.addresses",
+            "give either server.address or server.addresses, not both",
+        )),
+        (None, None) => Ok(None),
+        (Some(address), None) => {
+            if !is_host_port(&address) {
+                return Err(invalid(
+                    "server.address",
+                    format!("{address:?} is not host:port"),
+                ));
+            }
+            Ok(Some(vec![address]))
+        }
+        (None, Some(addresses)) => {
+            if !(1..=MAX_SERVER_ADDRESSES).contains(&addresses.len()) {
+                return Err(invalid(
+                    "server.addresses",
+                    format!("must list 1 to {MAX_SERVER_ADDRESSES} servers (host:port)"),
+                ));
+            }
+            for (i, address) in addresses.iter().enumerate() {
+                if !is_host_port(address) {
+                    return Err(invalid(
+                        "server.addresses",
+                        format!("{address:?} is not host:port"),
+                    ));
+                }
+                if addresses[..i].contains(address) {
+                    return Err(invalid(
+                        "server.addresses",
+                        format!("lists {address:?} twice"),
+                    ));
+                }
+            }
+            Ok(Some(addresses))
+        }
+    }
 }
 
 /// The config keys that name a node attestation method; at most one is given.
@@ -366,17 +424,18 @@ impl AgentConfig {
                  letters, digits and -._~!$&'()*+,;=:@/ only (SPIFFE clients do not decode the path)",
             ));
         }
-        let server = match (raw.server.node_socket, raw.server.address) {
+        let addresses = server_addresses(raw.server.address, raw.server.addresses)?;
+        let server = match (raw.server.node_socket, addresses) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "server.address",
-                    "give either server.node_socket or server.address, not both",
+                    "give either server.node_socket or server.address (or server.addresses), not both",
                 ));
             }
             (None, None) => {
                 return Err(invalid(
                     "server",
-                    "needs node_socket (a local server) or address (a remote one)",
+                    "needs node_socket (a local server) or address or addresses (remote ones)",
                 ));
             }
             (Some(node_socket), None) => {
@@ -391,13 +450,7 @@ impl AgentConfig {
                 }
                 ServerConnection::Local { node_socket }
             }
-            (None, Some(address)) => {
-                if !is_host_port(&address) {
-                    return Err(invalid(
-                        "server.address",
-                        format!("{address:?} is not host:port"),
-                    ));
-                }
+            (None, Some(addresses)) => {
                 let trust_bundle = raw.server.trust_bundle.ok_or_else(|| {
                     invalid(
                         "server.trust_bundle",
@@ -409,8 +462,13 @@ impl AgentConfig {
                     raw.server.join_token_file,
                     raw.server.attestation,
                 )?;
+                let address = addresses
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| invalid("server.addresses", "must list a server"))?;
                 ServerConnection::Remote {
                     address,
+                    addresses,
                     trust_bundle,
                     attestation,
                 }
@@ -504,6 +562,7 @@ mod tests {
             config.server,
             ServerConnection::Remote {
                 address: "server:8081".into(),
+                addresses: vec!["server:8081".into()],
                 trust_bundle: "/etc/lanyard/ca.pem".into(),
                 attestation: Some(NodeAttestation::JoinToken(JoinToken::Value("abc".into()))),
             }
@@ -630,6 +689,71 @@ mod tests {
                 "{text}: {message:?} should contain {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn several_servers_are_read_in_order() -> Result<(), ConfigError> {
+        let text = REMOTE.replace(
+            "address = \"server:8081\"",
+            "addresses = [\"lanyard-1:8081\", \"10.0.0.2:8081\", \"[::1]:8081\"]",
+        );
+        match AgentConfig::from_toml(&text, "agent.toml")?.server {
+            ServerConnection::Remote {
+                address, addresses, ..
+            } => {
+                assert_eq!(address, "lanyard-1:8081");
+                assert_eq!(addresses, ["lanyard-1:8081", "10.0.0.2:8081", "[::1]:8081"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn server_address_errors_name_the_key() {
+        let many: Vec<String> = (0..17).map(|i| format!("\"s{i}:8081\"")).collect();
+        let with = |addresses: &str| {
+            REMOTE.replace(
+                "address = \"server:8081\"",
+                &format!("addresses = {addresses}"),
+            )
+        };
+        let cases = [
+            (
+                format!("{REMOTE}addresses = [\"other:8081\"]\n"),
+                "config key `server.addresses`",
+            ),
+            (with("[]"), "config key `server.addresses`"),
+            (with(&format!("[{}]", many.join(", "))), "must list 1 to 16"),
+            (with("[\"a:8081\", \"b\"]"), "\"b\" is not host:port"),
+            (
+                with("[\"a:8081\", \":8081\"]"),
+                "config key `server.addresses`",
+            ),
+            (with("[\"a:8081\", \"a:8081\"]"), "lists \"a:8081\" twice"),
+            (with("\"a:8081\""), "expected a sequence"),
+            (
+                format!("{GOOD}addresses = [\"a:8081\"]\n"),
+                "config key `server.address`",
+            ),
+            (
+                "trust_domain = \"example.org\"\n[server]\naddresses = [\"a:8081\"]\n".to_owned(),
+                "config key `server.trust_bundle`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = AgentConfig::from_toml(&text, "agent.toml")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                message.contains(expected),
+                "{text}: {message:?} should contain {expected:?}"
+            );
+        }
+        // 16 is the most, and fine.
+        let sixteen = with(&format!("[{}]", many[..16].join(", ")));
+        assert!(AgentConfig::from_toml(&sixteen, "agent.toml").is_ok());
     }
 
     #[test]

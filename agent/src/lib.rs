@@ -31,7 +31,7 @@ use crate::svids::x509::X509SvidCache;
 use crate::sync::state::SyncedState;
 use crate::upstream::client::ServerClient;
 use crate::upstream::reachability::Reachability;
-use crate::upstream::{IdentityError, NodeClientError, ServerEndpoint};
+use crate::upstream::{IdentityError, NodeClientError, ServerGroup};
 use crate::workload::api::WorkloadService;
 use crate::workload::listener;
 
@@ -107,20 +107,22 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let server = match &config.server {
         ServerConnection::Local { node_socket } => ServerClient::local(node_socket),
         ServerConnection::Remote {
-            address,
+            addresses,
             trust_bundle,
             attestation,
+            ..
         } => {
-            let endpoint = ServerEndpoint::new(address, trust_bundle)?;
+            let servers = Arc::new(ServerGroup::new(addresses, trust_bundle)?);
             let creds = upstream::establish(
-                &endpoint,
+                &servers,
                 &config.data_dir,
                 &config.trust_domain,
                 attestation.as_ref(),
                 config.server_timeout,
             )
             .await?;
-            let client = ServerClient::over(upstream::channel(&endpoint, Some(&creds))?);
+            let client =
+                ServerClient::remote(servers.clone(), creds.clone(), config.server_timeout);
             let reattestation = attestation
                 .as_ref()
                 .filter(|a| a.reattests())
@@ -133,7 +135,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
                     }
                 });
             let renewal = upstream::renew_forever(
-                endpoint,
+                servers,
                 config.data_dir.clone(),
                 creds,
                 client.clone(),

@@ -2,6 +2,7 @@
 //! server authenticated by the trust bundle, the agent by its SVID once it
 //! has one), or over the local Node API socket to a server on this machine.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +79,28 @@ pub(crate) fn local_channel(node_socket: &Path) -> Channel {
         let path = path.clone();
         async move { UnixStream::connect(path).await.map(TokioIo::new) }
     }))
+}
+
+/// A lazily connecting channel to the Node API at `addr` over TLS set up by
+/// `tls`; the server's certificate must name [`SERVER_NAME`], as with
+/// [`channel`].
+pub(crate) fn tls_channel(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Channel, NodeClientError> {
+    let connector = TlsConnector::from(tls);
+    let name = ServerName::try_from(SERVER_NAME)?;
+    Ok(
+        endpoint().connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let (connector, name) = (connector.clone(), name.clone());
+            async move {
+                let tcp = TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        })),
+    )
 }
 
 /// A lazily connecting channel to the Node API over TLS, presenting

@@ -1,10 +1,14 @@
 //! The agent's client of the server's Node API, which every room that needs
-//! the server calls it through; and the bounded wait for a call made on a
-//! workload's behalf.
+//! the server calls it through: a local server over its socket, or any
+//! server of the group over mTLS, each call retried on another server when
+//! one fails (see [`ServerGroup`]); and the bounded wait for a call made on
+//! a workload's behalf.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -17,6 +21,8 @@ use lanyard_proto::node::{
 use tokio::sync::{Notify, watch};
 use tonic::transport::Channel;
 
+use super::group::{GroupError, ServerGroup, Target};
+use super::identity::AgentCredentials;
 use super::reachability::Reachability;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,59 +70,133 @@ pub(crate) async fn on_behalf<T>(
     }
 }
 
-/// The client over one channel, numbered so that a refusal can be told to
-/// concern the channel in use or one replaced since.
+/// How calls reach the server.
 #[derive(Debug)]
-struct Node {
-    client: NodeClient<Channel>,
-    generation: u64,
+enum Upstream {
+    /// One channel (a server on this machine).
+    Local(Channel),
+    /// Any server of the group, each call within `budget`.
+    Group {
+        servers: Arc<ServerGroup>,
+        budget: Duration,
+    },
 }
 
-/// Cheap to clone; every clone sees a channel swapped in by
-/// [`replace_channel`](Self::replace_channel) (after an SVID renewal or a
+/// The agent's identity in use, numbered so that a refusal can be told to
+/// concern the identity in use or one replaced since; with the channels to
+/// the group's servers that present it.
+#[derive(Debug)]
+struct Identity {
+    creds: Option<AgentCredentials>,
+    generation: u64,
+    channels: Mutex<Channels>,
+}
+
+/// Channels to the servers for one identity, made for the CA certificates
+/// of `roots_generation`: a change of the trusted certificates makes new
+/// ones (in-flight calls finish on the old).
+#[derive(Debug, Default)]
+struct Channels {
+    roots_generation: u64,
+    by_addr: HashMap<SocketAddr, Channel>,
+}
+
+impl Identity {
+    fn new(creds: Option<AgentCredentials>, generation: u64) -> Self {
+        Self {
+            creds,
+            generation,
+            channels: Mutex::new(Channels::default()),
+        }
+    }
+
+    /// The channel to `target`, made when there is none for the group's
+    /// current CA certificates.
+    fn channel(&self, servers: &ServerGroup, target: &Target) -> Result<Channel, tonic::Status> {
+        let (_, roots_generation) = servers.roots();
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if channels.roots_generation != roots_generation {
+            *channels = Channels {
+                roots_generation,
+                by_addr: HashMap::new(),
+            };
+        }
+        if let Some(channel) = channels.by_addr.get(&target.addr) {
+            return Ok(channel.clone());
+        }
+        let channel = servers
+            .channel(target, self.creds.as_ref())
+            .map_err(|e| tonic::Status::internal(format!("TLS towards the server: {e}")))?;
+        channels.by_addr.insert(target.addr, channel.clone());
+        Ok(channel)
+    }
+}
+
+/// Cheap to clone; every clone sees an identity swapped in by
+/// [`replace_identity`](Self::replace_identity) (after an SVID renewal or a
 /// new attestation).
 #[derive(Debug, Clone)]
 pub(crate) struct ServerClient {
-    node: Arc<ArcSwap<Node>>,
+    upstream: Arc<Upstream>,
+    identity: Arc<ArcSwap<Identity>>,
     /// Woken when the server says this agent's SVID may only renew.
     renewal: Arc<Notify>,
-    /// The generation of the latest channel whose SVID the server refused
-    /// in a way only a new attestation cures.
+    /// The generation of the latest identity the server refused in a way
+    /// only a new attestation cures.
     reattest: Arc<watch::Sender<Option<u64>>>,
 }
 
 impl ServerClient {
     /// A server on this machine, over its local Node API socket.
     pub(crate) fn local(node_socket: &Path) -> Self {
-        Self::over(super::channel::local_channel(node_socket))
+        Self::with(
+            Upstream::Local(super::channel::local_channel(node_socket)),
+            None,
+        )
     }
 
-    pub(crate) fn over(channel: Channel) -> Self {
+    /// The servers of `servers`, presenting `creds`, each call given
+    /// `budget` over all the servers it tries.
+    pub(crate) fn remote(
+        servers: Arc<ServerGroup>,
+        creds: AgentCredentials,
+        budget: Duration,
+    ) -> Self {
+        servers.learn_svid_bundle(&creds.bundle);
+        Self::with(Upstream::Group { servers, budget }, Some(creds))
+    }
+
+    fn with(upstream: Upstream, creds: Option<AgentCredentials>) -> Self {
         Self {
-            node: Arc::new(ArcSwap::from_pointee(Node {
-                client: NodeClient::new(channel),
-                generation: 0,
-            })),
+            upstream: Arc::new(upstream),
+            identity: Arc::new(ArcSwap::from_pointee(Identity::new(creds, 0))),
             renewal: Arc::new(Notify::new()),
             reattest: Arc::new(watch::channel(None).0),
         }
     }
 
-    pub(crate) fn replace_channel(&self, channel: Channel) {
-        self.node.rcu(|current| Node {
-            client: NodeClient::new(channel.clone()),
-            generation: current.generation + 1,
-        });
+    /// Calls present `creds` from now on (and trust the CA certificates that
+    /// came with them).
+    pub(crate) fn replace_identity(&self, creds: AgentCredentials) {
+        if let Upstream::Group { servers, .. } = &*self.upstream {
+            servers.learn_svid_bundle(&creds.bundle);
+        }
+        self.identity
+            .rcu(|current| Identity::new(Some(creds.clone()), current.generation + 1));
     }
 
-    /// Resolves when a call over the channel in use was refused because the
-    /// agent must attest again (see [`lanyard_proto::REATTEST_REQUIRED_METADATA`]:
-    /// evicted, unknown, banned, expired). Refusals of calls made over a
-    /// channel replaced since do not count.
+    /// Resolves when a call presenting the identity in use was refused
+    /// because the agent must attest again (see
+    /// [`lanyard_proto::REATTEST_REQUIRED_METADATA`]: evicted, unknown,
+    /// banned, expired). Refusals of calls made with an identity replaced
+    /// since do not count.
     pub(crate) async fn reattestation_requested(&self) {
         let mut refused = self.reattest.subscribe();
         if refused
-            .wait_for(|generation| *generation == Some(self.node.load().generation))
+            .wait_for(|generation| *generation == Some(self.identity.load().generation))
             .await
             .is_err()
         {
@@ -131,8 +211,8 @@ impl ServerClient {
         self.renewal.notified().await;
     }
 
-    /// Passes `status` of a call over channel `generation` through, first
-    /// noting a request to renew or to attest again.
+    /// Passes `status` of a call made with identity `generation` through,
+    /// first noting a request to renew or to attest again.
     fn observe(&self, generation: u64, status: tonic::Status) -> tonic::Status {
         if status
             .metadata()
@@ -155,11 +235,29 @@ impl ServerClient {
         status
     }
 
-    /// The current client and its channel's generation, taken out of the
-    /// cell for one call.
-    fn node(&self) -> (NodeClient<Channel>, u64) {
-        let node = self.node.load();
-        (node.client.clone(), node.generation)
+    /// Runs `call` on the server; in a group, on one server after another
+    /// until one answers (see [`ServerGroup::call`]).
+    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(NodeClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let identity = self.identity.load_full();
+        let answer = match &*self.upstream {
+            Upstream::Local(channel) => call(NodeClient::new(channel.clone())).await,
+            Upstream::Group { servers, budget } => servers
+                .call(Some(*budget), |target| {
+                    let node = identity
+                        .channel(servers, target)
+                        .map(|channel| call(NodeClient::new(channel)));
+                    async move { node?.await }
+                })
+                .await
+                .map_err(GroupError::into_status),
+        };
+        answer
+            .map(tonic::Response::into_inner)
+            .map_err(|status| self.observe(identity.generation, status))
     }
 
     /// What changed in this agent's entries since `since_revision` (everything when 0).
@@ -167,26 +265,25 @@ impl ServerClient {
         &self,
         since_revision: u64,
     ) -> Result<SyncEntriesResponse, ServerClientError> {
-        let (mut node, generation) = self.node();
-        Ok(node
-            .sync_entries(SyncEntriesRequest { since_revision })
-            .await
-            .map_err(|status| self.observe(generation, status))?
-            .into_inner())
+        Ok(self
+            .call(|mut node| async move {
+                node.sync_entries(SyncEntriesRequest { since_revision })
+                    .await
+            })
+            .await?)
     }
 
-    /// The trust domain's bundle: JWT keys and X.509 authorities (DER).
+    /// The trust domain's bundle: JWT keys and X.509 authorities (DER). The
+    /// X.509 authorities also authenticate the servers from now on.
     pub(crate) async fn bundle(&self) -> Result<(Jwks, Vec<Vec<u8>>), ServerClientError> {
-        let (mut node, generation) = self.node();
-        let response = node
-            .get_bundle(GetBundleRequest {})
-            .await
-            .map_err(|status| self.observe(generation, status))?
-            .into_inner();
-        Ok((
-            serde_json::from_slice(&response.jwks)?,
-            response.x509_authorities,
-        ))
+        let response = self
+            .call(|mut node| async move { node.get_bundle(GetBundleRequest {}).await })
+            .await?;
+        let jwks = serde_json::from_slice(&response.jwks)?;
+        if let Upstream::Group { servers, .. } = &*self.upstream {
+            servers.learn_synced_authorities(&response.x509_authorities);
+        }
+        Ok((jwks, response.x509_authorities))
     }
 
     /// An X509-SVID for `entry_id` over the key of `csr` (DER).
@@ -195,15 +292,14 @@ impl ServerClient {
         entry_id: &str,
         csr: Vec<u8>,
     ) -> Result<MintX509SvidResponse, tonic::Status> {
-        let (mut node, generation) = self.node();
-        Ok(node
-            .mint_x509_svid(MintX509SvidRequest {
+        self.call(|mut node| {
+            let request = MintX509SvidRequest {
                 entry_id: entry_id.to_owned(),
-                csr,
-            })
-            .await
-            .map_err(|status| self.observe(generation, status))?
-            .into_inner())
+                csr: csr.clone(),
+            };
+            async move { node.mint_x509_svid(request).await }
+        })
+        .await
     }
 
     pub(crate) async fn mint_jwt_svid(
@@ -211,15 +307,14 @@ impl ServerClient {
         entry_id: &str,
         audience: &[String],
     ) -> Result<MintJwtSvidResponse, tonic::Status> {
-        let (mut node, generation) = self.node();
-        Ok(node
-            .mint_jwt_svid(MintJwtSvidRequest {
+        self.call(|mut node| {
+            let request = MintJwtSvidRequest {
                 entry_id: entry_id.to_owned(),
                 audience: audience.to_vec(),
-            })
-            .await
-            .map_err(|status| self.observe(generation, status))?
-            .into_inner())
+            };
+            async move { node.mint_jwt_svid(request).await }
+        })
+        .await
     }
 }
 
@@ -242,9 +337,9 @@ mod tests {
             .is_ok()
     }
 
-    /// A refusal asks for a new attestation only while the channel it came
-    /// over is in use: calls still in flight on a replaced one do not ask
-    /// again after the agent attested.
+    /// A refusal asks for a new attestation only while the identity it
+    /// presented is in use: calls still in flight with a replaced one do not
+    /// ask again after the agent attested.
     #[tokio::test]
     async fn reattestation_is_requested_for_the_channel_in_use_only() {
         let dir = std::env::temp_dir().join("lanyard-no-server.sock");
@@ -259,7 +354,9 @@ mod tests {
             "asks until the channel is replaced"
         );
 
-        client.replace_channel(super::super::channel::local_channel(&dir));
+        client
+            .identity
+            .rcu(|current| Identity::new(None, current.generation + 1));
         assert!(
             !requested(&client).await,
             "a replaced channel's refusal asked"
@@ -271,5 +368,242 @@ mod tests {
         );
         let _ = client.observe(1, reattest_refusal());
         assert!(requested(&client).await);
+    }
+
+    mod group {
+        //! Calls over a group of in-process TLS Node APIs: failover,
+        //! answers that are not failures, and CA certificates learnt.
+
+        use super::*;
+        use crate::upstream::attestation::tests::serve;
+        use lanyard_proto::node::node_server::Node;
+        use lanyard_proto::node::{
+            AgentSvidResponse, AttestAgentRequest, AttestRequest, AttestResponse,
+            GetBundleResponse, RenewAgentRequest,
+        };
+        use std::pin::Pin;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tonic::{Request, Response, Status, Streaming};
+
+        type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+        /// Mints JWT-SVIDs for entry `ok`, refuses any other; counts the
+        /// mints it was asked for; its bundle names `authorities`.
+        #[derive(Clone, Default)]
+        struct Minting {
+            mints: Arc<AtomicUsize>,
+            authorities: Vec<Vec<u8>>,
+        }
+
+        #[tonic::async_trait]
+        impl Node for Minting {
+            async fn attest_agent(
+                &self,
+                _: Request<AttestAgentRequest>,
+            ) -> Result<Response<AgentSvidResponse>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+
+            type AttestStream =
+                Pin<Box<dyn futures::Stream<Item = Result<AttestResponse, Status>> + Send>>;
+
+            async fn attest(
+                &self,
+                _: Request<Streaming<AttestRequest>>,
+            ) -> Result<Response<Self::AttestStream>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+
+            async fn renew_agent(
+                &self,
+                _: Request<RenewAgentRequest>,
+            ) -> Result<Response<AgentSvidResponse>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+
+            async fn sync_entries(
+                &self,
+                _: Request<SyncEntriesRequest>,
+            ) -> Result<Response<SyncEntriesResponse>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+
+            async fn mint_jwt_svid(
+                &self,
+                request: Request<MintJwtSvidRequest>,
+            ) -> Result<Response<MintJwtSvidResponse>, Status> {
+                self.mints.fetch_add(1, Ordering::SeqCst);
+                match request.into_inner().entry_id.as_str() {
+                    "ok" => Ok(Response::new(MintJwtSvidResponse {
+                        token: "token".to_owned(),
+                        ..Default::default()
+                    })),
+                    _ => Err(Status::permission_denied("not this agent's entry")),
+                }
+            }
+
+            async fn mint_x509_svid(
+                &self,
+                _: Request<MintX509SvidRequest>,
+            ) -> Result<Response<MintX509SvidResponse>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+
+            async fn get_bundle(
+                &self,
+                _: Request<GetBundleRequest>,
+            ) -> Result<Response<GetBundleResponse>, Status> {
+                Ok(Response::new(GetBundleResponse {
+                    trust_domain: "example.org".to_owned(),
+                    jwks: br#"{"keys":[]}"#.to_vec(),
+                    x509_authorities: self.authorities.clone(),
+                }))
+            }
+        }
+
+        /// Credentials over a self-signed certificate (the test servers ask
+        /// for no client certificate).
+        fn creds() -> Result<AgentCredentials, Box<dyn std::error::Error>> {
+            let key = rcgen::KeyPair::generate()?;
+            let cert =
+                rcgen::CertificateParams::new(vec!["agent".to_owned()])?.self_signed(&key)?;
+            Ok(AgentCredentials {
+                spiffe_id: lanyard_proto::SpiffeId::parse("spiffe://example.org/node/a")?,
+                svid: cert.der().clone(),
+                key_pkcs8: key.serialize_der(),
+                bundle: vec![cert.der().clone()],
+                expires_at: 1_900_000_000,
+            })
+        }
+
+        /// An address nothing listens on: bound, then closed.
+        async fn dead_address() -> Result<String, Box<dyn std::error::Error>> {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            Ok(listener.local_addr()?.to_string())
+        }
+
+        const BUDGET: Duration = Duration::from_secs(10);
+        const AUDIENCE: &[String] = &[];
+
+        #[tokio::test]
+        async fn a_call_failing_on_a_dead_server_is_answered_by_another() -> TestResult {
+            let live = Minting::default();
+            let endpoint = serve(live.clone()).await?;
+            let dead = dead_address().await?;
+            // The dead server comes first in turn.
+            let servers = Arc::new(ServerGroup::with_roots(
+                vec![dead.clone(), endpoint.address.clone()],
+                endpoint.trust_bundle.clone(),
+                0,
+            ));
+            let client = ServerClient::remote(servers.clone(), creds()?, BUDGET);
+            let started = std::time::Instant::now();
+            let answer = client.mint_jwt_svid("ok", AUDIENCE).await?;
+            assert!(started.elapsed() < BUDGET);
+            assert_eq!(answer.token, "token");
+            assert_eq!(live.mints.load(Ordering::SeqCst), 1);
+            assert!(
+                servers.is_avoided(&dead.parse()?),
+                "the dead server is avoided"
+            );
+            assert!(!servers.is_avoided(&endpoint.address.parse()?));
+            // The next calls go to the live server first, whatever the turn.
+            for _ in 0..3 {
+                client.mint_jwt_svid("ok", AUDIENCE).await?;
+            }
+            assert_eq!(live.mints.load(Ordering::SeqCst), 4);
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn a_refusal_is_the_answer_and_is_not_asked_elsewhere() -> TestResult {
+            let counted = Minting::default();
+            let first = serve(counted.clone()).await?;
+            let second = serve(counted.clone()).await?;
+            let mut roots = first.trust_bundle.clone();
+            roots.extend(second.trust_bundle.clone());
+            let servers = Arc::new(ServerGroup::with_roots(
+                vec![first.address.clone(), second.address.clone()],
+                roots,
+                0,
+            ));
+            let client = ServerClient::remote(servers.clone(), creds()?, BUDGET);
+            let refused = client.mint_jwt_svid("not-mine", AUDIENCE).await;
+            assert!(
+                matches!(&refused, Err(s) if s.code() == tonic::Code::PermissionDenied),
+                "{refused:?}"
+            );
+            assert_eq!(
+                counted.mints.load(Ordering::SeqCst),
+                1,
+                "asked again elsewhere"
+            );
+            for server in [&first, &second] {
+                assert!(!servers.is_avoided(&server.address.parse()?));
+            }
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn a_server_whose_ca_is_learnt_later_is_trusted_from_then_on() -> TestResult {
+            let later = Minting::default();
+            let later_endpoint = serve(later.clone()).await?;
+            let later_ca = later_endpoint.trust_bundle[0].to_vec();
+            // The known server's bundle names both CAs.
+            let known = serve(Minting {
+                authorities: vec![later_ca.clone()],
+                ..Minting::default()
+            })
+            .await?;
+            let servers = Arc::new(ServerGroup::with_roots(
+                vec![known.address.clone()],
+                known.trust_bundle.clone(),
+                0,
+            ));
+            let client = ServerClient::remote(servers.clone(), creds()?, BUDGET);
+            client.bundle().await?;
+            assert!(
+                servers
+                    .roots()
+                    .0
+                    .iter()
+                    .any(|c| c.as_ref() == later_ca.as_slice())
+            );
+
+            // A group whose configured bundle lacks the later server's CA
+            // fails there (TLS), until a sync names it.
+            let group = Arc::new(ServerGroup::with_roots(
+                vec![later_endpoint.address.clone()],
+                known.trust_bundle.clone(),
+                0,
+            ));
+            let client = ServerClient::remote(group.clone(), creds()?, BUDGET);
+            let untrusted = client.mint_jwt_svid("ok", AUDIENCE).await;
+            assert!(
+                matches!(&untrusted, Err(s) if s.code() == tonic::Code::Unavailable),
+                "{untrusted:?}"
+            );
+            assert_eq!(later.mints.load(Ordering::SeqCst), 0);
+            group.learn_synced_authorities(&[later_ca]);
+            client.mint_jwt_svid("ok", AUDIENCE).await?;
+            assert_eq!(later.mints.load(Ordering::SeqCst), 1);
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn no_server_answering_is_unavailable_within_the_budget() -> TestResult {
+            let servers = Arc::new(ServerGroup::with_roots(
+                vec![dead_address().await?, dead_address().await?],
+                Vec::new(),
+                0,
+            ));
+            let client = ServerClient::remote(servers, creds()?, BUDGET);
+            let down = client.mint_jwt_svid("ok", AUDIENCE).await;
+            assert!(
+                matches!(&down, Err(s) if s.code() == tonic::Code::Unavailable),
+                "{down:?}"
+            );
+            Ok(())
+        }
     }
 }

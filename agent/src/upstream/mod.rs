@@ -5,9 +5,11 @@
 mod attestation;
 mod channel;
 pub(crate) mod client;
+mod group;
 mod identity;
 pub(crate) mod reachability;
 mod renewal;
+mod selection;
 
 use std::path::PathBuf;
 
@@ -18,6 +20,7 @@ pub use attestation::{
     EvidenceError, HostEvidence, IdentityError, attest, attest_node, csr_key_sha256, renew,
 };
 pub use channel::{SERVER_NAME, ServerEndpoint, channel};
+pub(crate) use group::ServerGroup;
 pub use identity::{AgentCredentials, CREDENTIALS_FILE};
 pub(crate) use renewal::{Reattestation, renew_forever};
 
@@ -58,4 +61,18 @@ pub enum NodeClientError {
     Evidence(#[from] EvidenceError),
     #[error("node attestation: {0}")]
     Protocol(&'static str),
+    #[error("no server address resolved ({0})")]
+    Unresolved(String),
+    #[error("no server answered within {} s", .0.as_secs_f32())]
+    NoAnswer(std::time::Duration),
+}
+
+impl From<group::GroupError<NodeClientError>> for NodeClientError {
+    fn from(error: group::GroupError<NodeClientError>) -> Self {
+        match error {
+            group::GroupError::Call(e) => e,
+            group::GroupError::Timeout(budget) => Self::NoAnswer(budget),
+            group::GroupError::NoAddress(names) => Self::Unresolved(names),
+        }
+    }
 }

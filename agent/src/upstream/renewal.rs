@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use lanyard_proto::TrustDomain;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
 use super::NodeClientError;
-use super::attestation::{IdentityError, attest_within, renew};
-use super::channel::{ServerEndpoint, channel};
+use super::attestation::{IdentityError, attest_within, renew_over};
 use super::client::ServerClient;
+use super::group::ServerGroup;
 use super::identity::AgentCredentials;
 use crate::backoff::Backoff;
 use crate::config::NodeAttestation;
@@ -44,9 +46,9 @@ impl std::fmt::Debug for Reattestation {
     }
 }
 
-/// Renews the SVID at half its remaining life, saves it, and points `client`
-/// at a channel that presents it; until `shutdown` changes. Each renewal is
-/// given up after `server_timeout` and retried: the server accepts the
+/// Renews the SVID at half its remaining life (through any server of
+/// `servers`), saves it, and makes `client` present it; until `shutdown`
+/// changes. Each renewal is given up after `server_timeout` and retried: the server accepts the
 /// previous SVID for a renewal until the new one is used, so a response lost
 /// to the deadline costs a retry, not the agent's identity.
 ///
@@ -60,7 +62,7 @@ impl std::fmt::Debug for Reattestation {
 /// (1 s up to 5 min) until it succeeds; meanwhile the caches keep serving
 /// what they hold. Without, such refusals are only logged, as before.
 pub(crate) async fn renew_forever(
-    server: ServerEndpoint,
+    servers: Arc<ServerGroup>,
     data_dir: PathBuf,
     mut creds: AgentCredentials,
     client: ServerClient,
@@ -102,9 +104,16 @@ pub(crate) async fn renew_forever(
             if Instant::now() < at {
                 continue;
             }
-            match reattest(&server, reattestation, server_timeout).await {
-                Ok((new, channel)) => {
-                    client.replace_channel(channel);
+            match attest_within(
+                &servers,
+                &reattestation.trust_domain,
+                &reattestation.attestation,
+                server_timeout,
+            )
+            .await
+            {
+                Ok(new) => {
+                    client.replace_identity(new.clone());
                     creds = new;
                     saved = save_logged(&creds, &data_dir);
                     (reattestation.on_reattested)();
@@ -124,16 +133,17 @@ pub(crate) async fn renew_forever(
         if Instant::now() < renew_at {
             continue;
         }
-        let renewed = match tokio::time::timeout(server_timeout, renew(&server, &creds)).await {
-            Ok(Ok(new)) => channel(&server, Some(&new))
-                .map(|channel| (new, channel))
-                .map_err(IdentityError::from),
+        let renewal = renew_over(&servers, Some(server_timeout), &creds);
+        let renewed = match tokio::time::timeout(server_timeout, renewal).await {
+            Ok(Ok(new)) => Ok(new),
+            Ok(Err(NodeClientError::NoAnswer(_))) | Err(_) => {
+                Err(IdentityError::Timeout(server_timeout))
+            }
             Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(IdentityError::Timeout(server_timeout)),
         };
         match renewed {
-            Ok((new, channel)) => {
-                client.replace_channel(channel);
+            Ok(new) => {
+                client.replace_identity(new.clone());
                 creds = new;
                 saved = save_logged(&creds, &data_dir);
                 renew_at = Instant::now() + half_life(&creds);
@@ -149,24 +159,6 @@ pub(crate) async fn renew_forever(
             }
         }
     }
-}
-
-/// A new attestation with the host material, within `timeout`, and a
-/// channel that presents the new SVID.
-async fn reattest(
-    server: &ServerEndpoint,
-    reattestation: &Reattestation,
-    timeout: Duration,
-) -> Result<(AgentCredentials, tonic::transport::Channel), IdentityError> {
-    let new = attest_within(
-        server,
-        &reattestation.trust_domain,
-        &reattestation.attestation,
-        timeout,
-    )
-    .await?;
-    let channel = channel(server, Some(&new))?;
-    Ok((new, channel))
 }
 
 /// Whether `error` is the server saying only a new attestation helps.

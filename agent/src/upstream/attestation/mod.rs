@@ -22,7 +22,8 @@ use lanyard_proto::node::{
 use rcgen::{CertificateParams, KeyPair};
 
 use super::NodeClientError;
-use super::channel::{ServerEndpoint, channel};
+use super::channel::ServerEndpoint;
+use super::group::ServerGroup;
 use super::identity::AgentCredentials;
 use crate::config::{JoinTokenError, NodeAttestation};
 use sshpop::SshPop;
@@ -204,7 +205,7 @@ pub fn csr_key_sha256(csr: &[u8]) -> Result<[u8; 32], NodeClientError> {
 /// that attests with host material also attests again when the stored
 /// credentials are damaged. The attestation is given up after `timeout`.
 pub(crate) async fn establish(
-    server: &ServerEndpoint,
+    servers: &ServerGroup,
     data_dir: &Path,
     trust_domain: &TrustDomain,
     attestation: Option<&NodeAttestation>,
@@ -226,7 +227,7 @@ pub(crate) async fn establish(
             Ok(creds)
         }
         (stored, Some(attestation)) => {
-            let creds = attest_within(server, trust_domain, attestation, timeout).await?;
+            let creds = attest_within(servers, trust_domain, attestation, timeout).await?;
             creds.save(data_dir)?;
             let action = if stored.is_some() {
                 "re-attested"
@@ -248,16 +249,26 @@ pub(crate) async fn establish(
     }
 }
 
-/// [`attest_node`], given up after `timeout`.
+/// [`attest_node`] over any server of `servers`, given up after `timeout`
+/// (a server that fails is left for another within it).
 pub(crate) async fn attest_within(
-    server: &ServerEndpoint,
+    servers: &ServerGroup,
     trust_domain: &TrustDomain,
     attestation: &NodeAttestation,
     timeout: Duration,
 ) -> Result<AgentCredentials, IdentityError> {
-    tokio::time::timeout(timeout, attest_node(server, trust_domain, attestation))
-        .await
-        .map_err(|_| IdentityError::Timeout(timeout))?
+    let attested = tokio::time::timeout(
+        timeout,
+        attest_over(servers, Some(timeout), trust_domain, attestation),
+    )
+    .await
+    .map_err(|_| IdentityError::Timeout(timeout))?;
+    match attested {
+        Err(IdentityError::Node(NodeClientError::NoAnswer(_))) => {
+            Err(IdentityError::Timeout(timeout))
+        }
+        other => other,
+    }
 }
 
 /// A new key pair and a CSR (DER) over it.
@@ -275,30 +286,50 @@ pub async fn attest(
     server: &ServerEndpoint,
     join_token: &str,
 ) -> Result<AgentCredentials, NodeClientError> {
+    attest_with_token(&ServerGroup::single(server), None, join_token).await
+}
+
+/// [`attest`] over any server of `servers`, within `budget` when given.
+async fn attest_with_token(
+    servers: &ServerGroup,
+    budget: Option<Duration>,
+    join_token: &str,
+) -> Result<AgentCredentials, NodeClientError> {
     let (key, csr) = csr()?;
     let start = AttestStart {
         csr: csr.clone(),
         evidence: Some(attest_start::Evidence::JoinToken(join_token.to_owned())),
     };
-    let response = match stream::exchange(server, start, |_| {
-        Err(NodeClientError::Protocol(
-            "the server challenged a join token",
-        ))
-    })
-    .await
-    {
-        Err(NodeClientError::Refused(status)) if status.code() == tonic::Code::Unimplemented => {
-            NodeClient::new(channel(server, None)?)
-                .attest_agent(AttestAgentRequest {
-                    join_token: join_token.to_owned(),
-                    csr,
+    let response = servers
+        .call(budget, |target| {
+            let channel = servers.channel(target, None);
+            let (start, csr) = (start.clone(), csr.clone());
+            async move {
+                let channel = channel?;
+                match stream::exchange(channel.clone(), start, |_| {
+                    Err(NodeClientError::Protocol(
+                        "the server challenged a join token",
+                    ))
                 })
                 .await
-                .map_err(NodeClientError::Refused)?
-                .into_inner()
-        }
-        other => other?,
-    };
+                {
+                    Err(NodeClientError::Refused(status))
+                        if status.code() == tonic::Code::Unimplemented =>
+                    {
+                        Ok(NodeClient::new(channel)
+                            .attest_agent(AttestAgentRequest {
+                                join_token: join_token.to_owned(),
+                                csr,
+                            })
+                            .await
+                            .map_err(NodeClientError::Refused)?
+                            .into_inner())
+                    }
+                    other => other,
+                }
+            }
+        })
+        .await?;
     AgentCredentials::from_response(response, &key)
 }
 
@@ -311,10 +342,26 @@ pub async fn attest_node(
     trust_domain: &TrustDomain,
     attestation: &NodeAttestation,
 ) -> Result<AgentCredentials, IdentityError> {
+    attest_over(
+        &ServerGroup::single(server),
+        None,
+        trust_domain,
+        attestation,
+    )
+    .await
+}
+
+/// [`attest_node`] over any server of `servers`, within `budget` when given.
+async fn attest_over(
+    servers: &ServerGroup,
+    budget: Option<Duration>,
+    trust_domain: &TrustDomain,
+    attestation: &NodeAttestation,
+) -> Result<AgentCredentials, IdentityError> {
     let evidence = match attestation {
         NodeAttestation::JoinToken(token) => {
             let token = token.read().map_err(IdentityError::JoinToken)?;
-            return Ok(attest(server, &token).await?);
+            return Ok(attest_with_token(servers, budget, &token).await?);
         }
         other => HostEvidence::load(other).map_err(NodeClientError::from)?,
     };
@@ -327,10 +374,20 @@ pub async fn attest_node(
         csr,
         evidence: Some(evidence.evidence()),
     };
-    let response = stream::exchange(server, start, |nonce| {
-        Ok(evidence.proof(trust_domain, nonce, &csr_key)?)
-    })
-    .await?;
+    let (evidence, csr_key) = (&evidence, &csr_key);
+    let response = servers
+        .call(budget, |target| {
+            let channel = servers.channel(target, None);
+            let start = start.clone();
+            async move {
+                stream::exchange(channel?, start, |nonce| {
+                    Ok(evidence.proof(trust_domain, nonce, csr_key)?)
+                })
+                .await
+            }
+        })
+        .await
+        .map_err(NodeClientError::from)?;
     Ok(AgentCredentials::from_response(response, &key)?)
 }
 
@@ -339,17 +396,38 @@ pub async fn renew(
     server: &ServerEndpoint,
     current: &AgentCredentials,
 ) -> Result<AgentCredentials, NodeClientError> {
+    let servers = ServerGroup::single(server);
+    servers.learn_svid_bundle(&current.bundle);
+    renew_over(&servers, None, current).await
+}
+
+/// [`renew`] over any server of `servers`, within `budget` when given: the
+/// server accepts the current SVID until the new one is used, so a renewal
+/// whose answer was lost may be asked again elsewhere.
+pub(crate) async fn renew_over(
+    servers: &ServerGroup,
+    budget: Option<Duration>,
+    current: &AgentCredentials,
+) -> Result<AgentCredentials, NodeClientError> {
     let (key, csr) = csr()?;
-    let response = NodeClient::new(channel(server, Some(current))?)
-        .renew_agent(RenewAgentRequest { csr })
-        .await
-        .map_err(NodeClientError::Refused)?
-        .into_inner();
+    let response = servers
+        .call(budget, |target| {
+            let channel = servers.channel(target, Some(current));
+            let csr = csr.clone();
+            async move {
+                Ok(NodeClient::new(channel?)
+                    .renew_agent(RenewAgentRequest { csr })
+                    .await
+                    .map_err(NodeClientError::Refused)?
+                    .into_inner())
+            }
+        })
+        .await?;
     AgentCredentials::from_response(response, &key)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use futures::StreamExt as _;
     use lanyard_proto::attestation::{SSHPOP, X509POP};
@@ -509,7 +587,9 @@ mod tests {
 
     /// Serves `node` over TLS (a certificate for `lanyard-server` from a
     /// new CA) on a local port; the endpoint trusts that CA.
-    async fn serve(node: TestNode) -> Result<ServerEndpoint, Box<dyn std::error::Error>> {
+    pub(crate) async fn serve<N: Node>(
+        node: N,
+    ) -> Result<ServerEndpoint, Box<dyn std::error::Error>> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -581,7 +661,13 @@ mod tests {
             certificate,
             private_key,
         };
-        let creds = attest_within(&server, &td(), &attestation, Duration::from_secs(10)).await?;
+        let creds = attest_within(
+            &ServerGroup::single(&server),
+            &td(),
+            &attestation,
+            Duration::from_secs(10),
+        )
+        .await?;
         assert!(creds.spiffe_id.as_str().contains("/x509pop/"), "{creds:?}");
         // Signed for another trust domain: refused.
         let other = TrustDomain::new("other.org")?;
@@ -607,7 +693,13 @@ mod tests {
             host_key,
             host_certificate,
         };
-        let creds = attest_within(&server, &td(), &attestation, Duration::from_secs(10)).await?;
+        let creds = attest_within(
+            &ServerGroup::single(&server),
+            &td(),
+            &attestation,
+            Duration::from_secs(10),
+        )
+        .await?;
         assert!(creds.spiffe_id.as_str().contains("/sshpop/"), "{creds:?}");
         Ok(())
     }
@@ -629,6 +721,39 @@ mod tests {
                 "old={old}: {refused:?}"
             );
         }
+        Ok(())
+    }
+
+    /// An attestation that cannot reach the first server of a group goes
+    /// to the next one; a refusal is not asked elsewhere.
+    #[tokio::test]
+    async fn attestation_fails_over_to_a_live_server() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let live = serve(TestNode {
+            old: false,
+            dir: dir.path().to_owned(),
+        })
+        .await?;
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await?
+            .local_addr()?
+            .to_string();
+        let servers = ServerGroup::with_roots(
+            vec![dead.clone(), live.address.clone()],
+            live.trust_bundle.clone(),
+            0,
+        );
+        let token = NodeAttestation::JoinToken(crate::config::JoinToken::Value("good".into()));
+        let creds = attest_within(&servers, &td(), &token, Duration::from_secs(10)).await?;
+        assert!(creds.spiffe_id.as_str().contains("/join_token/"));
+        assert!(servers.is_avoided(&dead.parse()?));
+        let bad = NodeAttestation::JoinToken(crate::config::JoinToken::Value("bad".into()));
+        let refused = attest_within(&servers, &td(), &bad, Duration::from_secs(10)).await;
+        assert!(
+            matches!(&refused, Err(IdentityError::Node(NodeClientError::Refused(s))) if s.code() == tonic::Code::PermissionDenied),
+            "{refused:?}"
+        );
+        assert!(!servers.is_avoided(&live.address.parse()?));
         Ok(())
     }
 

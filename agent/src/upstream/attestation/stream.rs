@@ -12,14 +12,13 @@ use lanyard_proto::node::{
 };
 
 use super::super::NodeClientError;
-use super::super::channel::{ServerEndpoint, channel};
 
-/// Runs one attestation over a new TLS connection that presents no client
-/// certificate: sends `start`, answers a challenge with `prove(nonce)`, and
+/// Runs one attestation over `channel` (a new TLS connection that presents
+/// no client certificate): sends `start`, answers a challenge with `prove(nonce)`, and
 /// returns the SVID the server sends. Refusals are `Refused` with the
 /// server's status; a stream that breaks the sequence is `Protocol`.
 pub(super) async fn exchange(
-    server: &ServerEndpoint,
+    channel: tonic::transport::Channel,
     start: AttestStart,
     prove: impl FnOnce(&[u8; NONCE_LEN]) -> Result<AttestProof, NodeClientError>,
 ) -> Result<AgentSvidResponse, NodeClientError> {
@@ -30,7 +29,7 @@ pub(super) async fn exchange(
             .map_err(|_| NodeClientError::Protocol("the server closed the stream early"))
     };
     send(attest_request::Step::Start(start))?;
-    let mut responses = NodeClient::new(channel(server, None)?)
+    let mut responses = NodeClient::new(channel)
         .attest(outgoing)
         .await
         .map_err(NodeClientError::Refused)?
