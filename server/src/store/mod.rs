@@ -2,6 +2,13 @@
 //! records and the CA certificates of every server. One code path (sqlx's `Any` driver) serves both backends: SQLite
 //! embedded by default (WAL, fsync on every commit) and PostgreSQL for several
 //! servers sharing a trust domain. Private keys are never stored here.
+//!
+//! Outages: the pool re-establishes connections by itself after the database
+//! restarts or fails over, a call that finds no connection within a few
+//! seconds fails (the APIs answer Unavailable), and every write is one
+//! transaction that commits or fails. Creates a client could retry are
+//! idempotent where it matters: a second identical live entry is refused by
+//! a unique index (migration 4), whatever its ID.
 
 mod agents;
 mod ca_certificates;
@@ -57,6 +64,9 @@ impl StoreError {
     }
 }
 
+/// How long a call waits for a PostgreSQL connection before it fails.
+const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct Datastore {
     pool: AnyPool,
@@ -79,7 +89,18 @@ impl Datastore {
         let pool = AnyPoolOptions::new()
             // SQLite allows one writer at a time; more connections only add lock contention.
             .max_connections(if is_sqlite { 4 } else { 16 })
-            .acquire_timeout(Duration::from_secs(10))
+            // A PostgreSQL restart or failover: every call waits at most this
+            // long for a connection (sqlx retries refused connects until
+            // then) and fails, so the API answers Unavailable, never hangs.
+            .acquire_timeout(if is_sqlite {
+                Duration::from_secs(10)
+            } else {
+                POSTGRES_ACQUIRE_TIMEOUT
+            })
+            // Each idle connection is checked before use: one the database
+            // closed (a restart, pg_terminate_backend, a failover) is dropped
+            // and replaced, so the pool recovers by itself.
+            .test_before_acquire(true)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if is_sqlite {
@@ -165,5 +186,147 @@ pub(crate) mod test_support {
         admin.close().await;
         let (prefix, _) = base.rsplit_once('/').unwrap();
         format!("{prefix}/{name}")
+    }
+}
+
+#[cfg(test)]
+mod outage_tests {
+    //! The datastore going away and coming back, on PostgreSQL.
+
+    use std::time::Instant;
+
+    use super::*;
+
+    /// An admin connection to the server at `base`, and a fresh database on
+    /// it with a `Datastore` open, when PostgreSQL is configured.
+    async fn postgres() -> Option<(AnyPool, String, Datastore)> {
+        let base = std::env::var("LANYARD_TEST_POSTGRES_URL").ok()?;
+        let url = test_support::fresh_postgres_url(&base).await;
+        let store = Datastore::open(&url).await.unwrap();
+        let admin = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&base)
+            .await
+            .unwrap();
+        let (_, name) = url.rsplit_once('/').unwrap();
+        Some((admin, name.to_owned(), store))
+    }
+
+    /// Ends every session on database `name` but the admin's own.
+    async fn terminate_sessions(admin: &AnyPool, name: &str) -> i64 {
+        sqlx::query("SELECT COUNT(pg_terminate_backend(pid)) AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+            .bind(name)
+            .fetch_one(admin)
+            .await
+            .map(|row| sqlx::Row::get(&row, "n"))
+            .unwrap()
+    }
+
+    fn spec(path: &str) -> EntrySpec {
+        EntrySpec::new(
+            lanyard_proto::SpiffeId::parse(&format!("spiffe://example.org{path}")).unwrap(),
+            lanyard_proto::SpiffeId::parse("spiffe://example.org/lanyard/agent/local").unwrap(),
+            vec![lanyard_proto::Selector::parse("unix:uid:1000").unwrap()],
+            Duration::from_secs(300),
+        )
+    }
+
+    /// Every connection of the pool killed under it (as a PostgreSQL restart
+    /// or failover does): the next calls open new ones by themselves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_recovers_from_killed_connections() {
+        let Some((admin, name, store)) = postgres().await else {
+            eprintln!("skipped: LANYARD_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        store.create_entry("a", &spec("/a"), 1).await.unwrap();
+        for _ in 0..3 {
+            // Several connections in the pool, all idle.
+            let (x, y, z) = tokio::join!(store.ping(), store.ping(), store.ping());
+            x.unwrap();
+            y.unwrap();
+            z.unwrap();
+            assert!(terminate_sessions(&admin, &name).await >= 1);
+            store.ping().await.unwrap();
+            assert_eq!(
+                store
+                    .list_entries(&EntryFilter::default())
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+        }
+        // A create the client retries (its first answer lost) makes no
+        // second entry: the identical one is refused (AlreadyExists).
+        store.create_entry("b", &spec("/b"), 2).await.unwrap();
+        terminate_sessions(&admin, &name).await;
+        let retried = store.create_entry("b-retry", &spec("/b"), 3).await;
+        assert!(
+            matches!(retried, Err(StoreError::Conflict(_))),
+            "{retried:?}"
+        );
+        assert_eq!(
+            store
+                .list_entries(&EntryFilter::default())
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        store.close().await;
+        admin.close().await;
+    }
+
+    /// While the database refuses connections, calls fail promptly (the APIs
+    /// answer Unavailable) instead of hanging, and work again once it is back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_fail_promptly_while_the_database_is_away_and_recover() {
+        let Some((admin, name, store)) = postgres().await else {
+            eprintln!("skipped: LANYARD_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        store.create_entry("a", &spec("/a"), 1).await.unwrap();
+        let set = |allow: bool| {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}"
+            )))
+        };
+        set(false).execute(&admin).await.unwrap();
+        terminate_sessions(&admin, &name).await;
+        let started = Instant::now();
+        let away = store.list_entries(&EntryFilter::default()).await;
+        assert!(matches!(away, Err(StoreError::Database(_))), "{away:?}");
+        assert!(
+            started.elapsed() <= POSTGRES_ACQUIRE_TIMEOUT + Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        let refused = store.create_entry("b", &spec("/b"), 2).await;
+        assert!(
+            matches!(refused, Err(StoreError::Database(_))),
+            "{refused:?}"
+        );
+
+        set(true).execute(&admin).await.unwrap();
+        assert_eq!(
+            store
+                .list_entries(&EntryFilter::default())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        store.create_entry("b", &spec("/b"), 2).await.unwrap();
+        assert_eq!(
+            store
+                .list_entries(&EntryFilter::default())
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        store.close().await;
+        admin.close().await;
     }
 }
