@@ -418,7 +418,13 @@ mod tests {
                 &self,
                 _: Request<RenewAgentRequest>,
             ) -> Result<Response<AgentSvidResponse>, Status> {
-                Err(Status::unimplemented("test"))
+                self.mints.fetch_add(1, Ordering::SeqCst);
+                Ok(Response::new(AgentSvidResponse {
+                    spiffe_id: "spiffe://example.org/node/a".to_owned(),
+                    svid: vec![1],
+                    bundle: self.authorities.clone(),
+                    expires_at: 1,
+                }))
             }
 
             async fn sync_entries(
@@ -512,6 +518,30 @@ mod tests {
                 client.mint_jwt_svid("ok", AUDIENCE).await?;
             }
             assert_eq!(live.mints.load(Ordering::SeqCst), 4);
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn a_renewal_failing_on_a_dead_server_is_answered_by_another() -> TestResult {
+            let live = Minting {
+                authorities: vec![vec![2]],
+                ..Minting::default()
+            };
+            let endpoint = serve(live.clone()).await?;
+            let dead = dead_address().await?;
+            let servers = ServerGroup::with_roots(
+                vec![dead.clone(), endpoint.address.clone()],
+                endpoint.trust_bundle.clone(),
+                0,
+            );
+            let renewed =
+                crate::upstream::attestation::renew_over(&servers, Some(BUDGET), &creds()?).await?;
+            assert_eq!(
+                renewed.bundle,
+                [rustls::pki_types::CertificateDer::from(vec![2])]
+            );
+            assert_eq!(live.mints.load(Ordering::SeqCst), 1);
+            assert!(servers.is_avoided(&dead.parse()?));
             Ok(())
         }
 
