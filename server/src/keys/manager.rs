@@ -226,6 +226,31 @@ mod tests {
         jwks.keys.iter().map(|k| k.kid.clone()).collect()
     }
 
+    /// With the datastore gone (closed here; a PostgreSQL outage looks the
+    /// same to the manager) a rotation fails and the keys in memory, which
+    /// the JWKS and discovery documents are rendered from, stay as they were.
+    #[tokio::test]
+    async fn the_published_keys_survive_a_datastore_outage() {
+        for (dir, store) in datastores().await {
+            let t0 = 1_800_000_000;
+            let manager = KeyManager::open(
+                store.clone(),
+                &dir.path().join("keys"),
+                "server-a",
+                RotationPolicy::with_max_token_ttl(Duration::from_secs(3600)),
+                KeyType::EcP256,
+                t0,
+            )
+            .await
+            .unwrap();
+            let before = kids(&manager.current().unwrap().jwks);
+            assert!(!before.is_empty());
+            store.close().await;
+            assert!(manager.rotate(t0 + 60).await.is_err());
+            assert_eq!(kids(&manager.current().unwrap().jwks), before);
+        }
+    }
+
     #[tokio::test]
     async fn a_raised_max_ttl_keeps_the_signing_key_published_for_the_longer_tokens() {
         for (dir, store) in datastores().await {
