@@ -433,8 +433,11 @@ async fn serve_admin(
     Ok(())
 }
 
-/// How often the key schedule is applied; rotation points are hours apart.
-const ROTATION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often the key schedule is applied and the group's published keys are
+/// re-read. Rotation points are hours apart, but in an HA group a server that
+/// has just started signs with its first key at once, and every other
+/// server's JWKS must carry it soon: as often as the CA union is refreshed.
+const ROTATION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Applies the key schedule and republishes the OIDC documents when it changes them.
 async fn rotate_keys(

@@ -257,40 +257,49 @@ pub async fn datastore_urls(dir: &Path) -> anyhow::Result<Vec<String>> {
         "sqlite://{}?mode=rwc",
         dir.join("e2e.sqlite3").display()
     )];
-    match std::env::var("LANYARD_TEST_POSTGRES_URL") {
-        Ok(base) => {
-            sqlx::any::install_default_drivers();
-            let admin = sqlx::any::AnyPoolOptions::new()
-                .max_connections(1)
-                .connect(&base)
-                .await?;
-            let name = format!(
-                "lanyard_e2e_{}_{}",
-                std::process::id(),
-                dir.file_name()
-                    .map(|n| n
-                        .to_string_lossy()
-                        .to_lowercase()
-                        .replace(|c: char| !c.is_ascii_alphanumeric(), ""))
-                    .unwrap_or_default()
-            );
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&admin)
-                .await?;
-            admin.close().await;
-            let (prefix, _) = base
-                .rsplit_once('/')
-                .context("LANYARD_TEST_POSTGRES_URL has no database path")?;
-            urls.push(format!("{prefix}/{name}"));
-        }
+    urls.extend(postgres_database(dir).await?);
+    Ok(urls)
+}
+
+/// A fresh PostgreSQL database (named after `dir`) on the server that
+/// `LANYARD_TEST_POSTGRES_URL` names: None, with a note, when it is not set
+/// outside CI; an error when `CI` is set without it.
+pub async fn postgres_database(dir: &Path) -> anyhow::Result<Option<String>> {
+    let base = match std::env::var("LANYARD_TEST_POSTGRES_URL") {
+        Ok(base) => base,
         Err(_) if std::env::var_os("CI").is_some() => {
             anyhow::bail!(
                 "CI is set but LANYARD_TEST_POSTGRES_URL is not: PostgreSQL tests must run in CI"
             )
         }
-        Err(_) => eprintln!("PostgreSQL e2e run skipped: LANYARD_TEST_POSTGRES_URL is not set"),
-    }
-    Ok(urls)
+        Err(_) => {
+            eprintln!("PostgreSQL e2e run skipped: LANYARD_TEST_POSTGRES_URL is not set");
+            return Ok(None);
+        }
+    };
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&base)
+        .await?;
+    let name = format!(
+        "lanyard_e2e_{}_{}",
+        std::process::id(),
+        dir.file_name()
+            .map(|n| n
+                .to_string_lossy()
+                .to_lowercase()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), ""))
+            .unwrap_or_default()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .context("LANYARD_TEST_POSTGRES_URL has no database path")?;
+    Ok(Some(format!("{prefix}/{name}")))
 }
 
 /// PEM text as DER blocks: certificates and PKCS#8 keys, in order.

@@ -1,5 +1,6 @@
 //! A workload for tests: asks the Workload API at `SPIFFE_ENDPOINT_SOCKET` for a
-//! JWT-SVID through the `spiffe` crate and prints `ok <spiffe-id>` or
+//! JWT-SVID through the `spiffe` crate and prints `ok <spiffe-id>` (with
+//! `--token` after the audience: `ok <spiffe-id> <token>`) or
 //! `denied <message>`/`error <message>`. Tests run it under other uids.
 #![allow(
     unused_crate_dependencies,
@@ -15,6 +16,7 @@ async fn main() -> ExitCode {
     let audience = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "probe".to_owned());
+    let print_token = std::env::args().nth(2).as_deref() == Some("--token");
     let endpoint = std::env::var("SPIFFE_ENDPOINT_SOCKET").unwrap_or_default();
     let client = match WorkloadApiClient::connect_to(&endpoint).await {
         Ok(client) => client,
@@ -24,6 +26,10 @@ async fn main() -> ExitCode {
         }
     };
     match client.fetch_jwt_svid([audience.as_str()], None).await {
+        Ok(svid) if print_token => {
+            println!("ok {} {}", svid.spiffe_id(), svid.token());
+            ExitCode::SUCCESS
+        }
         Ok(svid) => {
             println!("ok {}", svid.spiffe_id());
             ExitCode::SUCCESS

@@ -24,6 +24,7 @@ mod config_properties;
 mod fleet_attestation;
 mod fleet_enrolment;
 mod foreign_clients;
+mod ha_group;
 mod jwt_svid_e2e;
 mod listener_flood;
 mod node_attestation;
