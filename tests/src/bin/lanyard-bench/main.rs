@@ -13,6 +13,7 @@
 mod agent_process;
 mod attest;
 mod crypto;
+mod group;
 mod https;
 mod stats;
 mod sync;
@@ -36,15 +37,18 @@ struct Args {
     /// Seconds of each measured window (after a warm-up of a fifth of it, at least 1 s).
     #[arg(long, default_value_t = 5.0)]
     window: f64,
-    /// Only these rows (1-11), comma separated.
+    /// Only these rows (1-14), comma separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
-    /// Agents in the sync row (its entries are 100 per agent).
+    /// Agents in the sync rows 8, 12-14 (their entries are 100 per agent).
     #[arg(long, default_value_t = 1000)]
     sync_agents: usize,
     /// Concurrent Workload API callers in rows 1, 3 and 4.
     #[arg(long, default_value_t = 32)]
     callers: usize,
+    /// Concurrent MintJwtSvid callers over the agents in row 12.
+    #[arg(long, default_value_t = 64)]
+    mint_callers: usize,
 }
 
 /// One line of the table.
@@ -447,6 +451,17 @@ fn main() -> anyhow::Result<()> {
         server_rt.block_on(world.stop());
     }
 
+    if wants(12) || wants(13) || wants(14) {
+        rows.extend(group_rows(
+            &args,
+            &server_rt,
+            &client_rt,
+            dir.path(),
+            (warmup, window),
+            &wants,
+        )?);
+    }
+
     drop(client_rt);
     drop(server_rt);
     print_report(
@@ -597,6 +612,12 @@ fn https_row(
 }
 
 fn sync_rows(f: &sync::SyncFigures) -> Vec<Row> {
+    numbered_sync_rows(f, ("8a", "8b"), "")
+}
+
+/// Rows 8a/8b, or their group counterparts: `numbers` name them, `where_`
+/// (e.g. ", 3 servers on one PostgreSQL") qualifies the figure.
+fn numbered_sync_rows(f: &sync::SyncFigures, numbers: (&str, &str), where_: &str) -> Vec<Row> {
     let worst = f.full.last().copied().unwrap_or_default();
     let idle_p50 = stats::percentile(&f.idle, 50.0);
     let incr_p50 = stats::percentile(&f.incremental, 50.0);
@@ -604,7 +625,8 @@ fn sync_rows(f: &sync::SyncFigures) -> Vec<Row> {
     vec![
         Row {
             figure: format!(
-                "8a. full sync, {} entries in the store, {} agents at once ({} entries each)",
+                "{}. full sync, {} entries in the store, {} agents at once ({} entries each){where_}",
+                numbers.0,
                 count(f.entries_total as f64),
                 count(f.agents as f64),
                 f.entries_per_agent + 1
@@ -622,7 +644,8 @@ fn sync_rows(f: &sync::SyncFigures) -> Vec<Row> {
         },
         Row {
             figure: format!(
-                "8b. one changed entry reaching all {} agents (incremental sync)",
+                "{}. one changed entry reaching all {} agents (incremental sync){where_}",
+                numbers.1,
                 count(f.agents as f64)
             ),
             measured: format!(
@@ -638,6 +661,92 @@ fn sync_rows(f: &sync::SyncFigures) -> Vec<Row> {
             pass: Some(f.incremental_entries.1 == 1 && ratio <= 2.0),
         },
     ]
+}
+
+/// Rows 12-14 (HA group on PostgreSQL); skipped, with the reason, without PostgreSQL.
+fn group_rows(
+    args: &Args,
+    server_rt: &Runtime,
+    client_rt: &Runtime,
+    dir: &std::path::Path,
+    timing: (Duration, Duration),
+    wants: &dyn Fn(u32) -> bool,
+) -> anyhow::Result<Vec<Row>> {
+    const MINTS: &str = "12. JWT-SVID mints/s, 3 servers on one PostgreSQL vs one server";
+    const SYNC: &str = "13. full sync, 3 servers on one PostgreSQL";
+    const CHANGE: &str = "14. one change reaching every agent, 3 servers on one PostgreSQL";
+    let one_dir = dir.join("pg-one");
+    let group_dir = dir.join("pg-group");
+    std::fs::create_dir_all(&one_dir)?;
+    std::fs::create_dir_all(&group_dir)?;
+    let urls = server_rt.block_on(async {
+        let one = if wants(12) {
+            lanyard_tests::postgres_database(&one_dir).await?
+        } else {
+            Some(String::new())
+        };
+        let group = lanyard_tests::postgres_database(&group_dir).await?;
+        anyhow::Ok(one.zip(group))
+    })?;
+    let Some((one_url, group_url)) = urls else {
+        let why = "PostgreSQL not configured: set LANYARD_TEST_POSTGRES_URL".to_owned();
+        return Ok([
+            (12, MINTS, "— (reported)"),
+            (13, SYNC, "≤ 2 s per agent"),
+            (
+                14,
+                CHANGE,
+                "O(changes): 1 entry per answer, cost ≤ 2 × a no-change sync",
+            ),
+        ]
+        .into_iter()
+        .filter(|(row, _, _)| wants(*row))
+        .map(|(_, figure, target)| Row::skipped(figure, target, why.clone()))
+        .collect());
+    };
+    let figures = group::run(
+        server_rt,
+        client_rt,
+        dir,
+        (&one_url, &group_url),
+        (args.sync_agents, args.mint_callers),
+        timing,
+        group::Wanted {
+            mints: wants(12),
+            sync: wants(13) || wants(14),
+        },
+    )?;
+    let mut rows = Vec::new();
+    if let Some((group, one)) = &figures.mints {
+        rows.push(Row {
+            figure: format!(
+                "12. JWT-SVID mints (MintJwtSvid, distinct audiences), {} callers over {} agents, {} servers on one PostgreSQL",
+                figures.callers,
+                count(figures.agents as f64),
+                figures.servers
+            ),
+            measured: rate_with_p99(group),
+            baseline: format!("one server alone (own PostgreSQL database, same agents and callers) {}", rate_with_p99(one)),
+            ratio: format!("{:.2}×", group.per_second() / one.per_second()),
+            target: "— (reported)".to_owned(),
+            pass: None,
+        });
+    }
+    if let Some(sync) = &figures.sync {
+        let where_ = format!(
+            ", {} servers on one PostgreSQL, agents round-robin, change made on server 1",
+            figures.servers
+        );
+        let [full, change] = <[Row; 2]>::try_from(numbered_sync_rows(sync, ("13", "14"), &where_))
+            .map_err(|_| anyhow::anyhow!("two sync rows"))?;
+        if wants(13) {
+            rows.push(full);
+        }
+        if wants(14) {
+            rows.push(change);
+        }
+    }
+    Ok(rows)
 }
 
 fn machine() -> String {
