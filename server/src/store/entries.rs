@@ -11,7 +11,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::entry::{EntrySpec, RegistrationEntry};
-use super::{Datastore, StoreError};
+use super::{Datastore, Engine, StoreError};
 use lanyard_host::encoding::hex;
 
 const COLUMNS: &str = "id, spiffe_id, parent_id, selectors, jwt_svid_ttl_seconds, admin, created_at, updated_at, revision, deleted, x509_svid_ttl_seconds, hint";
@@ -364,11 +364,23 @@ impl Datastore {
         if roots.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "{} SELECT {COLUMNS} FROM registration_entries \
-             WHERE deleted = 0 AND parent_id IN (SELECT id FROM reach)",
-            reach_cte(roots.len(), max_depth)
-        );
+        let reach = reach_cte(roots.len(), max_depth);
+        let sql = match self.engine() {
+            Engine::Sqlite => format!(
+                "{reach} SELECT {COLUMNS} FROM registration_entries \
+                 WHERE deleted = 0 AND parent_id IN (SELECT id FROM reach)"
+            ),
+            // PostgreSQL cannot estimate how few IDs the walk reaches, and
+            // plans the IN above as a sequential scan of the whole table
+            // (34 ms a sync at 100,000 entries). The lateral subquery, kept
+            // apart by OFFSET 0, makes it one probe of the parent index per
+            // reached ID (1-3 ms).
+            Engine::Postgres => format!(
+                "{reach} SELECT found.* FROM (SELECT DISTINCT id FROM reach) reached \
+                 CROSS JOIN LATERAL (SELECT {COLUMNS} FROM registration_entries \
+                 WHERE deleted = 0 AND parent_id = reached.id OFFSET 0) found"
+            ),
+        };
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for root in roots {
             query = query.bind(root.as_str());
@@ -717,6 +729,70 @@ mod tests {
             assert!(store.seed_entry(&spec("/cfg", 5), 1).await.unwrap());
             assert!(!store.seed_entry(&spec("/cfg", 5), 2).await.unwrap());
             assert_eq!(store.entry_revision().await.unwrap(), 1);
+        }
+    }
+
+    fn child(path: &str, parent: &str) -> EntrySpec {
+        EntrySpec::new(
+            SpiffeId::parse(&format!("spiffe://example.org{path}")).unwrap(),
+            SpiffeId::parse(&format!("spiffe://example.org{parent}")).unwrap(),
+            vec![Selector::parse("unix:uid:1").unwrap()],
+            Duration::from_secs(300),
+        )
+    }
+
+    /// The walk below a set of roots, on each engine (PostgreSQL runs its
+    /// own query shape): nested levels down to the depth limit, each entry
+    /// once however many paths reach it (two entries share `/mid`), cycles
+    /// end, and deleted entries and other roots' entries stay out.
+    #[tokio::test]
+    async fn the_walk_under_roots_finds_each_reachable_entry_once() {
+        let roots = [
+            SpiffeId::parse("spiffe://example.org/agent/a").unwrap(),
+            SpiffeId::parse("spiffe://example.org/alias/x").unwrap(),
+        ];
+        for (_dir, store) in datastores().await {
+            let entries = [
+                ("top", child("/mid", "/agent/a")),
+                (
+                    "top-twin",
+                    EntrySpec {
+                        selectors: vec![Selector::parse("unix:uid:2").unwrap()],
+                        ..child("/mid", "/agent/a")
+                    },
+                ),
+                ("via-alias", child("/mid", "/alias/x")),
+                ("low", child("/low", "/mid")),
+                ("lower", child("/lower", "/low")),
+                ("loop", child("/mid", "/lower")),
+                ("gone", child("/gone", "/mid")),
+                ("other", child("/other", "/agent/b")),
+                ("other-low", child("/other-low", "/other")),
+            ];
+            for (n, (id, spec)) in entries.iter().enumerate() {
+                store.create_entry(id, spec, n as i64).await.unwrap();
+            }
+            store.delete_entry("gone", 20).await.unwrap();
+
+            let ids = |found: Vec<RegistrationEntry>| {
+                let mut ids: Vec<String> = found.into_iter().map(|e| e.id).collect();
+                ids.sort();
+                ids
+            };
+            assert_eq!(
+                ids(store.entries_under_roots(&roots, 8).await.unwrap()),
+                ["loop", "low", "lower", "top", "top-twin", "via-alias"]
+            );
+            // Depth 2: entries on the roots and one level under them.
+            assert_eq!(
+                ids(store.entries_under_roots(&roots, 2).await.unwrap()),
+                ["low", "top", "top-twin", "via-alias"]
+            );
+            assert_eq!(
+                ids(store.entries_under_roots(&roots[1..], 1).await.unwrap()),
+                ["via-alias"]
+            );
+            assert!(store.entries_under_roots(&[], 8).await.unwrap().is_empty());
         }
     }
 }

@@ -70,6 +70,15 @@ const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Datastore {
     pool: AnyPool,
+    engine: Engine,
+}
+
+/// Which database a [`Datastore`] talks to: the SQL is portable, except
+/// where one planner needs a query shaped for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Engine {
+    Sqlite,
+    Postgres,
 }
 
 impl Datastore {
@@ -115,11 +124,20 @@ impl Datastore {
             .connect_with(options)
             .await?;
         migrations::apply(&pool, !is_sqlite).await?;
-        Ok(Self { pool })
+        let engine = if is_sqlite {
+            Engine::Sqlite
+        } else {
+            Engine::Postgres
+        };
+        Ok(Self { pool, engine })
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    pub(crate) fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// A cheap round trip, for health checks.
