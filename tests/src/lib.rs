@@ -7,6 +7,7 @@
 
 pub mod emulators;
 pub mod fleet;
+pub mod private_postgres;
 pub mod process;
 
 use std::os::unix::fs::PermissionsExt;
