@@ -444,6 +444,58 @@ async fn a_server_killed_mid_load_goes_unnoticed_and_rejoins() -> anyhow::Result
     Ok(())
 }
 
+/// Waits until the workload behind `endpoint` holds a JWT-SVID.
+fn wait_for_identity(endpoint: &str) -> anyhow::Result<()> {
+    wait_until(
+        &format!("an SVID through {endpoint}"),
+        Duration::from_secs(30),
+        || probe(endpoint, "ha-first").is_ok_and(|said| said.starts_with("ok")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_on_one_server_holds_on_every_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(url) = postgres_database(dir.path()).await? else {
+        return Ok(());
+    };
+    let d = dir.path();
+    let mut servers = group(d, &url)?;
+    start_together(&mut servers)?;
+    let (_kept, kept) = start_agent(d, "kept", &servers)?;
+    let (_evicted, evicted) = start_agent(d, "gone", &servers)?;
+    wait_for_identity(&kept)?;
+    wait_for_identity(&evicted)?;
+
+    // Evicted through one server (the agents spread over all three).
+    servers[2].admin(&["agent", "evict", "spiffe://example.org/node/gone"])?;
+    // Within one sync interval (1 s here) plus a call, every server refuses
+    // its mints; its join token is spent, so it cannot attest again. Six
+    // mints in a row go round the whole group twice.
+    let mut round = 0;
+    wait_until(
+        "the evicted agent's mints refused",
+        Duration::from_secs(10),
+        || {
+            round += 1;
+            probe(&evicted, &format!("gone-{round}")).is_ok_and(|said| !said.starts_with("ok"))
+        },
+    )?;
+    for n in 0..6 {
+        let said = probe(&evicted, &format!("gone-after-{n}"))?;
+        assert!(
+            said.starts_with("denied") && said.contains("has been evicted"),
+            "an evicted agent's mint: {said}"
+        );
+    }
+    // The other agent goes on minting through every server.
+    for n in 0..6 {
+        let said = probe(&kept, &format!("kept-{n}"))?;
+        assert!(said.starts_with("ok"), "the kept agent was refused: {said}");
+    }
+    Ok(())
+}
+
 /// (signing keys, CA certificates) the datastore holds for `server_id`.
 async fn key_and_ca_counts(datastore_url: &str, server_id: &str) -> anyhow::Result<(i64, i64)> {
     sqlx::any::install_default_drivers();
@@ -527,7 +579,7 @@ fn write_until(
 }
 
 /// Polls `done` (every 50 ms) until it holds, or fails naming `what` after `within`.
-fn wait_until(what: &str, within: Duration, done: impl Fn() -> bool) -> anyhow::Result<()> {
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     while !done() {
         anyhow::ensure!(Instant::now() < deadline, "{what}: not within {within:?}");
