@@ -144,6 +144,31 @@ mod deploy_samples {
             .filter_map(|rest| rest.split_whitespace().next())
             .collect();
         assert_eq!(arns.len(), 2);
+        // Each helper command line is one the agent's CLI accepts as it stands
+        // (Google's libraries pass the audience in GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE).
+        let gcp_config: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(sample("cloud/gcp-credential-config.json")).unwrap(),
+        )
+        .unwrap();
+        let gcp_command = format!(
+            "{} --audience {}",
+            gcp_config["credential_source"]["executable"]["command"]
+                .as_str()
+                .unwrap(),
+            gcp_config["audience"].as_str().unwrap()
+        );
+        let commands: Vec<&str> = aws
+            .lines()
+            .filter_map(|l| l.strip_prefix("credential_process = "))
+            .chain([gcp_command.as_str()])
+            .collect();
+        assert_eq!(commands.len(), 3);
+        for command in commands {
+            <lanyard_agent::client::cli::Cli as clap::Parser>::try_parse_from(
+                command.split_whitespace(),
+            )
+            .unwrap_or_else(|e| panic!("{command}: {e}"));
+        }
         for arn in arns {
             let request = lanyard_agent::client::cloud::aws::Request {
                 role_arn: arn.into(),

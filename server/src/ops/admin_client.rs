@@ -25,6 +25,14 @@ use lanyard_proto::Jwks;
 pub enum AdminCliError {
     #[error("{message} ({code:?})")]
     Rpc { code: tonic::Code, message: String },
+    #[error("the Admin socket {}: {source} (is the server running? --socket, --config or LANYARD_ADMIN_SOCKET name another)", socket.display())]
+    Socket {
+        socket: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--config: {0}")]
+    Config(#[source] crate::config::ConfigError),
     #[error("{0} is not an Admin API verb")]
     NotAVerb(&'static str),
     #[error("server sent a bundle that is not UTF-8 JSON")]
@@ -54,7 +62,7 @@ pub async fn run(command: Command) -> Result<String, AdminCliError> {
             Err(AdminCliError::NotAVerb("oidc thumbprint"))
         }
         Command::Oidc(OidcCommand::Publish { out, admin_args }) => {
-            let bundle = client(&admin_args)
+            let bundle = client(&admin_args)?
                 .get_bundle(GetBundleRequest {})
                 .await?
                 .into_inner();
@@ -70,7 +78,7 @@ pub async fn run(command: Command) -> Result<String, AdminCliError> {
                 .join("\n"))
         }
         Command::Healthcheck { admin } => {
-            let health = client(&admin).health(HealthRequest {}).await?.into_inner();
+            let health = client(&admin)?.health(HealthRequest {}).await?.into_inner();
             Ok(match admin.output {
                 Output::Human => format!("healthy: trust domain {}, entry revision {}", health.trust_domain, health.entry_revision),
                 Output::Json => json!({"healthy": true, "trust_domain": health.trust_domain, "entry_revision": health.entry_revision}).to_string(),
@@ -82,7 +90,7 @@ pub async fn run(command: Command) -> Result<String, AdminCliError> {
             ttl,
             admin_args,
         }) => {
-            let token = client(&admin_args)
+            let token = client(&admin_args)?
                 .generate_join_token(GenerateJoinTokenRequest {
                     spiffe_id,
                     ttl_seconds: ttl,
@@ -96,7 +104,7 @@ pub async fn run(command: Command) -> Result<String, AdminCliError> {
         }
         Command::Agent(verb) => agent(verb).await,
         Command::Bundle(BundleCommand::Show { admin_args }) => {
-            let bundle = client(&admin_args)
+            let bundle = client(&admin_args)?
                 .get_bundle(GetBundleRequest {})
                 .await?
                 .into_inner();
@@ -108,7 +116,7 @@ pub async fn run(command: Command) -> Result<String, AdminCliError> {
 async fn agent(verb: AgentCommand) -> Result<String, AdminCliError> {
     match verb {
         AgentCommand::List { admin_args } => {
-            let agents = client(&admin_args)
+            let agents = client(&admin_args)?
                 .list_agents(ListAgentsRequest {})
                 .await?
                 .into_inner()
@@ -135,7 +143,7 @@ async fn agent(verb: AgentCommand) -> Result<String, AdminCliError> {
             spiffe_id,
             admin_args,
         } => {
-            let agent = client(&admin_args)
+            let agent = client(&admin_args)?
                 .get_agent(GetAgentRequest { spiffe_id })
                 .await?
                 .into_inner();
@@ -148,7 +156,7 @@ async fn agent(verb: AgentCommand) -> Result<String, AdminCliError> {
             spiffe_id,
             admin_args,
         } => {
-            client(&admin_args)
+            client(&admin_args)?
                 .evict_agent(EvictAgentRequest {
                     spiffe_id: spiffe_id.clone(),
                 })
@@ -164,7 +172,7 @@ async fn agent(verb: AgentCommand) -> Result<String, AdminCliError> {
             spiffe_id,
             admin_args,
         } => {
-            client(&admin_args)
+            client(&admin_args)?
                 .ban_agent(BanAgentRequest {
                     spiffe_id: spiffe_id.clone(),
                 })
@@ -180,7 +188,7 @@ async fn agent(verb: AgentCommand) -> Result<String, AdminCliError> {
             spiffe_id,
             admin_args,
         } => {
-            client(&admin_args)
+            client(&admin_args)?
                 .unban_agent(UnbanAgentRequest {
                     spiffe_id: spiffe_id.clone(),
                 })
@@ -240,7 +248,7 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
             node,
             admin_args,
         } => {
-            let entry = client(&admin_args)
+            let entry = client(&admin_args)?
                 .create_entry(CreateEntryRequest {
                     node,
                     spiffe_id,
@@ -256,7 +264,7 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
             Ok(render(&[entry], admin_args.output))
         }
         EntryCommand::Show { id, admin_args } => {
-            let entry = client(&admin_args)
+            let entry = client(&admin_args)?
                 .get_entry(GetEntryRequest { id })
                 .await?
                 .into_inner();
@@ -268,7 +276,7 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
             selector,
             admin_args,
         } => {
-            let entries = client(&admin_args)
+            let entries = client(&admin_args)?
                 .list_entries(ListEntriesRequest {
                     spiffe_id,
                     parent_id,
@@ -293,7 +301,7 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
             admin,
             admin_args,
         } => {
-            let mut admin_client = client(&admin_args);
+            let mut admin_client = client(&admin_args)?;
             let mut entry = admin_client
                 .get_entry(GetEntryRequest { id: id.clone() })
                 .await?
@@ -329,7 +337,7 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
             Ok(render(&[updated], admin_args.output))
         }
         EntryCommand::Delete { id, admin_args } => {
-            client(&admin_args)
+            client(&admin_args)?
                 .delete_entry(DeleteEntryRequest { id: id.clone() })
                 .await?;
             Ok(match admin_args.output {
@@ -340,8 +348,14 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
     }
 }
 
-fn client(args: &AdminArgs) -> AdminClient<Channel> {
-    AdminClient::new(unix_channel(&args.socket))
+fn client(args: &AdminArgs) -> Result<AdminClient<Channel>, AdminCliError> {
+    let socket = args.socket_path().map_err(AdminCliError::Config)?;
+    // Named up front: the transport's own error would not say which path.
+    std::fs::metadata(&socket).map_err(|source| AdminCliError::Socket {
+        socket: socket.clone(),
+        source,
+    })?;
+    Ok(AdminClient::new(unix_channel(&socket)))
 }
 
 /// What `entry list`/`show` say of an entry stored before the rule that a

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::config::{ConfigError, ServerConfig};
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Where `lanyard-server` verbs find the Admin API when not told.
@@ -87,12 +89,36 @@ pub struct FederationArgs {
 /// How verbs reach a running server, and how they print.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
-    /// The server's Admin API socket.
-    #[arg(long, env = "LANYARD_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
-    pub socket: PathBuf,
+    /// The server's Admin API socket [default: the one `--config` names, else
+    /// $LANYARD_ADMIN_SOCKET, else /var/lib/lanyard/server/admin.sock].
+    #[arg(long, conflicts_with = "config")]
+    pub socket: Option<PathBuf>,
+    /// The server's config file, to reach the Admin socket it configures.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Output::Human)]
     pub output: Output,
 }
+
+impl AdminArgs {
+    /// The Admin socket to dial: `--socket`, else the one the `--config`
+    /// file configures, else `$LANYARD_ADMIN_SOCKET`, else the default.
+    pub fn socket_path(&self) -> Result<PathBuf, ConfigError> {
+        if let Some(socket) = &self.socket {
+            return Ok(socket.clone());
+        }
+        if let Some(config) = &self.config {
+            return Ok(ServerConfig::load(config)?.admin.socket);
+        }
+        Ok(std::env::var_os(ADMIN_SOCKET_ENV)
+            .filter(|socket| !socket.is_empty())
+            .map_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET), PathBuf::from))
+    }
+}
+
+/// The environment variable that names the Admin socket when neither
+/// `--socket` nor `--config` does.
+pub const ADMIN_SOCKET_ENV: &str = "LANYARD_ADMIN_SOCKET";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {

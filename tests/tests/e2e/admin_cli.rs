@@ -5,6 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use anyhow::Context;
 use lanyard_tests::my_uid;
 use lanyard_tests::process::Daemon;
 use serde_json::Value;
@@ -618,5 +619,79 @@ fn config_entries_that_can_never_match_or_are_the_systems_stop_the_server() -> a
         );
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr:?}");
     }
+    Ok(())
+}
+
+/// Runs `lanyard-server <args>` with `LANYARD_ADMIN_SOCKET` set to `env` (or unset).
+fn server_cli(args: &[&str], env: Option<&Path>) -> std::io::Result<Output> {
+    let mut command = Command::new(SERVER);
+    command.args(args).env_remove("LANYARD_ADMIN_SOCKET");
+    if let Some(socket) = env {
+        command.env("LANYARD_ADMIN_SOCKET", socket);
+    }
+    command.output()
+}
+
+#[test]
+fn admin_verbs_find_the_socket_from_the_config_then_the_environment() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _server = start_server(dir.path())?;
+    let config = dir.path().join("server.toml");
+    let config = config.to_str().context("a UTF-8 path")?;
+    let socket = dir.path().join("server/admin.sock");
+    let nowhere = dir.path().join("nowhere.sock");
+
+    // The config file names the data dir, so the socket in it; it wins over the environment.
+    let by_config = server_cli(&["entry", "list", "--config", config], Some(&nowhere))?;
+    assert!(by_config.status.success(), "{by_config:?}");
+    let by_env = server_cli(&["healthcheck"], Some(&socket))?;
+    assert!(by_env.status.success(), "{by_env:?}");
+    // Neither: the default path, which this test's server does not use.
+    let by_default = server_cli(&["healthcheck"], None)?;
+    assert!(!by_default.status.success());
+    assert!(
+        String::from_utf8_lossy(&by_default.stderr).contains("/var/lib/lanyard/server/admin.sock"),
+        "{by_default:?}"
+    );
+
+    // Both --socket and --config is a usage error (exit 2) naming them.
+    let both = server_cli(
+        &[
+            "entry",
+            "list",
+            "--config",
+            config,
+            "--socket",
+            socket.to_str().unwrap_or_default(),
+        ],
+        None,
+    )?;
+    assert_eq!(both.status.code(), Some(2), "{both:?}");
+    assert!(String::from_utf8_lossy(&both.stderr).contains("--socket"));
+    // A config that does not load: exit 1, one line naming the bad key.
+    let broken = dir.path().join("broken.toml");
+    let good = std::fs::read_to_string(config)?;
+    std::fs::write(
+        &broken,
+        good.replace(
+            "trust_domain = \"example.org\"",
+            "trust_domain = \"Not A Domain\"",
+        ),
+    )?;
+    let bad = server_cli(
+        &[
+            "entry",
+            "list",
+            "--config",
+            broken.to_str().unwrap_or_default(),
+        ],
+        Some(&socket),
+    )?;
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        said.contains("--config") && said.contains("trust_domain"),
+        "{said}"
+    );
     Ok(())
 }
