@@ -270,6 +270,7 @@ fn serve_oidc(
             config.oidc.tls.as_ref(),
             &config.issuer,
             &config.data_dir,
+            config.oidc.public_cert_file.as_deref(),
         )?)
     };
     let documents = Arc::new(SharedDocuments::new(OidcDocuments::new(

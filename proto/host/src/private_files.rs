@@ -1,5 +1,7 @@
 //! Files that hold secrets (keys, SVIDs): created with owner-only modes, replaced atomically,
-//! and refused when someone has loosened their permissions.
+//! and refused when someone has loosened their permissions; and the few
+//! public ones (discovery documents, a self-signed certificate), replaced as
+//! atomically but readable by all.
 
 use std::fs::{self, DirBuilder};
 use std::io::{self, Write};
@@ -72,6 +74,29 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), FsError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
+}
+
+/// Replaces `path` with `contents`, mode 0644 whatever the umask (a web
+/// server or another user must read it): a temporary file in the same
+/// directory renamed over it, so no reader sees a half-written file. A
+/// missing directory is created mode 0755, whatever the umask, so the file
+/// in it is reachable too.
+pub fn write_public_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let dir = parent_dir(path);
+    if !dir.exists() {
+        fs::create_dir_all(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".lanyard-publish.")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(contents)?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))?;
+    tmp.as_file().sync_all()?;
+    // On failure the temporary file is removed when `tmp` drops.
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 /// The directory `path` is in; `Path::new("token").parent()` is `Some("")`,

@@ -43,6 +43,9 @@ pub struct OidcConfig {
     pub tls: Option<TlsFiles>,
     /// Serve plain HTTP, for running behind a TLS-terminating proxy.
     pub plain_http: bool,
+    /// Where to publish the self-signed certificate, mode 0644, for workload
+    /// users to trust (the data dir, 0700, holds the server's copy).
+    pub public_cert_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +216,7 @@ struct RawOidc {
     tls_key: Option<PathBuf>,
     #[serde(default)]
     plain_http: bool,
+    public_cert_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -339,10 +343,22 @@ impl RawOidc {
                 return Err(invalid("oidc.tls_cert", "is required with oidc.tls_key"));
             }
         };
+        if let Some(path) = &self.public_cert_file {
+            if !path.is_absolute() {
+                return Err(invalid("oidc.public_cert_file", "must be an absolute path"));
+            }
+            if tls.is_some() || self.plain_http {
+                return Err(invalid(
+                    "oidc.public_cert_file",
+                    "publishes the self-signed certificate, which is not used with oidc.tls_cert or oidc.plain_http",
+                ));
+            }
+        }
         Ok(OidcConfig {
             listen,
             tls,
             plain_http: self.plain_http,
+            public_cert_file: self.public_cert_file,
         })
     }
 }

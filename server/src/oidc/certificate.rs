@@ -34,6 +34,12 @@ pub enum TlsError {
     },
     #[error("{path}: {message}")]
     Pem { path: PathBuf, message: String },
+    #[error("publishing the self-signed certificate to {path}: {source}")]
+    Publish {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("generating a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
@@ -54,6 +60,7 @@ pub(crate) fn server_config(
     files: Option<&TlsFiles>,
     issuer: &Issuer,
     data_dir: &Path,
+    public_cert_file: Option<&Path>,
 ) -> Result<(Arc<ServerConfig>, Arc<ReloadingCert>, CertFiles), TlsError> {
     let files = match files {
         Some(files) => CertFiles {
@@ -61,7 +68,13 @@ pub(crate) fn server_config(
             key: files.key.clone(),
             configured: true,
         },
-        None => self_signed(issuer, data_dir)?,
+        None => {
+            let files = self_signed(issuer, data_dir)?;
+            if let Some(public) = public_cert_file {
+                publish(&files.cert, public)?;
+            }
+            files
+        }
     };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let resolver = Arc::new(ReloadingCert::new(load_certified_key(&files, &provider)?));
@@ -148,6 +161,23 @@ pub(crate) async fn watch_and_reload(
             }
         }
     }
+}
+
+/// Copies the self-signed certificate to `public` (mode 0644) at every
+/// start, so it always matches the one served.
+fn publish(cert: &Path, public: &Path) -> Result<(), TlsError> {
+    let pem = std::fs::read(cert).map_err(|source| TlsError::Read {
+        path: cert.to_owned(),
+        source,
+    })?;
+    lanyard_host::private_files::write_public_file(public, &pem).map_err(|source| {
+        TlsError::Publish {
+            path: public.to_owned(),
+            source,
+        }
+    })?;
+    tracing::info!(path = %public.display(), "published the self-signed OIDC certificate");
+    Ok(())
 }
 
 /// Returns the self-signed certificate and key paths, generating them once.

@@ -2,8 +2,6 @@
 //! issuer hosted on a bucket or CDN (and GCP's uploadable `jwks_json`), and
 //! the SHA-1 certificate thumbprint AWS asks for when registering the issuer.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,34 +71,15 @@ pub fn publish(issuer: &Issuer, jwks: &Jwks, out: &Path) -> Result<Vec<PathBuf>,
     ];
     let mut written = Vec::new();
     for (path, bytes) in files {
-        write_public_file(&path, bytes).map_err(|source| OidcToolError::Write {
-            path: path.clone(),
-            source,
+        lanyard_host::private_files::write_public_file(&path, bytes).map_err(|source| {
+            OidcToolError::Write {
+                path: path.clone(),
+                source,
+            }
         })?;
         written.push(path);
     }
     Ok(written)
-}
-
-/// Replaces `path` with `contents`, mode 0644 whatever the umask (a web
-/// server must read it): a temporary file in the same directory renamed over
-/// it, so the host never serves a half-written document.
-fn write_public_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".lanyard-publish.")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(contents)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.as_file().sync_all()?;
-    // On failure the temporary file is removed when `tmp` drops.
-    tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 /// Records the chain a server presents without judging it: the thumbprint is

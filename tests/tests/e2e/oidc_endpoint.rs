@@ -131,3 +131,70 @@ fn plain_http_and_tls_files_together_are_refused() {
         .unwrap_or_default();
     assert!(error.contains("oidc.plain_http"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_self_signed_certificate_is_published_for_every_user() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    // Reachable by other users, as /run or /etc are.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let public = dir.path().join("public/oidc-ca.pem");
+    let (server, _issuer, port) = start(
+        dir.path(),
+        &format!("public_cert_file = \"{}\"", public.display()),
+    )
+    .await?;
+    let mode = |path: &Path| -> anyhow::Result<u32> {
+        Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+    };
+    assert_eq!(mode(&public)?, 0o644);
+    let served = dir.path().join("server/oidc-tls-cert.pem");
+    assert_eq!(std::fs::read(&public)?, std::fs::read(&served)?);
+    assert_eq!(mode(&dir.path().join("server/oidc-tls-key.pem"))?, 0o600);
+    assert_eq!(mode(&dir.path().join("server"))?, 0o700);
+
+    // A client trusting the published file alone reaches the issuer.
+    let client = lanyard_tests::https_client_trusting(&public)?;
+    let url = format!("https://127.0.0.1:{port}/tenant/keys");
+    assert_eq!(client.get(&url).send().await?.status(), 200);
+    // Another user reads it (as root, the test can be that user).
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::process::CommandExt;
+        let read = std::process::Command::new("cat")
+            .arg(&public)
+            .uid(65534)
+            .gid(65534)
+            .output()?;
+        assert!(read.status.success(), "{read:?}");
+        assert_eq!(read.stdout, std::fs::read(&public)?);
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+#[test]
+fn a_public_certificate_path_is_refused_where_it_cannot_apply() {
+    for (oidc, why) in [
+        ("public_cert_file = \"relative.pem\"", "absolute"),
+        (
+            "public_cert_file = \"/p.pem\"\ntls_cert = \"/c\"\ntls_key = \"/k\"",
+            "self-signed",
+        ),
+        (
+            "public_cert_file = \"/p.pem\"\nplain_http = true",
+            "self-signed",
+        ),
+    ] {
+        let text = format!(
+            "trust_domain = \"example.org\"\nissuer = \"https://x\"\ndata_dir = \"/tmp/x\"\n[oidc]\n{oidc}\n"
+        );
+        let error = ServerConfig::from_toml(&text, "test")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("oidc.public_cert_file") && error.contains(why),
+            "{oidc}: {error}"
+        );
+    }
+}
