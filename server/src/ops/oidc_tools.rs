@@ -190,6 +190,8 @@ async fn thumbprint_within(issuer: &Issuer, limit: Duration) -> Result<String, O
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
