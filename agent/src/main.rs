@@ -77,6 +77,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 other => anyhow::Error::new(other),
             })
         }
+        Command::CheckConfig { config } => {
+            AgentConfig::load(&config)?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
         Command::Api(command) => cli::run_api(command).await,
         Command::Healthcheck { socket } => cli::healthcheck(socket).await,
         Command::Aws(command) => cli::run_aws(command).await,

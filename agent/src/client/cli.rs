@@ -38,6 +38,12 @@ pub enum Command {
         #[arg(long, hide = true)]
         join_token: Option<String>,
     },
+    /// Load and validate a config file, then exit (0 when it would run).
+    CheckConfig {
+        /// Path of agent.toml.
+        #[arg(long, short, env = "LANYARD_AGENT_CONFIG")]
+        config: PathBuf,
+    },
     /// Talk to a running agent's Workload API as this process.
     #[command(subcommand)]
     Api(ApiCommand),

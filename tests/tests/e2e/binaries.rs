@@ -119,14 +119,37 @@ fn unreadable_or_exposed_key_file_is_refused() -> anyhow::Result<()> {
 fn bad_agent_configs_fail_in_one_line() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("agent.toml");
-    assert_one_line_error(&run_with_config(AGENT, "run", &path)?, "cannot read config");
-    std::fs::write(
-        &path,
-        "trust_domain = \"bad domain\"\n[server]\nnode_socket = \"/x.sock\"\n",
-    )?;
-    assert_one_line_error(
-        &run_with_config(AGENT, "run", &path)?,
-        "config key `trust_domain`",
+    for verb in ["check-config", "run"] {
+        assert_one_line_error(&run_with_config(AGENT, verb, &path)?, "cannot read config");
+    }
+    let good = "trust_domain = \"example.org\"\n[server]\nnode_socket = \"/x.sock\"\n";
+    let cases = [
+        (
+            good.replace("example.org", "bad domain"),
+            "config key `trust_domain`",
+        ),
+        (
+            format!("{good}colour = \"blue\"\n"),
+            "unknown field `colour`",
+        ),
+        (
+            good.replace("node_socket = \"/x.sock\"", "node_socket = \"x.sock\""),
+            "server.node_socket",
+        ),
+    ];
+    for (text, needle) in cases {
+        std::fs::write(&path, &text)?;
+        for verb in ["check-config", "run"] {
+            assert_one_line_error(&run_with_config(AGENT, verb, &path)?, needle);
+        }
+    }
+    // A good one: exit 0, naming the file, and nothing started.
+    std::fs::write(&path, good)?;
+    let checked = run_with_config(AGENT, "check-config", &path)?;
+    assert!(checked.status.success(), "{checked:?}");
+    assert_eq!(
+        String::from_utf8(checked.stdout)?.trim(),
+        format!("{}: ok", path.display())
     );
     Ok(())
 }
