@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use lanyard_host::config_file::{self, ConfigError, invalid};
 use lanyard_host::private_files::FsError;
+use lanyard_host::rate_limit::RateLimit;
 use lanyard_proto::TrustDomain;
 use serde::Deserialize;
 
@@ -183,8 +184,16 @@ pub struct AgentConfig {
     /// Whether the X509-SVID profile is served (the SPIFFE Workload API
     /// standard requires it; an operator may switch it off).
     pub x509_svids: bool,
+    /// Workload API calls that must wait for the server (a JWT-SVID not in
+    /// the cache), per caller uid: one uid's flood spends only its own
+    /// budget, never the server's time for the others.
+    pub cache_misses_per_uid: RateLimit,
     pub workload_attestor: UnixAttestorConfig,
 }
+
+/// Generous: 100 new (SPIFFE ID, audience) tokens a second for one uid;
+/// cached fetches are not counted.
+const DEFAULT_CACHE_MISSES_PER_UID: RateLimit = RateLimit::fixed(100, 200);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -379,6 +388,8 @@ struct RawWorkloadApi {
     socket: Option<PathBuf>,
     jwt_svid_cache_size: Option<usize>,
     x509: Option<bool>,
+    cache_misses_per_second_per_uid: Option<u32>,
+    cache_miss_burst_per_uid: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -519,7 +530,19 @@ impl AgentConfig {
                 "must be greater than 0",
             ));
         }
+        let cache_misses_per_uid = RateLimit::from_config(
+            (
+                "workload_api.cache_misses_per_second_per_uid",
+                raw.workload_api.cache_misses_per_second_per_uid,
+            ),
+            (
+                "workload_api.cache_miss_burst_per_uid",
+                raw.workload_api.cache_miss_burst_per_uid,
+            ),
+            DEFAULT_CACHE_MISSES_PER_UID,
+        )?;
         Ok(Self {
+            cache_misses_per_uid,
             trust_domain,
             server,
             data_dir,

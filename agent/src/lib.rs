@@ -166,6 +166,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         config.jwt_svid_cache_size,
         config.server_timeout,
         reachability.clone(),
+        config.cache_misses_per_uid,
     );
     let attestor = Arc::new(UnixAttestor::new(config.workload_attestor.clone()));
     let record_exe = config.workload_attestor.needs_connected_exe();
@@ -295,6 +296,7 @@ mod tests {
             10,
             Duration::from_secs(5),
             Arc::new(Reachability::default()),
+            lanyard_host::rate_limit::RateLimit::fixed(100, 200),
         );
         let service = WorkloadService::new(
             Arc::new(SyncedState::default()),

@@ -37,6 +37,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::api::admin::{AdminPolicy, AdminService};
 use crate::api::listener::{self, Limiters};
 use crate::api::node::NodeService;
+use crate::api::node::rate_limits::NodeRateLimits;
 use crate::api::node_tls;
 use crate::authority::bundle::{self, TrustBundle};
 use crate::authority::ca::{self, CertificateAuthority};
@@ -181,6 +182,7 @@ pub async fn start_with_listener(
         attestors,
         config.node_api.agent_id.clone(),
         config.node_api.agent_svid_ttl,
+        NodeRateLimits::new(&config.rate_limits),
     ));
     serve_node_socket(&config, node_service.clone(), &limiters, &mut tasks).await?;
     let node_addr = match config.node_api.listen {

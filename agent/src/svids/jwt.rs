@@ -11,6 +11,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use lanyard_host::rate_limit::{self, KeyedRateLimit, RateLimit};
 use lanyard_host::sync::lock;
 use lanyard_proto::SpiffeId;
 use tonic::{Code, Status};
@@ -27,6 +28,8 @@ pub(crate) struct JwtSvids {
     server: ServerClient,
     timeout: Duration,
     reachability: Arc<Reachability>,
+    /// Calls that must wait for the server, per caller uid.
+    misses: Arc<KeyedRateLimit<u32>>,
 }
 
 impl JwtSvids {
@@ -35,20 +38,23 @@ impl JwtSvids {
         cache_size: usize,
         timeout: Duration,
         reachability: Arc<Reachability>,
+        misses_per_uid: RateLimit,
     ) -> Self {
         Self {
             cache: Arc::new(JwtSvidCache::new(cache_size)),
             server,
             timeout,
             reachability,
+            misses: Arc::new(KeyedRateLimit::new(misses_per_uid)),
         }
     }
 
-    /// A JWT-SVID for `entry` and `audience`.
+    /// A JWT-SVID for `entry` and `audience`, asked for by a process of `uid`.
     pub(crate) async fn fetch(
         &self,
         entry: &AgentEntry,
         audience: &[String],
+        uid: u32,
     ) -> Result<CachedSvid, Status> {
         let key = CacheKey::new(&entry.spiffe_id, audience);
         match self.cache.lookup(&key, lanyard_host::clock::now()) {
@@ -65,6 +71,8 @@ impl JwtSvids {
                 }
                 Ok(svid)
             }
+            // Over its budget the caller keeps the token it has: still valid.
+            Lookup::Stale(svid) if self.misses.check(&uid).is_err() => Ok(svid),
             Lookup::Stale(svid) => match self.mint(&entry.id, audience).await {
                 Ok(new) => {
                     self.cache.store(key, new.clone());
@@ -74,6 +82,9 @@ impl JwtSvids {
                 Err(status) => Err(status),
             },
             Lookup::Miss => {
+                self.misses.check(&uid).map_err(|wait| {
+                    rate_limit::exhausted("workload_api.cache_misses_per_second_per_uid", wait)
+                })?;
                 let new = self.mint(&entry.id, audience).await?;
                 self.cache.store(key, new.clone());
                 Ok(new)

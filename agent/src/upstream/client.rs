@@ -36,8 +36,8 @@ pub(crate) enum ServerClientError {
 
 /// Waits at most `timeout` for the server's answer to `call`, made on a
 /// workload's behalf to issue `what`. Refusals (a bad request, an entry that
-/// is not this agent's) pass through and show the server is up; anything else
-/// is `Unavailable` and marks the server down.
+/// is not this agent's, a rate limit with its wait) pass through and show
+/// the server is up; anything else is `Unavailable` and marks the server down.
 pub(crate) async fn on_behalf<T>(
     reachability: &Reachability,
     timeout: Duration,
@@ -56,7 +56,9 @@ pub(crate) async fn on_behalf<T>(
         Ok(Err(status))
             if matches!(
                 status.code(),
-                tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+                tonic::Code::InvalidArgument
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::ResourceExhausted
             ) =>
         {
             reachability.mark_up();

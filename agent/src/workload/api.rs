@@ -196,6 +196,14 @@ fn peer_of<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
         .ok_or_else(|| Status::internal("caller credentials unavailable"))
 }
 
+/// The caller's uid, as the kernel gave it at accept time.
+fn caller_uid<T>(request: &Request<T>) -> Result<u32, Status> {
+    match peer_of(request)?.0.as_ref() {
+        Ok(peer) => Ok(peer.credentials.uid),
+        Err(_) => Err(Status::internal("caller credentials unavailable")),
+    }
+}
+
 /// The Workload API's answer when a caller gets no identity: the same codes
 /// and messages whatever room the refusal came from.
 impl From<IdentifyError> for Status {
@@ -367,6 +375,7 @@ impl SpiffeWorkloadApi for WorkloadService {
             other => Status::invalid_argument(other.to_string()),
         })?;
         let mut identities = self.identities(&request).await?;
+        let uid = caller_uid(&request)?;
         let body = request.into_inner();
         if !body.spiffe_id.is_empty() {
             let wanted = SpiffeId::parse(&body.spiffe_id).map_err(|e| {
@@ -382,7 +391,7 @@ impl SpiffeWorkloadApi for WorkloadService {
         let minted = futures::future::try_join_all(
             identities
                 .iter()
-                .map(|entry| self.jwt_svids.fetch(entry, audience.values())),
+                .map(|entry| self.jwt_svids.fetch(entry, audience.values(), uid)),
         )
         .await?;
         let svids = minted

@@ -17,5 +17,6 @@ pub mod encoding;
 pub mod pem;
 pub mod private_files;
 pub mod random;
+pub mod rate_limit;
 pub mod sync;
 pub mod transport;

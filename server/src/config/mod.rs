@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lanyard_host::config_file::{self, invalid};
+use lanyard_host::rate_limit::RateLimit;
 use lanyard_proto::attestation::MAX_CHALLENGE_TTL_SECONDS;
 use lanyard_proto::{Selector, SpiffeId, TrustDomain};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
@@ -127,6 +128,23 @@ pub struct JwtConfig {
     pub rotation: RotationPolicy,
 }
 
+/// Per-caller rate limits on the Node API. Over one, a call gets
+/// `ResourceExhausted` with the wait (message and `grpc-retry-pushback-ms`).
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RateLimitsConfig {
+    /// JWT-SVID and X509-SVID mints, per agent (its SPIFFE ID).
+    pub mints_per_agent: RateLimit,
+    /// Node attestations (join token, x509pop, sshpop), per peer IP address.
+    pub attestations_per_address: RateLimit,
+}
+
+/// Generous: an agent's workloads may mint 1,000 JWT-SVIDs a second between
+/// them (cached ones cost nothing here); a fleet re-enrols from distinct
+/// addresses, so 20 a second from one address is a host or NAT in a loop.
+const DEFAULT_MINTS_PER_AGENT: RateLimit = RateLimit::fixed(1_000, 2_000);
+const DEFAULT_ATTESTATIONS_PER_ADDRESS: RateLimit = RateLimit::fixed(20, 100);
+
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -141,6 +159,7 @@ pub struct ServerConfig {
     pub admin: AdminConfig,
     pub jwt: JwtConfig,
     pub node_attestation: NodeAttestationConfig,
+    pub rate_limits: RateLimitsConfig,
     /// Entries from the config file, seeded into the datastore at start.
     pub entries: Vec<EntrySpec>,
     /// `sqlite://…` or `postgres://…`.
@@ -167,7 +186,47 @@ struct RawConfig {
     #[serde(default)]
     node_attestation: RawNodeAttestation,
     #[serde(default)]
+    rate_limits: RawRateLimits,
+    #[serde(default)]
     entries: Vec<RawEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    mints_per_second_per_agent: Option<u32>,
+    mint_burst_per_agent: Option<u32>,
+    attestations_per_second_per_address: Option<u32>,
+    attestation_burst_per_address: Option<u32>,
+}
+
+impl RawRateLimits {
+    fn validate(self) -> Result<RateLimitsConfig, ConfigError> {
+        Ok(RateLimitsConfig {
+            mints_per_agent: RateLimit::from_config(
+                (
+                    "rate_limits.mints_per_second_per_agent",
+                    self.mints_per_second_per_agent,
+                ),
+                (
+                    "rate_limits.mint_burst_per_agent",
+                    self.mint_burst_per_agent,
+                ),
+                DEFAULT_MINTS_PER_AGENT,
+            )?,
+            attestations_per_address: RateLimit::from_config(
+                (
+                    "rate_limits.attestations_per_second_per_address",
+                    self.attestations_per_second_per_address,
+                ),
+                (
+                    "rate_limits.attestation_burst_per_address",
+                    self.attestation_burst_per_address,
+                ),
+                DEFAULT_ATTESTATIONS_PER_ADDRESS,
+            )?,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,8 +347,10 @@ impl RawConfig {
         let server_id = validate_server_id(self.server_id.unwrap_or_default())?;
         let admin = self.admin.validate(&self.data_dir)?;
         let node_attestation = self.node_attestation.validate()?;
+        let rate_limits = self.rate_limits.validate()?;
         Ok(ServerConfig {
             node_attestation,
+            rate_limits,
             server_id,
             admin,
             datastore_url,

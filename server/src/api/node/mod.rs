@@ -10,6 +10,7 @@
 
 mod agent_check;
 pub(crate) mod attest;
+pub(crate) mod rate_limits;
 
 /// Most HTTP/2 streams one connection may have open on the Node API (both
 /// transports): a connection cannot open attestations without bound.
@@ -39,6 +40,7 @@ use crate::authority::node_attestation::{self, NodeAttestors};
 use crate::authority::{Authority, MintError, RegistryError};
 use agent_check::{Call, Refusal};
 use attest::Attestation;
+use rate_limits::NodeRateLimits;
 
 #[derive(Debug)]
 pub(crate) struct NodeService {
@@ -49,6 +51,7 @@ pub(crate) struct NodeService {
     local_agent_id: SpiffeId,
     agent_svid_ttl: Duration,
     server_uid: u32,
+    limits: NodeRateLimits,
 }
 
 impl NodeService {
@@ -58,8 +61,10 @@ impl NodeService {
         attestors: Arc<NodeAttestors>,
         local_agent_id: SpiffeId,
         agent_svid_ttl: Duration,
+        limits: NodeRateLimits,
     ) -> Self {
         Self {
+            limits,
             authority,
             ca: bundle.ca().clone(),
             bundle,
@@ -173,6 +178,7 @@ impl Node for NodeService {
         else {
             return Err(Status::failed_precondition("attest over the TLS Node API"));
         };
+        self.limits.attestation(remote.ip())?;
         let body = request.into_inner();
         let svid = self
             .attestation()
@@ -194,6 +200,7 @@ impl Node for NodeService {
         else {
             return Err(Status::failed_precondition("attest over the TLS Node API"));
         };
+        self.limits.attestation(remote.ip())?;
         let stream = self.attestation().open(remote, request.into_inner())?;
         Ok(Response::new(stream))
     }
@@ -265,6 +272,7 @@ impl Node for NodeService {
         request: Request<MintJwtSvidRequest>,
     ) -> Result<Response<MintJwtSvidResponse>, Status> {
         let agent = self.caller(&request).await?;
+        self.limits.mint(&agent)?;
         let body = request.into_inner();
         let minted = self
             .authority
@@ -284,6 +292,7 @@ impl Node for NodeService {
         request: Request<MintX509SvidRequest>,
     ) -> Result<Response<MintX509SvidResponse>, Status> {
         let agent = self.caller(&request).await?;
+        self.limits.mint(&agent)?;
         let body = request.into_inner();
         let entry = self
             .authority

@@ -12,7 +12,7 @@ use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{CreateEntryRequest, GenerateJoinTokenRequest};
 use lanyard_tests::{TRUST_DOMAIN, World, my_uid};
 
-use crate::workload;
+use crate::{UNLIMITED_AGENT, workload};
 
 /// Where the agent binary is: built beside this one by
 /// `cargo build -p lanyard-tests --bin test-lanyard-agent` (same features).
@@ -182,7 +182,7 @@ pub(crate) async fn run(
         format!(
             "trust_domain = \"{TRUST_DOMAIN}\"\ndata_dir = \"{data}\"\nsync_interval_seconds = 1\n\
              [server]\naddress = \"{node_addr}\"\ntrust_bundle = \"{bundle}\"\n\
-             [workload_api]\nsocket = \"{socket}\"\njwt_svid_cache_size = {cached}\n",
+             [workload_api]\nsocket = \"{socket}\"\njwt_svid_cache_size = {cached}\n{UNLIMITED_AGENT}",
             data = dir.join("agent-process-data").display(),
             bundle = world.server.ca_bundle.display(),
             socket = socket.display(),

@@ -16,6 +16,7 @@ use lanyard_tests::TRUST_DOMAIN;
 use tokio::runtime::Runtime;
 use tonic::transport::Channel;
 
+use crate::UNLIMITED_SERVER;
 use crate::stats::{self, Sample, Worker};
 use crate::sync::{self, Fleet, SyncFigures};
 
@@ -36,7 +37,8 @@ pub(crate) async fn start_servers(
         let text = format!(
             "trust_domain = \"{TRUST_DOMAIN}\"\nserver_id = \"{name}\"\n\
              issuer = \"https://127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\
-             [node_api]\nlisten = \"127.0.0.1:0\"\n[datastore]\nurl = \"{datastore_url}\"\n",
+             [node_api]\nlisten = \"127.0.0.1:0\"\n[datastore]\nurl = \"{datastore_url}\"\n\
+             {UNLIMITED_SERVER}",
             root.join(name).display()
         );
         servers.push(

@@ -76,6 +76,15 @@ impl Row {
     }
 }
 
+/// The bench measures the paths, not the rate limits: every call still goes
+/// through its limiter's check, but with limits no load here reaches.
+pub(crate) const UNLIMITED_SERVER: &str = "[rate_limits]\nmints_per_second_per_agent = 1000000\n\
+     mint_burst_per_agent = 1000000\nattestations_per_second_per_address = 1000000\n\
+     attestation_burst_per_address = 1000000\n";
+/// Lines of the agent's `[workload_api]` table, to the same end.
+pub(crate) const UNLIMITED_AGENT: &str =
+    "cache_misses_per_second_per_uid = 1000000\ncache_miss_burst_per_uid = 1000000\n";
+
 fn runtime(name: &str) -> anyhow::Result<Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -124,10 +133,11 @@ fn main() -> anyhow::Result<()> {
     let client_rt = runtime("load")?;
     let mut rows = Vec::new();
 
-    let world = server_rt.block_on(World::start_with_server_tables(
+    let world = server_rt.block_on(World::start_with_tables(
         "",
         &[EntrySpec::mine("/bench/workload")],
-        "[node_api]\nlisten = \"127.0.0.1:0\"\n",
+        &format!("[node_api]\nlisten = \"127.0.0.1:0\"\n{UNLIMITED_SERVER}"),
+        UNLIMITED_AGENT,
     ))?;
     let socket = world.agent.socket.clone();
 
@@ -383,7 +393,7 @@ fn main() -> anyhow::Result<()> {
         let world = server_rt.block_on(World::start_with_server_tables(
             "",
             &[],
-            "[node_api]\nlisten = \"127.0.0.1:0\"\n",
+            &format!("[node_api]\nlisten = \"127.0.0.1:0\"\n{UNLIMITED_SERVER}"),
         ))?;
         let figures = client_rt.block_on(sync::run(&world, args.sync_agents, 100))?;
         eprintln!(
@@ -403,7 +413,7 @@ fn main() -> anyhow::Result<()> {
             "",
             &[],
             &format!(
-                "[node_api]\nlisten = \"127.0.0.1:0\"\n{}",
+                "[node_api]\nlisten = \"127.0.0.1:0\"\n{}{UNLIMITED_SERVER}",
                 material.server_tables
             ),
         ))?;
