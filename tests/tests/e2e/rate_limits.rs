@@ -97,11 +97,13 @@ async fn a_flooding_uid_spends_its_own_budget_only() -> anyhow::Result<()> {
         assert_eq!(count(summary, "ok"), count(summary, "calls"), "{summary}");
         assert!(count(summary, "calls") > 100, "{summary}");
     }
-    // Within noise: a hang guard, generous on shared CI cores (the figures
-    // printed above are the measurement; BENCHMARKS.md has the rates).
+    // Within noise: the median, against the same uid's alone a moment
+    // before, with room for what 16 busy loops of refused calls cost the
+    // shared cores (the figures printed above are the measurement).
+    let (alone, flooded) = (count(&before, "p50_us"), count(&during, "p50_us"));
     assert!(
-        count(&during, "p99_us") < 100_000,
-        "the quiet uid's cached fetches slowed: {during}"
+        flooded <= 4 * alone + 10_000,
+        "the quiet uid's cached fetches slowed from p50 {alone} us to {flooded} us"
     );
     world.stop().await;
     Ok(())
@@ -161,5 +163,61 @@ async fn the_servers_mint_limit_reaches_the_workload_with_its_wait() -> anyhow::
         .insert("workload.spiffe.io", "true".parse()?);
     client.fetch_jwtsvid(request).await?;
     world.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestations_from_one_address_beyond_its_budget_are_refused_first() -> anyhow::Result<()> {
+    use lanyard_agent::upstream::ServerEndpoint;
+    use lanyard_proto::node::attest_start::Evidence;
+
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let text = format!(
+        "trust_domain = \"example.org\"\nissuer = \"https://127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\
+         [node_api]\nlisten = \"127.0.0.1:0\"\n\
+         [rate_limits]\nattestations_per_second_per_address = 1\nattestation_burst_per_address = 2\n",
+        dir.path().join("server").display(),
+    );
+    let server = lanyard_server::start_with_listener(
+        lanyard_server::config::ServerConfig::from_toml(&text, "test")?,
+        listener,
+    )
+    .await?;
+    let endpoint = ServerEndpoint::new(
+        &server.node_addr.context("mTLS Node API")?.to_string(),
+        &server.ca_bundle,
+    )?;
+    // Each attempt with a token nobody issued: the first two are judged on
+    // their evidence, the third is refused before its evidence is read.
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let attempt =
+            lanyard_tests::fleet::open(&endpoint, Evidence::JoinToken("not-a-token".to_owned()))
+                .await;
+        let status = match attempt {
+            Ok(mut attempt) => attempt.next().await.err().context("a refusal")?,
+            Err(error) => error
+                .downcast::<tonic::Status>()
+                .map_err(|e| anyhow::anyhow!("not a status: {e}"))?,
+        };
+        codes.push((status.code(), status));
+    }
+    assert!(
+        codes[..2]
+            .iter()
+            .all(|(code, _)| *code != tonic::Code::ResourceExhausted),
+        "{codes:?}"
+    );
+    let (code, status) = &codes[2];
+    assert_eq!(*code, tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("rate_limits.attestations_per_second_per_address")
+    );
+    assert!(status.metadata().get(RETRY_PUSHBACK_HEADER).is_some());
+    server.shutdown().await;
     Ok(())
 }
