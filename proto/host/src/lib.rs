@@ -18,4 +18,5 @@ pub mod pem;
 pub mod private_files;
 pub mod random;
 pub mod sync;
+pub mod telemetry;
 pub mod transport;
