@@ -18,6 +18,8 @@ use crate::keys::{KeyType, PolicyError, RotationPolicy};
 
 pub use crate::authority::Issuer;
 pub use lanyard_host::config_file::ConfigError;
+pub use lanyard_host::telemetry::TelemetryConfig;
+use lanyard_host::telemetry::RawTelemetry;
 
 const DEFAULT_OIDC_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_JWT_TTL_SECONDS: u32 = 300;
@@ -142,6 +144,8 @@ pub struct ServerConfig {
     pub entries: Vec<EntrySpec>,
     /// `sqlite://…` or `postgres://…`.
     pub datastore_url: String,
+    /// `[telemetry]`: where metrics and health endpoints are served, if anywhere.
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +169,8 @@ struct RawConfig {
     node_attestation: RawNodeAttestation,
     #[serde(default)]
     entries: Vec<RawEntry>,
+    #[serde(default)]
+    telemetry: RawTelemetry,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,7 +290,9 @@ impl RawConfig {
         let server_id = validate_server_id(self.server_id.unwrap_or_default())?;
         let admin = self.admin.validate(&self.data_dir)?;
         let node_attestation = self.node_attestation.validate()?;
+        let telemetry = self.telemetry.validate()?;
         Ok(ServerConfig {
+            telemetry,
             node_attestation,
             server_id,
             admin,
