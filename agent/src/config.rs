@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use lanyard_host::config_file::{self, ConfigError, invalid};
 use lanyard_host::private_files::FsError;
+use lanyard_host::telemetry::RawTelemetry;
+pub use lanyard_host::telemetry::TelemetryConfig;
 use lanyard_proto::TrustDomain;
 use serde::Deserialize;
 
@@ -184,6 +186,8 @@ pub struct AgentConfig {
     /// standard requires it; an operator may switch it off).
     pub x509_svids: bool,
     pub workload_attestor: UnixAttestorConfig,
+    /// `[telemetry]`: where metrics and health endpoints are served, if anywhere.
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +201,8 @@ struct RawConfig {
     #[serde(default)]
     workload_attestor: RawWorkloadAttestor,
     sync_interval_seconds: Option<u32>,
+    #[serde(default)]
+    telemetry: RawTelemetry,
 }
 
 #[derive(Debug, Deserialize)]
@@ -519,7 +525,9 @@ impl AgentConfig {
                 "must be greater than 0",
             ));
         }
+        let telemetry = raw.telemetry.validate()?;
         Ok(Self {
+            telemetry,
             trust_domain,
             server,
             data_dir,

@@ -224,7 +224,9 @@ impl ServerMetrics {
 
     /// A call refused by the rate limit `limit`.
     pub fn rate_limited(&self, limit: RateLimit) {
-        self.rate_limited.get_or_create(&LimitLabels { limit }).inc();
+        self.rate_limited
+            .get_or_create(&LimitLabels { limit })
+            .inc();
     }
 
     /// The entry revision last handed to an agent.

@@ -17,6 +17,7 @@ use tonic::{Code, Status};
 
 use crate::lru::Lru;
 use crate::sync::entries::AgentEntry;
+use crate::telemetry::{AgentMetrics, SvidKind, SvidSource};
 use crate::upstream::client::{ServerClient, on_behalf};
 use crate::upstream::reachability::Reachability;
 
@@ -27,6 +28,7 @@ pub(crate) struct JwtSvids {
     server: ServerClient,
     timeout: Duration,
     reachability: Arc<Reachability>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl JwtSvids {
@@ -35,48 +37,66 @@ impl JwtSvids {
         cache_size: usize,
         timeout: Duration,
         reachability: Arc<Reachability>,
+        metrics: Arc<AgentMetrics>,
     ) -> Self {
         Self {
             cache: Arc::new(JwtSvidCache::new(cache_size)),
             server,
             timeout,
             reachability,
+            metrics,
         }
     }
 
-    /// A JWT-SVID for `entry` and `audience`.
+    /// Whether a cached JWT-SVID is still valid at `now` (Unix seconds).
+    pub(crate) fn holds_valid(&self, now: i64) -> bool {
+        self.cache.lock().any(|slot| !slot.svid.expired(now))
+    }
+
+    /// A JWT-SVID for `entry` and `audience`, counted by where it came from.
     pub(crate) async fn fetch(
         &self,
         entry: &AgentEntry,
         audience: &[String],
     ) -> Result<CachedSvid, Status> {
+        let (svid, source) = self.fetch_from(entry, audience).await?;
+        self.metrics.svid(SvidKind::Jwt, source);
+        Ok(svid)
+    }
+
+    /// A JWT-SVID for `entry` and `audience`, and where it came from.
+    async fn fetch_from(
+        &self,
+        entry: &AgentEntry,
+        audience: &[String],
+    ) -> Result<(CachedSvid, SvidSource), Status> {
         let key = CacheKey::new(&entry.spiffe_id, audience);
         match self.cache.lookup(&key, lanyard_host::clock::now()) {
             Lookup::Fresh { svid, refresh } => {
                 if refresh {
                     self.refresh_in_background(key, entry.id.clone(), audience.to_vec());
                 }
-                Ok(svid)
+                Ok((svid, SvidSource::Cache))
             }
             // The server is known to be away: do not make the caller wait for it.
             Lookup::Stale(svid) if self.reachability.is_down() => {
                 if self.cache.claim_refresh(&key) {
                     self.refresh_in_background(key, entry.id.clone(), audience.to_vec());
                 }
-                Ok(svid)
+                Ok((svid, SvidSource::Cache))
             }
             Lookup::Stale(svid) => match self.mint(&entry.id, audience).await {
                 Ok(new) => {
                     self.cache.store(key, new.clone());
-                    Ok(new)
+                    Ok((new, SvidSource::Minted))
                 }
-                Err(status) if status.code() == Code::Unavailable => Ok(svid),
+                Err(status) if status.code() == Code::Unavailable => Ok((svid, SvidSource::Cache)),
                 Err(status) => Err(status),
             },
             Lookup::Miss => {
                 let new = self.mint(&entry.id, audience).await?;
                 self.cache.store(key, new.clone());
-                Ok(new)
+                Ok((new, SvidSource::Minted))
             }
         }
     }

@@ -35,6 +35,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelValue, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
@@ -138,7 +139,10 @@ impl Endpoint {
             return plain(StatusCode::NOT_FOUND, "not found\n".into());
         }
         if method != Method::GET && method != Method::HEAD {
-            let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+            let mut response = plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n".into(),
+            );
             response
                 .headers_mut()
                 .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
@@ -266,7 +270,11 @@ pub struct GrpcCode(pub tonic::Code);
 impl GrpcCode {
     /// The code of a handler's result.
     pub fn of<T>(result: &Result<T, tonic::Status>) -> Self {
-        Self(result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok))
+        Self(
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -342,6 +350,19 @@ pub fn encode_gauge(
     gauge.encode(metric)
 }
 
+/// Writes one counter of value `value` from a collector (a count kept
+/// elsewhere); `name` without `_total`, which is added.
+pub fn encode_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let counter = ConstCounter::new(value);
+    let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+    counter.encode(metric)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,7 +399,10 @@ mod tests {
             up.respond(&Method::GET, "/healthz").await.status(),
             StatusCode::OK
         );
-        assert_eq!(body(up.respond(&Method::GET, "/readyz").await).await?, "ready\n");
+        assert_eq!(
+            body(up.respond(&Method::GET, "/readyz").await).await?,
+            "ready\n"
+        );
         assert_eq!(
             up.respond(&Method::GET, "/other").await.status(),
             StatusCode::NOT_FOUND

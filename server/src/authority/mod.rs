@@ -185,11 +185,9 @@ impl Authority {
         since: u64,
     ) -> Result<AgentEntryUpdate, StoreError> {
         self.metrics
-            .datastore(
-                StoreOp::Sync,
-                self.read_entry_update(agent, since),
-                |_| true,
-            )
+            .datastore(StoreOp::Sync, self.read_entry_update(agent, since), |_| {
+                true
+            })
             .await
     }
 

@@ -48,10 +48,7 @@ pub struct Registry {
 
 /// Whether `error` is the datastore failing, rather than its answer.
 fn is_failure(error: &StoreError) -> bool {
-    !matches!(
-        error,
-        StoreError::NotFound { .. } | StoreError::Conflict(_)
-    )
+    !matches!(error, StoreError::NotFound { .. } | StoreError::Conflict(_))
 }
 
 impl Registry {
@@ -71,7 +68,9 @@ impl Registry {
     /// The entry revision, after a round trip to the datastore (health checks).
     pub async fn health(&self) -> Result<u64, RegistryError> {
         self.timed(StoreOp::Ping, self.store.ping()).await?;
-        Ok(self.timed(StoreOp::EntryRead, self.store.entry_revision()).await?)
+        Ok(self
+            .timed(StoreOp::EntryRead, self.store.entry_revision())
+            .await?)
     }
 
     pub async fn create_entry(
@@ -79,18 +78,27 @@ impl Registry {
         id: &str,
         spec: &EntrySpec,
     ) -> Result<RegistrationEntry, RegistryError> {
-        Ok(self.timed(StoreOp::EntryWrite, self.store.create_entry(id, spec, clock::now())).await?)
+        Ok(self
+            .timed(
+                StoreOp::EntryWrite,
+                self.store.create_entry(id, spec, clock::now()),
+            )
+            .await?)
     }
 
     pub async fn get_entry(&self, id: &str) -> Result<RegistrationEntry, RegistryError> {
-        Ok(self.timed(StoreOp::EntryRead, self.store.get_entry(id)).await?)
+        Ok(self
+            .timed(StoreOp::EntryRead, self.store.get_entry(id))
+            .await?)
     }
 
     pub async fn list_entries(
         &self,
         filter: &EntryFilter,
     ) -> Result<Vec<RegistrationEntry>, RegistryError> {
-        Ok(self.timed(StoreOp::EntryRead, self.store.list_entries(filter)).await?)
+        Ok(self
+            .timed(StoreOp::EntryRead, self.store.list_entries(filter))
+            .await?)
     }
 
     pub async fn update_entry(
@@ -98,17 +106,30 @@ impl Registry {
         id: &str,
         spec: &EntrySpec,
     ) -> Result<RegistrationEntry, RegistryError> {
-        Ok(self.timed(StoreOp::EntryWrite, self.store.update_entry(id, spec, clock::now())).await?)
+        Ok(self
+            .timed(
+                StoreOp::EntryWrite,
+                self.store.update_entry(id, spec, clock::now()),
+            )
+            .await?)
     }
 
     pub async fn delete_entry(&self, id: &str) -> Result<(), RegistryError> {
-        Ok(self.timed(StoreOp::EntryWrite, self.store.delete_entry(id, clock::now())).await?)
+        Ok(self
+            .timed(
+                StoreOp::EntryWrite,
+                self.store.delete_entry(id, clock::now()),
+            )
+            .await?)
     }
 
     /// Whether entries may hang under `parent`: an attested agent that is not
     /// evicted, or the SPIFFE ID of an entry (a node entry).
     pub async fn is_known_parent(&self, parent: &SpiffeId) -> Result<bool, RegistryError> {
-        match self.timed(StoreOp::AgentRead, self.store.get_agent(parent)).await {
+        match self
+            .timed(StoreOp::AgentRead, self.store.get_agent(parent))
+            .await
+        {
             Ok(agent) => return Ok(!agent.evicted),
             Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -126,7 +147,10 @@ impl Registry {
     /// Whether `spiffe_id` is an agent's: any agent recorded, attested,
     /// evicted or banned.
     pub async fn is_agent_id(&self, spiffe_id: &SpiffeId) -> Result<bool, RegistryError> {
-        match self.timed(StoreOp::AgentRead, self.store.get_agent(spiffe_id)).await {
+        match self
+            .timed(StoreOp::AgentRead, self.store.get_agent(spiffe_id))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(StoreError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.into()),
@@ -159,9 +183,13 @@ impl Registry {
         spiffe_id: Option<SpiffeId>,
         ttl_seconds: i64,
     ) -> Result<JoinToken, RegistryError> {
-        Ok(self.timed(StoreOp::JoinToken, self
-            .store
-            .create_join_token(trust_domain, spiffe_id, ttl_seconds, clock::now())).await?)
+        Ok(self
+            .timed(
+                StoreOp::JoinToken,
+                self.store
+                    .create_join_token(trust_domain, spiffe_id, ttl_seconds, clock::now()),
+            )
+            .await?)
     }
 
     /// Spends `token`: the agent ID it grants, or why it grants none.
@@ -169,7 +197,12 @@ impl Registry {
         &self,
         token: &str,
     ) -> Result<Result<SpiffeId, RedeemError>, RegistryError> {
-        Ok(self.timed(StoreOp::JoinToken, self.store.redeem_join_token(token, clock::now())).await?)
+        Ok(self
+            .timed(
+                StoreOp::JoinToken,
+                self.store.redeem_join_token(token, clock::now()),
+            )
+            .await?)
     }
 
     /// Records `spiffe_id` as attested with the SVID `serial`.
@@ -178,9 +211,12 @@ impl Registry {
         spiffe_id: &SpiffeId,
         serial: &str,
     ) -> Result<AgentRecord, RegistryError> {
-        Ok(self.timed(StoreOp::AgentWrite, self
-            .store
-            .attest_agent(spiffe_id, serial, clock::now())).await?)
+        Ok(self
+            .timed(
+                StoreOp::AgentWrite,
+                self.store.attest_agent(spiffe_id, serial, clock::now()),
+            )
+            .await?)
     }
 
     /// Records `spiffe_id` as attested by `method` with the node selectors
@@ -195,38 +231,54 @@ impl Registry {
         selectors: &[Selector],
         evidence_expires_at: i64,
     ) -> Result<AgentRecord, RegistryError> {
-        Ok(self.timed(StoreOp::AgentWrite, self
-            .store
-            .attest_node(
-                spiffe_id,
-                serial,
-                method,
-                selectors,
-                evidence_expires_at,
-                clock::now(),
-            )).await?)
+        Ok(self
+            .timed(
+                StoreOp::AgentWrite,
+                self.store.attest_node(
+                    spiffe_id,
+                    serial,
+                    method,
+                    selectors,
+                    evidence_expires_at,
+                    clock::now(),
+                ),
+            )
+            .await?)
     }
 
     /// Bans `spiffe_id` (known or not) from attesting, and evicts it.
     pub async fn ban_agent(&self, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
-        Ok(self.timed(StoreOp::AgentWrite, self.store.ban_agent(spiffe_id, clock::now())).await?)
+        Ok(self
+            .timed(
+                StoreOp::AgentWrite,
+                self.store.ban_agent(spiffe_id, clock::now()),
+            )
+            .await?)
     }
 
     /// Lifts a ban (the agent must attest again).
     pub async fn unban_agent(&self, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
-        Ok(self.timed(StoreOp::AgentWrite, self.store.unban_agent(spiffe_id)).await?)
+        Ok(self
+            .timed(StoreOp::AgentWrite, self.store.unban_agent(spiffe_id))
+            .await?)
     }
 
     pub async fn get_agent(&self, spiffe_id: &SpiffeId) -> Result<AgentRecord, RegistryError> {
-        Ok(self.timed(StoreOp::AgentRead, self.store.get_agent(spiffe_id)).await?)
+        Ok(self
+            .timed(StoreOp::AgentRead, self.store.get_agent(spiffe_id))
+            .await?)
     }
 
     pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, RegistryError> {
-        Ok(self.timed(StoreOp::AgentRead, self.store.list_agents()).await?)
+        Ok(self
+            .timed(StoreOp::AgentRead, self.store.list_agents())
+            .await?)
     }
 
     pub async fn evict_agent(&self, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
-        Ok(self.timed(StoreOp::AgentWrite, self.store.evict_agent(spiffe_id)).await?)
+        Ok(self
+            .timed(StoreOp::AgentWrite, self.store.evict_agent(spiffe_id))
+            .await?)
     }
 
     /// Records a renewal from `presented` to `new_serial`, if the agent is
@@ -237,9 +289,13 @@ impl Registry {
         presented: &str,
         new_serial: &str,
     ) -> Result<(), RegistryError> {
-        Ok(self.timed(StoreOp::AgentWrite, self
-            .store
-            .renew_agent(observed, presented, new_serial, clock::now())).await?)
+        Ok(self
+            .timed(
+                StoreOp::AgentWrite,
+                self.store
+                    .renew_agent(observed, presented, new_serial, clock::now()),
+            )
+            .await?)
     }
 
     /// Forgets the serial `serial` was renewed from; false when `serial` is
@@ -249,12 +305,22 @@ impl Registry {
         spiffe_id: &SpiffeId,
         serial: &str,
     ) -> Result<bool, RegistryError> {
-        Ok(self.timed(StoreOp::AgentWrite, self.store.forget_previous_serial(spiffe_id, serial)).await?)
+        Ok(self
+            .timed(
+                StoreOp::AgentWrite,
+                self.store.forget_previous_serial(spiffe_id, serial),
+            )
+            .await?)
     }
 
     /// Notes that `spiffe_id` was seen now.
     pub async fn touch_agent(&self, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
-        Ok(self.timed(StoreOp::AgentWrite, self.store.touch_agent(spiffe_id, clock::now())).await?)
+        Ok(self
+            .timed(
+                StoreOp::AgentWrite,
+                self.store.touch_agent(spiffe_id, clock::now()),
+            )
+            .await?)
     }
 }
 

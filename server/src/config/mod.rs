@@ -18,8 +18,8 @@ use crate::keys::{KeyType, PolicyError, RotationPolicy};
 
 pub use crate::authority::Issuer;
 pub use lanyard_host::config_file::ConfigError;
-pub use lanyard_host::telemetry::TelemetryConfig;
 use lanyard_host::telemetry::RawTelemetry;
+pub use lanyard_host::telemetry::TelemetryConfig;
 
 const DEFAULT_OIDC_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_JWT_TTL_SECONDS: u32 = 300;
