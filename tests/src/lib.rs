@@ -101,6 +101,17 @@ impl World {
         Self::start_configured(issuer_path, entries, server_tables, "", "").await
     }
 
+    /// As `start`, with `server_tables` appended to the server's config and
+    /// `agent_tables` to the agent's.
+    pub async fn start_with_tables(
+        issuer_path: &str,
+        entries: &[EntrySpec],
+        server_tables: &str,
+        agent_tables: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_configured(issuer_path, entries, server_tables, "", agent_tables).await
+    }
+
     async fn start_configured(
         issuer_path: &str,
         entries: &[EntrySpec],

@@ -30,5 +30,6 @@ mod listener_flood;
 mod node_attestation;
 mod oidc_endpoint;
 mod quickstart;
+mod telemetry;
 mod validate_strict;
 mod x509_svids;
