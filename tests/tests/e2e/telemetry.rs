@@ -290,7 +290,10 @@ async fn attestations_and_mints_are_counted_by_result() -> anyhow::Result<()> {
     let mut entry_ids = Vec::new();
     for (id, parent) in [
         ("spiffe://example.org/web", agent_id),
-        ("spiffe://example.org/db", "spiffe://example.org/node/b"),
+        (
+            "spiffe://example.org/db",
+            "spiffe://example.org/lanyard/agent/local",
+        ),
     ] {
         let request = CreateEntryRequest {
             spiffe_id: id.into(),
