@@ -465,3 +465,49 @@ async fn agent_readyz_waits_for_the_first_sync() -> anyhow::Result<()> {
     server.shutdown().await;
     Ok(())
 }
+
+/// `/readyz` at an agent whose server goes away: still ready while it holds
+/// a valid cached SVID to serve, not ready when it holds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_readyz_rides_out_an_outage_only_with_valid_cached_svids() -> anyhow::Result<()> {
+    for holds_svid in [true, false] {
+        let world = World::start_with_agent_config(
+            "",
+            &[EntrySpec::mine("/web")],
+            "sync_interval_seconds = 1",
+            TELEMETRY,
+        )
+        .await?;
+        let telemetry = world.agent.telemetry_addr.context("telemetry")?;
+        assert_eq!(readyz_becomes(telemetry, 200).await?, "ready\n");
+        if holds_svid {
+            let mut client = WorkloadClient::new(&world.endpoint())?;
+            client.fetch_jwt(vec!["outage".into()], None).await?;
+        }
+        let down = world.stop_server().await;
+        // The agent notices at its next sync (every second here).
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (now, _) = scrape(telemetry).await?;
+            if sample(&now, "lanyard_agent_server_reachable", &[]) == Some(0.0) {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the outage was never noticed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (status, body) = get(telemetry, "/readyz").await?;
+        if holds_svid {
+            assert_eq!((status, body.as_str()), (200, "ready\n"));
+        } else {
+            assert_eq!(
+                (status, body.as_str()),
+                (
+                    503,
+                    "not ready: the server is unreachable and no cached SVID is still valid\n"
+                )
+            );
+        }
+        down.stop().await;
+    }
+    Ok(())
+}
