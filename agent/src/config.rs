@@ -6,6 +6,8 @@ use std::time::Duration;
 use lanyard_host::config_file::{self, ConfigError, invalid};
 use lanyard_host::private_files::FsError;
 use lanyard_host::rate_limit::RateLimit;
+use lanyard_host::telemetry::RawTelemetry;
+pub use lanyard_host::telemetry::TelemetryConfig;
 use lanyard_proto::TrustDomain;
 use serde::Deserialize;
 
@@ -189,6 +191,8 @@ pub struct AgentConfig {
     /// budget, never the server's time for the others.
     pub cache_misses_per_uid: RateLimit,
     pub workload_attestor: UnixAttestorConfig,
+    /// `[telemetry]`: where metrics and health endpoints are served, if anywhere.
+    pub telemetry: TelemetryConfig,
 }
 
 /// Generous: 100 new (SPIFFE ID, audience) tokens a second for one uid;
@@ -206,6 +210,8 @@ struct RawConfig {
     #[serde(default)]
     workload_attestor: RawWorkloadAttestor,
     sync_interval_seconds: Option<u32>,
+    #[serde(default)]
+    telemetry: RawTelemetry,
 }
 
 #[derive(Debug, Deserialize)]
@@ -541,8 +547,10 @@ impl AgentConfig {
             ),
             DEFAULT_CACHE_MISSES_PER_UID,
         )?;
+        let telemetry = raw.telemetry.validate()?;
         Ok(Self {
             cache_misses_per_uid,
+            telemetry,
             trust_domain,
             server,
             data_dir,

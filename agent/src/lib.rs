@@ -14,9 +14,11 @@ pub mod config;
 mod lru;
 mod svids;
 mod sync;
+pub mod telemetry;
 pub mod upstream;
 pub mod workload;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -29,11 +31,13 @@ use crate::config::{AgentConfig, ServerConnection};
 use crate::svids::jwt::JwtSvids;
 use crate::svids::x509::X509SvidCache;
 use crate::sync::state::SyncedState;
+use crate::telemetry::{AgentMetrics, AgentParts};
 use crate::upstream::client::ServerClient;
 use crate::upstream::reachability::Reachability;
 use crate::upstream::{IdentityError, NodeClientError, ServerGroup};
 use crate::workload::api::WorkloadService;
 use crate::workload::listener;
+use crate::workload::metered::Metered;
 
 /// Workload API socket mode: every local process may connect; who gets what is
 /// decided per call from the caller's kernel credentials.
@@ -55,11 +59,18 @@ pub enum AgentError {
     Node(#[from] NodeClientError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error("telemetry listener {addr}: {source}")]
+    Telemetry {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug)]
 pub struct RunningAgent {
     pub socket: PathBuf,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, when enabled.
+    pub telemetry_addr: Option<SocketAddr>,
     tasks: Tasks<AgentError>,
 }
 
@@ -103,7 +114,8 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         "Workload API connection limits"
     );
     let mut tasks = Tasks::new("lanyard-agent");
-    let state = Arc::new(SyncedState::default());
+    let metrics = Arc::new(AgentMetrics::default());
+    let state = Arc::new(SyncedState::new(metrics.clone()));
     let server = match &config.server {
         ServerConnection::Local { node_socket } => ServerClient::local(node_socket),
         ServerConnection::Remote {
@@ -167,6 +179,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         config.server_timeout,
         reachability.clone(),
         config.cache_misses_per_uid,
+        metrics.clone(),
     );
     let attestor = Arc::new(UnixAttestor::new(config.workload_attestor.clone()));
     let record_exe = config.workload_attestor.needs_connected_exe();
@@ -181,6 +194,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
             server.clone(),
             config.server_timeout,
             reachability.clone(),
+            metrics.clone(),
         ))
     });
     if let Some(x509) = x509.clone() {
@@ -190,12 +204,28 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
             Ok(())
         });
     }
-    let service = WorkloadService::new(
-        state.clone(),
-        jwt_svids,
-        attestor,
-        config.trust_domain.clone(),
-        x509,
+    let telemetry_addr = match config.telemetry.listen {
+        Some(addr) => {
+            let endpoint = telemetry::endpoint(AgentParts {
+                metrics: metrics.clone(),
+                state: state.clone(),
+                reachability: reachability.clone(),
+                jwt_svids: jwt_svids.clone(),
+                x509: x509.clone(),
+            });
+            Some(serve_telemetry(addr, endpoint, &mut tasks).await?)
+        }
+        None => None,
+    };
+    let service = Metered::new(
+        WorkloadService::new(
+            state.clone(),
+            jwt_svids,
+            attestor,
+            config.trust_domain.clone(),
+            x509,
+        ),
+        metrics,
     );
 
     let sync_shutdown = tasks.stopping();
@@ -220,8 +250,31 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     );
     Ok(RunningAgent {
         socket: config.socket,
+        telemetry_addr,
         tasks,
     })
+}
+
+/// `/metrics`, `/healthz` and `/readyz` at `addr`, in the agent's task set.
+/// Returns where it listens.
+async fn serve_telemetry(
+    addr: SocketAddr,
+    endpoint: lanyard_host::telemetry::Endpoint,
+    tasks: &mut Tasks<AgentError>,
+) -> Result<SocketAddr, AgentError> {
+    let listener = lanyard_host::telemetry::bind(addr)
+        .await
+        .map_err(|source| AgentError::Telemetry { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| AgentError::Telemetry { addr, source })?;
+    let serving = lanyard_host::telemetry::serve(listener, endpoint, tasks.stopping());
+    tasks.spawn(async move {
+        serving.await;
+        Ok(())
+    });
+    tracing::info!(%bound, "telemetry listening (/metrics, /healthz, /readyz)");
+    Ok(bound)
 }
 
 #[cfg(test)]
@@ -297,13 +350,17 @@ mod tests {
             Duration::from_secs(5),
             Arc::new(Reachability::default()),
             lanyard_host::rate_limit::RateLimit::fixed(100, 200),
+            Arc::default(),
         );
-        let service = WorkloadService::new(
-            Arc::new(SyncedState::default()),
-            jwt_svids,
-            Arc::new(UnixAttestor::default()),
-            lanyard_proto::TrustDomain::new("example.org")?,
-            None,
+        let service = Metered::new(
+            WorkloadService::new(
+                Arc::new(SyncedState::default()),
+                jwt_svids,
+                Arc::new(UnixAttestor::default()),
+                lanyard_proto::TrustDomain::new("example.org")?,
+                None,
+            ),
+            Arc::default(),
         );
         let limiter = ConnectionLimiter::new(
             "Workload API",

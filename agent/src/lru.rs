@@ -39,6 +39,11 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         self.items.get_mut(key).map(|(value, _)| value)
     }
 
+    /// Whether any value satisfies `test` (without marking anything used).
+    pub(crate) fn any(&self, test: impl Fn(&V) -> bool) -> bool {
+        self.items.values().any(|(value, _)| test(value))
+    }
+
     /// Inserts or replaces `key`, evicting the least recently used item when full.
     pub(crate) fn insert(&mut self, key: K, value: V) {
         let tick = self.next_tick();

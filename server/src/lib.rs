@@ -18,6 +18,7 @@ pub mod keys;
 mod oidc;
 pub mod ops;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -76,6 +77,11 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("telemetry listener {addr}: {source}")]
+    Telemetry {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("rendering OIDC documents: {0}")]
     Documents(#[from] serde_json::Error),
     #[error("server id: {0}")]
@@ -97,6 +103,8 @@ pub struct RunningServer {
     pub admin_socket: PathBuf,
     /// Where the mTLS Node API listens, when enabled.
     pub node_addr: Option<SocketAddr>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, when enabled.
+    pub telemetry_addr: Option<SocketAddr>,
     /// PEM of the trust domain's CAs (every server's, when several share the
     /// datastore): the trust bundle agents are given.
     pub ca_bundle: PathBuf,
@@ -153,6 +161,12 @@ pub async fn start_with_listener(
         &config.trust_domain,
         std::time::SystemTime::now(),
     )?);
+    let telemetry_endpoint = telemetry::endpoint(
+        authority.metrics().clone(),
+        keys.clone(),
+        ca.clone(),
+        store.clone(),
+    );
     let trust_bundle = Arc::new(TrustBundle::new(ca.clone(), store, server_id));
     // Publishes this server's CAs and learns the group's before trusting anyone.
     trust_bundle.refresh().await?;
@@ -163,6 +177,10 @@ pub async fn start_with_listener(
     tracing::debug!(?limiters, "connection caps");
     let mut tasks = Tasks::new("lanyard-server");
     tasks.spawn(bundle::maintain(trust_bundle.clone(), tasks.stopping()).then_ok());
+    let telemetry_addr = match config.telemetry.listen {
+        Some(addr) => Some(serve_telemetry(addr, telemetry_endpoint, &mut tasks).await?),
+        None => None,
+    };
 
     let oidc_addr = serve_oidc(
         &config,
@@ -182,7 +200,7 @@ pub async fn start_with_listener(
         attestors,
         config.node_api.agent_id.clone(),
         config.node_api.agent_svid_ttl,
-        NodeRateLimits::new(&config.rate_limits),
+        NodeRateLimits::new(&config.rate_limits, authority.metrics().clone()),
     ));
     serve_node_socket(&config, node_service.clone(), &limiters, &mut tasks).await?;
     let node_addr = match config.node_api.listen {
@@ -206,6 +224,7 @@ pub async fn start_with_listener(
         node_socket: config.node_api.socket.clone(),
         admin_socket: config.admin.socket.clone(),
         node_addr,
+        telemetry_addr,
         ca_bundle: config.data_dir.join("ca").join(ca::BUNDLE_FILE),
         ca,
         trust_bundle,
@@ -213,6 +232,24 @@ pub async fn start_with_listener(
             .then(|| config.data_dir.join(tls::SELF_SIGNED_CERT_FILE)),
         tasks,
     })
+}
+
+/// `/metrics`, `/healthz` and `/readyz` at `addr`, in the server's task set.
+/// Returns where it listens.
+async fn serve_telemetry(
+    addr: SocketAddr,
+    endpoint: lanyard_host::telemetry::Endpoint,
+    tasks: &mut Tasks<ServerError>,
+) -> Result<SocketAddr, ServerError> {
+    let listener = lanyard_host::telemetry::bind(addr)
+        .await
+        .map_err(|source| ServerError::Telemetry { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServerError::Telemetry { addr, source })?;
+    tasks.spawn(lanyard_host::telemetry::serve(listener, endpoint, tasks.stopping()).then_ok());
+    tracing::info!(%bound, "telemetry listening (/metrics, /healthz, /readyz)");
+    Ok(bound)
 }
 
 async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ServerError> {

@@ -18,6 +18,7 @@ use tonic::{Code, Status};
 
 use crate::lru::Lru;
 use crate::sync::entries::AgentEntry;
+use crate::telemetry::{AgentMetrics, SvidKind, SvidSource};
 use crate::upstream::client::{ServerClient, on_behalf};
 use crate::upstream::reachability::Reachability;
 
@@ -30,6 +31,7 @@ pub(crate) struct JwtSvids {
     reachability: Arc<Reachability>,
     /// Calls that must wait for the server, per caller uid.
     misses: Arc<KeyedRateLimit<u32>>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl JwtSvids {
@@ -39,6 +41,7 @@ impl JwtSvids {
         timeout: Duration,
         reachability: Arc<Reachability>,
         misses_per_uid: RateLimit,
+        metrics: Arc<AgentMetrics>,
     ) -> Self {
         Self {
             cache: Arc::new(JwtSvidCache::new(cache_size)),
@@ -46,48 +49,71 @@ impl JwtSvids {
             timeout,
             reachability,
             misses: Arc::new(KeyedRateLimit::new(misses_per_uid)),
+            metrics,
         }
     }
 
-    /// A JWT-SVID for `entry` and `audience`, asked for by a process of `uid`.
+    /// Whether a cached JWT-SVID is still valid at `now` (Unix seconds).
+    pub(crate) fn holds_valid(&self, now: i64) -> bool {
+        self.cache.lock().any(|slot| !slot.svid.expired(now))
+    }
+
+    /// A JWT-SVID for `entry` and `audience`, asked for by a process of
+    /// `uid`, counted by where it came from.
     pub(crate) async fn fetch(
         &self,
         entry: &AgentEntry,
         audience: &[String],
         uid: u32,
     ) -> Result<CachedSvid, Status> {
+        let (svid, source) = self.fetch_from(entry, audience, uid).await?;
+        self.metrics.svid(SvidKind::Jwt, source);
+        Ok(svid)
+    }
+
+    /// A JWT-SVID for `entry` and `audience`, and where it came from.
+    async fn fetch_from(
+        &self,
+        entry: &AgentEntry,
+        audience: &[String],
+        uid: u32,
+    ) -> Result<(CachedSvid, SvidSource), Status> {
         let key = CacheKey::new(&entry.spiffe_id, audience);
         match self.cache.lookup(&key, lanyard_host::clock::now()) {
             Lookup::Fresh { svid, refresh } => {
                 if refresh {
                     self.refresh_in_background(key, entry.id.clone(), audience.to_vec());
                 }
-                Ok(svid)
+                Ok((svid, SvidSource::Cache))
             }
             // The server is known to be away: do not make the caller wait for it.
             Lookup::Stale(svid) if self.reachability.is_down() => {
                 if self.cache.claim_refresh(&key) {
                     self.refresh_in_background(key, entry.id.clone(), audience.to_vec());
                 }
-                Ok(svid)
+                Ok((svid, SvidSource::Cache))
             }
             // Over its budget the caller keeps the token it has: still valid.
-            Lookup::Stale(svid) if self.misses.check(&uid).is_err() => Ok(svid),
+            Lookup::Stale(svid) if self.misses.check(&uid).is_err() => {
+                self.metrics.rate_limited();
+                Ok((svid, SvidSource::Cache))
+            }
             Lookup::Stale(svid) => match self.mint(&entry.id, audience).await {
                 Ok(new) => {
                     self.cache.store(key, new.clone());
-                    Ok(new)
+                    Ok((new, SvidSource::Minted))
                 }
-                Err(status) if status.code() == Code::Unavailable => Ok(svid),
+                Err(status) if status.code() == Code::Unavailable => Ok((svid, SvidSource::Cache)),
                 Err(status) => Err(status),
             },
             Lookup::Miss => {
                 self.misses.check(&uid).map_err(|wait| {
+                    self.metrics.rate_limited();
                     rate_limit::exhausted("workload_api.cache_misses_per_second_per_uid", wait)
                 })?;
                 let new = self.mint(&entry.id, audience).await?;
                 self.cache.store(key, new.clone());
-                Ok(new)
+                Ok((new, SvidSource::Minted))
             }
         }
     }

@@ -18,6 +18,7 @@ use tonic::Status;
 
 use crate::sync::entries::AgentEntry;
 use crate::sync::state::SyncedState;
+use crate::telemetry::{AgentMetrics, SvidKind, SvidSource};
 use crate::upstream::client::{ServerClient, on_behalf};
 use crate::upstream::reachability::Reachability;
 
@@ -75,6 +76,7 @@ pub(crate) struct X509SvidCache {
     minting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Bumped whenever an SVID is added, replaced or dropped.
     changed: watch::Sender<u64>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl X509SvidCache {
@@ -82,11 +84,13 @@ impl X509SvidCache {
         server: ServerClient,
         timeout: Duration,
         reachability: Arc<Reachability>,
+        metrics: Arc<AgentMetrics>,
     ) -> Self {
         Self {
             server,
             timeout,
             reachability,
+            metrics,
             svids: RwLock::new(HashMap::new()),
             minting: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
@@ -114,9 +118,19 @@ impl X509SvidCache {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    /// Whether an SVID held is still valid at `now` (Unix seconds).
+    pub(crate) fn holds_valid(&self, now: i64) -> bool {
+        self.svids
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .any(|svid| svid.expires_at > now)
+    }
+
     /// The SVID of `entry`: the one held, or a new one from the server.
     pub(crate) async fn get(&self, entry: &AgentEntry) -> Result<Arc<X509Svid>, Status> {
         if let Some(svid) = self.cached(&entry.id) {
+            self.metrics.svid(SvidKind::X509, SvidSource::Cache);
             return Ok(svid);
         }
         let gate = lock(&self.minting)
@@ -126,10 +140,12 @@ impl X509SvidCache {
         let _turn = gate.lock().await;
         // Whoever held the gate before may have made it already.
         if let Some(svid) = self.cached(&entry.id) {
+            self.metrics.svid(SvidKind::X509, SvidSource::Cache);
             return Ok(svid);
         }
         let svid = Arc::new(self.mint(entry).await?);
         self.store(&entry.id, svid.clone());
+        self.metrics.svid(SvidKind::X509, SvidSource::Minted);
         Ok(svid)
     }
 

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use lanyard_host::sync::lock;
@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::entries::{AgentEntry, EntrySet};
 use crate::backoff::Backoff;
+use crate::telemetry::{AgentMetrics, SyncResult};
 use crate::upstream::client::{ServerClient, ServerClientError};
 use crate::upstream::reachability::Reachability;
 
@@ -45,6 +46,9 @@ pub(crate) struct SyncedState {
     /// [`SyncedState::refuse_binary_without_uid`]), so that each is logged
     /// once and not on every sync.
     refused: Mutex<HashSet<String>>,
+    /// When a sync last succeeded; None before the first.
+    synced_at: Mutex<Option<Instant>>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Default for SyncedState {
@@ -56,11 +60,31 @@ impl Default for SyncedState {
             x509_authorities: watch::channel(None).0,
             entries_changed: watch::channel(0).0,
             refused: Mutex::default(),
+            synced_at: Mutex::default(),
+            metrics: Arc::default(),
         }
     }
 }
 
 impl SyncedState {
+    /// Nothing synced yet; syncs are counted in `metrics`.
+    pub(crate) fn new(metrics: Arc<AgentMetrics>) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
+    /// The entry revision held; 0 before the first sync.
+    pub(crate) fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// When a sync last succeeded; None before the first.
+    pub(crate) fn last_synced(&self) -> Option<Instant> {
+        *lock(&self.synced_at)
+    }
+
     /// The entries in force now (attest against its `needs`, then match
     /// against the same snapshot).
     pub(crate) fn entries_snapshot(&self) -> Arc<EntrySet> {
@@ -123,10 +147,17 @@ impl SyncedState {
         server: &ServerClient,
         deadline: Duration,
     ) -> Result<usize, SyncError> {
-        tokio::time::timeout(deadline, self.fetch_and_apply(server))
+        let synced = tokio::time::timeout(deadline, self.fetch_and_apply(server))
             .await
-            .map_err(|_| SyncError::Timeout(deadline))?
-            .map_err(SyncError::from)
+            .map_err(|_| SyncError::Timeout(deadline))
+            .and_then(|fetched| fetched.map_err(SyncError::from));
+        if synced.is_ok() {
+            *lock(&self.synced_at) = Some(Instant::now());
+            self.metrics.sync(SyncResult::Ok);
+        } else {
+            self.metrics.sync(SyncResult::Error);
+        }
+        synced
     }
 
     async fn fetch_and_apply(&self, server: &ServerClient) -> Result<usize, ServerClientError> {

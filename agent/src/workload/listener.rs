@@ -23,7 +23,7 @@ use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer
 use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::api::WorkloadService;
+use super::metered::Metered;
 use crate::attestor::peer::{Peer, PeerInfo};
 use crate::attestor::writer::{HandedOver, WriterChecked};
 
@@ -125,7 +125,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// `limiter`, each caller identified at accept (its executable recorded
 /// when `record_exe`).
 pub(crate) fn serve(
-    service: WorkloadService,
+    service: Metered,
     listener: UnixListener,
     limiter: Arc<WorkloadLimiter>,
     record_exe: bool,

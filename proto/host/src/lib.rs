@@ -19,4 +19,5 @@ pub mod private_files;
 pub mod random;
 pub mod rate_limit;
 pub mod sync;
+pub mod telemetry;
 pub mod transport;

@@ -302,6 +302,11 @@ impl CertificateAuthority {
         Ok(changed)
     }
 
+    /// When the CA that signs at `now` expires (Unix seconds), if one does.
+    pub fn signing_not_after(&self, now: SystemTime) -> Option<i64> {
+        self.signer(now).ok().map(|g| g.not_after)
+    }
+
     /// The CA that signs at `now`: the newest valid one, unless it is too
     /// fresh and an older one still has more than a month to live.
     fn signer(&self, now: SystemTime) -> Result<Arc<Generation>, CaError> {

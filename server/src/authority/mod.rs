@@ -25,6 +25,7 @@ use lanyard_proto::{Jwks, JwtSvidClaims, Selector, SpiffeId, TrustDomain};
 use crate::keys::{KeyError, KeyManager, KeyManagerError};
 use crate::store::RegistrationEntry;
 use crate::store::{Datastore, EntryChange, StoreError};
+use crate::telemetry::{ServerMetrics, StoreOp};
 
 /// How deep entries may nest under an agent through node entries.
 const MAX_NESTING: usize = 8;
@@ -93,6 +94,7 @@ pub struct Authority {
     max_ttl: Duration,
     /// The parent of node aliases.
     server_id: Option<SpiffeId>,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl Authority {
@@ -104,15 +106,22 @@ impl Authority {
         max_ttl: Duration,
     ) -> Self {
         let server_id = trust_domain.id_with_path(SERVER_ID_PATH).ok();
+        let metrics = Arc::<ServerMetrics>::default();
         Self {
             trust_domain,
             issuer,
             keys,
-            registry: Registry::new(store.clone()),
+            registry: Registry::new(store.clone(), metrics.clone()),
             store,
             max_ttl,
             server_id,
+            metrics,
         }
+    }
+
+    /// What the server counts.
+    pub fn metrics(&self) -> &Arc<ServerMetrics> {
+        &self.metrics
     }
 
     /// The server's own SPIFFE ID: the parent of node aliases.
@@ -168,8 +177,21 @@ impl Authority {
         self.store.entries_under_roots(&roots, MAX_NESTING).await
     }
 
-    /// What `agent` must change since revision `since` (everything when 0).
+    /// What `agent` must change since revision `since` (everything when 0),
+    /// timed as one datastore operation.
     pub async fn entry_update_for_agent(
+        &self,
+        agent: &SpiffeId,
+        since: u64,
+    ) -> Result<AgentEntryUpdate, StoreError> {
+        self.metrics
+            .datastore(StoreOp::Sync, self.read_entry_update(agent, since), |_| {
+                true
+            })
+            .await
+    }
+
+    async fn read_entry_update(
         &self,
         agent: &SpiffeId,
         since: u64,
@@ -292,7 +314,14 @@ impl Authority {
         agent: &SpiffeId,
         entry_id: &str,
     ) -> Result<RegistrationEntry, MintError> {
-        let entry = self.owned_entry(agent, entry_id).await?;
+        let entry = self
+            .metrics
+            .datastore(
+                StoreOp::MintLookup,
+                self.owned_entry(agent, entry_id),
+                |e| matches!(e, MintError::Store(_)),
+            )
+            .await?;
         lanyard_proto::selector::check_binary_anchored(&entry.selectors).map_err(|reason| {
             MintError::Unissuable {
                 entry: entry.id.clone(),

@@ -2,11 +2,15 @@
 //! APIs manage, kept in the datastore. The APIs reach them only through here,
 //! and see the datastore's failures as [`RegistryError`].
 
+use std::future::Future;
+use std::sync::Arc;
+
 use lanyard_host::clock;
 use lanyard_proto::{Selector, SpiffeId, TrustDomain};
 
 pub(crate) use crate::store::{AgentRecord, EntryFilter, JoinToken, RedeemError};
 use crate::store::{Datastore, EntrySpec, RegistrationEntry, StoreError};
+use crate::telemetry::{ServerMetrics, StoreOp};
 
 /// Why the registry could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -37,17 +41,36 @@ impl From<StoreError> for RegistryError {
 #[derive(Debug, Clone)]
 pub struct Registry {
     store: Datastore,
+    /// Every datastore operation made through here is timed, and its
+    /// failures counted, by kind.
+    metrics: Arc<ServerMetrics>,
+}
+
+/// Whether `error` is the datastore failing, rather than its answer.
+fn is_failure(error: &StoreError) -> bool {
+    !matches!(error, StoreError::NotFound { .. } | StoreError::Conflict(_))
 }
 
 impl Registry {
-    pub(crate) fn new(store: Datastore) -> Self {
-        Self { store }
+    pub(crate) fn new(store: Datastore, metrics: Arc<ServerMetrics>) -> Self {
+        Self { store, metrics }
+    }
+
+    /// Runs the datastore call `call`, timed as `operation`.
+    async fn timed<T>(
+        &self,
+        operation: StoreOp,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.metrics.datastore(operation, call, is_failure).await
     }
 
     /// The entry revision, after a round trip to the datastore (health checks).
     pub async fn health(&self) -> Result<u64, RegistryError> {
-        self.store.ping().await?;
-        Ok(self.store.entry_revision().await?)
+        self.timed(StoreOp::Ping, self.store.ping()).await?;
+        Ok(self
+            .timed(StoreOp::EntryRead, self.store.entry_revision())
+            .await?)
     }
 
     pub async fn create_entry(
@@ -55,18 +78,27 @@ impl Registry {
         id: &str,
         spec: &EntrySpec,
     ) -> Result<RegistrationEntry, RegistryError> {
-        Ok(self.store.create_entry(id, spec, clock::now()).await?)
+        Ok(self
+            .timed(
+                StoreOp::EntryWrite,
+                self.store.create_entry(id, spec, clock::now()),
+            )
+            .await?)
     }
 
     pub async fn get_entry(&self, id: &str) -> Result<RegistrationEntry, RegistryError> {
-        Ok(self.store.get_entry(id).await?)
+        Ok(self
+            .timed(StoreOp::EntryRead, self.store.get_entry(id))
+            .await?)
     }
 
     pub async fn list_entries(
         &self,
         filter: &EntryFilter,
     ) -> Result<Vec<RegistrationEntry>, RegistryError> {
-        Ok(self.store.list_entries(filter).await?)
+        Ok(self
+            .timed(StoreOp::EntryRead, self.store.list_entries(filter))
+            .await?)
     }
 
     pub async fn update_entry(
@@ -74,17 +106,30 @@ impl Registry {
         id: &str,
         spec: &EntrySpec,
     ) -> Result<RegistrationEntry, RegistryError> {
-        Ok(self.store.update_entry(id, spec, clock::now()).await?)
+        Ok(self
+            .timed(
+                StoreOp::EntryWrite,
+                self.store.update_entry(id, spec, clock::now()),
+            )
+            .await?)
     }
 
     pub async fn delete_entry(&self, id: &str) -> Result<(), RegistryError> {
-        Ok(self.store.delete_entry(id, clock::now()).await?)
+        Ok(self
+            .timed(
+                StoreOp::EntryWrite,
+                self.store.delete_entry(id, clock::now()),
+            )
+            .await?)
     }
 
     /// Whether entries may hang under `parent`: an attested agent that is not
     /// evicted, or the SPIFFE ID of an entry (a node entry).
     pub async fn is_known_parent(&self, parent: &SpiffeId) -> Result<bool, RegistryError> {
-        match self.store.get_agent(parent).await {
+        match self
+            .timed(StoreOp::AgentRead, self.store.get_agent(parent))
+            .await
+        {
             Ok(agent) => return Ok(!agent.evicted),
             Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -93,13 +138,19 @@ impl Registry {
             spiffe_id: Some(parent.clone()),
             ..EntryFilter::default()
         };
-        Ok(!self.store.list_entries(&filter).await?.is_empty())
+        Ok(!self
+            .timed(StoreOp::EntryRead, self.store.list_entries(&filter))
+            .await?
+            .is_empty())
     }
 
     /// Whether `spiffe_id` is an agent's: any agent recorded, attested,
     /// evicted or banned.
     pub async fn is_agent_id(&self, spiffe_id: &SpiffeId) -> Result<bool, RegistryError> {
-        match self.store.get_agent(spiffe_id).await {
+        match self
+            .timed(StoreOp::AgentRead, self.store.get_agent(spiffe_id))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(StoreError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.into()),
@@ -118,7 +169,10 @@ impl Registry {
             parent_id: Some(server_id.clone()),
             ..EntryFilter::default()
         };
-        Ok(!self.store.list_entries(&filter).await?.is_empty())
+        Ok(!self
+            .timed(StoreOp::EntryRead, self.store.list_entries(&filter))
+            .await?
+            .is_empty())
     }
 
     /// A new join token for `spiffe_id` (or a generated agent ID), valid for
@@ -130,8 +184,11 @@ impl Registry {
         ttl_seconds: i64,
     ) -> Result<JoinToken, RegistryError> {
         Ok(self
-            .store
-            .create_join_token(trust_domain, spiffe_id, ttl_seconds, clock::now())
+            .timed(
+                StoreOp::JoinToken,
+                self.store
+                    .create_join_token(trust_domain, spiffe_id, ttl_seconds, clock::now()),
+            )
             .await?)
     }
 
@@ -140,7 +197,12 @@ impl Registry {
         &self,
         token: &str,
     ) -> Result<Result<SpiffeId, RedeemError>, RegistryError> {
-        Ok(self.store.redeem_join_token(token, clock::now()).await?)
+        Ok(self
+            .timed(
+                StoreOp::JoinToken,
+                self.store.redeem_join_token(token, clock::now()),
+            )
+            .await?)
     }
 
     /// Records `spiffe_id` as attested with the SVID `serial`.
@@ -150,8 +212,10 @@ impl Registry {
         serial: &str,
     ) -> Result<AgentRecord, RegistryError> {
         Ok(self
-            .store
-            .attest_agent(spiffe_id, serial, clock::now())
+            .timed(
+                StoreOp::AgentWrite,
+                self.store.attest_agent(spiffe_id, serial, clock::now()),
+            )
             .await?)
     }
 
@@ -168,38 +232,53 @@ impl Registry {
         evidence_expires_at: i64,
     ) -> Result<AgentRecord, RegistryError> {
         Ok(self
-            .store
-            .attest_node(
-                spiffe_id,
-                serial,
-                method,
-                selectors,
-                evidence_expires_at,
-                clock::now(),
+            .timed(
+                StoreOp::AgentWrite,
+                self.store.attest_node(
+                    spiffe_id,
+                    serial,
+                    method,
+                    selectors,
+                    evidence_expires_at,
+                    clock::now(),
+                ),
             )
             .await?)
     }
 
     /// Bans `spiffe_id` (known or not) from attesting, and evicts it.
     pub async fn ban_agent(&self, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
-        Ok(self.store.ban_agent(spiffe_id, clock::now()).await?)
+        Ok(self
+            .timed(
+                StoreOp::AgentWrite,
+                self.store.ban_agent(spiffe_id, clock::now()),
+            )
+            .await?)
     }
 
     /// Lifts a ban (the agent must attest again).
     pub async fn unban_agent(&self, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
-        Ok(self.store.unban_agent(spiffe_id).await?)
+        Ok(self
+            .timed(StoreOp::AgentWrite, self.store.unban_agent(spiffe_id))
+            .await?)
     }
 
     pub async fn get_agent(&self, spiffe_id: &SpiffeId) -> Result<AgentRecord, RegistryError> {
-        Ok(self.store.get_agent(spiffe_id).await?)
+        Ok(self
+            .timed(StoreOp::AgentRead, self.store.get_agent(spiffe_id))
+            .await?)
     }
 
     pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, RegistryError> {
-        Ok(self.store.list_agents().await?)
+        Ok(self
+            .timed(StoreOp::AgentRead, self.store.list_agents())
+            .await?)
     }
 
     pub async fn evict_agent(&self, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
-        Ok(self.store.evict_agent(spiffe_id).await?)
+        Ok(self
+            .timed(StoreOp::AgentWrite, self.store.evict_agent(spiffe_id))
+            .await?)
     }
 
     /// Records a renewal from `presented` to `new_serial`, if the agent is
@@ -211,8 +290,11 @@ impl Registry {
         new_serial: &str,
     ) -> Result<(), RegistryError> {
         Ok(self
-            .store
-            .renew_agent(observed, presented, new_serial, clock::now())
+            .timed(
+                StoreOp::AgentWrite,
+                self.store
+                    .renew_agent(observed, presented, new_serial, clock::now()),
+            )
             .await?)
     }
 
@@ -223,12 +305,22 @@ impl Registry {
         spiffe_id: &SpiffeId,
         serial: &str,
     ) -> Result<bool, RegistryError> {
-        Ok(self.store.forget_previous_serial(spiffe_id, serial).await?)
+        Ok(self
+            .timed(
+                StoreOp::AgentWrite,
+                self.store.forget_previous_serial(spiffe_id, serial),
+            )
+            .await?)
     }
 
     /// Notes that `spiffe_id` was seen now.
     pub async fn touch_agent(&self, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
-        Ok(self.store.touch_agent(spiffe_id, clock::now()).await?)
+        Ok(self
+            .timed(
+                StoreOp::AgentWrite,
+                self.store.touch_agent(spiffe_id, clock::now()),
+            )
+            .await?)
     }
 }
 
@@ -241,7 +333,7 @@ pub(crate) mod test_support {
         crate::store::test_support::datastores()
             .await
             .into_iter()
-            .map(|(dir, store)| (dir, Registry::new(store)))
+            .map(|(dir, store)| (dir, Registry::new(store, Default::default())))
             .collect()
     }
 }

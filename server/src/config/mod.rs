@@ -19,6 +19,8 @@ use crate::keys::{KeyType, PolicyError, RotationPolicy};
 
 pub use crate::authority::Issuer;
 pub use lanyard_host::config_file::ConfigError;
+use lanyard_host::telemetry::RawTelemetry;
+pub use lanyard_host::telemetry::TelemetryConfig;
 
 const DEFAULT_OIDC_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_JWT_TTL_SECONDS: u32 = 300;
@@ -164,6 +166,8 @@ pub struct ServerConfig {
     pub entries: Vec<EntrySpec>,
     /// `sqlite://…` or `postgres://…`.
     pub datastore_url: String,
+    /// `[telemetry]`: where metrics and health endpoints are served, if anywhere.
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +193,8 @@ struct RawConfig {
     rate_limits: RawRateLimits,
     #[serde(default)]
     entries: Vec<RawEntry>,
+    #[serde(default)]
+    telemetry: RawTelemetry,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -348,7 +354,9 @@ impl RawConfig {
         let admin = self.admin.validate(&self.data_dir)?;
         let node_attestation = self.node_attestation.validate()?;
         let rate_limits = self.rate_limits.validate()?;
+        let telemetry = self.telemetry.validate()?;
         Ok(ServerConfig {
+            telemetry,
             node_attestation,
             rate_limits,
             server_id,

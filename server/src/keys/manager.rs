@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use arc_swap::ArcSwapOption;
 
@@ -42,6 +43,10 @@ pub struct KeyManager {
     policy: RotationPolicy,
     key_type: KeyType,
     current: ArcSwapOption<KeySet>,
+    /// When this server's signing key next changes (Unix seconds; 0 before
+    /// the first rotation): its next key's activation, else the current
+    /// key's retirement.
+    next_activation: AtomicI64,
 }
 
 fn to_record(row: &KeyRecordRow) -> Result<KeyRecord, StoreError> {
@@ -91,6 +96,7 @@ impl KeyManager {
             policy,
             key_type,
             current: ArcSwapOption::empty(),
+            next_activation: AtomicI64::new(0),
         };
         manager.rotate(now).await?;
         Ok(manager)
@@ -101,6 +107,14 @@ impl KeyManager {
         self.current
             .load_full()
             .ok_or(KeyManagerError::NoSigningKey)
+    }
+
+    /// When this server's signing key next changes, in Unix seconds: the
+    /// activation of its next published key, else the current key's
+    /// retirement (by which a successor must be active). None before the
+    /// first rotation.
+    pub fn next_activation(&self) -> Option<i64> {
+        Some(self.next_activation.load(Ordering::Relaxed)).filter(|at| *at > 0)
     }
 
     /// Applies the schedule at `now`. Returns true when the signing key or the
@@ -160,6 +174,14 @@ impl KeyManager {
         own.retain(|r| r.remove_at > now);
 
         let signing = schedule::signing_record(&own, now).ok_or(KeyManagerError::NoSigningKey)?;
+        let next_activation = own
+            .iter()
+            .map(|r| r.activate_at)
+            .filter(|at| *at > now)
+            .min()
+            .unwrap_or(signing.retire_at);
+        self.next_activation
+            .store(next_activation, Ordering::Relaxed);
         let jwks = self.published(&everyone, now);
         let previous = self.current().ok();
         let signer = match &previous {

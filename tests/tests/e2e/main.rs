@@ -31,5 +31,6 @@ mod node_attestation;
 mod oidc_endpoint;
 mod quickstart;
 mod rate_limits;
+mod telemetry;
 mod validate_strict;
 mod x509_svids;

@@ -50,7 +50,8 @@ async fn a_flooding_uid_spends_its_own_budget_only() -> anyhow::Result<()> {
             EntrySpec::new("/quiet", &[&format!("unix:uid:{QUIET}")]),
         ],
         "",
-        "cache_misses_per_second_per_uid = 5\ncache_miss_burst_per_uid = 10\n",
+        "cache_misses_per_second_per_uid = 5\ncache_miss_burst_per_uid = 10\n\
+         [telemetry]\nlisten = \"127.0.0.1:0\"\n",
     )
     .await?;
     let quiet = ["--audience", "quiet", "--callers", "4", "--seconds", "1.5"];
@@ -92,6 +93,13 @@ async fn a_flooding_uid_spends_its_own_budget_only() -> anyhow::Result<()> {
     );
     assert!(count(&flood, "min_pushback_ms") > 0, "{flood}");
     assert_eq!(flood["other_errors"], serde_json::json!([]), "{flood}");
+    // Every refusal counted, and nothing else.
+    let metrics = world.agent.telemetry_addr.context("agent telemetry")?;
+    let (scrape, _) = crate::telemetry::scrape(metrics).await?;
+    assert_eq!(
+        crate::telemetry::count(&scrape, "lanyard_agent_rate_limited_total", &[]),
+        count(&flood, "exhausted") as f64
+    );
     // The quiet uid never noticed: every call answered from the cache, none refused.
     for summary in [&before, &during] {
         assert_eq!(count(summary, "ok"), count(summary, "calls"), "{summary}");
@@ -114,8 +122,10 @@ async fn the_servers_mint_limit_reaches_the_workload_with_its_wait() -> anyhow::
     let world = World::start_with_tables(
         "",
         &[EntrySpec::mine("/minted")],
-        "[rate_limits]\nmints_per_second_per_agent = 1\nmint_burst_per_agent = 3\n",
-        "",
+        "[rate_limits]\nmints_per_second_per_agent = 1\nmint_burst_per_agent = 3\n\
+         [telemetry]\nlisten = \"127.0.0.1:0\"\n",
+        "cache_misses_per_second_per_uid = 1\ncache_miss_burst_per_uid = 20\n\
+         [telemetry]\nlisten = \"127.0.0.1:0\"\n",
     )
     .await?;
     let mut client =
@@ -153,6 +163,24 @@ async fn the_servers_mint_limit_reaches_the_workload_with_its_wait() -> anyhow::
         .to_str()?
         .parse()?;
     assert!((1..=1000).contains(&wait), "{wait} ms");
+    // Counted at the server, by limit; the agent's own limit was not the one hit.
+    let server_metrics = world.server.telemetry_addr.context("server telemetry")?;
+    let (scrape, _) = crate::telemetry::scrape(server_metrics).await?;
+    let limited = "lanyard_server_rate_limited_total";
+    assert_eq!(
+        crate::telemetry::count(&scrape, limited, &[("limit", "mint")]),
+        1.0
+    );
+    assert_eq!(
+        crate::telemetry::count(&scrape, limited, &[("limit", "attestation")]),
+        0.0
+    );
+    let agent_metrics = world.agent.telemetry_addr.context("agent telemetry")?;
+    let (scrape, _) = crate::telemetry::scrape(agent_metrics).await?;
+    assert_eq!(
+        crate::telemetry::count(&scrape, "lanyard_agent_rate_limited_total", &[]),
+        0.0
+    );
     // A cached token is still served while over the limit.
     let mut request = tonic::Request::new(JwtsvidRequest {
         audience: vec!["limited-0".to_owned()],

@@ -43,6 +43,7 @@ use crate::authority::node_attestation::{
     self, AttestError, Evidence, NodeAttestors, Proof, Verified, challenge,
 };
 use crate::authority::registry::RegistryError;
+use crate::telemetry::AttestMethod;
 
 /// How long a new stream may stay silent before its start.
 pub(super) const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,10 +116,17 @@ impl Attestation {
             .attestors
             .in_progress()
             .acquire(remote.ip())
-            .map_err(|e| refuse(remote, None, Code::ResourceExhausted, &e.to_string()))?;
+            .map_err(|e| refuse(remote, None, Code::ResourceExhausted, &e.to_string()))
+            .inspect_err(|status| {
+                self.authority
+                    .metrics()
+                    .attestation_ended(AttestMethod::Unknown, Some(status))
+            })?;
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
-            let result = self.run(remote, inbound, &tx).await;
+            let mut method = AttestMethod::Unknown;
+            let result = self.run(remote, inbound, &tx, &mut method).await;
+            self.authority.metrics().attestation(method, &result);
             // Given back before the refusal goes out: a node that reads it
             // may open a stream again at once.
             drop(slot);
@@ -134,6 +142,7 @@ impl Attestation {
         remote: SocketAddr,
         mut inbound: S,
         tx: &mpsc::Sender<Result<AttestResponse, Status>>,
+        method: &mut AttestMethod,
     ) -> Result<(), Status>
     where
         S: Stream<Item = Result<AttestRequest, Status>> + Unpin,
@@ -181,6 +190,7 @@ impl Attestation {
                 ));
             }
             Some(WireEvidence::JoinToken(token)) => {
+                *method = AttestMethod::JoinToken;
                 let svid = self.attest_with_join_token(remote, &csr, token).await?;
                 let _ = tx
                     .send(Ok(AttestResponse {
@@ -189,12 +199,18 @@ impl Attestation {
                     .await;
                 return Ok(());
             }
-            Some(WireEvidence::X509pop(x509pop)) => Evidence::X509Pop {
-                chain: &x509pop.chain,
-            },
-            Some(WireEvidence::Sshpop(sshpop)) => Evidence::SshPop {
-                certificate: &sshpop.certificate,
-            },
+            Some(WireEvidence::X509pop(x509pop)) => {
+                *method = AttestMethod::X509Pop;
+                Evidence::X509Pop {
+                    chain: &x509pop.chain,
+                }
+            }
+            Some(WireEvidence::Sshpop(sshpop)) => {
+                *method = AttestMethod::SshPop;
+                Evidence::SshPop {
+                    certificate: &sshpop.certificate,
+                }
+            }
         };
         ca::check_csr(&csr)
             .map_err(|e| refuse(remote, None, Code::InvalidArgument, &e.to_string()))?;

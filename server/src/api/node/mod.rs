@@ -38,6 +38,7 @@ use crate::authority::ca::{CaError, CertificateAuthority, IssuedCert};
 use crate::authority::entries::RegistrationEntry;
 use crate::authority::node_attestation::{self, NodeAttestors};
 use crate::authority::{Authority, MintError, RegistryError};
+use crate::telemetry::{AttestMethod, SvidKind};
 use agent_check::{Call, Refusal};
 use attest::Attestation;
 use rate_limits::NodeRateLimits;
@@ -94,10 +95,12 @@ impl NodeService {
             let agent =
                 agent_check::admit(self.authority.registry(), peer, Call::Other, clock::now())
                     .await?;
+            self.authority.metrics().agent_seen(&agent.spiffe_id);
             return Ok(agent.spiffe_id);
         }
         if request.extensions().get::<UdsConnectInfo>().is_some() {
             peer::require_uid(request, &[self.server_uid], "Node API")?;
+            self.authority.metrics().agent_seen(&self.local_agent_id);
             return Ok(self.local_agent_id.clone());
         }
         Err(Status::unauthenticated("unknown transport"))
@@ -183,8 +186,11 @@ impl Node for NodeService {
         let svid = self
             .attestation()
             .attest_with_join_token(remote, &body.csr, &body.join_token)
-            .await?;
-        Ok(Response::new(svid))
+            .await;
+        self.authority
+            .metrics()
+            .attestation(AttestMethod::JoinToken, &svid);
+        Ok(Response::new(svid?))
     }
 
     type AttestStream = attest::AttestStream;
@@ -219,6 +225,7 @@ impl Node for NodeService {
         let registry = self.authority.registry();
         let checked = agent_check::admit(registry, peer, Call::Renewal, clock::now()).await?;
         let agent = &checked.spiffe_id;
+        self.authority.metrics().agent_seen(agent);
         let now = SystemTime::now();
         // Never past the host certificate the agent proved (admit refused
         // the renewal once it had expired).
@@ -259,6 +266,7 @@ impl Node for NodeService {
             .entry_update_for_agent(&agent, request.get_ref().since_revision)
             .await
             .map_err(unavailable)?;
+        self.authority.metrics().entry_revision(update.revision);
         Ok(Response::new(SyncEntriesResponse {
             entries: update.upserts.iter().map(to_node).collect(),
             revision: update.revision,
@@ -268,6 +276,44 @@ impl Node for NodeService {
     }
 
     async fn mint_jwt_svid(
+        &self,
+        request: Request<MintJwtSvidRequest>,
+    ) -> Result<Response<MintJwtSvidResponse>, Status> {
+        let minted = self.mint_jwt(request).await;
+        self.authority.metrics().mint(SvidKind::Jwt, &minted);
+        minted
+    }
+
+    async fn mint_x509_svid(
+        &self,
+        request: Request<MintX509SvidRequest>,
+    ) -> Result<Response<MintX509SvidResponse>, Status> {
+        let minted = self.mint_x509(request).await;
+        self.authority.metrics().mint(SvidKind::X509, &minted);
+        minted
+    }
+
+    async fn get_bundle(
+        &self,
+        request: Request<GetBundleRequest>,
+    ) -> Result<Response<GetBundleResponse>, Status> {
+        self.caller(&request).await?;
+        let jwks = super::jwks_reply(&self.authority, serde_json::to_vec)?;
+        Ok(Response::new(GetBundleResponse {
+            trust_domain: self.authority.trust_domain().to_string(),
+            jwks,
+            x509_authorities: self
+                .bundle
+                .certificates()
+                .iter()
+                .map(|c| c.to_vec())
+                .collect(),
+        }))
+    }
+}
+
+impl NodeService {
+    async fn mint_jwt(
         &self,
         request: Request<MintJwtSvidRequest>,
     ) -> Result<Response<MintJwtSvidResponse>, Status> {
@@ -287,7 +333,7 @@ impl Node for NodeService {
         }))
     }
 
-    async fn mint_x509_svid(
+    async fn mint_x509(
         &self,
         request: Request<MintX509SvidRequest>,
     ) -> Result<Response<MintX509SvidResponse>, Status> {
@@ -320,24 +366,6 @@ impl Node for NodeService {
             spiffe_id: entry.spiffe_id.to_string(),
             cert_chain: vec![issued.der.to_vec()],
             expires_at: issued.expires_at,
-        }))
-    }
-
-    async fn get_bundle(
-        &self,
-        request: Request<GetBundleRequest>,
-    ) -> Result<Response<GetBundleResponse>, Status> {
-        self.caller(&request).await?;
-        let jwks = super::jwks_reply(&self.authority, serde_json::to_vec)?;
-        Ok(Response::new(GetBundleResponse {
-            trust_domain: self.authority.trust_domain().to_string(),
-            jwks,
-            x509_authorities: self
-                .bundle
-                .certificates()
-                .iter()
-                .map(|c| c.to_vec())
-                .collect(),
         }))
     }
 }
