@@ -130,12 +130,23 @@ impl CacheKey {
 }
 
 /// A minted token and its lifetime in Unix seconds, as the server stated it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct CachedSvid {
     pub spiffe_id: String,
     pub token: String,
     pub issued_at: i64,
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for CachedSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("CachedSvid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CachedSvid {

@@ -75,12 +75,23 @@ pub struct AgentEntryUpdate {
     pub revision: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MintedJwtSvid {
     pub spiffe_id: SpiffeId,
     pub token: String,
     pub issued_at: i64,
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for MintedJwtSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("MintedJwtSvid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lanyard_host::config_file::{self, invalid};
+use lanyard_host::logging::{LogConfig, RawLog};
 use lanyard_proto::attestation::MAX_CHALLENGE_TTL_SECONDS;
 use lanyard_proto::{Selector, SpiffeId, TrustDomain};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
@@ -142,6 +143,8 @@ pub struct ServerConfig {
     pub entries: Vec<EntrySpec>,
     /// `sqlite://…` or `postgres://…`.
     pub datastore_url: String,
+    /// `[log]`: format, filter and audit file.
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +168,8 @@ struct RawConfig {
     node_attestation: RawNodeAttestation,
     #[serde(default)]
     entries: Vec<RawEntry>,
+    #[serde(default)]
+    log: RawLog,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,7 +289,9 @@ impl RawConfig {
         let server_id = validate_server_id(self.server_id.unwrap_or_default())?;
         let admin = self.admin.validate(&self.data_dir)?;
         let node_attestation = self.node_attestation.validate()?;
+        let log = self.log.validate()?;
         Ok(ServerConfig {
+            log,
             node_attestation,
             server_id,
             admin,
