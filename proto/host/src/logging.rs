@@ -389,7 +389,10 @@ mod tests {
             std::fs::read_to_string(dir.path().join("audit.jsonl.1"))?,
             "one\n"
         );
-        assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path)?.permissions().mode() & 0o777,
+            0o600
+        );
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ use lanyard_host::random;
 use lanyard_proto::audience::{Audience, AudienceError};
 use lanyard_proto::{Jwks, JwtSvidClaims, Selector, SpiffeId, TrustDomain};
 
+use crate::audit;
 use crate::keys::{KeyError, KeyManager, KeyManagerError};
 use crate::store::RegistrationEntry;
 use crate::store::{Datastore, EntryChange, StoreError};
@@ -278,15 +279,13 @@ impl Authority {
         };
         let signer = self.keys.current()?.signer.clone();
         let token = signer.sign(&claims)?;
-        tracing::info!(
-            target: "lanyard::audit",
-            agent = %agent,
-            spiffe_id = %entry.spiffe_id,
-            audience = ?claims.aud,
-            kid = signer.kid(),
-            jti,
-            exp = expires_at,
-            "minted JWT-SVID"
+        audit::jwt_svid_minted(
+            agent,
+            &entry.spiffe_id,
+            &claims.aud,
+            signer.kid(),
+            &jti,
+            expires_at,
         );
         Ok(MintedJwtSvid {
             spiffe_id: entry.spiffe_id,
