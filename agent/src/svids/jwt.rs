@@ -15,6 +15,7 @@ use lanyard_host::sync::lock;
 use lanyard_proto::SpiffeId;
 use tonic::{Code, Status};
 
+use crate::audit::{self, Caller, Trigger};
 use crate::lru::Lru;
 use crate::sync::entries::AgentEntry;
 use crate::upstream::client::{ServerClient, on_behalf};
@@ -49,23 +50,27 @@ impl JwtSvids {
         &self,
         entry: &AgentEntry,
         audience: &[String],
+        caller: Option<Caller>,
     ) -> Result<CachedSvid, Status> {
         let key = CacheKey::new(&entry.spiffe_id, audience);
         match self.cache.lookup(&key, lanyard_host::clock::now()) {
             Lookup::Fresh { svid, refresh } => {
                 if refresh {
-                    self.refresh_in_background(key, entry.id.clone(), audience.to_vec());
+                    self.refresh_in_background(key, entry.id.clone(), audience.to_vec(), caller);
                 }
                 Ok(svid)
             }
             // The server is known to be away: do not make the caller wait for it.
             Lookup::Stale(svid) if self.reachability.is_down() => {
                 if self.cache.claim_refresh(&key) {
-                    self.refresh_in_background(key, entry.id.clone(), audience.to_vec());
+                    self.refresh_in_background(key, entry.id.clone(), audience.to_vec(), caller);
                 }
                 Ok(svid)
             }
-            Lookup::Stale(svid) => match self.mint(&entry.id, audience).await {
+            Lookup::Stale(svid) => match self
+                .mint(&entry.id, audience, caller, Trigger::Request)
+                .await
+            {
                 Ok(new) => {
                     self.cache.store(key, new.clone());
                     Ok(new)
@@ -74,17 +79,28 @@ impl JwtSvids {
                 Err(status) => Err(status),
             },
             Lookup::Miss => {
-                let new = self.mint(&entry.id, audience).await?;
+                let new = self
+                    .mint(&entry.id, audience, caller, Trigger::Request)
+                    .await?;
                 self.cache.store(key, new.clone());
                 Ok(new)
             }
         }
     }
 
-    fn refresh_in_background(&self, key: CacheKey, entry_id: String, audience: Vec<String>) {
+    fn refresh_in_background(
+        &self,
+        key: CacheKey,
+        entry_id: String,
+        audience: Vec<String>,
+        caller: Option<Caller>,
+    ) {
         let svids = self.clone();
         tokio::spawn(async move {
-            match svids.mint(&entry_id, &audience).await {
+            match svids
+                .mint(&entry_id, &audience, caller, Trigger::Refresh)
+                .await
+            {
                 Ok(new) => svids.cache.store(key, new),
                 Err(_) => svids.cache.refresh_failed(&key),
             }
@@ -93,7 +109,13 @@ impl JwtSvids {
 
     /// Asks the server, waiting at most the configured timeout. Refusals
     /// (bad audience, entry gone) pass through; anything else is `Unavailable`.
-    async fn mint(&self, entry_id: &str, audience: &[String]) -> Result<CachedSvid, Status> {
+    async fn mint(
+        &self,
+        entry_id: &str,
+        audience: &[String],
+        caller: Option<Caller>,
+        trigger: Trigger,
+    ) -> Result<CachedSvid, Status> {
         let minted = on_behalf(
             &self.reachability,
             self.timeout,
@@ -101,6 +123,13 @@ impl JwtSvids {
             self.server.mint_jwt_svid(entry_id, audience),
         )
         .await?;
+        audit::jwt_svid_minted(
+            &minted.spiffe_id,
+            audience.len(),
+            caller,
+            trigger,
+            minted.expires_at,
+        );
         Ok(CachedSvid {
             spiffe_id: minted.spiffe_id,
             token: minted.token,

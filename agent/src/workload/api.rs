@@ -24,6 +24,7 @@ use super::identify::{self, Identified, IdentifyError};
 use super::jwt_validate::{self, VerifyingKeys};
 use crate::attestor::peer::PeerInfo;
 use crate::attestor::unix::UnixAttestor;
+use crate::audit::Caller;
 use crate::svids::jwt::JwtSvids;
 use crate::svids::x509::{X509Svid, X509SvidCache};
 use crate::sync::entries::AgentEntry;
@@ -154,6 +155,7 @@ impl WorkloadService {
         &self,
         x509: &X509SvidCache,
         identities: &[AgentEntry],
+        caller: Option<Caller>,
     ) -> Result<(X509svidResponse, Shown), Status> {
         let authorities = self
             .state
@@ -162,7 +164,8 @@ impl WorkloadService {
             .clone()
             .ok_or_else(|| Status::unavailable("trust bundle not yet fetched from the server"))?;
         let svids =
-            futures::future::try_join_all(identities.iter().map(|entry| x509.get(entry))).await?;
+            futures::future::try_join_all(identities.iter().map(|entry| x509.get(entry, caller)))
+                .await?;
         let bundle = authorities.concat();
         let response = X509svidResponse {
             svids: svids
@@ -186,6 +189,14 @@ impl WorkloadService {
         };
         Ok((response, shown))
     }
+}
+
+/// Who a mint is for, in audit records.
+fn caller_of(peer: &PeerInfo) -> Option<Caller> {
+    peer.0.as_ref().as_ref().ok().map(|peer| Caller {
+        uid: peer.credentials.uid,
+        pid: peer.credentials.pid,
+    })
 }
 
 fn peer_of<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
@@ -286,7 +297,8 @@ impl SpiffeWorkloadApi for WorkloadService {
             authorities: self.state.x509_authorities(),
         };
         watch.mark_seen();
-        let (first, sent) = self.x509_response(&x509, &identities).await?;
+        let caller = caller_of(&peer);
+        let (first, sent) = self.x509_response(&x509, &identities, caller).await?;
         let service = self.clone();
         let updates = futures::stream::unfold(Some((watch, peer, selectors, sent)), move |next| {
             let service = service.clone();
@@ -317,7 +329,7 @@ impl SpiffeWorkloadApi for WorkloadService {
                         Ok(identities) => identities,
                         Err(e) => return Some((Err(e.into()), None)),
                     };
-                    match service.x509_response(&x509, &identities).await {
+                    match service.x509_response(&x509, &identities, caller).await {
                         Ok((response, shown)) if shown != sent => {
                             sent = shown;
                             return Some((Ok(response), Some((watch, peer, selectors, sent))));
@@ -367,6 +379,7 @@ impl SpiffeWorkloadApi for WorkloadService {
             other => Status::invalid_argument(other.to_string()),
         })?;
         let mut identities = self.identities(&request).await?;
+        let caller = peer_of(&request).ok().and_then(|peer| caller_of(&peer));
         let body = request.into_inner();
         if !body.spiffe_id.is_empty() {
             let wanted = SpiffeId::parse(&body.spiffe_id).map_err(|e| {
@@ -382,7 +395,7 @@ impl SpiffeWorkloadApi for WorkloadService {
         let minted = futures::future::try_join_all(
             identities
                 .iter()
-                .map(|entry| self.jwt_svids.fetch(entry, audience.values())),
+                .map(|entry| self.jwt_svids.fetch(entry, audience.values(), caller)),
         )
         .await?;
         let svids = minted
