@@ -710,6 +710,85 @@ mod tests {
         request
     }
 
+    /// The fields of each `lanyard::audit` event, as `name=value` text.
+    #[derive(Default, Clone)]
+    struct Audit(Arc<std::sync::Mutex<Vec<String>>>);
+
+    struct Fields(String);
+
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for Audit {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if event.metadata().target() == lanyard_host::logging::AUDIT_TARGET {
+                let mut fields = Fields(String::new());
+                event.record(&mut fields);
+                self.0.lock().unwrap().push(fields.0);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// Every call is one `admin.call` record with the caller's uid and the
+    /// answer's code, refused and failed calls too.
+    #[tokio::test]
+    async fn every_call_is_audited_with_its_uid_and_code() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let admin = service(dir.path()).await?;
+        let audit = Audit::default();
+        let _guard = tracing::subscriber::set_default(audit.clone());
+        let me = nix::unistd::geteuid().as_raw();
+
+        admin
+            .list_entries(request(ListEntriesRequest::default()))
+            .await?;
+        let missing = admin
+            .get_entry(request(GetEntryRequest {
+                id: "no-such-entry".to_owned(),
+            }))
+            .await;
+        assert_eq!(missing.map(|_| ()).unwrap_err().code(), Code::NotFound);
+        // No peer credentials: refused, and still audited (without a uid).
+        let anonymous = admin
+            .list_agents(Request::new(ListAgentsRequest::default()))
+            .await;
+        assert_eq!(
+            anonymous.map(|_| ()).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+
+        let lines = audit.0.lock().unwrap().clone();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        for (line, method, code) in [
+            (&lines[0], "ListEntries", "ok"),
+            (&lines[1], "GetEntry", "not_found"),
+            (&lines[2], "ListAgents", "unauthenticated"),
+        ] {
+            assert!(line.contains("event=\"admin.call\""), "{line}");
+            assert!(line.contains(&format!("method=\"{method}\"")), "{line}");
+            assert!(line.contains(&format!("code=\"{code}\"")), "{line}");
+        }
+        for line in &lines[..2] {
+            assert!(line.contains(&format!(" uid={me} ")), "{line}");
+        }
+        assert!(!lines[2].contains("uid="), "{}", lines[2]);
+        Ok(())
+    }
+
     fn alias(spiffe_id: &str) -> CreateEntryRequest {
         CreateEntryRequest {
             spiffe_id: spiffe_id.to_owned(),
