@@ -470,7 +470,7 @@ pub async fn run_gcp(command: GcpCommand) -> std::process::ExitCode {
     println!("{}", response.to_json());
     match response {
         cloud::gcp::ExecutableResponse::Failure { code, message, .. } => {
-            tracing::warn!(code, message, "gcp executable failed");
+            tracing::warn!(code, reason = message, "gcp executable failed");
             std::process::ExitCode::FAILURE
         }
         cloud::gcp::ExecutableResponse::Success { .. } => std::process::ExitCode::SUCCESS,

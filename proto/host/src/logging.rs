@@ -168,8 +168,9 @@ fn log_filter(level: &str) -> EnvFilter {
     parse_filter(level).unwrap_or_else(|_| EnvFilter::new(DEFAULT_LEVEL))
 }
 
-/// Installs a daemon's logging from its `[log]` table. With an audit file,
-/// it must be called within a Tokio runtime: SIGHUP reopens the file.
+/// Installs a daemon's logging from its `[log]` table. It must be called
+/// within a Tokio runtime: from then on SIGHUP reopens the audit file (and
+/// never stops the daemon, with or without one).
 pub fn init(config: &LogConfig) -> Result<LoggingGuard, LoggingError> {
     let filter = log_filter(&config.level);
     let (audit_layer, guard) = match &config.audit_file {
@@ -181,7 +182,7 @@ pub fn init(config: &LogConfig) -> Result<LoggingGuard, LoggingError> {
                     source,
                 }
             })?;
-            reopen_on_hangup(reopen)?;
+            reopen_on_hangup(Some(reopen))?;
             let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
                 .lossy(false)
                 .thread_name("lanyard-audit")
@@ -196,7 +197,11 @@ pub fn init(config: &LogConfig) -> Result<LoggingGuard, LoggingError> {
                 .with_filter(Targets::new().with_target(AUDIT_TARGET, tracing::Level::TRACE));
             (Some(layer), Some(guard))
         }
-        None => (None, None),
+        None => {
+            // SIGHUP still must not kill the daemon (`systemctl reload`).
+            reopen_on_hangup(None)?;
+            (None, None)
+        }
     };
     let to_file = config.audit_file.is_some();
     // With an audit file, audit records are its alone.
@@ -271,14 +276,20 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 /// On each SIGHUP: reopen the audit file at its path (logrotate has moved
-/// it) and say so there, as the new file's first record.
-fn reopen_on_hangup(reopen: Arc<AtomicBool>) -> Result<(), LoggingError> {
+/// it) and say so there, as the new file's first record. Without an audit
+/// file there is nothing to reopen, and the signal is only noted.
+fn reopen_on_hangup(reopen: Option<Arc<AtomicBool>>) -> Result<(), LoggingError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = signal(SignalKind::hangup()).map_err(LoggingError::Hangup)?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            reopen.store(true, Ordering::Release);
-            crate::audit!("audit.reopened", signal = "SIGHUP", "audit file reopened");
+            match &reopen {
+                Some(reopen) => {
+                    reopen.store(true, Ordering::Release);
+                    crate::audit!("audit.reopened", signal = "SIGHUP", "audit file reopened");
+                }
+                None => tracing::info!("SIGHUP: no audit file to reopen"),
+            }
         }
     });
     Ok(())

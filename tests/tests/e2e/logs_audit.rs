@@ -356,6 +356,31 @@ fn sighup_moves_the_audit_trail_to_a_new_private_file() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn sighup_without_an_audit_file_does_not_stop_a_daemon() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    write_server_config(d, "")?;
+    let server = start_server(d)?;
+    server.signal(nix::sys::signal::Signal::SIGHUP)?;
+    eventually("the server notes the SIGHUP", || {
+        Ok(server
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("no audit file to reopen")))
+    })?;
+    // Still serving; audit records stay in the log when there is no file.
+    admin(d, &["entry", "list"])?;
+    let (clean, log) = server.stop()?;
+    assert!(clean);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("lanyard::audit") && l.contains("admin.call")),
+        "no audit record in the log"
+    );
+    Ok(())
+}
+
 /// Runs `gcp executable` with exactly `env`, stderr merged into stdout as
 /// google-auth runs it; the merged output and whether it succeeded.
 fn gcp_executable_merged(env: &[(&str, String)]) -> anyhow::Result<(String, bool)> {
