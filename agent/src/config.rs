@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lanyard_host::config_file::{self, ConfigError, invalid};
+use lanyard_host::logging::{LogConfig, RawLog};
 use lanyard_host::private_files::FsError;
 use lanyard_host::rate_limit::RateLimit;
 use lanyard_host::telemetry::RawTelemetry;
@@ -72,10 +73,26 @@ pub(crate) fn is_host_port(address: &str) -> bool {
 
 /// Where the join token comes from. A file is read only when the agent has
 /// no SVID to use, so it may be removed after the first attestation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum JoinToken {
     Value(String),
     File(PathBuf),
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Never the token: its fingerprint at most.
+            Self::Value(token) => f
+                .debug_tuple("Value")
+                .field(&format_args!(
+                    "sha256:{}…",
+                    lanyard_host::logging::secret_fingerprint(token)
+                ))
+                .finish(),
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
 }
 
 impl JoinToken {
@@ -193,6 +210,8 @@ pub struct AgentConfig {
     pub workload_attestor: UnixAttestorConfig,
     /// `[telemetry]`: where metrics and health endpoints are served, if anywhere.
     pub telemetry: TelemetryConfig,
+    /// `[log]`: format, filter and audit file.
+    pub log: LogConfig,
 }
 
 /// Generous: 100 new (SPIFFE ID, audience) tokens a second for one uid;
@@ -212,6 +231,7 @@ struct RawConfig {
     sync_interval_seconds: Option<u32>,
     #[serde(default)]
     telemetry: RawTelemetry,
+    log: RawLog,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,7 +241,7 @@ struct RawServer {
     address: Option<String>,
     addresses: Option<Vec<String>>,
     trust_bundle: Option<PathBuf>,
-    join_token: Option<String>,
+    join_token: Option<TokenText>,
     join_token_file: Option<PathBuf>,
     request_timeout_seconds: Option<u32>,
     attestation: Option<RawAttestation>,
@@ -246,6 +266,17 @@ struct RawX509Pop {
 struct RawSshPop {
     host_key: Option<PathBuf>,
     host_certificate: Option<PathBuf>,
+}
+
+/// A join token as written in the config; its `Debug` never shows it.
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct TokenText(String);
+
+impl std::fmt::Debug for TokenText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<join token>")
+    }
 }
 
 /// Most servers `server.addresses` may list.
@@ -314,7 +345,7 @@ fn required_path(key: &str, path: Option<PathBuf>) -> Result<PathBuf, ConfigErro
 /// The node attestation method of `[server]`: at most one of the join token
 /// keys and the `[server.attestation.*]` tables.
 fn node_attestation(
-    join_token: Option<String>,
+    join_token: Option<TokenText>,
     join_token_file: Option<PathBuf>,
     attestation: Option<RawAttestation>,
 ) -> Result<Option<NodeAttestation>, ConfigError> {
@@ -325,7 +356,9 @@ fn node_attestation(
                 "give either server.join_token or server.join_token_file, not both",
             ));
         }
-        (Some(token), None) => Some(token).filter(|t| !t.is_empty()).map(JoinToken::Value),
+        (Some(TokenText(token)), None) => {
+            Some(token).filter(|t| !t.is_empty()).map(JoinToken::Value)
+        }
         (None, Some(path)) if path.is_absolute() => Some(JoinToken::File(path)),
         (None, Some(_)) => {
             return Err(invalid(
@@ -564,6 +597,7 @@ impl AgentConfig {
                 sha256_selectors: attestor.sha256_selectors.unwrap_or(false),
                 max_binary_bytes,
             },
+            log: raw.log.validate()?,
         })
     }
 }

@@ -8,6 +8,7 @@
 )]
 
 pub mod attestor;
+mod audit;
 mod backoff;
 pub mod client;
 pub mod config;

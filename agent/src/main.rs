@@ -11,7 +11,7 @@ use lanyard_agent::client::cli::{self, Cli, Command};
 use lanyard_agent::config::{
     AgentConfig, JoinToken, NodeAttestation, ServerConnection, read_join_token_file,
 };
-use lanyard_host::daemon;
+use lanyard_host::{daemon, logging};
 
 /// Client commands run inside other tools (the AWS CLI shows a
 /// credential_process's stderr): only our warnings and real errors, and none
@@ -21,9 +21,32 @@ const CLIENT_LOG_FILTER: &str = "warn,aws_config=error,aws_runtime=error,aws_smi
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match &cli.command {
-        Command::Run { .. } | Command::TokenFile { once: false, .. } => daemon::init_logging(),
-        _ => daemon::init_logging_with_default(CLIENT_LOG_FILTER),
+    match cli.command {
+        // Its config's [log] table decides, once it is read (in `run`).
+        Command::Run { .. } => {}
+        // The caller parses what these print (google-auth merges stderr into
+        // stdout): no logs on either, whatever RUST_LOG says.
+        Command::Gcp(command) => {
+            if let Err(e) = logging::init_helper() {
+                let message = daemon::error_line(&e);
+                println!(
+                    "{}",
+                    lanyard_agent::client::cloud::gcp::ExecutableResponse::failure(
+                        "LOG_FILE", message
+                    )
+                    .to_json()
+                );
+                return ExitCode::FAILURE;
+            }
+            return cli::run_gcp(command).await;
+        }
+        Command::Aws(_) => {
+            if let Err(e) = logging::init_helper() {
+                return daemon::exit_code("lanyard-agent", Err(anyhow::Error::new(e)));
+            }
+        }
+        Command::TokenFile { once: false, .. } => logging::init_client("info"),
+        _ => logging::init_client(CLIENT_LOG_FILTER),
     }
     daemon::exit_code("lanyard-agent", run(cli).await)
 }
@@ -44,6 +67,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let mut config = AgentConfig::load(&config)?;
+            // Held until the agent has stopped: dropping it flushes the audit file.
+            let _logging = logging::init(&config.log)?;
             let given = match (join_token_file, std::env::var("LANYARD_JOIN_TOKEN")) {
                 (Some(path), _) => {
                     // Checked now, so a wrong path or mode fails at once.
@@ -85,7 +110,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api(command) => cli::run_api(command).await,
         Command::Healthcheck { socket } => cli::healthcheck(socket).await,
         Command::Aws(command) => cli::run_aws(command).await,
-        Command::Gcp(command) => cli::run_gcp(command).await,
+        // Run from `main`, which prints nothing but its response.
+        Command::Gcp(command) => {
+            if cli::run_gcp(command).await != ExitCode::SUCCESS {
+                anyhow::bail!("gcp executable failed");
+            }
+            Ok(())
+        }
         Command::TokenFile {
             audience,
             path,

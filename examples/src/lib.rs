@@ -98,8 +98,11 @@ mod deploy_samples {
         let config =
             lanyard_server::config::ServerConfig::from_toml(&server, "deploy/server.toml").unwrap();
         assert_eq!(config.trust_domain.to_string(), "example.org");
+        assert!(config.log.audit_file.is_some());
         let agent = std::fs::read_to_string(sample("agent.toml")).unwrap();
-        lanyard_agent::config::AgentConfig::from_toml(&agent, "deploy/agent.toml").unwrap();
+        let agent =
+            lanyard_agent::config::AgentConfig::from_toml(&agent, "deploy/agent.toml").unwrap();
+        assert!(agent.log.audit_file.is_some());
     }
 
     #[test]

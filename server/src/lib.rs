@@ -12,6 +12,7 @@
 use anyhow as _;
 
 mod api;
+mod audit;
 pub mod authority;
 pub mod config;
 pub mod keys;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use lanyard_host::daemon;
+use lanyard_host::{daemon, logging};
 use lanyard_server::authority::Issuer;
 use lanyard_server::config::ServerConfig;
 use lanyard_server::ops::cli::{Cli, Command, FederationArgs, OidcCommand};
@@ -15,8 +15,12 @@ use lanyard_server::ops::federation;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    daemon::init_logging();
-    daemon::exit_code("lanyard-server", run(Cli::parse()).await)
+    let cli = Cli::parse();
+    // `run` logs as its config's [log] table says, once it is read.
+    if !matches!(cli.command, Command::Run { .. }) {
+        logging::init_client("info");
+    }
+    daemon::exit_code("lanyard-server", run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -46,6 +50,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { config } => {
             let config = ServerConfig::load(&config)?;
+            // Held until the server has stopped: dropping it flushes the audit file.
+            let _logging = logging::init(&config.log)?;
             let server = lanyard_server::start(config).await?;
             daemon::run_until_signal(server)
                 .await

@@ -3,9 +3,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -20,6 +20,10 @@ pub struct Daemon {
     name: String,
     /// Bytes the daemon has written to stderr (its log) so far.
     logged: Arc<AtomicUsize>,
+    /// Every line of its stderr so far.
+    lines: Arc<Mutex<Vec<String>>>,
+    /// The thread draining stderr; it ends when the daemon does.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -35,10 +39,15 @@ impl Daemon {
         let (lines_tx, lines_rx) = mpsc::channel();
         let logged = Arc::new(AtomicUsize::new(0));
         let counter = logged.clone();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let kept = lines.clone();
         // Keeps draining stderr for the daemon's whole life so it never blocks on a full pipe.
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 counter.fetch_add(line.len() + 1, Ordering::Relaxed);
+                kept.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line.clone());
                 let _ = lines_tx.send(line);
             }
         });
@@ -50,6 +59,8 @@ impl Daemon {
                         child,
                         name: name.to_owned(),
                         logged,
+                        lines,
+                        reader: Some(reader),
                     });
                 }
                 Ok(line) => seen.push(line),
@@ -71,11 +82,34 @@ impl Daemon {
     }
 
     /// Asks the daemon to stop with SIGTERM and returns whether it exited cleanly.
-    pub fn terminate(mut self) -> anyhow::Result<bool> {
+    pub fn terminate(self) -> anyhow::Result<bool> {
+        Ok(self.stop()?.0)
+    }
+
+    /// Every line the daemon has written to stderr so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        nix::sys::signal::kill(pid, signal)?;
+        Ok(())
+    }
+
+    /// Stops the daemon with SIGTERM; whether it exited cleanly, and every
+    /// line of its stderr (read to the end).
+    pub fn stop(mut self) -> anyhow::Result<(bool, Vec<String>)> {
+        self.signal(nix::sys::signal::Signal::SIGTERM)?;
         let status = self.child.wait()?;
-        Ok(status.success())
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        Ok((status.success(), self.log_lines()))
     }
 }
 

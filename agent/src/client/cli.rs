@@ -455,8 +455,9 @@ pub async fn run_aws(command: AwsCommand) -> anyhow::Result<()> {
 }
 
 /// `gcp …`: prints the executable response, success or failure form; a
-/// failure also fails the process, as Google's libraries require.
-pub async fn run_gcp(command: GcpCommand) -> anyhow::Result<()> {
+/// failure also fails the process, as Google's libraries require. Nothing
+/// else is written to stdout or stderr: google-auth merges them.
+pub async fn run_gcp(command: GcpCommand) -> std::process::ExitCode {
     let GcpCommand::Executable {
         audience,
         spiffe_id,
@@ -475,9 +476,10 @@ pub async fn run_gcp(command: GcpCommand) -> anyhow::Result<()> {
     println!("{}", response.to_json());
     match response {
         cloud::gcp::ExecutableResponse::Failure { code, message, .. } => {
-            anyhow::bail!("{code}: {message}")
+            tracing::warn!(code, reason = message, "gcp executable failed");
+            std::process::ExitCode::FAILURE
         }
-        cloud::gcp::ExecutableResponse::Success { .. } => Ok(()),
+        cloud::gcp::ExecutableResponse::Success { .. } => std::process::ExitCode::SUCCESS,
     }
 }
 

@@ -16,6 +16,7 @@ use lanyard_host::sync::lock;
 use lanyard_proto::SpiffeId;
 use tonic::{Code, Status};
 
+use crate::audit::{self, Caller, Trigger};
 use crate::lru::Lru;
 use crate::sync::entries::AgentEntry;
 use crate::telemetry::{AgentMetrics, SvidKind, SvidSource};
@@ -59,14 +60,14 @@ impl JwtSvids {
     }
 
     /// A JWT-SVID for `entry` and `audience`, asked for by a process of
-    /// `uid`, counted by where it came from.
+    /// `caller` (its uid spends the cache-miss budget), counted by where it came from.
     pub(crate) async fn fetch(
         &self,
         entry: &AgentEntry,
         audience: &[String],
-        uid: u32,
+        caller: Caller,
     ) -> Result<CachedSvid, Status> {
-        let (svid, source) = self.fetch_from(entry, audience, uid).await?;
+        let (svid, source) = self.fetch_from(entry, audience, caller).await?;
         self.metrics.svid(SvidKind::Jwt, source);
         Ok(svid)
     }
@@ -76,29 +77,42 @@ impl JwtSvids {
         &self,
         entry: &AgentEntry,
         audience: &[String],
-        uid: u32,
+        caller: Caller,
     ) -> Result<(CachedSvid, SvidSource), Status> {
         let key = CacheKey::new(&entry.spiffe_id, audience);
         match self.cache.lookup(&key, lanyard_host::clock::now()) {
             Lookup::Fresh { svid, refresh } => {
                 if refresh {
-                    self.refresh_in_background(key, entry.id.clone(), audience.to_vec());
+                    self.refresh_in_background(
+                        key,
+                        entry.id.clone(),
+                        audience.to_vec(),
+                        Some(caller),
+                    );
                 }
                 Ok((svid, SvidSource::Cache))
             }
             // The server is known to be away: do not make the caller wait for it.
             Lookup::Stale(svid) if self.reachability.is_down() => {
                 if self.cache.claim_refresh(&key) {
-                    self.refresh_in_background(key, entry.id.clone(), audience.to_vec());
+                    self.refresh_in_background(
+                        key,
+                        entry.id.clone(),
+                        audience.to_vec(),
+                        Some(caller),
+                    );
                 }
                 Ok((svid, SvidSource::Cache))
             }
             // Over its budget the caller keeps the token it has: still valid.
-            Lookup::Stale(svid) if self.misses.check(&uid).is_err() => {
+            Lookup::Stale(svid) if self.misses.check(&caller.uid).is_err() => {
                 self.metrics.rate_limited();
                 Ok((svid, SvidSource::Cache))
             }
-            Lookup::Stale(svid) => match self.mint(&entry.id, audience).await {
+            Lookup::Stale(svid) => match self
+                .mint(&entry.id, audience, Some(caller), Trigger::Request)
+                .await
+            {
                 Ok(new) => {
                     self.cache.store(key, new.clone());
                     Ok((new, SvidSource::Minted))
@@ -107,21 +121,32 @@ impl JwtSvids {
                 Err(status) => Err(status),
             },
             Lookup::Miss => {
-                self.misses.check(&uid).map_err(|wait| {
+                self.misses.check(&caller.uid).map_err(|wait| {
                     self.metrics.rate_limited();
                     rate_limit::exhausted("workload_api.cache_misses_per_second_per_uid", wait)
                 })?;
-                let new = self.mint(&entry.id, audience).await?;
+                let new = self
+                    .mint(&entry.id, audience, Some(caller), Trigger::Request)
+                    .await?;
                 self.cache.store(key, new.clone());
                 Ok((new, SvidSource::Minted))
             }
         }
     }
 
-    fn refresh_in_background(&self, key: CacheKey, entry_id: String, audience: Vec<String>) {
+    fn refresh_in_background(
+        &self,
+        key: CacheKey,
+        entry_id: String,
+        audience: Vec<String>,
+        caller: Option<Caller>,
+    ) {
         let svids = self.clone();
         tokio::spawn(async move {
-            match svids.mint(&entry_id, &audience).await {
+            match svids
+                .mint(&entry_id, &audience, caller, Trigger::Refresh)
+                .await
+            {
                 Ok(new) => svids.cache.store(key, new),
                 Err(_) => svids.cache.refresh_failed(&key),
             }
@@ -130,7 +155,13 @@ impl JwtSvids {
 
     /// Asks the server, waiting at most the configured timeout. Refusals
     /// (bad audience, entry gone) pass through; anything else is `Unavailable`.
-    async fn mint(&self, entry_id: &str, audience: &[String]) -> Result<CachedSvid, Status> {
+    async fn mint(
+        &self,
+        entry_id: &str,
+        audience: &[String],
+        caller: Option<Caller>,
+        trigger: Trigger,
+    ) -> Result<CachedSvid, Status> {
         let minted = on_behalf(
             &self.reachability,
             self.timeout,
@@ -138,6 +169,13 @@ impl JwtSvids {
             self.server.mint_jwt_svid(entry_id, audience),
         )
         .await?;
+        audit::jwt_svid_minted(
+            &minted.spiffe_id,
+            audience.len(),
+            caller,
+            trigger,
+            minted.expires_at,
+        );
         Ok(CachedSvid {
             spiffe_id: minted.spiffe_id,
             token: minted.token,
@@ -167,12 +205,23 @@ impl CacheKey {
 }
 
 /// A minted token and its lifetime in Unix seconds, as the server stated it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct CachedSvid {
     pub spiffe_id: String,
     pub token: String,
     pub issued_at: i64,
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for CachedSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("CachedSvid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CachedSvid {

@@ -5,6 +5,7 @@
 //! stream never hands out one past half-life while the server answers; while
 //! it does not, the agent keeps serving what it has until it expires.
 
+use crate::audit::{self, Caller, Trigger};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -128,7 +129,11 @@ impl X509SvidCache {
     }
 
     /// The SVID of `entry`: the one held, or a new one from the server.
-    pub(crate) async fn get(&self, entry: &AgentEntry) -> Result<Arc<X509Svid>, Status> {
+    pub(crate) async fn get(
+        &self,
+        entry: &AgentEntry,
+        caller: Option<Caller>,
+    ) -> Result<Arc<X509Svid>, Status> {
         if let Some(svid) = self.cached(&entry.id) {
             self.metrics.svid(SvidKind::X509, SvidSource::Cache);
             return Ok(svid);
@@ -143,14 +148,19 @@ impl X509SvidCache {
             self.metrics.svid(SvidKind::X509, SvidSource::Cache);
             return Ok(svid);
         }
-        let svid = Arc::new(self.mint(entry).await?);
+        let svid = Arc::new(self.mint(entry, caller, Trigger::Request).await?);
         self.store(&entry.id, svid.clone());
         self.metrics.svid(SvidKind::X509, SvidSource::Minted);
         Ok(svid)
     }
 
     /// A new key, a CSR for it, and the server's signature, within the timeout.
-    async fn mint(&self, entry: &AgentEntry) -> Result<X509Svid, Status> {
+    async fn mint(
+        &self,
+        entry: &AgentEntry,
+        caller: Option<Caller>,
+        trigger: Trigger,
+    ) -> Result<X509Svid, Status> {
         let (key, csr) = new_key_and_csr().map_err(|e| {
             tracing::error!(error = %e, "cannot make a key for an X509-SVID");
             Status::internal("the agent could not make a key")
@@ -166,6 +176,7 @@ impl X509SvidCache {
             tracing::error!(error = %e, entry = entry.id, "refusing an X509-SVID from the server");
             Status::unavailable("the server's X509-SVID was not usable")
         })?;
+        audit::x509_svid_minted(&minted.spiffe_id, caller, trigger, minted.expires_at);
         let lifetime = u64::try_from(minted.expires_at.saturating_sub(unix_now())).unwrap_or(0);
         Ok(X509Svid {
             spiffe_id: minted.spiffe_id,
@@ -218,7 +229,7 @@ impl X509SvidCache {
                     next = next.min(due);
                     continue;
                 }
-                match self.mint(entry).await {
+                match self.mint(entry, None, Trigger::Renewal).await {
                     Ok(renewed) => {
                         retries.remove(&id);
                         next = next.min(renewed.renew_at);

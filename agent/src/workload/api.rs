@@ -24,6 +24,7 @@ use super::identify::{self, Identified, IdentifyError};
 use super::jwt_validate::{self, VerifyingKeys};
 use crate::attestor::peer::PeerInfo;
 use crate::attestor::unix::UnixAttestor;
+use crate::audit::Caller;
 use crate::svids::jwt::JwtSvids;
 use crate::svids::x509::{X509Svid, X509SvidCache};
 use crate::sync::entries::AgentEntry;
@@ -154,6 +155,7 @@ impl WorkloadService {
         &self,
         x509: &X509SvidCache,
         identities: &[AgentEntry],
+        caller: Option<Caller>,
     ) -> Result<(X509svidResponse, Shown), Status> {
         let authorities = self
             .state
@@ -162,7 +164,8 @@ impl WorkloadService {
             .clone()
             .ok_or_else(|| Status::unavailable("trust bundle not yet fetched from the server"))?;
         let svids =
-            futures::future::try_join_all(identities.iter().map(|entry| x509.get(entry))).await?;
+            futures::future::try_join_all(identities.iter().map(|entry| x509.get(entry, caller)))
+                .await?;
         let bundle = authorities.concat();
         let response = X509svidResponse {
             svids: svids
@@ -188,20 +191,20 @@ impl WorkloadService {
     }
 }
 
+/// Who a mint is for, in audit records.
+fn caller_of(peer: &PeerInfo) -> Option<Caller> {
+    peer.0.as_ref().as_ref().ok().map(|peer| Caller {
+        uid: peer.credentials.uid,
+        pid: peer.credentials.pid,
+    })
+}
+
 fn peer_of<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
     request
         .extensions()
         .get::<PeerInfo>()
         .cloned()
         .ok_or_else(|| Status::internal("caller credentials unavailable"))
-}
-
-/// The caller's uid, as the kernel gave it at accept time.
-fn caller_uid<T>(request: &Request<T>) -> Result<u32, Status> {
-    match peer_of(request)?.0.as_ref() {
-        Ok(peer) => Ok(peer.credentials.uid),
-        Err(_) => Err(Status::internal("caller credentials unavailable")),
-    }
 }
 
 /// The Workload API's answer when a caller gets no identity: the same codes
@@ -294,7 +297,8 @@ impl SpiffeWorkloadApi for WorkloadService {
             authorities: self.state.x509_authorities(),
         };
         watch.mark_seen();
-        let (first, sent) = self.x509_response(&x509, &identities).await?;
+        let caller = caller_of(&peer);
+        let (first, sent) = self.x509_response(&x509, &identities, caller).await?;
         let service = self.clone();
         let updates = futures::stream::unfold(Some((watch, peer, selectors, sent)), move |next| {
             let service = service.clone();
@@ -325,7 +329,7 @@ impl SpiffeWorkloadApi for WorkloadService {
                         Ok(identities) => identities,
                         Err(e) => return Some((Err(e.into()), None)),
                     };
-                    match service.x509_response(&x509, &identities).await {
+                    match service.x509_response(&x509, &identities, caller).await {
                         Ok((response, shown)) if shown != sent => {
                             sent = shown;
                             return Some((Ok(response), Some((watch, peer, selectors, sent))));
@@ -375,7 +379,10 @@ impl SpiffeWorkloadApi for WorkloadService {
             other => Status::invalid_argument(other.to_string()),
         })?;
         let mut identities = self.identities(&request).await?;
-        let uid = caller_uid(&request)?;
+        let caller = peer_of(&request)
+            .ok()
+            .and_then(|peer| caller_of(&peer))
+            .ok_or_else(|| Status::internal("caller credentials unavailable"))?;
         let body = request.into_inner();
         if !body.spiffe_id.is_empty() {
             let wanted = SpiffeId::parse(&body.spiffe_id).map_err(|e| {
@@ -391,7 +398,7 @@ impl SpiffeWorkloadApi for WorkloadService {
         let minted = futures::future::try_join_all(
             identities
                 .iter()
-                .map(|entry| self.jwt_svids.fetch(entry, audience.values(), uid)),
+                .map(|entry| self.jwt_svids.fetch(entry, audience.values(), caller)),
         )
         .await?;
         let svids = minted

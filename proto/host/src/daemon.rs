@@ -1,4 +1,4 @@
-//! What both daemons do at their edges: log to stderr, run their tasks until
+//! What both daemons do at their edges (logging is in [`crate::logging`]): run their tasks until
 //! one fails or SIGTERM/SIGINT arrives, stop within a grace period, and
 //! report a fatal error on one line.
 
@@ -8,23 +8,6 @@ use std::process::ExitCode;
 
 use tokio::sync::watch;
 use tokio::task::{JoinError, JoinSet};
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    init_logging_with_default("info");
-}
-
-/// Logs to stderr, filtered by `RUST_LOG`, else by `default` (a filter such
-/// as `warn`; short-lived client commands keep their stderr for errors).
-pub fn init_logging_with_default(default: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
 
 /// The process exit code for `result`, printing an error as `<binary>: error: …`.
 pub fn exit_code<E>(binary: &str, result: Result<(), E>) -> ExitCode

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config_file;
 pub mod daemon;
 pub mod encoding;
+pub mod logging;
 pub mod pem;
 pub mod private_files;
 pub mod random;

@@ -22,6 +22,7 @@ use lanyard_proto::{Selector, SpiffeId};
 use tonic::{Request, Response, Status};
 
 use crate::api::peer;
+use crate::audit;
 use crate::authority::entries::{self, EntrySpec, RegistrationEntry};
 use crate::authority::registry::{AgentRecord, EntryFilter};
 use crate::authority::{Authority, RegistryError};
@@ -259,9 +260,9 @@ fn optional_id(field: &str, raw: &str) -> Result<Option<SpiffeId>, Status> {
         .map_err(|e| Status::invalid_argument(format!("{field} {raw:?}: {e}")))
 }
 
-#[tonic::async_trait]
-impl Admin for AdminService {
-    async fn health(
+/// The calls themselves; [`Admin`] wraps each to audit it.
+impl AdminService {
+    async fn health_call(
         &self,
         request: Request<HealthRequest>,
     ) -> Result<Response<HealthResponse>, Status> {
@@ -278,7 +279,7 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn create_entry(
+    async fn create_entry_call(
         &self,
         request: Request<CreateEntryRequest>,
     ) -> Result<Response<Entry>, Status> {
@@ -303,11 +304,11 @@ impl Admin for AdminService {
             .create_entry(&new_entry_id()?, &spec)
             .await
             .map_err(registry_status)?;
-        tracing::info!(target: "lanyard::audit", uid, id = entry.id, spiffe_id = %entry.spiffe_id, "entry created");
+        audit::entry_created(uid, &entry.id, &entry.spiffe_id);
         Ok(Response::new(self.to_admin(entry)))
     }
 
-    async fn get_entry(
+    async fn get_entry_call(
         &self,
         request: Request<GetEntryRequest>,
     ) -> Result<Response<Entry>, Status> {
@@ -321,7 +322,7 @@ impl Admin for AdminService {
         Ok(Response::new(self.to_admin(entry)))
     }
 
-    async fn list_entries(
+    async fn list_entries_call(
         &self,
         request: Request<ListEntriesRequest>,
     ) -> Result<Response<ListEntriesResponse>, Status> {
@@ -350,7 +351,7 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn update_entry(
+    async fn update_entry_call(
         &self,
         request: Request<UpdateEntryRequest>,
     ) -> Result<Response<Entry>, Status> {
@@ -366,11 +367,11 @@ impl Admin for AdminService {
             .update_entry(&body.id, &spec)
             .await
             .map_err(registry_status)?;
-        tracing::info!(target: "lanyard::audit", uid, id = entry.id, spiffe_id = %entry.spiffe_id, "entry updated");
+        audit::entry_updated(uid, &entry.id, &entry.spiffe_id);
         Ok(Response::new(self.to_admin(entry)))
     }
 
-    async fn delete_entry(
+    async fn delete_entry_call(
         &self,
         request: Request<DeleteEntryRequest>,
     ) -> Result<Response<DeleteEntryResponse>, Status> {
@@ -381,11 +382,11 @@ impl Admin for AdminService {
             .delete_entry(&id)
             .await
             .map_err(registry_status)?;
-        tracing::info!(target: "lanyard::audit", uid, id, "entry deleted");
+        audit::entry_deleted(uid, &id);
         Ok(Response::new(DeleteEntryResponse {}))
     }
 
-    async fn generate_join_token(
+    async fn generate_join_token_call(
         &self,
         request: Request<GenerateJoinTokenRequest>,
     ) -> Result<Response<GenerateJoinTokenResponse>, Status> {
@@ -430,7 +431,7 @@ impl Admin for AdminService {
             .create_join_token(trust_domain, spiffe_id, i64::from(ttl))
             .await
             .map_err(registry_status)?;
-        tracing::info!(target: "lanyard::audit", uid, spiffe_id = %token.spiffe_id, expires_at = token.expires_at, "join token generated");
+        audit::join_token_created(uid, &token.spiffe_id, token.expires_at, &token.token);
         Ok(Response::new(GenerateJoinTokenResponse {
             token: token.token,
             expires_at: token.expires_at,
@@ -438,7 +439,7 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn list_agents(
+    async fn list_agents_call(
         &self,
         request: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
@@ -454,7 +455,7 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn evict_agent(
+    async fn evict_agent_call(
         &self,
         request: Request<EvictAgentRequest>,
     ) -> Result<Response<EvictAgentResponse>, Status> {
@@ -467,11 +468,11 @@ impl Admin for AdminService {
             .evict_agent(&id)
             .await
             .map_err(registry_status)?;
-        tracing::info!(target: "lanyard::audit", uid, agent = %id, "agent evicted");
+        audit::agent_evicted(uid, &id);
         Ok(Response::new(EvictAgentResponse {}))
     }
 
-    async fn get_agent(
+    async fn get_agent_call(
         &self,
         request: Request<GetAgentRequest>,
     ) -> Result<Response<Agent>, Status> {
@@ -486,7 +487,7 @@ impl Admin for AdminService {
         Ok(Response::new(to_agent(agent)))
     }
 
-    async fn ban_agent(
+    async fn ban_agent_call(
         &self,
         request: Request<BanAgentRequest>,
     ) -> Result<Response<BanAgentResponse>, Status> {
@@ -497,11 +498,11 @@ impl Admin for AdminService {
             .ban_agent(&id)
             .await
             .map_err(registry_status)?;
-        tracing::info!(target: "lanyard::audit", uid, agent = %id, "agent banned");
+        audit::agent_banned(uid, &id);
         Ok(Response::new(BanAgentResponse {}))
     }
 
-    async fn unban_agent(
+    async fn unban_agent_call(
         &self,
         request: Request<UnbanAgentRequest>,
     ) -> Result<Response<UnbanAgentResponse>, Status> {
@@ -512,11 +513,11 @@ impl Admin for AdminService {
             .unban_agent(&id)
             .await
             .map_err(registry_status)?;
-        tracing::info!(target: "lanyard::audit", uid, agent = %id, "agent unbanned");
+        audit::agent_unbanned(uid, &id);
         Ok(Response::new(UnbanAgentResponse {}))
     }
 
-    async fn get_bundle(
+    async fn get_bundle_call(
         &self,
         request: Request<GetBundleRequest>,
     ) -> Result<Response<GetBundleResponse>, Status> {
@@ -528,6 +529,127 @@ impl Admin for AdminService {
             issuer: self.authority.issuer().as_str().to_owned(),
         }))
     }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn health(
+        &self,
+        request: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
+        let uid = peer::uid(&request);
+        audited(uid, "Health", self.health_call(request).await)
+    }
+
+    async fn create_entry(
+        &self,
+        request: Request<CreateEntryRequest>,
+    ) -> Result<Response<Entry>, Status> {
+        let uid = peer::uid(&request);
+        audited(uid, "CreateEntry", self.create_entry_call(request).await)
+    }
+
+    async fn get_entry(
+        &self,
+        request: Request<GetEntryRequest>,
+    ) -> Result<Response<Entry>, Status> {
+        let uid = peer::uid(&request);
+        audited(uid, "GetEntry", self.get_entry_call(request).await)
+    }
+
+    async fn list_entries(
+        &self,
+        request: Request<ListEntriesRequest>,
+    ) -> Result<Response<ListEntriesResponse>, Status> {
+        let uid = peer::uid(&request);
+        audited(uid, "ListEntries", self.list_entries_call(request).await)
+    }
+
+    async fn update_entry(
+        &self,
+        request: Request<UpdateEntryRequest>,
+    ) -> Result<Response<Entry>, Status> {
+        let uid = peer::uid(&request);
+        audited(uid, "UpdateEntry", self.update_entry_call(request).await)
+    }
+
+    async fn delete_entry(
+        &self,
+        request: Request<DeleteEntryRequest>,
+    ) -> Result<Response<DeleteEntryResponse>, Status> {
+        let uid = peer::uid(&request);
+        audited(uid, "DeleteEntry", self.delete_entry_call(request).await)
+    }
+
+    async fn generate_join_token(
+        &self,
+        request: Request<GenerateJoinTokenRequest>,
+    ) -> Result<Response<GenerateJoinTokenResponse>, Status> {
+        let uid = peer::uid(&request);
+        audited(
+            uid,
+            "GenerateJoinToken",
+            self.generate_join_token_call(request).await,
+        )
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        let uid = peer::uid(&request);
+        audited(uid, "ListAgents", self.list_agents_call(request).await)
+    }
+
+    async fn evict_agent(
+        &self,
+        request: Request<EvictAgentRequest>,
+    ) -> Result<Response<EvictAgentResponse>, Status> {
+        let uid = peer::uid(&request);
+        audited(uid, "EvictAgent", self.evict_agent_call(request).await)
+    }
+
+    async fn get_agent(
+        &self,
+        request: Request<GetAgentRequest>,
+    ) -> Result<Response<Agent>, Status> {
+        let uid = peer::uid(&request);
+        audited(uid, "GetAgent", self.get_agent_call(request).await)
+    }
+
+    async fn ban_agent(
+        &self,
+        request: Request<BanAgentRequest>,
+    ) -> Result<Response<BanAgentResponse>, Status> {
+        let uid = peer::uid(&request);
+        audited(uid, "BanAgent", self.ban_agent_call(request).await)
+    }
+
+    async fn unban_agent(
+        &self,
+        request: Request<UnbanAgentRequest>,
+    ) -> Result<Response<UnbanAgentResponse>, Status> {
+        let uid = peer::uid(&request);
+        audited(uid, "UnbanAgent", self.unban_agent_call(request).await)
+    }
+
+    async fn get_bundle(
+        &self,
+        request: Request<GetBundleRequest>,
+    ) -> Result<Response<GetBundleResponse>, Status> {
+        let uid = peer::uid(&request);
+        audited(uid, "GetBundle", self.get_bundle_call(request).await)
+    }
+}
+
+/// Records `admin.call` for `method` with the code it is answered with,
+/// and passes the answer on.
+fn audited<T>(uid: Option<u32>, method: &str, answer: Result<T, Status>) -> Result<T, Status> {
+    let code = answer
+        .as_ref()
+        .map_or_else(Status::code, |_| tonic::Code::Ok);
+    audit::admin_call(uid, method, code);
+    answer
 }
 
 #[cfg(test)]
@@ -586,6 +708,85 @@ mod tests {
             peer_cred: Some(ours.peer_cred().unwrap()),
         });
         request
+    }
+
+    /// The fields of each `lanyard::audit` event, as `name=value` text.
+    #[derive(Default, Clone)]
+    struct Audit(Arc<std::sync::Mutex<Vec<String>>>);
+
+    struct Fields(String);
+
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for Audit {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if event.metadata().target() == lanyard_host::logging::AUDIT_TARGET {
+                let mut fields = Fields(String::new());
+                event.record(&mut fields);
+                self.0.lock().unwrap().push(fields.0);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// Every call is one `admin.call` record with the caller's uid and the
+    /// answer's code, refused and failed calls too.
+    #[tokio::test]
+    async fn every_call_is_audited_with_its_uid_and_code() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let admin = service(dir.path()).await?;
+        let audit = Audit::default();
+        let _guard = tracing::subscriber::set_default(audit.clone());
+        let me = nix::unistd::geteuid().as_raw();
+
+        admin
+            .list_entries(request(ListEntriesRequest::default()))
+            .await?;
+        let missing = admin
+            .get_entry(request(GetEntryRequest {
+                id: "no-such-entry".to_owned(),
+            }))
+            .await;
+        assert_eq!(missing.map(|_| ()).unwrap_err().code(), Code::NotFound);
+        // No peer credentials: refused, and still audited (without a uid).
+        let anonymous = admin
+            .list_agents(Request::new(ListAgentsRequest::default()))
+            .await;
+        assert_eq!(
+            anonymous.map(|_| ()).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+
+        let lines = audit.0.lock().unwrap().clone();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        for (line, method, code) in [
+            (&lines[0], "ListEntries", "ok"),
+            (&lines[1], "GetEntry", "not_found"),
+            (&lines[2], "ListAgents", "unauthenticated"),
+        ] {
+            assert!(line.contains("event=\"admin.call\""), "{line}");
+            assert!(line.contains(&format!("method=\"{method}\"")), "{line}");
+            assert!(line.contains(&format!("code=\"{code}\"")), "{line}");
+        }
+        for line in &lines[..2] {
+            assert!(line.contains(&format!(" uid={me} ")), "{line}");
+        }
+        assert!(!lines[2].contains("uid="), "{}", lines[2]);
+        Ok(())
     }
 
     fn alias(spiffe_id: &str) -> CreateEntryRequest {

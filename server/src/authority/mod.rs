@@ -22,6 +22,7 @@ use lanyard_host::random;
 use lanyard_proto::audience::{Audience, AudienceError};
 use lanyard_proto::{Jwks, JwtSvidClaims, Selector, SpiffeId, TrustDomain};
 
+use crate::audit;
 use crate::keys::{KeyError, KeyManager, KeyManagerError};
 use crate::store::RegistrationEntry;
 use crate::store::{Datastore, EntryChange, StoreError};
@@ -76,12 +77,23 @@ pub struct AgentEntryUpdate {
     pub revision: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MintedJwtSvid {
     pub spiffe_id: SpiffeId,
     pub token: String,
     pub issued_at: i64,
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for MintedJwtSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("MintedJwtSvid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -289,15 +301,13 @@ impl Authority {
         };
         let signer = self.keys.current()?.signer.clone();
         let token = signer.sign(&claims)?;
-        tracing::info!(
-            target: "lanyard::audit",
-            agent = %agent,
-            spiffe_id = %entry.spiffe_id,
-            audience = ?claims.aud,
-            kid = signer.kid(),
-            jti,
-            exp = expires_at,
-            "minted JWT-SVID"
+        audit::jwt_svid_minted(
+            agent,
+            &entry.spiffe_id,
+            &claims.aud,
+            signer.kid(),
+            &jti,
+            expires_at,
         );
         Ok(MintedJwtSvid {
             spiffe_id: entry.spiffe_id,

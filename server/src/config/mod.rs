@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lanyard_host::config_file::{self, invalid};
+use lanyard_host::logging::{LogConfig, RawLog};
 use lanyard_host::rate_limit::RateLimit;
 use lanyard_proto::attestation::MAX_CHALLENGE_TTL_SECONDS;
 use lanyard_proto::{Selector, SpiffeId, TrustDomain};
@@ -168,6 +169,8 @@ pub struct ServerConfig {
     pub datastore_url: String,
     /// `[telemetry]`: where metrics and health endpoints are served, if anywhere.
     pub telemetry: TelemetryConfig,
+    /// `[log]`: format, filter and audit file.
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +198,7 @@ struct RawConfig {
     entries: Vec<RawEntry>,
     #[serde(default)]
     telemetry: RawTelemetry,
+    log: RawLog,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -355,8 +359,10 @@ impl RawConfig {
         let node_attestation = self.node_attestation.validate()?;
         let rate_limits = self.rate_limits.validate()?;
         let telemetry = self.telemetry.validate()?;
+        let log = self.log.validate()?;
         Ok(ServerConfig {
             telemetry,
+            log,
             node_attestation,
             rate_limits,
             server_id,

@@ -11,11 +11,25 @@ use super::{Datastore, StoreError};
 use lanyard_host::encoding::hex;
 
 /// A freshly generated token; the plaintext exists only in this value.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JoinToken {
     pub token: String,
     pub spiffe_id: SpiffeId,
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token: its fingerprint at most.
+        f.debug_struct("JoinToken")
+            .field(
+                "token_sha256",
+                &lanyard_host::logging::secret_fingerprint(&self.token),
+            )
+            .field("spiffe_id", &self.spiffe_id)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// Why a token was refused; callers audit the reason but tell the agent less.

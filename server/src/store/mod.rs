@@ -36,7 +36,8 @@ pub use keys::KeyRecordRow;
 pub enum StoreError {
     #[error("datastore: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("datastore URL {0:?} is neither sqlite:// nor postgres://")]
+    /// Holds the URL's scheme only: the rest may carry a password.
+    #[error("datastore URL scheme {0:?} is neither sqlite:// nor postgres://")]
     UnsupportedUrl(String),
     #[error("datastore holds a malformed {what} ({id}): {source}")]
     Corrupt {
@@ -92,7 +93,8 @@ impl Datastore {
         sqlx::any::install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
         if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+            let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+            return Err(StoreError::UnsupportedUrl(scheme.to_owned()));
         }
         let options: AnyConnectOptions = url.parse()?;
         let pool = AnyPoolOptions::new()

@@ -27,6 +27,7 @@ mod foreign_clients;
 mod ha_group;
 mod jwt_svid_e2e;
 mod listener_flood;
+mod logs_audit;
 mod node_attestation;
 mod oidc_endpoint;
 mod quickstart;

@@ -36,12 +36,23 @@ pub enum CloudError {
 }
 
 /// A JWT-SVID with the times the helpers schedule by.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Svid {
     pub spiffe_id: String,
     pub token: String,
     pub issued_at: i64,
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for Svid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Svid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Exactly one JWT-SVID of the calling process for `audience`: the one named by

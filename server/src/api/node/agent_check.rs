@@ -11,6 +11,7 @@ use lanyard_proto::SpiffeId;
 use tonic::Status;
 
 use crate::api::node_tls::PeerSvid;
+use crate::audit;
 use crate::authority::registry::{AgentRecord, Registry, RegistryError};
 
 /// What the caller wants: only a renewal may present the previous serial.
@@ -98,11 +99,11 @@ pub(super) async fn admit(
         Err(e) => return Err(e.into()),
     };
     if agent.banned {
-        tracing::warn!(target: "lanyard::audit", agent = %peer.spiffe_id, "banned agent refused");
+        audit::agent_refused(&peer.spiffe_id, "banned");
         return Err(Refusal::Banned(agent.spiffe_id));
     }
     if agent.evicted {
-        tracing::warn!(target: "lanyard::audit", agent = %peer.spiffe_id, "evicted agent refused");
+        audit::agent_refused(&peer.spiffe_id, "evicted");
         return Err(Refusal::Evicted(agent.spiffe_id));
     }
     if agent.serial == peer.serial {
@@ -123,7 +124,7 @@ pub(super) async fn admit(
     }
     // The SVID is the agent's: a renewal needs evidence that still holds.
     if call == Call::Renewal && agent.evidence_expired(now) {
-        tracing::warn!(target: "lanyard::audit", agent = %peer.spiffe_id, evidence_expires_at = agent.evidence_expires_at, "agent renewal refused: its evidence has expired");
+        audit::renewal_refused(&peer.spiffe_id, "its evidence has expired");
         return Err(Refusal::EvidenceExpired);
     }
     Ok(agent)

@@ -36,6 +36,7 @@ use tonic::{Code, Status};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
 
+use crate::audit;
 use crate::authority::Authority;
 use crate::authority::bundle::TrustBundle;
 use crate::authority::ca::{self, CertificateAuthority};
@@ -44,6 +45,7 @@ use crate::authority::node_attestation::{
 };
 use crate::authority::registry::RegistryError;
 use crate::telemetry::AttestMethod;
+use lanyard_proto::attestation::JOIN_TOKEN;
 
 /// How long a new stream may stay silent before its start.
 pub(super) const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,14 +69,14 @@ pub(super) struct Attestation {
 
 /// The one audit line of a refused attestation, and the status the node gets.
 fn refuse(remote: SocketAddr, agent: Option<&SpiffeId>, code: Code, reason: &str) -> Status {
-    match agent {
-        Some(agent) => {
-            tracing::warn!(target: "lanyard::audit", peer = %remote, agent = %agent, reason, "node attestation refused")
-        }
-        None => {
-            tracing::warn!(target: "lanyard::audit", peer = %remote, reason, "node attestation refused")
-        }
-    }
+    audit::attestation_refused(remote, agent, None, None, reason);
+    Status::new(code, format!("attestation refused: {reason}"))
+}
+
+/// [`refuse`] for a join token: the audit record names the method and the
+/// token's fingerprint (never the token).
+fn refuse_token(remote: SocketAddr, token: &str, code: Code, reason: &str) -> Status {
+    audit::attestation_refused(remote, None, Some(JOIN_TOKEN), Some(token), reason);
     Status::new(code, format!("attestation refused: {reason}"))
 }
 
@@ -338,14 +340,13 @@ impl Attestation {
                 }
                 other => super::unavailable(other),
             })?;
-        tracing::info!(
-            target: "lanyard::audit",
-            peer = %remote,
-            agent = %agent,
-            method = verified.method,
-            serial = issued.serial,
-            selectors = verified.selectors.len(),
-            "agent attested"
+        audit::agent_attested(
+            remote,
+            &agent,
+            verified.method,
+            &issued.serial,
+            verified.selectors.len(),
+            None,
         );
         let svid = super::svid_response(&self.bundle, &agent, issued);
         let _ = tx
@@ -392,9 +393,9 @@ impl Attestation {
         token: &str,
     ) -> Result<AgentSvidResponse, Status> {
         if token.is_empty() {
-            return Err(refuse(
+            return Err(refuse_token(
                 remote,
-                None,
+                token,
                 Code::InvalidArgument,
                 "join_token is required",
             ));
@@ -402,7 +403,9 @@ impl Attestation {
         // A CSR that cannot be signed is refused while the token is still
         // unspent, so the agent can retry with a good one.
         ca::check_csr(csr).map_err(|e| match e {
-            ca::CaError::BadCsr(_) => refuse(remote, None, Code::InvalidArgument, &e.to_string()),
+            ca::CaError::BadCsr(_) => {
+                refuse_token(remote, token, Code::InvalidArgument, &e.to_string())
+            }
             other => super::csr_status(other),
         })?;
         let registry = self.authority.registry();
@@ -413,18 +416,22 @@ impl Attestation {
         {
             Ok(id) => id,
             Err(reason) => {
-                tracing::warn!(target: "lanyard::audit", peer = %remote, %reason, "agent attestation refused");
-                return Err(Status::permission_denied(format!(
-                    "attestation refused: {reason}"
-                )));
+                return Err(refuse_token(
+                    remote,
+                    token,
+                    Code::PermissionDenied,
+                    &reason.to_string(),
+                ));
             }
         };
         // Tokens made before IDs under /lanyard/ were refused could name the
         // local agent: a remote node must never become it.
         if agent_id == self.local_agent_id {
-            tracing::warn!(target: "lanyard::audit", peer = %remote, agent = %agent_id, "agent attestation refused: the token names the local agent");
-            return Err(Status::permission_denied(
-                "attestation refused: the join token names the local agent's ID",
+            return Err(refuse_token(
+                remote,
+                token,
+                Code::PermissionDenied,
+                "the join token names the local agent's ID",
             ));
         }
         // The token is spent either way: a failure below needs a new token,
@@ -438,12 +445,25 @@ impl Attestation {
             .await
             .map_err(|e| match e {
                 RegistryError::Conflict(message) => {
-                    tracing::warn!(target: "lanyard::audit", peer = %remote, agent = %agent_id, reason = message, "agent attestation refused");
+                    audit::attestation_refused(
+                        remote,
+                        Some(&agent_id),
+                        Some(JOIN_TOKEN),
+                        Some(token),
+                        &message,
+                    );
                     Status::permission_denied(message)
                 }
                 other => super::unavailable(other),
             })?;
-        tracing::info!(target: "lanyard::audit", peer = %remote, agent = %agent_id, serial = issued.serial, "agent attested with a join token");
+        audit::agent_attested(
+            remote,
+            &agent_id,
+            JOIN_TOKEN,
+            &issued.serial,
+            0,
+            Some(token),
+        );
         Ok(super::svid_response(&self.bundle, &agent_id, issued))
     }
 }

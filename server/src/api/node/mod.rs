@@ -33,6 +33,7 @@ use lanyard_host::clock;
 
 use crate::api::node_tls::NodeConnectInfo;
 use crate::api::peer;
+use crate::audit;
 use crate::authority::bundle::TrustBundle;
 use crate::authority::ca::{CaError, CertificateAuthority, IssuedCert};
 use crate::authority::entries::RegistrationEntry;
@@ -137,11 +138,15 @@ fn csr_status(error: CaError) -> Status {
 fn mint_status(agent: &SpiffeId, entry_id: &str, error: MintError) -> Status {
     match error {
         MintError::NotAuthorized(_) => {
-            tracing::warn!(target: "lanyard::audit", agent = %agent, entry = entry_id, "mint refused: not the agent's entry");
+            audit::svid_refused(agent, entry_id, "not the agent's entry");
             Status::permission_denied(error.to_string())
         }
         MintError::Unissuable { .. } => {
-            tracing::warn!(target: "lanyard::audit", agent = %agent, entry = entry_id, error = %error, "mint refused: the entry breaks a rule it was stored before");
+            audit::svid_refused(
+                agent,
+                entry_id,
+                &format!("the entry breaks a rule it was stored before: {error}"),
+            );
             Status::failed_precondition(error.to_string())
         }
         MintError::EmptyAudience | MintError::BadAudience(_) => {
@@ -242,13 +247,13 @@ impl Node for NodeService {
             .await
             .map_err(|e| match e {
                 RegistryError::Conflict(message) => {
-                    tracing::warn!(target: "lanyard::audit", agent = %agent, presented = peer.serial, "agent renewal lost a race");
+                    audit::renewal_refused(agent, "lost a race with another renewal");
                     Status::permission_denied(message)
                 }
                 other => unavailable(other),
             })?;
         let from_previous = checked.serial != peer.serial;
-        tracing::info!(target: "lanyard::audit", agent = %agent, serial = issued.serial, presented = peer.serial, from_previous, "agent SVID renewed");
+        audit::agent_renewed(agent, &issued.serial, &peer.serial, from_previous);
         Ok(Response::new(svid_response(&self.bundle, agent, issued)))
     }
 
@@ -354,14 +359,7 @@ impl NodeService {
                 SystemTime::now(),
             )
             .map_err(csr_status)?;
-        tracing::info!(
-            target: "lanyard::audit",
-            agent = %agent,
-            spiffe_id = %entry.spiffe_id,
-            serial = issued.serial,
-            exp = issued.expires_at,
-            "signed X509-SVID"
-        );
+        audit::x509_svid_minted(&agent, &entry.spiffe_id, &issued.serial, issued.expires_at);
         Ok(Response::new(MintX509SvidResponse {
             spiffe_id: entry.spiffe_id.to_string(),
             cert_chain: vec![issued.der.to_vec()],

@@ -17,6 +17,7 @@ use lanyard_proto::{Selector, SpiffeId, TrustDomain};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use ssh_key::public::KeyData;
 
+use crate::audit;
 use crate::config::NodeAttestationConfig;
 use challenge::PendingChallenges;
 pub use x509pop::X509PopConfigError;
@@ -70,20 +71,31 @@ pub(crate) fn node_selectors(agent: &SpiffeId, candidates: Vec<Candidate>) -> Ve
     for candidate in candidates {
         let Candidate { kind, key, value } = candidate;
         if value.len() > MAX_NODE_SELECTOR_VALUE_LEN || value.chars().any(char::is_control) {
-            tracing::warn!(target: "lanyard::audit", agent = %agent, selector = format!("{kind}:{key}"), len = value.len(), "node selector dropped: its value is too long or holds control characters");
+            audit::node_selector_dropped(
+                agent,
+                &format!("{kind}:{key}"),
+                "its value is too long or holds control characters",
+            );
             continue;
         }
         match Selector::parse_known_node(&format!("{kind}:{key}:{value}")) {
             Ok(selector) => selectors.push(selector),
             Err(e) => {
-                tracing::warn!(target: "lanyard::audit", agent = %agent, error = %e, "node selector dropped");
+                audit::node_selector_dropped(agent, &format!("{kind}:{key}"), &e.to_string());
             }
         }
     }
     selectors.sort();
     selectors.dedup();
     if selectors.len() > MAX_NODE_SELECTORS {
-        tracing::warn!(target: "lanyard::audit", agent = %agent, count = selectors.len(), "node selectors beyond {MAX_NODE_SELECTORS} dropped");
+        audit::node_selector_dropped(
+            agent,
+            "*",
+            &format!(
+                "{} node selectors; those beyond {MAX_NODE_SELECTORS} are dropped",
+                selectors.len()
+            ),
+        );
         selectors.truncate(MAX_NODE_SELECTORS);
     }
     selectors
