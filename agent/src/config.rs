@@ -231,6 +231,7 @@ struct RawConfig {
     sync_interval_seconds: Option<u32>,
     #[serde(default)]
     telemetry: RawTelemetry,
+    #[serde(default)]
     log: RawLog,
 }
 

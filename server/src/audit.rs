@@ -180,7 +180,8 @@ pub(crate) fn agent_unbanned(uid: u32, agent: &SpiffeId) {
 /// uid (from the socket's peer credentials; absent if the kernel gave none)
 /// and the gRPC code it was answered with (`ok`, `permission_denied`, …).
 pub(crate) fn admin_call(uid: Option<u32>, method: &str, code: tonic::Code) {
-    let code = code_name(code);
+    // The same words as the metrics' `code` label.
+    let code = lanyard_host::telemetry::GrpcCode(code).as_str();
     if code == "ok" {
         audit!("admin.call", uid, method, code, "Admin API call");
     } else {
@@ -188,26 +189,40 @@ pub(crate) fn admin_call(uid: Option<u32>, method: &str, code: tonic::Code) {
     }
 }
 
-/// A gRPC code as a stable snake_case word.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "ok",
-        Code::Cancelled => "cancelled",
-        Code::Unknown => "unknown",
-        Code::InvalidArgument => "invalid_argument",
-        Code::DeadlineExceeded => "deadline_exceeded",
-        Code::NotFound => "not_found",
-        Code::AlreadyExists => "already_exists",
-        Code::PermissionDenied => "permission_denied",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::FailedPrecondition => "failed_precondition",
-        Code::Aborted => "aborted",
-        Code::OutOfRange => "out_of_range",
-        Code::Unimplemented => "unimplemented",
-        Code::Internal => "internal",
-        Code::Unavailable => "unavailable",
-        Code::DataLoss => "data_loss",
-        Code::Unauthenticated => "unauthenticated",
+/// For tests: a subscriber that keeps the fields of every audit event.
+#[cfg(test)]
+pub(crate) mod capture {
+    use std::sync::{Arc, Mutex};
+
+    /// The `lanyard::audit` events of a test, each as its fields' `name=value` text.
+    #[derive(Default, Clone)]
+    pub(crate) struct Audit(pub(crate) Arc<Mutex<Vec<String>>>);
+
+    struct Fields(String);
+
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for Audit {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if event.metadata().target() == lanyard_host::logging::AUDIT_TARGET {
+                let mut fields = Fields(String::new());
+                event.record(&mut fields);
+                lanyard_host::sync::lock(&self.0).push(fields.0);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
     }
 }

@@ -198,6 +198,7 @@ struct RawConfig {
     entries: Vec<RawEntry>,
     #[serde(default)]
     telemetry: RawTelemetry,
+    #[serde(default)]
     log: RawLog,
 }
 
