@@ -179,14 +179,7 @@ impl Node for NodeService {
         &self,
         request: Request<AttestAgentRequest>,
     ) -> Result<Response<AgentSvidResponse>, Status> {
-        let Some(remote) = request
-            .extensions()
-            .get::<NodeConnectInfo>()
-            .map(|info| info.remote)
-        else {
-            return Err(Status::failed_precondition("attest over the TLS Node API"));
-        };
-        self.limits.attestation(remote.ip())?;
+        let remote = self.attesting_peer(&request)?;
         let body = request.into_inner();
         let svid = self
             .attestation()
@@ -204,14 +197,7 @@ impl Node for NodeService {
         &self,
         request: Request<Streaming<AttestRequest>>,
     ) -> Result<Response<Self::AttestStream>, Status> {
-        let Some(remote) = request
-            .extensions()
-            .get::<NodeConnectInfo>()
-            .map(|info| info.remote)
-        else {
-            return Err(Status::failed_precondition("attest over the TLS Node API"));
-        };
-        self.limits.attestation(remote.ip())?;
+        let remote = self.attesting_peer(&request)?;
         let stream = self.attestation().open(remote, request.into_inner())?;
         Ok(Response::new(stream))
     }
@@ -318,6 +304,18 @@ impl Node for NodeService {
 }
 
 impl NodeService {
+    /// The address of a node about to attest, within its address's rate
+    /// limit; attestation happens over the TLS Node API only.
+    fn attesting_peer<T>(&self, request: &Request<T>) -> Result<std::net::SocketAddr, Status> {
+        let remote = request
+            .extensions()
+            .get::<NodeConnectInfo>()
+            .map(|info| info.remote)
+            .ok_or_else(|| Status::failed_precondition("attest over the TLS Node API"))?;
+        self.limits.attestation(remote.ip())?;
+        Ok(remote)
+    }
+
     async fn mint_jwt(
         &self,
         request: Request<MintJwtSvidRequest>,
