@@ -425,6 +425,119 @@ mod tests {
         Ok(())
     }
 
+    /// A listener on loopback serving `endpoint(Ok(()))`, and its address.
+    async fn listening() -> Result<(SocketAddr, watch::Sender<bool>), Box<dyn std::error::Error>> {
+        let listener = bind("127.0.0.1:0".parse()?).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(listener, endpoint(Ok(())), stopped));
+        Ok((addr, stop))
+    }
+
+    /// Everything the server sends on `tcp` until it closes it (bounded by a
+    /// guard far above any of the listener's limits).
+    async fn until_closed(
+        tcp: &mut tokio::net::TcpStream,
+    ) -> Result<String, Box<dyn std::error::Error>> {
+        use tokio::io::AsyncReadExt;
+        let mut said = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut said)).await??;
+        Ok(String::from_utf8_lossy(&said).into_owned())
+    }
+
+    /// Who may be on the other side: anyone who reaches the address. A head
+    /// over the size cap is refused (431) and the connection closed.
+    #[tokio::test]
+    async fn an_oversize_request_head_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        use tokio::io::AsyncWriteExt;
+        let (addr, _stop) = listening().await?;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        let filler = "a".repeat(4 * MAX_HEAD_BYTES);
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Filler: {filler}\r\n\r\n");
+        // The server may close before all of it is written: that is a refusal too.
+        let _ = tcp.write_all(request.as_bytes()).await;
+        let said = until_closed(&mut tcp).await.unwrap_or_default();
+        assert!(!said.contains(" 200 "), "{said}");
+        assert!(
+            said.is_empty() || said.starts_with("HTTP/1.1 431"),
+            "{said}"
+        );
+        Ok(())
+    }
+
+    /// A head that never ends is cut off after the header timeout, and a
+    /// malformed one is answered 400; neither holds its connection.
+    #[tokio::test]
+    async fn slow_and_malformed_heads_lose_their_connection()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use tokio::io::AsyncWriteExt;
+        let (addr, _stop) = listening().await?;
+        let mut slow = tokio::net::TcpStream::connect(addr).await?;
+        slow.write_all(b"GET /metr").await?;
+        until_closed(&mut slow).await?;
+
+        let mut malformed = tokio::net::TcpStream::connect(addr).await?;
+        malformed
+            .write_all(b"\x00\x01 not http at all\r\n\r\n")
+            .await?;
+        let said = until_closed(&mut malformed).await?;
+        assert!(
+            said.is_empty() || said.starts_with("HTTP/1.1 400"),
+            "{said}"
+        );
+        Ok(())
+    }
+
+    /// One address may hold a quarter of the connections: the next is
+    /// closed at once, and a place comes back when one closes.
+    #[tokio::test]
+    async fn connections_beyond_the_per_address_cap_are_closed()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use tokio::io::AsyncWriteExt;
+        let (addr, _stop) = listening().await?;
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS / 4 {
+            held.push(tokio::net::TcpStream::connect(addr).await?);
+        }
+        // Each held connection is known to the server once it answers on it.
+        for tcp in &mut held {
+            tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await?;
+            let mut buf = [0u8; 12];
+            tokio::io::AsyncReadExt::read_exact(tcp, &mut buf).await?;
+            assert_eq!(&buf, b"HTTP/1.1 200");
+        }
+        // Asked, the connection over the cap gets no answer: it was closed.
+        let mut over = tokio::net::TcpStream::connect(addr).await?;
+        let _ = over
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let said = until_closed(&mut over).await.unwrap_or_default();
+        assert!(
+            said.is_empty(),
+            "a connection over the cap was served: {said}"
+        );
+
+        drop(held.pop());
+        // The freed place is taken again (the close reaches the server first).
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut again = tokio::net::TcpStream::connect(addr).await?;
+            let _ = again
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let said = until_closed(&mut again).await.unwrap_or_default();
+            if said.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(tries < 500, "the freed place never came back: {said:?}");
+            // Polling: the server has yet to read the close of the dropped one.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_readiness_check_that_hangs_is_not_ready() -> Result<(), Box<dyn std::error::Error>> {
         let hanging = Endpoint::new(
