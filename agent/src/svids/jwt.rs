@@ -7,9 +7,17 @@
 //! more than half of its lifetime remains; one that is asked for after a third
 //! of its lifetime is due for a background refresh, so a hot workload gets a
 //! new token before the old one goes stale and never waits on the server.
+//!
+//! Misses for the same key at the same time cost one mint (single flight):
+//! the first starts it, the others wait on it, and all get its answer,
+//! token or refusal.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 
 use lanyard_host::rate_limit::{self, KeyedRateLimit, RateLimit};
 use lanyard_host::sync::lock;
@@ -33,7 +41,13 @@ pub(crate) struct JwtSvids {
     /// Calls that must wait for the server, per caller uid.
     misses: Arc<KeyedRateLimit<u32>>,
     metrics: Arc<AgentMetrics>,
+    /// Mints under way for a cache miss, by key.
+    in_flight: Arc<Mutex<HashMap<CacheKey, Flight>>>,
 }
+
+/// One mint for a cache miss, awaited by every caller that missed on its key
+/// while it ran.
+type Flight = Shared<BoxFuture<'static, Result<CachedSvid, Status>>>;
 
 impl JwtSvids {
     pub(crate) fn new(
@@ -51,6 +65,7 @@ impl JwtSvids {
             reachability,
             misses: Arc::new(KeyedRateLimit::new(misses_per_uid)),
             metrics,
+            in_flight: Arc::default(),
         }
     }
 
@@ -121,17 +136,60 @@ impl JwtSvids {
                 Err(status) => Err(status),
             },
             Lookup::Miss => {
-                self.misses.check(&caller.uid).map_err(|wait| {
-                    self.metrics.rate_limited();
-                    rate_limit::exhausted("workload_api.cache_misses_per_second_per_uid", wait)
-                })?;
-                let new = self
-                    .mint(&entry.id, audience, Some(caller), Trigger::Request)
-                    .await?;
-                self.cache.store(key, new.clone());
-                Ok((new, SvidSource::Minted))
+                let (flight, source) = self.flight(key, &entry.id, audience, caller)?;
+                Ok((flight.await?, source))
             }
         }
+    }
+
+    /// The mint for a miss on `key`: the one under way, which `caller`
+    /// joins at no cost to its budget (served as from the cache), or a new
+    /// one it starts, spending one cache miss of its uid's budget. The
+    /// mint runs as a task of its own, so a caller that goes away takes no
+    /// one else's answer with it; it stores the token before it leaves the
+    /// table, so a later miss finds it cached.
+    fn flight(
+        &self,
+        key: CacheKey,
+        entry_id: &str,
+        audience: &[String],
+        caller: Caller,
+    ) -> Result<(Flight, SvidSource), Status> {
+        let mut flights = lock(&self.in_flight);
+        if let Some(flight) = flights.get(&key) {
+            return Ok((flight.clone(), SvidSource::Cache));
+        }
+        self.misses.check(&caller.uid).map_err(|wait| {
+            self.metrics.rate_limited();
+            rate_limit::exhausted("workload_api.cache_misses_per_second_per_uid", wait)
+        })?;
+        let (svids, entry_id, audience, leaving) = (
+            self.clone(),
+            entry_id.to_owned(),
+            audience.to_vec(),
+            key.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let minted = svids
+                .mint(&entry_id, &audience, Some(caller), Trigger::Request)
+                .await;
+            if let Ok(new) = &minted {
+                svids.cache.store(leaving.clone(), new.clone());
+            }
+            lock(&svids.in_flight).remove(&leaving);
+            minted
+        });
+        let flight = async move {
+            task.await.unwrap_or_else(|e| {
+                Err(Status::internal(format!(
+                    "the mint for this request failed: {e}"
+                )))
+            })
+        }
+        .boxed()
+        .shared();
+        flights.insert(key, flight.clone());
+        Ok((flight, SvidSource::Minted))
     }
 
     fn refresh_in_background(
@@ -419,5 +477,183 @@ mod tests {
         cache.store(key(&["c"])?, svid("c", 100, 100));
         assert_eq!(cache.lookup(&key(&["c"])?, 100), Lookup::Miss);
         Ok(())
+    }
+
+    mod single_flight {
+        //! Concurrent misses on one key against a Node API that answers
+        //! MintJwtSvid only when the test lets it.
+
+        use super::*;
+        use lanyard_proto::node::node_server::{Node, NodeServer};
+        use lanyard_proto::node::{
+            AgentSvidResponse, AttestAgentRequest, AttestRequest, AttestResponse, GetBundleRequest,
+            GetBundleResponse, MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidRequest,
+            MintX509SvidResponse, RenewAgentRequest, SyncEntriesRequest, SyncEntriesResponse,
+        };
+        use std::pin::Pin;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::sync::{Notify, watch};
+        use tonic::{Request, Response, Streaming};
+
+        type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+        /// Counts MintJwtSvid calls, says when one arrives, and answers it
+        /// (a token, or a refusal with `refuse`) once `open` turns true.
+        #[derive(Clone)]
+        struct Gated {
+            calls: Arc<AtomicUsize>,
+            called: Arc<Notify>,
+            open: watch::Receiver<bool>,
+            refuse: bool,
+        }
+
+        #[tonic::async_trait]
+        impl Node for Gated {
+            async fn attest_agent(
+                &self,
+                _: Request<AttestAgentRequest>,
+            ) -> Result<Response<AgentSvidResponse>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+
+            type AttestStream =
+                Pin<Box<dyn futures::Stream<Item = Result<AttestResponse, Status>> + Send>>;
+
+            async fn attest(
+                &self,
+                _: Request<Streaming<AttestRequest>>,
+            ) -> Result<Response<Self::AttestStream>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+
+            async fn renew_agent(
+                &self,
+                _: Request<RenewAgentRequest>,
+            ) -> Result<Response<AgentSvidResponse>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+
+            async fn sync_entries(
+                &self,
+                _: Request<SyncEntriesRequest>,
+            ) -> Result<Response<SyncEntriesResponse>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+
+            async fn mint_jwt_svid(
+                &self,
+                _: Request<MintJwtSvidRequest>,
+            ) -> Result<Response<MintJwtSvidResponse>, Status> {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                self.called.notify_one();
+                let mut open = self.open.clone();
+                open.wait_for(|open| *open)
+                    .await
+                    .map_err(|_| Status::aborted("test over"))?;
+                if self.refuse {
+                    return Err(Status::permission_denied("not this agent's entry"));
+                }
+                let now = lanyard_host::clock::now();
+                Ok(Response::new(MintJwtSvidResponse {
+                    spiffe_id: "spiffe://example.org/w".to_owned(),
+                    token: "the-one-token".to_owned(),
+                    issued_at: now,
+                    expires_at: now + 300,
+                }))
+            }
+
+            async fn mint_x509_svid(
+                &self,
+                _: Request<MintX509SvidRequest>,
+            ) -> Result<Response<MintX509SvidResponse>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+
+            async fn get_bundle(
+                &self,
+                _: Request<GetBundleRequest>,
+            ) -> Result<Response<GetBundleResponse>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+        }
+
+        /// `callers` concurrent misses on one key; returns every answer and
+        /// how many mints reached the Node API.
+        async fn misses(
+            callers: usize,
+            refuse: bool,
+        ) -> Result<(Vec<Result<CachedSvid, Status>>, usize), Box<dyn std::error::Error>> {
+            let dir = tempfile::tempdir()?;
+            let socket = dir.path().join("node.sock");
+            let listener = tokio::net::UnixListener::bind(&socket)?;
+            let (open_tx, open) = watch::channel(false);
+            let node = Gated {
+                calls: Arc::default(),
+                called: Arc::default(),
+                open,
+                refuse,
+            };
+            let incoming = futures::stream::unfold(listener, |listener| async move {
+                let accepted = listener
+                    .accept()
+                    .await
+                    .map(|(unix, _)| lanyard_host::transport::Accepted::new(unix, ()));
+                Some((accepted, listener))
+            });
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(NodeServer::new(node.clone()))
+                    .serve_with_incoming(incoming),
+            );
+            let svids = JwtSvids::new(
+                ServerClient::local(&socket),
+                10,
+                Duration::from_secs(30),
+                Arc::new(Reachability::default()),
+                RateLimit::fixed(1_000, 1_000),
+                Arc::default(),
+            );
+            let entry = AgentEntry {
+                id: "w".to_owned(),
+                spiffe_id: SpiffeId::parse("spiffe://example.org/w")?,
+                selectors: Vec::new(),
+                hint: String::new(),
+            };
+            let audience = vec!["one-key".to_owned()];
+            let caller = Caller { uid: 1000, pid: 1 };
+            let mut all = Box::pin(futures::future::join_all(
+                (0..callers).map(|_| svids.fetch(&entry, &audience, caller)),
+            ));
+            // One poll runs every caller up to its wait: each has started the
+            // mint or joined it by now.
+            assert!(futures::poll!(&mut all).is_pending());
+            // The one mint reaches the Node API; only then is it answered.
+            node.called.notified().await;
+            open_tx.send(true)?;
+            let answers = all.await;
+            Ok((answers, node.calls.load(Ordering::SeqCst)))
+        }
+
+        #[tokio::test]
+        async fn concurrent_misses_on_one_key_cost_one_mint() -> TestResult {
+            let (answers, mints) = misses(8, false).await?;
+            assert_eq!(mints, 1);
+            assert_eq!(answers.len(), 8);
+            for answer in answers {
+                assert_eq!(answer?.token, "the-one-token");
+            }
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn the_one_mints_refusal_reaches_every_caller() -> TestResult {
+            let (answers, mints) = misses(8, true).await?;
+            assert_eq!(mints, 1);
+            for answer in answers {
+                let status = answer.err().ok_or("a caller got a token")?;
+                assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+            }
+            Ok(())
+        }
     }
 }
