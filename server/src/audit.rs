@@ -198,6 +198,26 @@ pub(crate) mod capture {
     #[derive(Default, Clone)]
     pub(crate) struct Audit(pub(crate) Arc<Mutex<Vec<String>>>);
 
+    impl Audit {
+        /// Captures this thread's audit events until the guard drops.
+        ///
+        /// tracing-core caches each callsite's interest globally. While only
+        /// one dispatcher is registered, a callsite first reached on another
+        /// test's thread asks that thread's default (none) and is cached as
+        /// never-wanted, silently dropping this capture's events. A second,
+        /// process-long dispatcher keeps tracing-core asking every registered
+        /// dispatcher instead.
+        pub(crate) fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+            static SECOND_DISPATCHER: std::sync::OnceLock<tracing::Dispatch> =
+                std::sync::OnceLock::new();
+            SECOND_DISPATCHER
+                .get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::new()));
+            let audit = Self::default();
+            let guard = tracing::subscriber::set_default(audit.clone());
+            (audit, guard)
+        }
+    }
+
     struct Fields(String);
 
     impl tracing::field::Visit for Fields {
@@ -224,5 +244,31 @@ pub(crate) mod capture {
         }
         fn enter(&self, _: &tracing::span::Id) {}
         fn exit(&self, _: &tracing::span::Id) {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::capture::Audit;
+
+    /// The CI failure this guards against: an audit callsite first reached
+    /// on a thread with no subscriber must not be cached as unwanted while a
+    /// capture is running on another thread.
+    #[test]
+    fn a_callsite_first_reached_elsewhere_still_reaches_the_capture() {
+        fn unban_seen_from_anywhere() {
+            super::agent_unbanned(
+                7,
+                &lanyard_proto::SpiffeId::parse("spiffe://example.org/node/a")
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        let (audit, _guard) = Audit::start();
+        let elsewhere = std::thread::spawn(unban_seen_from_anywhere);
+        assert!(elsewhere.join().is_ok());
+        unban_seen_from_anywhere();
+        let lines = lanyard_host::sync::lock(&audit.0).clone();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("event=\"agent.unbanned\""), "{lines:?}");
     }
 }

@@ -719,8 +719,7 @@ mod tests {
     {
         let dir = tempfile::tempdir()?;
         let admin = service(dir.path()).await?;
-        let audit = Audit::default();
-        let _guard = tracing::subscriber::set_default(audit.clone());
+        let (audit, _guard) = Audit::start();
         let me = nix::unistd::geteuid().as_raw();
 
         admin

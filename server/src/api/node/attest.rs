@@ -856,8 +856,7 @@ mod tests {
             .registry()
             .create_join_token(&TrustDomain::new("example.org")?, None, 600)
             .await?;
-        let audit = Audit::default();
-        let _guard = tracing::subscriber::set_default(audit.clone());
+        let (audit, _guard) = Audit::start();
         let (good, _) = csr();
         for (csr, token, reason) in [
             (&good[..], "", "join_token is required"),
