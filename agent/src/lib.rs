@@ -27,7 +27,7 @@ use lanyard_host::daemon::{Daemon, Tasks};
 use lanyard_host::transport::limits::{self, ConnectionLimiter};
 use lanyard_host::transport::{self, SocketError};
 
-use crate::attestor::unix::UnixAttestor;
+use crate::attestor::workload::WorkloadAttestor;
 use crate::config::{AgentConfig, ServerConnection};
 use crate::svids::jwt::JwtSvids;
 use crate::svids::x509::X509SvidCache;
@@ -182,7 +182,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         config.cache_misses_per_uid,
         metrics.clone(),
     );
-    let attestor = Arc::new(UnixAttestor::new(config.workload_attestor.clone()));
+    let attestor = Arc::new(WorkloadAttestor::new(config.workload_attestor.clone()));
     let record_exe = config.workload_attestor.needs_connected_exe();
     if record_exe {
         // Every accepted connection inherits it: the kernel labels each read
@@ -357,7 +357,7 @@ mod tests {
             WorkloadService::new(
                 Arc::new(SyncedState::default()),
                 jwt_svids,
-                Arc::new(UnixAttestor::default()),
+                Arc::new(WorkloadAttestor::default()),
                 lanyard_proto::TrustDomain::new("example.org")?,
                 None,
             ),

@@ -8,6 +8,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The selector type produced by the unix workload attestor.
 pub const UNIX_SELECTOR_TYPE: &str = "unix";
+/// The selector type of a caller's systemd unit and slice (from its cgroup).
+pub const SYSTEMD_SELECTOR_TYPE: &str = "systemd";
+/// The selector type of a caller's container (from its cgroup, and the
+/// container engine's API when one is configured).
+pub const CONTAINER_SELECTOR_TYPE: &str = "container";
 
 /// The facts the unix attestor can observe: `unix:<key>:<value>`.
 pub const UNIX_SELECTOR_KEYS: [&str; 8] = [
@@ -20,6 +25,26 @@ pub const UNIX_SELECTOR_KEYS: [&str; 8] = [
     "path",
     "sha256",
 ];
+
+/// `systemd:unit:<name>`, `systemd:slice:<name>`.
+pub const SYSTEMD_SELECTOR_KEYS: [&str; 2] = ["unit", "slice"];
+
+/// `container:<key>:<value>`; `label` values are `<label key>:<label value>`.
+pub const CONTAINER_SELECTOR_KEYS: [&str; 6] =
+    ["id", "runtime", "image", "image_id", "name", "label"];
+
+/// The container runtimes whose cgroup paths the agent recognises.
+pub const CONTAINER_RUNTIMES: [&str; 4] = ["docker", "podman", "containerd", "cri-o"];
+
+/// The keys workload attestation knows for `kind`, if it is a workload kind.
+fn workload_keys(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        UNIX_SELECTOR_TYPE => Some(&UNIX_SELECTOR_KEYS),
+        SYSTEMD_SELECTOR_TYPE => Some(&SYSTEMD_SELECTOR_KEYS),
+        CONTAINER_SELECTOR_TYPE => Some(&CONTAINER_SELECTOR_KEYS),
+        _ => None,
+    }
+}
 
 /// The facts node attestation proves about a node, as `<method>:<key>:<value>`
 /// (keys may hold a colon themselves: `x509pop:subject:cn:web-1`).
@@ -50,7 +75,7 @@ pub enum SelectorError {
     #[error("selector type {0:?} may only contain lowercase letters, digits, '_' and '-'")]
     BadType(String),
     #[error(
-        "unknown selector {0:?}: known types are unix:uid, unix:gid, unix:user, unix:group, unix:supplementary_gid, unix:supplementary_group, unix:path, unix:sha256"
+        "unknown selector {0:?}: known are unix:uid, unix:gid, unix:user, unix:group, unix:supplementary_gid, unix:supplementary_group, unix:path, unix:sha256, systemd:unit, systemd:slice, container:id, container:runtime, container:image, container:image_id, container:name, container:label"
     )]
     Unknown(String),
     /// A known selector whose value the attestor can never produce.
@@ -133,14 +158,19 @@ impl Selector {
     pub fn parse_known(input: &str) -> Result<Self, SelectorError> {
         let selector = Self::parse(input)?;
         let Some((key, value)) = selector.value.split_once(':').filter(|(key, _)| {
-            selector.kind == UNIX_SELECTOR_TYPE && UNIX_SELECTOR_KEYS.contains(key)
+            workload_keys(&selector.kind).is_some_and(|keys| keys.contains(key))
         }) else {
             return Err(SelectorError::Unknown(input.to_owned()));
         };
         if value.is_empty() {
             return Err(SelectorError::EmptyValue(input.to_owned()));
         }
-        unix_value_rule(key, value).map_or(Ok(()), |rule| {
+        let rule = match selector.kind.as_str() {
+            UNIX_SELECTOR_TYPE => unix_value_rule(key, value),
+            SYSTEMD_SELECTOR_TYPE => systemd_value_rule(key, value),
+            _ => container_value_rule(key, value),
+        };
+        rule.map_or(Ok(()), |rule| {
             Err(SelectorError::BadValue {
                 selector: input.to_owned(),
                 rule,
@@ -207,9 +237,7 @@ fn unix_value_rule(key: &str, value: &str) -> Option<&'static str> {
         "uid" | "gid" | "supplementary_gid" => (!is_canonical_u32(value)).then_some(
             "the value must be a decimal number from 0 to 4294967295, without sign, spaces or leading zeros",
         ),
-        "sha256" => (value.len() != 64
-            || !value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-        .then_some("the value must be exactly 64 lowercase hex digits (a SHA-256)"),
+        "sha256" => (!is_sha256_hex(value)).then_some("the value must be exactly 64 lowercase hex digits (a SHA-256)"),
         "path" => path_rule(value),
         // user, group, supplementary_group: names from the passwd and group databases.
         _ => value
@@ -219,12 +247,75 @@ fn unix_value_rule(key: &str, value: &str) -> Option<&'static str> {
     }
 }
 
+/// systemd's own limit on a unit name (UNIT_NAME_MAX, with its suffix).
+const MAX_UNIT_NAME_LEN: usize = 255;
+
+/// The unit types a process's cgroup can name (slices are `systemd:slice`).
+pub const SYSTEMD_UNIT_SUFFIXES: [&str; 5] = [".service", ".scope", ".socket", ".mount", ".swap"];
+
+/// Whether `name` could be a systemd unit name of any type: systemd's
+/// alphabet (ASCII letters, digits, `:-_.\@`), at most 255 bytes.
+pub fn is_unit_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_UNIT_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
+}
+
+/// The rule a non-empty `systemd:<key>:<value>` breaks, if any.
+fn systemd_value_rule(key: &str, value: &str) -> Option<&'static str> {
+    const UNIT: &str = "the value must be a unit name ending in .service, .scope, .socket, .mount or .swap (letters, digits and :-_.\\@, at most 255 bytes)";
+    const SLICE: &str = "the value must be a slice name ending in .slice (letters, digits and :-_.\\@, at most 255 bytes)";
+    if key == "slice" {
+        return (!is_unit_name(value) || !value.ends_with(".slice")).then_some(SLICE);
+    }
+    (!is_unit_name(value) || !SYSTEMD_UNIT_SUFFIXES.iter().any(|s| value.ends_with(s)))
+        .then_some(UNIT)
+}
+
+/// Longest container image reference, name or label the agent turns into a
+/// selector (Docker's own limits are lower for all but label values).
+pub const MAX_CONTAINER_VALUE_LEN: usize = 1024;
+
+/// Whether `value` is 64 lowercase hex digits (a SHA-256, a container ID).
+pub fn is_sha256_hex(value: &str) -> bool {
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The rule a non-empty `container:<key>:<value>` breaks, if any.
+fn container_value_rule(key: &str, value: &str) -> Option<&'static str> {
+    let text_rule = |v: &str| v.len() > MAX_CONTAINER_VALUE_LEN || v.chars().any(char::is_control);
+    match key {
+        "id" => (!is_sha256_hex(value))
+            .then_some("the value must be the full container ID: exactly 64 lowercase hex digits"),
+        "runtime" => (!CONTAINER_RUNTIMES.contains(&value))
+            .then_some("the value must be one of docker, podman, containerd, cri-o"),
+        "image_id" => (!value.strip_prefix("sha256:").is_some_and(is_sha256_hex))
+            .then_some("the value must be sha256: and 64 lowercase hex digits"),
+        "label" => match value.split_once(':') {
+            Some((label, text)) if !label.is_empty() && !text_rule(label) && !text_rule(text) => {
+                None
+            }
+            _ => Some(
+                "the value must be <label key>:<label value>, the key non-empty and without ':', both at most 1024 bytes without control characters",
+            ),
+        },
+        // image, name: text the engine reports.
+        _ => text_rule(value)
+            .then_some("the value must be at most 1024 bytes without control characters"),
+    }
+}
+
 /// The rule a non-empty node selector value breaks, if any: each must be a
 /// value node attestation could prove, or the alias never matches.
 fn node_value_rule(key: &str, value: &str) -> Option<&'static str> {
     let is_lower_hex = |v: &str| v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     match key {
-        "ca:sha256" => (value.len() != 64 || !is_lower_hex(value))
+        "ca:sha256" => (!is_sha256_hex(value))
             .then_some("the value must be exactly 64 lowercase hex digits (a SHA-256)"),
         "serial" => (!is_lower_hex(value) || (value.len() > 1 && value.starts_with('0')))
             .then_some("the value must be lowercase hex without leading zeros"),
@@ -516,6 +607,75 @@ mod tests {
         );
         assert!(!message.contains('\n'), "one line: {message:?}");
         Ok(())
+    }
+
+    #[test]
+    fn systemd_and_container_selectors_are_known() {
+        let id = "0123456789abcdef".repeat(4);
+        for good in [
+            "systemd:unit:billing.service".to_owned(),
+            "systemd:unit:session-3.scope".to_owned(),
+            "systemd:unit:user@1000.service".to_owned(),
+            "systemd:unit:getty@tty1.service".to_owned(),
+            "systemd:unit:sys-kernel-debug.mount".to_owned(),
+            "systemd:unit:dev-disk-by\\x2duuid-ab.swap".to_owned(),
+            "systemd:slice:system.slice".to_owned(),
+            "systemd:slice:user-1000.slice".to_owned(),
+            format!("container:id:{id}"),
+            "container:runtime:podman".to_owned(),
+            "container:runtime:cri-o".to_owned(),
+            "container:image:docker.io/library/nginx:1.25".to_owned(),
+            format!("container:image_id:sha256:{id}"),
+            "container:name:billing-1".to_owned(),
+            "container:label:team:billing".to_owned(),
+            "container:label:com.example.url:https://x".to_owned(),
+            "container:label:empty:".to_owned(),
+        ] {
+            let parsed = Selector::parse_known(&good);
+            assert!(parsed.is_ok(), "{good:?}: {parsed:?}");
+        }
+        let cases: Vec<(String, &str)> = vec![
+            ("systemd:unit:billing".into(), "unit name ending"),
+            ("systemd:unit:system.slice".into(), "unit name ending"),
+            ("systemd:unit:bad name.service".into(), "unit name ending"),
+            (
+                format!("systemd:unit:{}.service", "a".repeat(250)),
+                "at most 255",
+            ),
+            ("systemd:slice:billing.service".into(), "slice name"),
+            ("container:id:abc".into(), "64 lowercase hex"),
+            (
+                format!("container:id:{}", id.to_uppercase()),
+                "64 lowercase hex",
+            ),
+            ("container:runtime:lxc".into(), "one of docker"),
+            (format!("container:image_id:{id}"), "sha256:"),
+            ("container:label:team".into(), "<label key>:<label value>"),
+            ("container:label::x".into(), "<label key>:<label value>"),
+            ("container:label:team:a\nb".into(), "control characters"),
+            ("container:name:a\tb".into(), "control characters"),
+        ];
+        for (input, rule) in cases {
+            match Selector::parse_known(&input) {
+                Err(e @ SelectorError::BadValue { .. }) => {
+                    assert!(e.to_string().contains(rule), "{input:?}: {e}");
+                }
+                other => panic!("{input:?} was not refused for its value: {other:?}"),
+            }
+        }
+        for unknown in [
+            "systemd:user_unit:a.service",
+            "container:pid:1",
+            "docker:id:1",
+        ] {
+            assert!(
+                matches!(
+                    Selector::parse_known(unknown),
+                    Err(SelectorError::Unknown(_))
+                ),
+                "{unknown}"
+            );
+        }
     }
 
     /// What attestors report and the datastore holds is read as it is.

@@ -11,7 +11,7 @@
 )]
 
 use lanyard_proto::audience::{self, AudienceError, MAX_AUDIENCE_LEN, MAX_AUDIENCES};
-use lanyard_proto::selector::UNIX_SELECTOR_KEYS;
+use lanyard_proto::selector::{CONTAINER_SELECTOR_KEYS, SYSTEMD_SELECTOR_KEYS, UNIX_SELECTOR_KEYS};
 use lanyard_proto::{AssignError, Selector, SelectorError, SpiffeId, SpiffeIdError, TrustDomain};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -360,18 +360,23 @@ proptest! {
     }
 
     /// `parse_known` never panics; what it accepts `parse` accepts too, is a
-    /// unix selector of a known key with a non-empty value, prints back byte
+    /// workload selector of a known kind and key with a non-empty value, prints back byte
     /// for byte and is accepted again from its text.
     #[test]
     fn parse_known_accepts_only_known_selectors_that_round_trip(input in selector_text()) {
         let known = Selector::parse_known(&input);
         if let Ok(selector) = known {
             prop_assert_eq!(Selector::parse(&input).ok(), Some(selector.clone()));
-            prop_assert_eq!(selector.kind(), "unix");
-            let Some((key, value)) = selector.value().split_once(':') else {
-                return Err(fail(format!("{input:?} is not unix:<key>:<value>")));
+            let keys: &[&str] = match selector.kind() {
+                "unix" => &UNIX_SELECTOR_KEYS,
+                "systemd" => &SYSTEMD_SELECTOR_KEYS,
+                "container" => &CONTAINER_SELECTOR_KEYS,
+                other => return Err(fail(format!("{input:?}: unknown kind {other:?} accepted"))),
             };
-            prop_assert!(UNIX_SELECTOR_KEYS.contains(&key), "{:?}", input);
+            let Some((key, value)) = selector.value().split_once(':') else {
+                return Err(fail(format!("{input:?} is not <kind>:<key>:<value>")));
+            };
+            prop_assert!(keys.contains(&key), "{:?}", input);
             prop_assert!(!value.is_empty());
             prop_assert_eq!(selector.to_string(), input.clone());
             prop_assert_eq!(Selector::parse_known(&selector.to_string()), Ok(selector.clone()));

@@ -1,6 +1,6 @@
 //! A Workload API caller as the kernel described it at accept time:
-//! SO_PEERCRED, a pin on the process and, with binary selectors on, which
-//! file it runs. Every request on the connection gets it.
+//! SO_PEERCRED, a pin on the process, its cgroups and, with binary
+//! selectors on, which file it runs. Every request on the connection gets it.
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use nix::sys::socket::UnixCredentials;
 use tokio::net::UnixStream;
 
 use super::binary::ConnectedExe;
+use super::cgroup::{CgroupError, CgroupFile};
 use super::pin::{PinError, ProcessPin};
 use super::writer::HandedOver;
 
@@ -30,6 +31,9 @@ pub(crate) struct Peer {
     /// Set when another process wrote on the connection (binary selectors
     /// on): the file above then says nothing of who is asking.
     pub handed_over: HandedOver,
+    /// Its cgroups when accepted: systemd and container selectors are
+    /// given only while they are still the same.
+    pub cgroups: Result<CgroupFile, CgroupError>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -66,6 +70,7 @@ impl Peer {
         } else {
             ConnectedExe::Skipped
         };
+        let cgroups = CgroupFile::read(pid);
         Ok(Self {
             credentials: PeerCredentials {
                 uid: cred.uid(),
@@ -75,6 +80,7 @@ impl Peer {
             pin,
             exe,
             handed_over,
+            cgroups,
         })
     }
 }

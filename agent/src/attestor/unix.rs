@@ -4,78 +4,13 @@
 
 use lanyard_proto::Selector;
 use lanyard_proto::selector::UNIX_SELECTOR_TYPE;
+
+pub(crate) use super::workload::{AttestError, Needs};
 use nix::unistd::{Gid, Group, Uid, User};
 
 use super::binary::{BinaryError, BinaryInspector, ExeIdentity};
 use super::peer::{Peer, PeerCredentials};
-use super::pin::PinError;
 use crate::config::UnixAttestorConfig;
-
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AttestError {
-    #[error(transparent)]
-    Pin(#[from] PinError),
-    #[error("cannot read /proc/{pid}/status: {source}")]
-    Status { pid: i32, source: std::io::Error },
-    #[error("cannot read /proc/{0}/status: no parsable Groups: line")]
-    NoGroups(i32),
-    #[error(transparent)]
-    Binary(#[from] BinaryError),
-}
-
-/// Which facts about a caller the entries in force can use. Selectors of a
-/// kind no entry has cannot change which entries match, so the attestor skips
-/// finding them out: a caller of a node whose entries name only uids costs a
-/// pin check, not a read of /proc, the passwd and group files and the binary.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Needs {
-    /// `unix:user`, `unix:group`: names from NSS.
-    pub names: bool,
-    /// `unix:supplementary_gid` (from /proc/<pid>/status).
-    pub supplementary_gids: bool,
-    /// `unix:supplementary_group`: the above, named through NSS.
-    pub supplementary_groups: bool,
-    pub path: bool,
-    pub sha256: bool,
-}
-
-impl Needs {
-    /// Every fact (what `attest` computes).
-    #[cfg(test)]
-    pub(crate) const ALL: Self = Self {
-        names: true,
-        supplementary_gids: true,
-        supplementary_groups: true,
-        path: true,
-        sha256: true,
-    };
-
-    /// What matching against entries with `selectors` needs.
-    pub(crate) fn of<'a>(selectors: impl IntoIterator<Item = &'a Selector>) -> Self {
-        let mut needs = Self::default();
-        for selector in selectors {
-            if selector.kind() != UNIX_SELECTOR_TYPE {
-                continue;
-            }
-            match selector.value().split_once(':').map_or("", |(key, _)| key) {
-                "user" | "group" => needs.names = true,
-                "supplementary_gid" => needs.supplementary_gids = true,
-                "supplementary_group" => needs.supplementary_groups = true,
-                "path" => needs.path = true,
-                "sha256" => needs.sha256 = true,
-                _ => {}
-            }
-        }
-        needs
-    }
-
-    /// Either may wait on something slow: NSS (perhaps a network directory)
-    /// or hashing a large executable. The rest reads procfs only.
-    pub(crate) fn may_block(&self) -> bool {
-        self.names || self.supplementary_groups || self.sha256
-    }
-}
 
 #[derive(Debug, Default)]
 pub(crate) struct UnixAttestor {
@@ -188,7 +123,7 @@ fn parse_groups(status: &str) -> Option<Vec<u32>> {
 mod tests {
     use super::*;
     use crate::attestor::binary::ConnectedExe;
-    use crate::attestor::pin::ProcessPin;
+    use crate::attestor::pin::{PinError, ProcessPin};
 
     fn me() -> Result<Peer, Box<dyn std::error::Error>> {
         let pid = i32::try_from(std::process::id())?;
@@ -201,6 +136,7 @@ mod tests {
             pin: ProcessPin::by_start_time(pid)?,
             exe: ConnectedExe::Known(ExeIdentity::of_process(pid)?),
             handed_over: Default::default(),
+            cgroups: crate::attestor::cgroup::CgroupFile::read(pid),
         })
     }
 
@@ -278,6 +214,8 @@ mod tests {
                 "unix:supplementary_group:a",
                 "unix:path:/x",
                 "unix:sha256:ab",
+                "systemd:unit:a.service",
+                "container:label:a:b",
             ]
             .map(Selector::parse)
             .into_iter()

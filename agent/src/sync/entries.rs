@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use lanyard_proto::{Selector, SpiffeId};
 
-use crate::attestor::unix::Needs;
+use crate::attestor::workload::Needs;
 
 /// An entry as the agent serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use super::identify::{self, Identified, IdentifyError};
 use super::jwt_validate::{self, VerifyingKeys};
 use crate::attestor::peer::PeerInfo;
-use crate::attestor::unix::UnixAttestor;
+use crate::attestor::workload::WorkloadAttestor;
 use crate::audit::Caller;
 use crate::svids::jwt::JwtSvids;
 use crate::svids::x509::{X509Svid, X509SvidCache};
@@ -90,7 +90,7 @@ impl X509Watch {
 pub(crate) struct WorkloadService {
     state: Arc<SyncedState>,
     jwt_svids: JwtSvids,
-    attestor: Arc<UnixAttestor>,
+    attestor: Arc<WorkloadAttestor>,
     trust_domain: TrustDomain,
     /// The current bundle's keys, parsed once: rebuilt only when the bundle
     /// (an `Arc` replaced on every change) is a different one.
@@ -103,7 +103,7 @@ impl WorkloadService {
     pub(crate) fn new(
         state: Arc<SyncedState>,
         jwt_svids: JwtSvids,
-        attestor: Arc<UnixAttestor>,
+        attestor: Arc<WorkloadAttestor>,
         trust_domain: TrustDomain,
         x509: Option<Arc<X509SvidCache>>,
     ) -> Self {

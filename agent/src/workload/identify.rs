@@ -8,7 +8,7 @@ use std::sync::Arc;
 use lanyard_proto::Selector;
 
 use crate::attestor::peer::{PeerError, PeerInfo};
-use crate::attestor::unix::{AttestError, UnixAttestor};
+use crate::attestor::workload::{AttestError, WorkloadAttestor};
 use crate::sync::entries::{AgentEntry, EntrySet};
 
 /// Why a caller gets no identity.
@@ -39,7 +39,7 @@ pub(crate) struct Identified {
 /// matched on. Selectors are found out once, and only of the kinds `entries`
 /// use; they are matched against the same snapshot.
 pub(crate) async fn identify(
-    attestor: &Arc<UnixAttestor>,
+    attestor: &Arc<WorkloadAttestor>,
     peer: &PeerInfo,
     entries: &EntrySet,
 ) -> Result<Identified, IdentifyError> {
@@ -54,7 +54,7 @@ pub(crate) async fn identify(
 /// The caller's selectors, of the kinds `entries` use, from what the kernel
 /// says about it (and its pin still holding).
 pub(crate) async fn selectors(
-    attestor: &Arc<UnixAttestor>,
+    attestor: &Arc<WorkloadAttestor>,
     peer: &PeerInfo,
     entries: &EntrySet,
 ) -> Result<Vec<Selector>, IdentifyError> {

@@ -2,11 +2,17 @@
 //! JWT-SVID through the `spiffe` crate and prints `ok <spiffe-id>` (with
 //! `--token` after the audience: `ok <spiffe-id> <token>`) or
 //! `denied <message>`/`error <message>`. Tests run it under other uids.
+//!
+//! With `--stdin-steps` after the audience it waits for a line on stdin
+//! before it connects, asks and prints, then waits for another line and asks
+//! again on the same connection (audience `<audience>-again`): a test can
+//! move it (into a cgroup, say) before it connects and between the calls.
 #![allow(
     unused_crate_dependencies,
     reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"
 )]
 
+use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use spiffe::{WorkloadApiClient, WorkloadApiError};
@@ -16,7 +22,12 @@ async fn main() -> ExitCode {
     let audience = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "probe".to_owned());
-    let print_token = std::env::args().nth(2).as_deref() == Some("--token");
+    let flag = std::env::args().nth(2);
+    let print_token = flag.as_deref() == Some("--token");
+    let steps = flag.as_deref() == Some("--stdin-steps");
+    if steps && !next_step() {
+        return ExitCode::from(2);
+    }
     let endpoint = std::env::var("SPIFFE_ENDPOINT_SOCKET").unwrap_or_default();
     let client = match WorkloadApiClient::connect_to(&endpoint).await {
         Ok(client) => client,
@@ -25,7 +36,22 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match client.fetch_jwt_svid([audience.as_str()], None).await {
+    let first = fetch(&client, &audience, print_token).await;
+    if !steps || !next_step() {
+        return first;
+    }
+    fetch(&client, &format!("{audience}-again"), print_token).await
+}
+
+/// Waits for the test's go-ahead; false at the end of stdin.
+fn next_step() -> bool {
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    matches!(std::io::stdin().lock().read_line(&mut line), Ok(n) if n > 0)
+}
+
+async fn fetch(client: &WorkloadApiClient, audience: &str, print_token: bool) -> ExitCode {
+    match client.fetch_jwt_svid([audience], None).await {
         Ok(svid) if print_token => {
             println!("ok {} {}", svid.spiffe_id(), svid.token());
             ExitCode::SUCCESS

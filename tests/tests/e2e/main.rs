@@ -16,6 +16,7 @@ mod agent_outage;
 mod agent_pid_reuse;
 mod agent_remote;
 mod agent_selectors;
+mod agent_systemd;
 mod agent_workload_api;
 mod binaries;
 mod cloud_emulators;
