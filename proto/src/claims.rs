@@ -26,6 +26,10 @@ pub struct JwtSvidClaims {
     pub iat: i64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub jti: Option<String>,
+    /// The entry's own claims, rendered (see [`crate::entry_claims`]); never
+    /// one of the names above, which the entry's checks refuse.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn serialize_audience<S: Serializer>(aud: &[String], serializer: S) -> Result<S::Ok, S::Error> {
@@ -63,6 +67,7 @@ mod tests {
             exp: 20,
             iat: 10,
             jti: None,
+            extra: serde_json::Map::new(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Lanyard's wire contract and the identity types that both server and agent
 //! share. It carries no runtime: the messages and types need only prost and
-//! serde; the tonic client and server stubs come with the `grpc` feature.
+//! serde (and serde_json for entries' claims); the tonic client and server stubs come with the `grpc` feature.
 //! What the daemons share on a host (sockets, files, signals) is `lanyard-host`.
 #![cfg_attr(
     test,
@@ -13,6 +13,7 @@
 pub mod attestation;
 pub mod audience;
 pub mod claims;
+pub mod entry_claims;
 pub mod jwks;
 pub mod selector;
 pub mod spiffe_id;

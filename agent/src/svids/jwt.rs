@@ -21,7 +21,7 @@ use futures::future::{BoxFuture, Shared};
 
 use lanyard_host::rate_limit::{self, KeyedRateLimit, RateLimit};
 use lanyard_host::sync::lock;
-use lanyard_proto::SpiffeId;
+use lanyard_proto::{Selector, SpiffeId};
 use tonic::{Code, Status};
 
 use crate::audit::{self, Caller, Trigger};
@@ -75,47 +75,38 @@ impl JwtSvids {
     }
 
     /// A JWT-SVID for `entry` and `audience`, asked for by a process of
-    /// `caller` (its uid spends the cache-miss budget), counted by where it came from.
+    /// `caller` (its uid spends the cache-miss budget) whose selectors that
+    /// the entry's claims use are `inputs`, counted by where it came from.
     pub(crate) async fn fetch(
         &self,
         entry: &AgentEntry,
         audience: &[String],
+        inputs: &[Selector],
         caller: Caller,
     ) -> Result<CachedSvid, Status> {
-        let (svid, source) = self.fetch_from(entry, audience, caller).await?;
+        let request = MintRequest::new(entry, audience, inputs);
+        let (svid, source) = self.fetch_from(request, caller).await?;
         self.metrics.svid(SvidKind::Jwt, source);
         Ok(svid)
     }
 
-    /// A JWT-SVID for `entry` and `audience`, and where it came from.
+    /// A JWT-SVID for `request`, and where it came from.
     async fn fetch_from(
         &self,
-        entry: &AgentEntry,
-        audience: &[String],
+        request: MintRequest,
         caller: Caller,
     ) -> Result<(CachedSvid, SvidSource), Status> {
-        let key = CacheKey::new(&entry.spiffe_id, audience);
-        match self.cache.lookup(&key, lanyard_host::clock::now()) {
+        match self.cache.lookup(&request.key, lanyard_host::clock::now()) {
             Lookup::Fresh { svid, refresh } => {
                 if refresh {
-                    self.refresh_in_background(
-                        key,
-                        entry.id.clone(),
-                        audience.to_vec(),
-                        Some(caller),
-                    );
+                    self.refresh_in_background(request, Some(caller));
                 }
                 Ok((svid, SvidSource::Cache))
             }
             // The server is known to be away: do not make the caller wait for it.
             Lookup::Stale(svid) if self.reachability.is_down() => {
-                if self.cache.claim_refresh(&key) {
-                    self.refresh_in_background(
-                        key,
-                        entry.id.clone(),
-                        audience.to_vec(),
-                        Some(caller),
-                    );
+                if self.cache.claim_refresh(&request.key) {
+                    self.refresh_in_background(request, Some(caller));
                 }
                 Ok((svid, SvidSource::Cache))
             }
@@ -124,19 +115,20 @@ impl JwtSvids {
                 self.metrics.rate_limited();
                 Ok((svid, SvidSource::Cache))
             }
-            Lookup::Stale(svid) => match self
-                .mint(&entry.id, audience, Some(caller), Trigger::Request)
-                .await
-            {
-                Ok(new) => {
-                    self.cache.store(key, new.clone());
-                    Ok((new, SvidSource::Minted))
+            Lookup::Stale(svid) => {
+                match self.mint(&request, Some(caller), Trigger::Request).await {
+                    Ok(new) => {
+                        self.cache.store(request.key, new.clone());
+                        Ok((new, SvidSource::Minted))
+                    }
+                    Err(status) if status.code() == Code::Unavailable => {
+                        Ok((svid, SvidSource::Cache))
+                    }
+                    Err(status) => Err(status),
                 }
-                Err(status) if status.code() == Code::Unavailable => Ok((svid, SvidSource::Cache)),
-                Err(status) => Err(status),
-            },
+            }
             Lookup::Miss => {
-                let (flight, source) = self.flight(key, &entry.id, audience, caller)?;
+                let (flight, source) = self.flight(request, caller)?;
                 Ok((flight.await?, source))
             }
         }
@@ -148,35 +140,23 @@ impl JwtSvids {
     /// mint runs as a task of its own, so a caller that goes away takes no
     /// one else's answer with it; it stores the token before it leaves the
     /// table, so a later miss finds it cached.
-    fn flight(
-        &self,
-        key: CacheKey,
-        entry_id: &str,
-        audience: &[String],
-        caller: Caller,
-    ) -> Result<(Flight, SvidSource), Status> {
+    fn flight(&self, request: MintRequest, caller: Caller) -> Result<(Flight, SvidSource), Status> {
         let mut flights = lock(&self.in_flight);
-        if let Some(flight) = flights.get(&key) {
+        if let Some(flight) = flights.get(&request.key) {
             return Ok((flight.clone(), SvidSource::Cache));
         }
         self.misses.check(&caller.uid).map_err(|wait| {
             self.metrics.rate_limited();
             rate_limit::exhausted("workload_api.cache_misses_per_second_per_uid", wait)
         })?;
-        let (svids, entry_id, audience, leaving) = (
-            self.clone(),
-            entry_id.to_owned(),
-            audience.to_vec(),
-            key.clone(),
-        );
+        let key = request.key.clone();
+        let svids = self.clone();
         let task = tokio::spawn(async move {
-            let minted = svids
-                .mint(&entry_id, &audience, Some(caller), Trigger::Request)
-                .await;
+            let minted = svids.mint(&request, Some(caller), Trigger::Request).await;
             if let Ok(new) = &minted {
-                svids.cache.store(leaving.clone(), new.clone());
+                svids.cache.store(request.key.clone(), new.clone());
             }
-            lock(&svids.in_flight).remove(&leaving);
+            lock(&svids.in_flight).remove(&request.key);
             minted
         });
         let flight = async move {
@@ -192,21 +172,12 @@ impl JwtSvids {
         Ok((flight, SvidSource::Minted))
     }
 
-    fn refresh_in_background(
-        &self,
-        key: CacheKey,
-        entry_id: String,
-        audience: Vec<String>,
-        caller: Option<Caller>,
-    ) {
+    fn refresh_in_background(&self, request: MintRequest, caller: Option<Caller>) {
         let svids = self.clone();
         tokio::spawn(async move {
-            match svids
-                .mint(&entry_id, &audience, caller, Trigger::Refresh)
-                .await
-            {
-                Ok(new) => svids.cache.store(key, new),
-                Err(_) => svids.cache.refresh_failed(&key),
+            match svids.mint(&request, caller, Trigger::Refresh).await {
+                Ok(new) => svids.cache.store(request.key, new),
+                Err(_) => svids.cache.refresh_failed(&request.key),
             }
         });
     }
@@ -215,8 +186,7 @@ impl JwtSvids {
     /// (bad audience, entry gone) pass through; anything else is `Unavailable`.
     async fn mint(
         &self,
-        entry_id: &str,
-        audience: &[String],
+        request: &MintRequest,
         caller: Option<Caller>,
         trigger: Trigger,
     ) -> Result<CachedSvid, Status> {
@@ -224,12 +194,13 @@ impl JwtSvids {
             &self.reachability,
             self.timeout,
             "a JWT-SVID",
-            self.server.mint_jwt_svid(entry_id, audience),
+            self.server
+                .mint_jwt_svid(&request.entry_id, &request.audience, &request.key.inputs),
         )
         .await?;
         audit::jwt_svid_minted(
             &minted.spiffe_id,
-            audience.len(),
+            request.audience.len(),
             caller,
             trigger,
             minted.expires_at,
@@ -243,21 +214,47 @@ impl JwtSvids {
     }
 }
 
-/// (SPIFFE ID, sorted and deduplicated audiences): the same request in any order hits.
+/// What a mint asks the server for: an entry, its audience and the
+/// selectors its claims use, and the cache key of the answer.
+#[derive(Debug, Clone)]
+struct MintRequest {
+    entry_id: String,
+    audience: Vec<String>,
+    key: CacheKey,
+}
+
+impl MintRequest {
+    fn new(entry: &AgentEntry, audience: &[String], inputs: &[Selector]) -> Self {
+        Self {
+            entry_id: entry.id.clone(),
+            audience: audience.to_vec(),
+            key: CacheKey::new(&entry.spiffe_id, audience, inputs),
+        }
+    }
+}
+
+/// (SPIFFE ID, sorted and deduplicated audiences, the caller's selectors
+/// that the entry's claims use): the same request in any order hits, and
+/// two callers whose claims would differ never share a token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct CacheKey {
     spiffe_id: String,
     audience: Vec<String>,
+    inputs: Vec<String>,
 }
 
 impl CacheKey {
-    pub(crate) fn new(spiffe_id: &SpiffeId, audience: &[String]) -> Self {
+    pub(crate) fn new(spiffe_id: &SpiffeId, audience: &[String], inputs: &[Selector]) -> Self {
         let mut audience = audience.to_vec();
         audience.sort();
         audience.dedup();
+        let mut inputs: Vec<String> = inputs.iter().map(ToString::to_string).collect();
+        inputs.sort();
+        inputs.dedup();
         Self {
             spiffe_id: spiffe_id.to_string(),
             audience,
+            inputs,
         }
     }
 }
@@ -404,6 +401,7 @@ mod tests {
         Ok(CacheKey::new(
             &SpiffeId::parse("spiffe://example.org/w")?,
             &audience,
+            &[],
         ))
     }
 
@@ -420,6 +418,22 @@ mod tests {
     fn audience_order_and_duplicates_do_not_matter() -> Result<(), Box<dyn std::error::Error>> {
         assert_eq!(key(&["b", "a", "a"])?, key(&["a", "b"])?);
         assert_ne!(key(&["a"])?, key(&["a", "b"])?);
+        // Two callers whose claims would differ never share a token.
+        let id = SpiffeId::parse("spiffe://example.org/w")?;
+        let aud = vec!["a".to_owned()];
+        let team = |value: &str| -> Result<Vec<Selector>, lanyard_proto::SelectorError> {
+            Ok(vec![Selector::parse(&format!(
+                "container:label:team:{value}"
+            ))?])
+        };
+        assert_ne!(
+            CacheKey::new(&id, &aud, &team("billing")?),
+            CacheKey::new(&id, &aud, &team("search")?)
+        );
+        assert_eq!(
+            CacheKey::new(&id, &aud, &team("billing")?),
+            CacheKey::new(&id, &aud, &team("billing")?)
+        );
         Ok(())
     }
 
@@ -618,11 +632,12 @@ mod tests {
                 spiffe_id: SpiffeId::parse("spiffe://example.org/w")?,
                 selectors: Vec::new(),
                 hint: String::new(),
+                claims: None,
             };
             let audience = vec!["one-key".to_owned()];
             let caller = Caller { uid: 1000, pid: 1 };
             let mut all = Box::pin(futures::future::join_all(
-                (0..callers).map(|_| svids.fetch(&entry, &audience, caller)),
+                (0..callers).map(|_| svids.fetch(&entry, &audience, &[], caller)),
             ));
             // One poll runs every caller up to its wait: each has started the
             // mint or joined it by now.

@@ -324,6 +324,7 @@ mod tests {
             spiffe_id: SpiffeId::parse(id).unwrap(),
             selectors: Vec::new(),
             hint: String::new(),
+            claims: None,
         }
     }
 

@@ -2,7 +2,9 @@
 //! them: which identities a process gets, once the attestor has said what it is.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use lanyard_proto::entry_claims::{ClaimsError, EntryClaims};
 use lanyard_proto::{Selector, SpiffeId};
 
 use crate::attestor::workload::Needs;
@@ -15,9 +17,20 @@ pub(crate) struct AgentEntry {
     pub selectors: Vec<Selector>,
     /// Handed to workloads with each SVID of this entry.
     pub hint: String,
+    /// Its own JWT claims, whose templates the server fills from the
+    /// caller's selectors that [`AgentEntry::claim_inputs`] picks.
+    pub claims: Option<Arc<EntryClaims>>,
 }
 
 impl AgentEntry {
+    /// The selectors of `caller` this entry's claims use (none without
+    /// claims), or which one the caller lacks.
+    pub(crate) fn claim_inputs(&self, caller: &[Selector]) -> Result<Vec<Selector>, ClaimsError> {
+        self.claims
+            .as_ref()
+            .map_or(Ok(Vec::new()), |claims| claims.inputs(caller))
+    }
+
     /// An entry matches a caller when every one of its selectors is among the caller's.
     pub(crate) fn matches(&self, caller: &[Selector]) -> bool {
         self.selectors.iter().all(|s| caller.contains(s))
@@ -48,7 +61,18 @@ impl EntrySet {
                 None => unconditional.push(i),
             }
         }
-        let needs = Needs::of(entries.iter().flat_map(|e| &e.selectors));
+        let mut needs = Needs::of(entries.iter().flat_map(|e| &e.selectors));
+        // Claim templates need their kinds attested too, even where no
+        // entry selects on them.
+        for reference in entries
+            .iter()
+            .filter_map(|e| e.claims.as_deref())
+            .flat_map(EntryClaims::references)
+        {
+            if let Some((kind, key)) = reference.selector_kind_and_key() {
+                needs.add(kind, key);
+            }
+        }
         Self {
             entries,
             by_first_selector,
@@ -101,6 +125,7 @@ pub(crate) mod tests {
                 .map(|s| Selector::parse(s).unwrap())
                 .collect(),
             hint: String::new(),
+            claims: None,
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use lanyard_host::sync::lock;
+use lanyard_proto::entry_claims::EntryClaims;
 use lanyard_proto::selector::check_binary_anchored;
 use lanyard_proto::{Jwks, Selector, SpiffeId};
 use tokio::sync::watch;
@@ -176,13 +177,23 @@ impl SyncedState {
             let spiffe_id = SpiffeId::parse(&raw.spiffe_id);
             let selectors: Result<Vec<Selector>, _> =
                 raw.selectors.iter().map(|s| Selector::parse(s)).collect();
-            match (spiffe_id, selectors) {
-                (Ok(spiffe_id), Ok(selectors)) => upserts.push(AgentEntry {
+            let claims = match raw.claims.as_str() {
+                "" => Ok(None),
+                text => EntryClaims::parse(text).map(|c| Some(Arc::new(c))),
+            };
+            match (spiffe_id, selectors, claims) {
+                (Ok(spiffe_id), Ok(selectors), Ok(claims)) => upserts.push(AgentEntry {
                     id: raw.id,
                     spiffe_id,
                     selectors,
                     hint: raw.hint,
+                    claims,
                 }),
+                (_, _, Err(error)) => tracing::warn!(
+                    entry = raw.id,
+                    %error,
+                    "server sent claims this agent cannot fill in (a newer server?); not issuing the entry"
+                ),
                 _ => tracing::warn!(entry = raw.id, "server sent a malformed entry; ignoring it"),
             }
         }

@@ -59,6 +59,7 @@ pub(crate) async fn on_behalf<T>(
                 tonic::Code::InvalidArgument
                     | tonic::Code::PermissionDenied
                     | tonic::Code::ResourceExhausted
+                    | tonic::Code::FailedPrecondition
             ) =>
         {
             reachability.mark_up();
@@ -304,15 +305,18 @@ impl ServerClient {
         .await
     }
 
+    /// `selectors`: the caller's selectors the entry's claims use.
     pub(crate) async fn mint_jwt_svid(
         &self,
         entry_id: &str,
         audience: &[String],
+        selectors: &[String],
     ) -> Result<MintJwtSvidResponse, tonic::Status> {
         self.call(|mut node| {
             let request = MintJwtSvidRequest {
                 entry_id: entry_id.to_owned(),
                 audience: audience.to_vec(),
+                selectors: selectors.to_vec(),
             };
             async move { node.mint_jwt_svid(request).await }
         })
@@ -506,7 +510,7 @@ mod tests {
             ));
             let client = ServerClient::remote(servers.clone(), creds()?, BUDGET);
             let started = std::time::Instant::now();
-            let answer = client.mint_jwt_svid("ok", AUDIENCE).await?;
+            let answer = client.mint_jwt_svid("ok", AUDIENCE, &[]).await?;
             assert!(started.elapsed() < BUDGET);
             assert_eq!(answer.token, "token");
             assert_eq!(live.mints.load(Ordering::SeqCst), 1);
@@ -517,7 +521,7 @@ mod tests {
             assert!(!servers.is_avoided(&endpoint.address.parse()?));
             // The next calls go to the live server first, whatever the turn.
             for _ in 0..3 {
-                client.mint_jwt_svid("ok", AUDIENCE).await?;
+                client.mint_jwt_svid("ok", AUDIENCE, &[]).await?;
             }
             assert_eq!(live.mints.load(Ordering::SeqCst), 4);
             Ok(())
@@ -560,7 +564,7 @@ mod tests {
                 0,
             ));
             let client = ServerClient::remote(servers.clone(), creds()?, BUDGET);
-            let refused = client.mint_jwt_svid("not-mine", AUDIENCE).await;
+            let refused = client.mint_jwt_svid("not-mine", AUDIENCE, &[]).await;
             assert!(
                 matches!(&refused, Err(s) if s.code() == tonic::Code::PermissionDenied),
                 "{refused:?}"
@@ -610,14 +614,14 @@ mod tests {
                 0,
             ));
             let client = ServerClient::remote(group.clone(), creds()?, BUDGET);
-            let untrusted = client.mint_jwt_svid("ok", AUDIENCE).await;
+            let untrusted = client.mint_jwt_svid("ok", AUDIENCE, &[]).await;
             assert!(
                 matches!(&untrusted, Err(s) if s.code() == tonic::Code::Unavailable),
                 "{untrusted:?}"
             );
             assert_eq!(later.mints.load(Ordering::SeqCst), 0);
             group.learn_synced_authorities(&[later_ca]);
-            client.mint_jwt_svid("ok", AUDIENCE).await?;
+            client.mint_jwt_svid("ok", AUDIENCE, &[]).await?;
             assert_eq!(later.mints.load(Ordering::SeqCst), 1);
             Ok(())
         }
@@ -630,7 +634,7 @@ mod tests {
                 0,
             ));
             let client = ServerClient::remote(servers, creds()?, BUDGET);
-            let down = client.mint_jwt_svid("ok", AUDIENCE).await;
+            let down = client.mint_jwt_svid("ok", AUDIENCE, &[]).await;
             assert!(
                 matches!(&down, Err(s) if s.code() == tonic::Code::Unavailable),
                 "{down:?}"

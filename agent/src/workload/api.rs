@@ -132,14 +132,18 @@ impl WorkloadService {
 
     /// The identities of the calling process, from what the kernel says about it.
     async fn identities<T>(&self, request: &Request<T>) -> Result<Vec<AgentEntry>, Status> {
+        Ok(self.identified(request).await?.identities)
+    }
+
+    /// The identities of the calling process and the selectors they were
+    /// matched on (which entries' claim templates are filled from).
+    async fn identified<T>(&self, request: &Request<T>) -> Result<Identified, Status> {
         require_header(request)?;
         let peer = peer_of(request)?;
         // Selectors are found out once per call, and only of the kinds the
         // entries in force use; they are matched against the same snapshot.
         let entries = self.state.entries_snapshot();
-        Ok(identify::identify(&self.attestor, &peer, &entries)
-            .await?
-            .identities)
+        Ok(identify::identify(&self.attestor, &peer, &entries).await?)
     }
 
     /// The X509-SVID cache, or Unimplemented when the operator switched the profile off.
@@ -378,7 +382,10 @@ impl SpiffeWorkloadApi for WorkloadService {
             AudienceError::Empty => Status::invalid_argument("audience must be specified"),
             other => Status::invalid_argument(other.to_string()),
         })?;
-        let mut identities = self.identities(&request).await?;
+        let Identified {
+            selectors,
+            mut identities,
+        } = self.identified(&request).await?;
         let caller = peer_of(&request)
             .ok()
             .and_then(|peer| caller_of(&peer))
@@ -395,12 +402,22 @@ impl SpiffeWorkloadApi for WorkloadService {
                 )));
             }
         }
-        let minted = futures::future::try_join_all(
-            identities
-                .iter()
-                .map(|entry| self.jwt_svids.fetch(entry, audience.values(), caller)),
-        )
-        .await?;
+        // What each entry's claim templates take from this caller; a caller
+        // without a value they use gets a refusal, never an empty claim.
+        let inputs = identities
+            .iter()
+            .map(|entry| {
+                entry
+                    .claim_inputs(&selectors)
+                    .map_err(|e| Status::permission_denied(format!("{}: {e}", entry.spiffe_id)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let minted =
+            futures::future::try_join_all(identities.iter().zip(&inputs).map(|(entry, inputs)| {
+                self.jwt_svids
+                    .fetch(entry, audience.values(), inputs, caller)
+            }))
+            .await?;
         let svids = minted
             .into_iter()
             .zip(&identities)

@@ -149,6 +149,13 @@ impl AdminService {
         entries::check_hint(&wanted.hint)
             .map_err(|e| Status::invalid_argument(format!("hint: {e}")))?;
         spec.hint = wanted.hint.clone();
+        if node && !wanted.claims.is_empty() {
+            return Err(Status::invalid_argument(
+                "claims: a node alias is given no SVIDs, so it takes no claims",
+            ));
+        }
+        spec.claims = entries::checked_claims(&wanted.claims)
+            .map_err(|e| Status::invalid_argument(format!("claims: {e}")))?;
         Ok(spec)
     }
 
@@ -231,6 +238,7 @@ fn to_admin(entry: RegistrationEntry, node: bool) -> Entry {
         revision: entry.revision,
         x509_svid_ttl_seconds: u32::try_from(entry.x509_svid_ttl.as_secs()).unwrap_or(u32::MAX),
         hint: entry.hint,
+        claims: entry.claims,
     }
 }
 
@@ -295,6 +303,7 @@ impl AdminService {
                 x509_svid_ttl_seconds: body.x509_svid_ttl_seconds,
                 hint: body.hint,
                 node: body.node,
+                claims: body.claims,
                 ..Entry::default()
             })
             .await?;
@@ -834,6 +843,69 @@ mod tests {
             }))
             .await;
         assert!(workload.is_ok(), "{workload:?}");
+        Ok(())
+    }
+
+    /// Claims are checked where an entry is written: reserved names,
+    /// templates naming what no agent knows, and claims on a node alias are
+    /// refused by name, and nothing is stored; good claims are stored as
+    /// compact JSON and shown back.
+    #[tokio::test]
+    async fn entry_claims_are_checked_when_written() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let admin = service(dir.path()).await?;
+        let with_claims = |claims: &str| CreateEntryRequest {
+            spiffe_id: "spiffe://example.org/claims".to_owned(),
+            selectors: vec!["unix:uid:1000".to_owned()],
+            claims: claims.to_owned(),
+            ..CreateEntryRequest::default()
+        };
+        for (claims, reason) in [
+            (r#"{"aud": "x"}"#, r#"claims: claim "aud" is reserved"#),
+            (r#"{"exp": 1}"#, r#"claim "exp" is reserved"#),
+            (
+                r#"{"team": "{{ k8s:ns }}"}"#,
+                "template {{ k8s:ns }} names nothing the agent knows",
+            ),
+            (r#"{"team": "{{ unix:user "}"#, "without its '}}'"),
+            ("not json", "claims are not JSON"),
+        ] {
+            let refused = admin
+                .create_entry(request(with_claims(claims)))
+                .await
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(
+                refused.code(),
+                Code::InvalidArgument,
+                "{claims}: {refused:?}"
+            );
+            assert!(refused.message().contains(reason), "{claims}: {refused:?}");
+        }
+        let mut node = alias("spiffe://example.org/fleet/claims");
+        node.claims = r#"{"a": "b"}"#.to_owned();
+        let refused = admin
+            .create_entry(request(node))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(refused.message().contains("node alias"), "{refused:?}");
+        let listed = admin
+            .list_entries(request(ListEntriesRequest::default()))
+            .await?
+            .into_inner();
+        assert!(listed.entries.is_empty(), "nothing stored: {listed:?}");
+
+        let created = admin
+            .create_entry(request(with_claims(
+                r#"{ "team" : "{{ container:label:team }}", "n": 1 }"#,
+            )))
+            .await?
+            .into_inner();
+        assert_eq!(
+            created.claims,
+            r#"{"n":1,"team":"{{ container:label:team }}"}"#
+        );
         Ok(())
     }
 }

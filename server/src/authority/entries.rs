@@ -1,8 +1,10 @@
 //! The rules a registration entry must follow before it is stored: its
-//! X509-SVID lifetime and its hint. The entry itself is the datastore's record
+//! X509-SVID lifetime, its hint and its claims. The entry itself is the datastore's record
 //! ([`EntrySpec`], [`RegistrationEntry`]).
 
 use std::time::Duration;
+
+use lanyard_proto::entry_claims::{ClaimsError, EntryClaims};
 
 pub use crate::store::{DEFAULT_X509_SVID_TTL, EntrySpec, RegistrationEntry};
 
@@ -32,6 +34,15 @@ pub(crate) fn x509_svid_ttl(seconds: u32) -> Result<Duration, EntryRuleError> {
         ttl if ttl > MAX_X509_SVID_TTL => Err(EntryRuleError::X509SvidTtlTooLong),
         ttl => Ok(ttl),
     }
+}
+
+/// An entry's claims as stored: "" for none, else the checked object as
+/// compact JSON (see `lanyard_proto::entry_claims` for the rules).
+pub(crate) fn checked_claims(text: &str) -> Result<String, ClaimsError> {
+    if text.trim().is_empty() {
+        return Ok(String::new());
+    }
+    Ok(EntryClaims::parse(text)?.to_json())
 }
 
 /// A hint is shown to workloads and logged: printable text, short.

@@ -20,6 +20,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lanyard_host::clock::unix_seconds;
 use lanyard_host::random;
 use lanyard_proto::audience::{Audience, AudienceError};
+use lanyard_proto::entry_claims::{self, EntryClaims};
 use lanyard_proto::{Jwks, JwtSvidClaims, Selector, SpiffeId, TrustDomain};
 
 use crate::audit;
@@ -59,6 +60,16 @@ pub enum MintError {
         entry: String,
         reason: lanyard_proto::SelectorError,
     },
+    /// The entry's claims cannot be rendered for this caller (a selector
+    /// they use is missing or was not asked for), or are stored broken.
+    #[error("entry {entry:?}: {reason}")]
+    Claims { entry: String, reason: String },
+    /// The signed token would be too long for the clouds' STS endpoints.
+    #[error(
+        "the JWT-SVID of entry {entry:?} would be {bytes} bytes, over the {limit}-byte limit: shorten its claims or audience",
+        limit = entry_claims::MAX_TOKEN_BYTES
+    )]
+    TokenTooLarge { entry: String, bytes: usize },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
@@ -277,16 +288,19 @@ impl Authority {
         &self.keys
     }
 
-    /// Signs a JWT-SVID for `entry_id` on behalf of `agent`, if the entry is the agent's.
+    /// Signs a JWT-SVID for `entry_id` on behalf of `agent`, if the entry is
+    /// the agent's; `inputs` are the caller's selectors its claims use.
     pub async fn mint_jwt_svid(
         &self,
         agent: &SpiffeId,
         entry_id: &str,
         audience: &[String],
+        inputs: &[String],
         now: SystemTime,
     ) -> Result<MintedJwtSvid, MintError> {
         let audience = checked_audience(audience)?;
         let entry = self.entry_of_agent(agent, entry_id).await?;
+        let extra = rendered_claims(&entry, inputs)?;
         let issued_at = unix_seconds(now);
         let ttl = entry.jwt_svid_ttl.min(self.max_ttl);
         let expires_at = issued_at.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
@@ -298,9 +312,16 @@ impl Authority {
             exp: expires_at,
             iat: issued_at,
             jti: Some(jti.clone()),
+            extra,
         };
         let signer = self.keys.current()?.signer.clone();
         let token = signer.sign(&claims)?;
+        if token.len() > entry_claims::MAX_TOKEN_BYTES {
+            return Err(MintError::TokenTooLarge {
+                entry: entry.id,
+                bytes: token.len(),
+            });
+        }
         audit::jwt_svid_minted(
             agent,
             &entry.spiffe_id,
@@ -368,6 +389,66 @@ impl Authority {
 }
 
 /// The audience by the rules the agent applies too (`lanyard_proto::audience`).
+/// Most selectors an agent may send with one mint (an entry's claims use
+/// at most 32).
+const MAX_CLAIM_INPUTS: usize = 32;
+
+/// The entry's claims rendered for a caller whose selectors the claims use
+/// are `inputs`; nothing for an entry without claims (which takes no inputs).
+fn rendered_claims(
+    entry: &RegistrationEntry,
+    inputs: &[String],
+) -> Result<serde_json::Map<String, serde_json::Value>, MintError> {
+    let refused = |reason: String| MintError::Claims {
+        entry: entry.id.clone(),
+        reason,
+    };
+    if entry.claims.is_empty() {
+        return match inputs.first() {
+            Some(first) => Err(refused(format!(
+                "selector {first:?} was sent, but the entry has no claims"
+            ))),
+            None => Ok(serde_json::Map::new()),
+        };
+    }
+    if inputs.len() > MAX_CLAIM_INPUTS {
+        return Err(refused(format!(
+            "{} selectors were sent, at most {MAX_CLAIM_INPUTS} are taken",
+            inputs.len()
+        )));
+    }
+    let claims = EntryClaims::parse(&entry.claims)
+        .map_err(|e| refused(format!("its stored claims are invalid: {e}")))?;
+    let inputs = inputs
+        .iter()
+        .map(|s| Selector::parse_known(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| refused(e.to_string()))?;
+    // The agent matched the caller against the entry, so where the entry
+    // pins a value the claims use, the value sent must be that one.
+    for prefix in claims
+        .references()
+        .iter()
+        .filter_map(|r| r.selector_prefix())
+    {
+        let has_prefix = |s: &&Selector| s.to_string().starts_with(&prefix);
+        let pinned: Vec<&Selector> = entry.selectors.iter().filter(has_prefix).collect();
+        if let Some(sent) = inputs
+            .iter()
+            .filter(has_prefix)
+            .find(|s| !pinned.is_empty() && !pinned.contains(s))
+        {
+            return Err(refused(format!(
+                "selector {sent} was sent, but the entry selects {}",
+                pinned[0]
+            )));
+        }
+    }
+    claims
+        .render(&entry.spiffe_id, &inputs)
+        .map_err(|e| refused(e.to_string()))
+}
+
 fn checked_audience(audience: &[String]) -> Result<Audience, MintError> {
     Audience::new(audience.to_vec()).map_err(|e| match e {
         AudienceError::Empty => MintError::EmptyAudience,
@@ -457,13 +538,13 @@ mod tests {
         let aud = vec!["a".to_owned()];
         assert!(
             authority
-                .mint_jwt_svid(&agent, "nested", &aud, SystemTime::now())
+                .mint_jwt_svid(&agent, "nested", &aud, &[], SystemTime::now())
                 .await
                 .is_ok()
         );
         assert!(matches!(
             authority
-                .mint_jwt_svid(&agent, "other", &aud, SystemTime::now())
+                .mint_jwt_svid(&agent, "other", &aud, &[], SystemTime::now())
                 .await,
             Err(MintError::NotAuthorized(_))
         ));
@@ -481,7 +562,7 @@ mod tests {
         assert_eq!(ids, vec![direct.as_str()]);
         assert!(matches!(
             authority
-                .mint_jwt_svid(&agent, "nested", &aud, SystemTime::now())
+                .mint_jwt_svid(&agent, "nested", &aud, &[], SystemTime::now())
                 .await,
             Err(MintError::NotAuthorized(_))
         ));
@@ -570,20 +651,20 @@ mod tests {
         let aud = vec!["a".to_owned()];
         assert!(
             authority
-                .mint_jwt_svid(&web, "app", &aud, SystemTime::now())
+                .mint_jwt_svid(&web, "app", &aud, &[], SystemTime::now())
                 .await
                 .is_ok()
         );
         assert!(matches!(
             authority
-                .mint_jwt_svid(&db, "app", &aud, SystemTime::now())
+                .mint_jwt_svid(&db, "app", &aud, &[], SystemTime::now())
                 .await,
             Err(MintError::NotAuthorized(_))
         ));
         for agent in [&web, &db] {
             assert!(matches!(
                 authority
-                    .mint_jwt_svid(agent, "alias", &aud, SystemTime::now())
+                    .mint_jwt_svid(agent, "alias", &aud, &[], SystemTime::now())
                     .await,
                 Err(MintError::NotAuthorized(_))
             ));
@@ -632,6 +713,7 @@ mod tests {
                 &agent,
                 &old.content_id(),
                 &["aud".to_owned()],
+                &[],
                 SystemTime::now(),
             )
             .await;
@@ -646,6 +728,105 @@ mod tests {
         Ok(())
     }
 
+    /// The payload of a compact JWS, as JSON.
+    fn payload(token: &str) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+        let body = token.split('.').nth(1).ok_or("not a JWS")?;
+        Ok(serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body)?)?)
+    }
+
+    /// An entry's claims are rendered from the selectors the agent sends,
+    /// which must be exactly those the templates use and agree with what
+    /// the entry pins; an oversize token is refused, not signed.
+    #[tokio::test]
+    async fn entry_claims_are_rendered_checked_and_bounded()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (authority, agent, plain) = authority(dir.path()).await?;
+        let td = authority.trust_domain().clone();
+        let mut spec = EntrySpec::new(
+            td.id_with_path("/claims")?,
+            agent.clone(),
+            vec![Selector::parse("unix:uid:1000")?],
+            Duration::from_secs(600),
+        );
+        spec.claims = entries::checked_claims(
+            r#"{"unit": "{{ systemd:unit }}", "uid": "{{ unix:uid }}", "at": "{{ spiffe_id.path }}"}"#,
+        )?;
+        authority.store.seed_entry(&spec, 0).await?;
+        let id = spec.content_id();
+        let aud = vec!["sts.amazonaws.com".to_owned()];
+        let inputs = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let now = SystemTime::now();
+
+        let minted = authority
+            .mint_jwt_svid(
+                &agent,
+                &id,
+                &aud,
+                &inputs(&["systemd:unit:web.service", "unix:uid:1000"]),
+                now,
+            )
+            .await?;
+        let claims = payload(&minted.token)?;
+        assert_eq!(claims["unit"], "web.service");
+        assert_eq!(claims["uid"], "1000");
+        assert_eq!(claims["at"], "/claims");
+        assert_eq!(claims["sub"], "spiffe://example.org/claims");
+
+        for (sent, reason) in [
+            (inputs(&["unix:uid:1000"]), "no systemd:unit selector"),
+            (
+                inputs(&["systemd:unit:web.service", "unix:uid:1000", "unix:gid:1"]),
+                "was sent, but the entry's claims use no",
+            ),
+            // The entry pins unix:uid:1000: another uid cannot be its caller.
+            (
+                inputs(&["systemd:unit:web.service", "unix:uid:0"]),
+                "but the entry selects unix:uid:1000",
+            ),
+            (
+                inputs(&["systemd:unit:no spaces.service", "unix:uid:1000"]),
+                "can never match",
+            ),
+        ] {
+            let refused = authority.mint_jwt_svid(&agent, &id, &aud, &sent, now).await;
+            assert!(
+                matches!(&refused, Err(e @ MintError::Claims { .. }) if e.to_string().contains(reason)),
+                "{sent:?}: {refused:?}"
+            );
+        }
+        // An entry without claims takes no selectors.
+        let refused = authority
+            .mint_jwt_svid(&agent, &plain, &aud, &inputs(&["unix:uid:1000"]), now)
+            .await;
+        assert!(
+            matches!(refused, Err(MintError::Claims { .. })),
+            "{refused:?}"
+        );
+
+        // Long values through templates: the token would pass 8 KiB.
+        let mut long = EntrySpec::new(
+            td.id_with_path("/long")?,
+            agent.clone(),
+            vec![Selector::parse("unix:uid:1000")?],
+            Duration::from_secs(600),
+        );
+        long.claims = entries::checked_claims(&format!(
+            r#"{{"paths": "{}"}}"#,
+            "{{ unix:path }}".repeat(4)
+        ))?;
+        authority.store.seed_entry(&long, 0).await?;
+        let path = format!("unix:path:/{}", "p".repeat(2000));
+        let refused = authority
+            .mint_jwt_svid(&agent, &long.content_id(), &aud, &[path], now)
+            .await;
+        assert!(
+            matches!(&refused, Err(e @ MintError::TokenTooLarge { .. }) if e.to_string().contains("over the 8192-byte limit")),
+            "{refused:?}"
+        );
+        Ok(())
+    }
+
     #[tokio::test]
     async fn only_the_parent_agent_may_mint() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
@@ -653,7 +834,7 @@ mod tests {
         let aud = vec!["sts.amazonaws.com".to_owned()];
         let now = SystemTime::now();
         let minted = authority
-            .mint_jwt_svid(&agent, &entry_id, &aud, now)
+            .mint_jwt_svid(&agent, &entry_id, &aud, &[], now)
             .await?;
         assert_eq!(minted.spiffe_id.as_str(), "spiffe://example.org/web");
         assert_eq!(
@@ -663,27 +844,33 @@ mod tests {
         );
         let other = authority.trust_domain().id_with_path("/agent/b")?;
         assert!(matches!(
-            authority.mint_jwt_svid(&other, &entry_id, &aud, now).await,
+            authority
+                .mint_jwt_svid(&other, &entry_id, &aud, &[], now)
+                .await,
             Err(MintError::NotAuthorized(_))
         ));
         assert!(matches!(
-            authority.mint_jwt_svid(&agent, "nope", &aud, now).await,
+            authority
+                .mint_jwt_svid(&agent, "nope", &aud, &[], now)
+                .await,
             Err(MintError::NotAuthorized(_))
         ));
         assert!(matches!(
-            authority.mint_jwt_svid(&agent, &entry_id, &[], now).await,
+            authority
+                .mint_jwt_svid(&agent, &entry_id, &[], &[], now)
+                .await,
             Err(MintError::EmptyAudience)
         ));
         assert!(matches!(
             authority
-                .mint_jwt_svid(&agent, &entry_id, &[String::new()], now)
+                .mint_jwt_svid(&agent, &entry_id, &[String::new()], &[], now)
                 .await,
             Err(MintError::BadAudience(_))
         ));
         // Control characters are never signed into `aud` (issue 11, finding 7).
         for bad in ["aud\r\nx", "a\0b"] {
             let refused = authority
-                .mint_jwt_svid(&agent, &entry_id, &[bad.to_owned()], now)
+                .mint_jwt_svid(&agent, &entry_id, &[bad.to_owned()], &[], now)
                 .await;
             assert!(
                 matches!(&refused, Err(MintError::BadAudience(e)) if e.to_string().contains("control character")),

@@ -317,6 +317,8 @@ struct RawEntry {
     jwt_svid_ttl_seconds: Option<u32>,
     x509_svid_ttl_seconds: Option<u32>,
     hint: Option<String>,
+    /// A TOML table, stored as the JSON object it is.
+    claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ServerConfig {
@@ -716,6 +718,10 @@ impl RawEntry {
             entries::check_hint(&hint).map_err(|e| invalid(key("hint"), e))?;
             spec.hint = hint;
         }
+        if let Some(claims) = self.claims {
+            let json = serde_json::to_string(&claims).map_err(|e| invalid(key("claims"), e))?;
+            spec.claims = entries::checked_claims(&json).map_err(|e| invalid(key("claims"), e))?;
+        }
         Ok(spec)
     }
 }
@@ -880,6 +886,32 @@ selectors = ["unix:uid:1000"]
 
     /// Issue 11, findings 4 and 6: entries that could never match, or that
     /// would take a system ID, stop the server at start with one line.
+    /// An entry's claims are a TOML table, stored as compact JSON; bad ones
+    /// are refused naming the key.
+    #[test]
+    fn entry_claims_are_a_checked_table() -> Result<(), ConfigError> {
+        let with = |claims: &str| format!("{GOOD}[entries.claims]\n{claims}\n");
+        let config = ServerConfig::from_toml(
+            &with(
+                "unit = \"{{ systemd:unit }}\"\n\"https://aws.amazon.com/tags\" = { principal_tags = { unit = [\"{{ systemd:unit }}\"] } }",
+            ),
+            "test.toml",
+        )?;
+        assert_eq!(
+            config.entries[0].claims,
+            r#"{"https://aws.amazon.com/tags":{"principal_tags":{"unit":["{{ systemd:unit }}"]}},"unit":"{{ systemd:unit }}"}"#
+        );
+        for (claims, reason) in [
+            ("sub = \"x\"", "claim \"sub\" is reserved"),
+            ("team = \"{{ k8s:ns }}\"", "names nothing the agent knows"),
+        ] {
+            let error = error_of(&with(claims));
+            assert!(error.contains("entries[0].claims"), "{error}");
+            assert!(error.contains(reason), "{error}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn entries_with_unmatchable_selectors_or_system_ids_are_refused() {
         let selector = |value: &str| GOOD.replace("unix:uid:1000", value);

@@ -290,6 +290,7 @@ mod tests {
 
     fn claims() -> JwtSvidClaims {
         JwtSvidClaims {
+            extra: serde_json::Map::new(),
             iss: "https://issuer".into(),
             sub: "spiffe://td/w".into(),
             aud: vec!["a".into()],

@@ -244,6 +244,7 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
             jwt_svid_ttl,
             x509_svid_ttl,
             hint,
+            claims,
             admin,
             node,
             admin_args,
@@ -258,6 +259,7 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
                     admin,
                     x509_svid_ttl_seconds: x509_svid_ttl,
                     hint,
+                    claims,
                 })
                 .await?
                 .into_inner();
@@ -298,6 +300,7 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
             jwt_svid_ttl,
             x509_svid_ttl,
             hint,
+            claims,
             admin,
             admin_args,
         } => {
@@ -323,6 +326,9 @@ async fn entry(verb: EntryCommand) -> Result<String, AdminCliError> {
             }
             if let Some(v) = hint {
                 entry.hint = v;
+            }
+            if let Some(v) = claims {
+                entry.claims = v;
             }
             if let Some(v) = admin {
                 entry.admin = v;
@@ -378,6 +384,11 @@ fn entry_warnings(entry: &Entry) -> Vec<&'static str> {
     }
 }
 
+/// An entry's claims as JSON: the object, or null for none.
+fn claims_json(claims: &str) -> serde_json::Value {
+    serde_json::from_str(claims).unwrap_or(serde_json::Value::Null)
+}
+
 /// Entries for people (one block each, a `Warning       : …` line for each
 /// reason agents will not issue it) or as a JSON array whose objects carry,
 /// besides the entry's fields, `"issuable"` (false when agents will not issue
@@ -397,6 +408,7 @@ fn render(entries: &[Entry], output: Output) -> String {
                         "jwt_svid_ttl_seconds": e.jwt_svid_ttl_seconds,
                         "x509_svid_ttl_seconds": e.x509_svid_ttl_seconds,
                         "hint": e.hint,
+                        "claims": claims_json(&e.claims),
                         "admin": e.admin,
                         "created_at": e.created_at,
                         "updated_at": e.updated_at,
@@ -421,6 +433,9 @@ fn render(entries: &[Entry], output: Output) -> String {
                 }
                 if !e.hint.is_empty() {
                     text.push_str(&format!("\nHint          : {}", e.hint));
+                }
+                if !e.claims.is_empty() {
+                    text.push_str(&format!("\nClaims        : {}", e.claims));
                 }
                 for selector in &e.selectors {
                     text.push_str(&format!("\nSelector      : {selector}"));

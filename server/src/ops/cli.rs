@@ -147,6 +147,11 @@ pub enum EntryCommand {
         /// Handed to workloads with the SVID, to tell identities apart.
         #[arg(long, default_value = "")]
         hint: String,
+        /// Claims for its JWT-SVIDs, a JSON object; string values may use
+        /// templates over the caller's selectors, e.g.
+        /// '{"team": "{{ container:label:team }}", "unit": "{{ systemd:unit }}"}'.
+        #[arg(long, default_value = "")]
+        claims: String,
         #[arg(long)]
         admin: bool,
         /// A node alias: selects agents by node selectors (e.g.
@@ -190,6 +195,9 @@ pub enum EntryCommand {
         x509_svid_ttl: Option<u32>,
         #[arg(long)]
         hint: Option<String>,
+        /// Replaces its claims ('' removes them).
+        #[arg(long)]
+        claims: Option<String>,
         #[arg(long)]
         admin: Option<bool>,
         #[command(flatten)]

@@ -14,7 +14,7 @@ use super::entry::{EntrySpec, RegistrationEntry};
 use super::{Datastore, Engine, StoreError};
 use lanyard_host::encoding::hex;
 
-const COLUMNS: &str = "id, spiffe_id, parent_id, selectors, jwt_svid_ttl_seconds, admin, created_at, updated_at, revision, deleted, x509_svid_ttl_seconds, hint";
+const COLUMNS: &str = "id, spiffe_id, parent_id, selectors, jwt_svid_ttl_seconds, admin, created_at, updated_at, revision, deleted, x509_svid_ttl_seconds, hint, claims";
 
 /// A change an agent must apply, in revision order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +69,7 @@ fn decode(row: &AnyRow) -> Result<Row_, StoreError> {
             jwt_svid_ttl: Duration::from_secs(u64::try_from(ttl).unwrap_or(0)),
             x509_svid_ttl: Duration::from_secs(u64::try_from(x509_ttl).unwrap_or(0)),
             hint: row.try_get("hint")?,
+            claims: row.try_get("claims")?,
             admin: row.try_get::<i64, _>("admin")? != 0,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
@@ -241,7 +242,7 @@ impl Datastore {
             .execute(&mut *tx)
             .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO registration_entries ({COLUMNS}, identity_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12)"
+            "INSERT INTO registration_entries ({COLUMNS}, identity_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $13)"
         )))
         .bind(id)
         .bind(spec.spiffe_id.as_str())
@@ -254,6 +255,7 @@ impl Datastore {
         .bind(revision)
         .bind(seconds(spec.x509_svid_ttl))
         .bind(&spec.hint)
+        .bind(&spec.claims)
         .bind(spec_identity_key(spec))
         .execute(&mut *tx)
         .await
@@ -446,7 +448,7 @@ impl Datastore {
         }
         let updated = sqlx::query(
             "UPDATE registration_entries SET spiffe_id = $1, parent_id = $2, selectors = $3, jwt_svid_ttl_seconds = $4, \
-             admin = $5, updated_at = $6, revision = $7, x509_svid_ttl_seconds = $9, hint = $10, identity_key = $11 \
+             admin = $5, updated_at = $6, revision = $7, x509_svid_ttl_seconds = $9, hint = $10, identity_key = $11, claims = $12 \
              WHERE id = $8 AND deleted = 0",
         )
         .bind(spec.spiffe_id.as_str())
@@ -460,6 +462,7 @@ impl Datastore {
         .bind(seconds(spec.x509_svid_ttl))
         .bind(&spec.hint)
         .bind(spec_identity_key(spec))
+        .bind(&spec.claims)
         .execute(&mut *tx)
         .await
         .map_err(|e| match e {
@@ -690,7 +693,7 @@ mod tests {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO registration_entries ({COLUMNS}, identity_key) \
                      SELECT '{id}', spiffe_id, parent_id, selectors, jwt_svid_ttl_seconds, admin, created_at, updated_at, revision, {deleted}, \
-                     x509_svid_ttl_seconds, hint, identity_key FROM registration_entries WHERE id = 'b'"
+                     x509_svid_ttl_seconds, hint, claims, identity_key FROM registration_entries WHERE id = 'b'"
                 )))
                 .execute(store.pool())
             };

@@ -23,6 +23,9 @@ pub struct EntrySpec {
     pub x509_svid_ttl: Duration,
     /// Handed to workloads with each SVID, to tell several identities apart.
     pub hint: String,
+    /// Its own JWT claims, compact JSON ("" for none), checked when written
+    /// (`lanyard_proto::entry_claims`).
+    pub claims: String,
     /// May this identity use the Admin API (reserved for remote admin).
     pub admin: bool,
 }
@@ -43,6 +46,7 @@ impl EntrySpec {
             jwt_svid_ttl,
             x509_svid_ttl: DEFAULT_X509_SVID_TTL,
             hint: String::new(),
+            claims: String::new(),
             admin: false,
         }
     }
@@ -73,6 +77,8 @@ pub struct RegistrationEntry {
     pub jwt_svid_ttl: Duration,
     pub x509_svid_ttl: Duration,
     pub hint: String,
+    /// As [`EntrySpec::claims`].
+    pub claims: String,
     pub admin: bool,
     pub created_at: i64,
     pub updated_at: i64,

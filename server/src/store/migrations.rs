@@ -100,6 +100,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX ca_certificates_not_after ON ca_certificates (not_after)
     "#,
+    // 7: an entry's own JWT claims (a JSON object, '' for none), checked
+    // when written; servers of the previous release ignore the column.
+    r#"
+    ALTER TABLE registration_entries ADD COLUMN claims TEXT NOT NULL DEFAULT ''
+    "#,
 ];
 
 /// The migration after whose SQL `entries::backfill_identity_keys` runs.

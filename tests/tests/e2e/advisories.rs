@@ -244,6 +244,7 @@ async fn others_identities_scenario(datastore_url: &str) -> anyhow::Result<()> {
             .mint_jwt_svid(MintJwtSvidRequest {
                 entry_id: entry_id.clone(),
                 audience: vec!["aud".into()],
+                selectors: Vec::new(),
             })
             .await;
         assert!(jwt.is_err(), "{entry_id:?}: a JWT-SVID was minted");
@@ -272,6 +273,7 @@ async fn others_identities_scenario(datastore_url: &str) -> anyhow::Result<()> {
         .mint_jwt_svid(MintJwtSvidRequest {
             entry_id: entry_a.clone(),
             audience: vec!["aud".into()],
+            selectors: Vec::new(),
         })
         .await;
     assert_eq!(

@@ -84,6 +84,7 @@ async fn mint(client: &mut NodeClient<Channel>, entry_id: &str) -> Result<String
     let request = MintJwtSvidRequest {
         entry_id: entry_id.to_owned(),
         audience: vec!["aud".into()],
+        selectors: Vec::new(),
     };
     Ok(client.mint_jwt_svid(request).await?.into_inner().spiffe_id)
 }
@@ -438,6 +439,7 @@ async fn bad_csr_and_system_ids_scenario(datastore_url: &str) -> anyhow::Result<
             .mint_jwt_svid(MintJwtSvidRequest {
                 entry_id: entry.clone(),
                 audience: vec!["sts.amazonaws.com".into(), bad.into()],
+                selectors: Vec::new(),
             })
             .await;
         assert!(

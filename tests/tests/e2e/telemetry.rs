@@ -308,6 +308,7 @@ async fn attestations_and_mints_are_counted_by_result() -> anyhow::Result<()> {
         let request = MintJwtSvidRequest {
             entry_id,
             audience: vec!["aud".into()],
+            selectors: Vec::new(),
         };
         let mut node = node.clone();
         async move { node.mint_jwt_svid(request).await.map(|_| ()) }

@@ -152,6 +152,10 @@ fn mint_status(agent: &SpiffeId, entry_id: &str, error: MintError) -> Status {
         MintError::EmptyAudience | MintError::BadAudience(_) => {
             Status::invalid_argument(error.to_string())
         }
+        MintError::Claims { .. } | MintError::TokenTooLarge { .. } => {
+            audit::svid_refused(agent, entry_id, &error.to_string());
+            Status::failed_precondition(error.to_string())
+        }
         MintError::Key(_) | MintError::Keys(_) => {
             tracing::error!(error = %error, "signing a JWT-SVID failed");
             Status::internal("signing failed")
@@ -170,6 +174,7 @@ fn to_node(entry: &RegistrationEntry) -> lanyard_proto::node::Entry {
         jwt_svid_ttl_seconds: u32::try_from(entry.jwt_svid_ttl.as_secs()).unwrap_or(u32::MAX),
         x509_svid_ttl_seconds: u32::try_from(entry.x509_svid_ttl.as_secs()).unwrap_or(u32::MAX),
         hint: entry.hint.clone(),
+        claims: entry.claims.clone(),
     }
 }
 
@@ -325,7 +330,13 @@ impl NodeService {
         let body = request.into_inner();
         let minted = self
             .authority
-            .mint_jwt_svid(&agent, &body.entry_id, &body.audience, SystemTime::now())
+            .mint_jwt_svid(
+                &agent,
+                &body.entry_id,
+                &body.audience,
+                &body.selectors,
+                SystemTime::now(),
+            )
             .await
             .map_err(|e| mint_status(&agent, &body.entry_id, e))?;
         Ok(Response::new(MintJwtSvidResponse {

@@ -90,6 +90,7 @@ impl Worker for Minter {
             .mint_jwt_svid(MintJwtSvidRequest {
                 entry_id: entry_id.clone(),
                 audience: vec![format!("{}-{n}", self.prefix)],
+                selectors: Vec::new(),
             })
             .await
             .context("MintJwtSvid")?;
