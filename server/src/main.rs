@@ -79,6 +79,8 @@ fn federation(args: FederationArgs) -> anyhow::Result<()> {
         signing_alg: key_type.alg().to_owned(),
         name: args.name,
         account: args.account,
+        session_tags: args.session_tags,
+        attribute_mapping: args.attribute_mapping,
     })?;
     for warning in &rendered.warnings {
         eprintln!("warning: {warning}");

@@ -9,6 +9,7 @@ pub mod cgroups;
 pub mod emulators;
 pub mod fleet;
 pub mod private_postgres;
+pub mod probe;
 pub mod process;
 
 use std::os::unix::fs::PermissionsExt;
@@ -32,6 +33,8 @@ pub struct EntrySpec {
     pub selectors: Vec<String>,
     /// The entry's X509-SVID lifetime; the server's default when None.
     pub x509_svid_ttl_seconds: Option<u32>,
+    /// The entry's claims (a JSON object).
+    pub claims: Option<serde_json::Value>,
 }
 
 impl EntrySpec {
@@ -45,7 +48,14 @@ impl EntrySpec {
             spiffe_id: format!("spiffe://{TRUST_DOMAIN}{path}"),
             selectors: selectors.iter().map(|s| s.to_string()).collect(),
             x509_svid_ttl_seconds: None,
+            claims: None,
         }
+    }
+
+    /// The same entry with `claims` in its JWT-SVIDs.
+    pub fn with_claims(mut self, claims: serde_json::Value) -> Self {
+        self.claims = Some(claims);
+        self
     }
 
     /// The same entry with X509-SVIDs of `seconds`.
@@ -248,6 +258,12 @@ fn server_toml(dir: &Path, issuer: &str, entries: &[EntrySpec]) -> String {
         ));
         if let Some(ttl) = entry.x509_svid_ttl_seconds {
             text.push_str(&format!("x509_svid_ttl_seconds = {ttl}\n"));
+        }
+        if let Some(claims) = &entry.claims {
+            // An inline table, as an operator may write it.
+            let table = toml::Value::try_from(claims)
+                .unwrap_or_else(|e| toml::Value::String(format!("claims cannot be TOML: {e}")));
+            text.push_str(&format!("claims = {table}\n"));
         }
     }
     text

@@ -84,6 +84,16 @@ pub struct FederationArgs {
     pub issuer: Option<String>,
     #[arg(long, default_value = "ec-p256", conflicts_with = "config")]
     pub key_type: crate::keys::KeyType,
+    /// AWS: a session tag KEY=TEMPLATE (repeat for several), e.g.
+    /// 'unit={{ systemd:unit }}': prints the entry's claims that carry it and
+    /// a trust policy that also allows sts:TagSession.
+    #[arg(long = "session-tag", visible_alias = "session-tags", value_parser = crate::ops::federation::parse_pair)]
+    pub session_tags: Vec<(String, String)>,
+    /// GCP: a mapped attribute NAME=TEMPLATE (repeat for several), e.g.
+    /// 'unit={{ systemd:unit }}': prints the entry's claims that carry it and
+    /// the provider's attribute mapping attribute.NAME=assertion.NAME.
+    #[arg(long = "attribute-mapping", value_parser = crate::ops::federation::parse_pair)]
+    pub attribute_mapping: Vec<(String, String)>,
 }
 
 /// How verbs reach a running server, and how they print.

@@ -3,7 +3,8 @@
 //! `--token` after the audience: `ok <spiffe-id> <token>`) or
 //! `denied <message>`/`error <message>`. Tests run it under other uids.
 //!
-//! With `--stdin-steps` after the audience it waits for a line on stdin
+//! With `--stdin-steps` after the audience (as well as or instead of
+//! `--token`) it waits for a line on stdin
 //! before it connects, asks and prints, then waits for another line and asks
 //! again on the same connection (audience `<audience>-again`): a test can
 //! move it (into a cgroup, say) before it connects and between the calls.
@@ -22,9 +23,9 @@ async fn main() -> ExitCode {
     let audience = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "probe".to_owned());
-    let flag = std::env::args().nth(2);
-    let print_token = flag.as_deref() == Some("--token");
-    let steps = flag.as_deref() == Some("--stdin-steps");
+    let flags: Vec<String> = std::env::args().skip(2).collect();
+    let print_token = flags.iter().any(|f| f == "--token");
+    let steps = flags.iter().any(|f| f == "--stdin-steps");
     if steps && !next_step() {
         return ExitCode::from(2);
     }

@@ -11,6 +11,11 @@
 //!   (the `<provider>:aud` / `<provider>:sub` condition keys).
 //! - DESIGN.md, "Cloud limits" (5 min skew past `exp`, ≤ 20,000 chars,
 //!   RS/ES 256–512).
+//! - IAM, "Passing session tags using AssumeRoleWithWebIdentity": the
+//!   `https://aws.amazon.com/tags` claim (`principal_tags`, each value a
+//!   one-string array; `transitive_tag_keys`), `sts:TagSession` in the trust
+//!   policy, and IAM's tag rules (at most 50; keys 1–128 and values 0–256
+//!   characters of letters, digits, spaces and `_.:/=+-@`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +37,10 @@ use super::shared::{
 
 const XMLNS: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
 const ACTION: &str = "sts:AssumeRoleWithWebIdentity";
+const TAG_ACTION: &str = "sts:TagSession";
+/// The claim that carries session tags.
+pub const TAGS_CLAIM: &str = "https://aws.amazon.com/tags";
+const MAX_SESSION_TAGS: usize = 50;
 /// DurationSeconds defaults to 3600 and may range from 900 to the role's
 /// maximum session duration (API reference, DurationSeconds).
 const DEFAULT_DURATION: i64 = 3600;
@@ -74,6 +83,9 @@ pub struct AwsIssued {
     pub session_name: String,
     pub subject: String,
     pub audience: String,
+    /// Session tags from the token, as the session's principal tags.
+    pub principal_tags: Vec<(String, String)>,
+    pub transitive_tag_keys: Vec<String>,
 }
 
 /// A running STS emulator; stops when dropped.
@@ -395,12 +407,33 @@ async fn assume(state: &StsState, form: &HashMap<String, String>) -> Result<Stri
     // The role: an unknown role and a trust policy that does not match look
     // the same to the caller.
     let role = role_named(config, params.role_arn).ok_or_else(StsError::access_denied)?;
+    let tags = session_tags(&claims.raw)?;
     let mut context: HashMap<String, Vec<String>> = HashMap::new();
     let host = provider_host(config);
     context.insert(format!("{host}:aud"), claims.aud.clone());
     context.insert(format!("{host}:sub"), vec![subject.clone()]);
-    if !trust_allows(&role.trust_policy, &provider_arn(config), &context) {
+    for (key, value) in &tags.principal {
+        context.insert(format!("aws:RequestTag/{key}"), vec![value.clone()]);
+    }
+    if !tags.principal.is_empty() {
+        context.insert(
+            "aws:TagKeys".to_owned(),
+            tags.principal.iter().map(|(k, _)| k.clone()).collect(),
+        );
+    }
+    let provider = provider_arn(config);
+    if !trust_allows(&role.trust_policy, &provider, &context) {
         return Err(StsError::access_denied());
+    }
+    // Tags need sts:TagSession too (IAM, "Passing session tags").
+    if !tags.principal.is_empty()
+        && !trust_allows_action(&role.trust_policy, &provider, &context, TAG_ACTION)
+    {
+        return Err(StsError {
+            status: StatusCode::FORBIDDEN,
+            code: "AccessDenied",
+            message: format!("Not authorized to perform {TAG_ACTION}"),
+        });
     }
     // "If you specify a value higher than this setting, the operation fails."
     if params.duration > i64::from(role.max_session_seconds) {
@@ -409,8 +442,8 @@ async fn assume(state: &StsState, form: &HashMap<String, String>) -> Result<Stri
         ));
     }
 
-    let issued =
-        mint(state, &params, role, &subject, &audience).map_err(|e| StsError::internal(&e))?;
+    let issued = mint(state, &params, role, &subject, &audience, tags)
+        .map_err(|e| StsError::internal(&e))?;
     let role_id = random_string(UPPER_ALNUM, 17).map_err(|e| StsError::internal(&e))?;
     let assumed_arn = format!(
         "arn:aws:sts::{}:assumed-role/{}/{}",
@@ -445,6 +478,7 @@ fn mint(
     role: &AwsRole,
     subject: &str,
     audience: &str,
+    tags: SessionTags,
 ) -> anyhow::Result<AwsIssued> {
     Ok(AwsIssued {
         // Temporary credentials' access key IDs start with ASIA.
@@ -456,7 +490,66 @@ fn mint(
         session_name: params.session_name.to_owned(),
         subject: subject.to_owned(),
         audience: audience.to_owned(),
+        principal_tags: tags.principal,
+        transitive_tag_keys: tags.transitive,
     })
+}
+
+/// The session tags a token carries.
+#[derive(Debug, Default)]
+struct SessionTags {
+    principal: Vec<(String, String)>,
+    transitive: Vec<String>,
+}
+
+/// IAM's tag characters: letters, digits, spaces and `_.:/=+-@`.
+fn tag_text_ok(text: &str, max: usize) -> bool {
+    text.chars().count() <= max
+        && text
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c))
+}
+
+/// The `https://aws.amazon.com/tags` claim, checked as STS checks it.
+fn session_tags(claims: &Value) -> Result<SessionTags, StsError> {
+    let Some(tags) = claims.get(TAGS_CLAIM) else {
+        return Ok(SessionTags::default());
+    };
+    let malformed =
+        |why: &str| StsError::invalid_token(format!("Invalid session tags claim: {why}"));
+    let principal = tags
+        .get("principal_tags")
+        .and_then(Value::as_object)
+        .ok_or_else(|| malformed("principal_tags must be an object"))?;
+    if principal.len() > MAX_SESSION_TAGS {
+        return Err(malformed("more than 50 tags"));
+    }
+    let mut out = SessionTags::default();
+    for (key, values) in principal {
+        let value = match values.as_array().map(Vec::as_slice) {
+            Some([Value::String(one)]) => one.clone(),
+            _ => return Err(malformed("each tag value must be an array of one string")),
+        };
+        if key.is_empty() || !tag_text_ok(key, 128) || !tag_text_ok(&value, 256) {
+            return Err(malformed(
+                "tag keys are 1-128 and values 0-256 characters of letters, digits, spaces and _.:/=+-@",
+            ));
+        }
+        out.principal.push((key.clone(), value));
+    }
+    if let Some(keys) = tags.get("transitive_tag_keys") {
+        let keys = keys
+            .as_array()
+            .ok_or_else(|| malformed("transitive_tag_keys must be an array"))?;
+        for key in keys {
+            let key = key
+                .as_str()
+                .filter(|k| principal.contains_key(*k))
+                .ok_or_else(|| malformed("a transitive tag key must be one of principal_tags"))?;
+            out.transitive.push(key.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// Maps a verification failure to the STS error a caller sees.
@@ -515,6 +608,16 @@ pub fn trust_allows(
     provider_arn: &str,
     context: &HashMap<String, Vec<String>>,
 ) -> bool {
+    trust_allows_action(policy, provider_arn, context, ACTION)
+}
+
+/// As [`trust_allows`], for another action (`sts:TagSession`).
+pub fn trust_allows_action(
+    policy: &Value,
+    provider_arn: &str,
+    context: &HashMap<String, Vec<String>>,
+    action: &str,
+) -> bool {
     let statements: Vec<&Value> = match policy.get("Statement") {
         Some(Value::Array(items)) => items.iter().collect(),
         Some(one @ Value::Object(_)) => vec![one],
@@ -524,7 +627,7 @@ pub fn trust_allows(
         statements
             .iter()
             .filter(|s| s.get("Effect").and_then(Value::as_str) == Some(effect))
-            .any(|s| statement_matches(s, provider_arn, context))
+            .any(|s| statement_matches(s, provider_arn, context, action))
     };
     matching("Allow") && !matching("Deny")
 }
@@ -533,6 +636,7 @@ fn statement_matches(
     statement: &Value,
     provider_arn: &str,
     context: &HashMap<String, Vec<String>>,
+    action: &str,
 ) -> bool {
     let federated = statement
         .get("Principal")
@@ -545,7 +649,7 @@ fn statement_matches(
     let actions = statement.get("Action").map(strings).unwrap_or_default();
     if !actions
         .iter()
-        .any(|a| glob_matches(&a.to_ascii_lowercase(), &ACTION.to_ascii_lowercase()))
+        .any(|a| glob_matches(&a.to_ascii_lowercase(), &action.to_ascii_lowercase()))
     {
         return false;
     }

@@ -15,6 +15,10 @@
 //!   `google.subject` at most 127 bytes, uploaded `jwks_json`.
 //! - IAM Credentials REST reference, `projects.serviceAccounts.generateAccessToken`
 //!   (`scope`, `lifetime` up to 3600s by default, `accessToken`/`expireTime`).
+//! - "Workload Identity Federation", attribute mappings: `attribute.NAME`
+//!   (NAME of `[a-z_][a-z0-9_]*`, at most 100 characters) from a CEL
+//!   expression over `assertion`, and `principalSet://…/attribute.NAME/VALUE`
+//!   as an IAM member for every identity with that attribute value.
 //! - Error texts as seen from the real service in public bug reports
 //!   (google-github-actions/auth #60, #211, #370; terraform-example-foundation #1362).
 
@@ -65,6 +69,9 @@ pub struct GcpConfig {
     pub allowed_audiences: Vec<String>,
     /// `--attribute-condition`, of the exact form `assertion.sub == '…'`.
     pub subject_condition: Option<String>,
+    /// `--attribute-mapping` beyond `google.subject=assertion.sub`, as
+    /// (`attribute.NAME`, `assertion.CLAIM` or `assertion['CLAIM']`).
+    pub attribute_mapping: Vec<(String, String)>,
     pub service_accounts: Vec<GcpServiceAccount>,
 }
 
@@ -92,6 +99,14 @@ impl GcpConfig {
             self.project_number, self.pool
         )
     }
+
+    /// The member for every identity whose attribute `name` is `value`.
+    pub fn attribute_set(&self, name: &str, value: &str) -> String {
+        format!(
+            "principalSet://iam.googleapis.com/projects/{}/locations/global/workloadIdentityPools/{}/attribute.{name}/{value}",
+            self.project_number, self.pool
+        )
+    }
 }
 
 /// A service account and the principals holding
@@ -111,6 +126,8 @@ pub struct GcpFederatedToken {
     pub principal: String,
     /// Unix seconds.
     pub expires_at: i64,
+    /// Mapped custom attributes, by name without `attribute.`.
+    pub attributes: Vec<(String, String)>,
 }
 
 /// A service-account access token from `generateAccessToken`.
@@ -135,6 +152,8 @@ pub struct Gcp {
 struct GcpState {
     config: GcpConfig,
     condition_subject: Option<String>,
+    /// (attribute name, claim) pairs.
+    mapping: Vec<(String, String)>,
     verifier: Verifier,
     clock: Clock,
     federated: Record<GcpFederatedToken>,
@@ -153,6 +172,11 @@ impl Gcp {
             .as_deref()
             .map(parse_condition)
             .transpose()?;
+        let mapping = config
+            .attribute_mapping
+            .iter()
+            .map(|(target, source)| parse_mapping(target, source))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let verifier = match &config.jwks_json {
             Some(jwks) => Verifier::with_jwks(&config.issuer.issuer, jwks)?,
             None => Verifier::discovering(&config.issuer)?,
@@ -160,6 +184,7 @@ impl Gcp {
         let state = GcpState {
             config,
             condition_subject,
+            mapping,
             verifier,
             clock,
             federated: Record::new(),
@@ -199,6 +224,30 @@ impl Gcp {
     pub fn access_tokens(&self) -> Vec<GcpAccessToken> {
         self.state.access_tokens.snapshot()
     }
+}
+
+/// `attribute.NAME` and `assertion.CLAIM` / `assertion['CLAIM']` of one
+/// mapping → (NAME, CLAIM), refused as `gcloud` would refuse them.
+fn parse_mapping(target: &str, source: &str) -> anyhow::Result<(String, String)> {
+    let name = target
+        .strip_prefix("attribute.")
+        .filter(|n| {
+            (1..=100).contains(&n.len())
+                && n.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .with_context(|| format!("invalid attribute name {target:?}"))?;
+    let claim = source
+        .strip_prefix("assertion.")
+        .or_else(|| {
+            source
+                .strip_prefix("assertion['")
+                .and_then(|r| r.strip_suffix("']"))
+        })
+        .filter(|c| !c.is_empty())
+        .with_context(|| format!("unsupported attribute mapping expression {source:?}"))?;
+    Ok((name.to_owned(), claim.to_owned()))
 }
 
 /// `assertion.sub == 'value'` (or with double quotes) → `value`.
@@ -429,11 +478,29 @@ async fn exchange_inner(
     let access_token = random_string(URL_SAFE, 160)
         .map(|r| format!("ya29.d.{r}"))
         .map_err(|e| internal(&e))?;
+    // A mapped claim that is absent maps to nothing; one that is not a
+    // string is an error of the mapping.
+    let mut attributes = Vec::new();
+    for (name, claim) in &state.mapping {
+        match claims.raw.get(claim) {
+            None => {}
+            Some(Value::String(value)) => attributes.push((name.clone(), value.clone())),
+            Some(_) => {
+                return Err(oauth_error(
+                    "invalid_grant",
+                    format!(
+                        "The attribute mapping for attribute.{name} must evaluate to a string."
+                    ),
+                ));
+            }
+        }
+    }
     let federated = GcpFederatedToken {
         access_token: access_token.clone(),
         principal: config.principal(&subject),
         subject,
         expires_at: now + FEDERATED_TOKEN_SECONDS,
+        attributes,
     };
     lock(&state.live).insert(access_token.clone(), federated.clone());
     state.federated.push(federated);
@@ -497,9 +564,14 @@ async fn generate_access_token(
         .iter()
         .find(|sa| sa.email == email)
         .is_some_and(|sa| {
-            sa.members
-                .iter()
-                .any(|m| *m == caller.principal || *m == config.pool_set())
+            sa.members.iter().any(|m| {
+                *m == caller.principal
+                    || *m == config.pool_set()
+                    || caller
+                        .attributes
+                        .iter()
+                        .any(|(name, value)| *m == config.attribute_set(name, value))
+            })
         });
     if !allowed {
         return api_error(

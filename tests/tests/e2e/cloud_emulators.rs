@@ -152,6 +152,8 @@ fn aws_trust_policy(world: &World, subject: &str) -> anyhow::Result<Value> {
         signing_alg: "ES256".into(),
         name: Some("lanyard-web".into()),
         account: Some(ACCOUNT.into()),
+        session_tags: Vec::new(),
+        attribute_mapping: Vec::new(),
     })?;
     let text = &rendered.text;
     let start = text.find('{').ok_or_else(|| anyhow::anyhow!("no policy"))?;
@@ -392,6 +394,7 @@ fn gcp_config(world: &World, subject: &str) -> anyhow::Result<GcpConfig> {
         provider: "lanyard".into(),
         allowed_audiences: Vec::new(),
         subject_condition: Some(format!("assertion.sub == '{subject}'")),
+        attribute_mapping: Vec::new(),
         service_accounts: Vec::new(),
     };
     config.service_accounts = vec![

@@ -512,6 +512,7 @@ async fn gcp_setup() -> anyhow::Result<(World, Gcp, String)> {
         provider: "lanyard".into(),
         allowed_audiences: vec![audience.clone()],
         subject_condition: Some(printed_value(&printed, "--attribute-condition")?),
+        attribute_mapping: Vec::new(),
         service_accounts: vec![GcpServiceAccount {
             email: GCP_SERVICE_ACCOUNT.into(),
             members: vec![printed_value(&printed, "--member")?],

@@ -19,6 +19,7 @@ mod agent_selectors;
 mod agent_systemd;
 mod agent_workload_api;
 mod binaries;
+mod claims_clouds;
 mod cloud_emulators;
 mod cloud_exchange;
 mod config_properties;

@@ -43,6 +43,17 @@ pub struct Request {
     /// Target-specific names: role, account, pool, identity, policy…
     pub name: Option<String>,
     pub account: Option<String>,
+    /// AWS session tags (key, claim template) the entry's claims carry.
+    pub session_tags: Vec<(String, String)>,
+    /// GCP attributes (name, claim template) the entry's claims carry.
+    pub attribute_mapping: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE` from the command line.
+pub fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=TEMPLATE"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +81,13 @@ pub enum FederationError {
     },
     #[error("rendering JSON: {0}")]
     Json(String),
+    #[error("{flag} is for {target}")]
+    WrongTarget {
+        flag: &'static str,
+        target: &'static str,
+    },
+    #[error("{flag}: the claims it makes are refused: {reason}")]
+    Claims { flag: &'static str, reason: String },
 }
 
 fn validate_subject(request: &Request) -> Result<bool, FederationError> {
@@ -100,6 +118,18 @@ pub fn render(request: &Request) -> Result<Rendered, FederationError> {
             "issuer {} is not https: AWS, GCP and Entra fetch discovery only over HTTPS; put a TLS proxy or a static host in front",
             request.issuer.as_str()
         ));
+    }
+    if !request.session_tags.is_empty() && request.target != Target::Aws {
+        return Err(FederationError::WrongTarget {
+            flag: "--session-tag",
+            target: "aws",
+        });
+    }
+    if !request.attribute_mapping.is_empty() && request.target != Target::Gcp {
+        return Err(FederationError::WrongTarget {
+            flag: "--attribute-mapping",
+            target: "gcp",
+        });
     }
     let text = match request.target {
         Target::Aws => aws(request, wildcard)?,
@@ -167,15 +197,21 @@ fn aws(request: &Request, wildcard: bool) -> Result<String, FederationError> {
     } else {
         json!({ "StringEquals": { aud_key: audience, sub_key: request.subject } })
     };
+    let action = if request.session_tags.is_empty() {
+        json!("sts:AssumeRoleWithWebIdentity")
+    } else {
+        json!(["sts:AssumeRoleWithWebIdentity", "sts:TagSession"])
+    };
     let policy = heredoc_json(&json!({
         "Version": "2012-10-17",
         "Statement": [{
             "Effect": "Allow",
             "Principal": { "Federated": format!("arn:aws:iam::{account}:oidc-provider/{provider}") },
-            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Action": action,
             "Condition": conditions,
         }]
     }))?;
+    let tags = aws_session_tags(&request.session_tags)?;
     Ok(format!(
         "# 1. Register the issuer with IAM (once per account).\n\
          aws iam create-open-id-connect-provider --url {issuer} --client-id-list {audience}\n\n\
@@ -183,12 +219,56 @@ fn aws(request: &Request, wildcard: bool) -> Result<String, FederationError> {
          cat > trust-policy.json <<'EOF'\n{policy}\nEOF\n\n\
          # 3. Create the role (or update an existing one's trust policy).\n\
          aws iam create-role --role-name {role} --assume-role-policy-document file://trust-policy.json\n\n\
-         # The workload then uses: lanyard-agent aws credential-process --role-arn {arn}\n",
+         # The workload then uses: lanyard-agent aws credential-process --role-arn {arn}\n{tags}",
         issuer = sh_quote(request.issuer.as_str()),
         audience = sh_quote(audience),
         role = sh_quote(role),
         arn = sh_quote(&format!("arn:aws:iam::{account}:role/{role}")),
     ))
+}
+
+/// The entry claims that carry `tags` as AWS session tags, checked as the
+/// server will check them, and how to set them; "" for no tags.
+fn aws_session_tags(tags: &[(String, String)]) -> Result<String, FederationError> {
+    if tags.is_empty() {
+        return Ok(String::new());
+    }
+    let mut principal = serde_json::Map::new();
+    for (key, template) in tags {
+        names::aws_tag_key(key)?;
+        principal.insert(key.clone(), json!([template]));
+    }
+    let claims = entry_claims(
+        "--session-tag",
+        &json!({
+            "https://aws.amazon.com/tags": { "principal_tags": principal }
+        }),
+    )?;
+    let keys: Vec<&str> = tags.iter().map(|(k, _)| k.as_str()).collect();
+    Ok(format!(
+        "\n# 4. The entry's claims, which carry the session tags (each a template the\n\
+         #    agent fills from the calling workload), set on the workload's entry:\n\
+         cat > claims.json <<'EOF'\n{claims}\nEOF\n\
+         lanyard-server entry update ENTRY_ID --claims \"$(cat claims.json)\"\n\
+         # Permission policies can then test them: {conditions}\n",
+        conditions = keys
+            .iter()
+            .map(|k| format!("aws:PrincipalTag/{k}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    ))
+}
+
+/// `claims` checked as an entry's claims are, as a here-document.
+fn entry_claims(flag: &'static str, claims: &Value) -> Result<String, FederationError> {
+    let text = claims.to_string();
+    lanyard_proto::entry_claims::EntryClaims::parse(&text).map_err(|e| {
+        FederationError::Claims {
+            flag,
+            reason: e.to_string(),
+        }
+    })?;
+    heredoc_json(claims)
 }
 
 fn gcp(request: &Request) -> Result<String, FederationError> {
@@ -207,20 +287,42 @@ fn gcp(request: &Request) -> Result<String, FederationError> {
         "principal://iam.googleapis.com/projects/{project}/locations/global/workloadIdentityPools/{pool}/subject/{}",
         request.subject
     );
+    let mut mapping = vec!["google.subject=assertion.sub".to_owned()];
+    let mut claims = serde_json::Map::new();
+    for (name, template) in &request.attribute_mapping {
+        names::gcp_attribute(name)?;
+        mapping.push(format!("attribute.{name}=assertion.{name}"));
+        claims.insert(name.clone(), json!(template));
+    }
+    let attributes = if claims.is_empty() {
+        String::new()
+    } else {
+        let claims = entry_claims("--attribute-mapping", &Value::Object(claims))?;
+        let (first, _) = &request.attribute_mapping[0];
+        format!(
+            "\n# 3. The entry's claims, which carry the mapped attributes (each a template the\n\
+             #    agent fills from the calling workload), set on the workload's entry:\n\
+             cat > claims.json <<'EOF'\n{claims}\nEOF\n\
+             lanyard-server entry update ENTRY_ID --claims \"$(cat claims.json)\"\n\
+             # IAM bindings can then name every workload with an attribute value, e.g.\n\
+             #   --member=principalSet://iam.googleapis.com/projects/{project}/locations/global/workloadIdentityPools/{pool}/attribute.{first}/VALUE\n"
+        )
+    };
     Ok(format!(
         "# 1. A pool and an OIDC provider that trusts exactly this workload.\n\
          gcloud iam workload-identity-pools create {pool} --location=global\n\
          gcloud iam workload-identity-pools providers create-oidc {provider} --location=global \\\n  \
          --workload-identity-pool={pool} --issuer-uri={issuer} \\\n  \
          --allowed-audiences={audience} \\\n  \
-         --attribute-mapping=google.subject=assertion.sub \\\n  \
+         --attribute-mapping={mapping} \\\n  \
          --attribute-condition={condition}\n\
          # If the issuer is not reachable from Google, add: --jwk-json-path=jwks.json (lanyard-server oidc publish writes it).\n\n\
          # 2. Let that subject impersonate a service account.\n\
          gcloud iam service-accounts add-iam-policy-binding SERVICE_ACCOUNT_EMAIL \\\n  \
          --role=roles/iam.workloadIdentityUser \\\n  \
          --member={member}\n\n\
-         # The workload then uses: lanyard-agent gcp executable --audience {audience}\n",
+         # The workload then uses: lanyard-agent gcp executable --audience {audience}\n{attributes}",
+        mapping = sh_quote(&mapping.join(",")),
         pool = sh_quote(pool),
         issuer = sh_quote(request.issuer.as_str()),
         audience = sh_quote(audience),
@@ -298,7 +400,99 @@ mod tests {
             signing_alg: "ES256".into(),
             name: None,
             account: Some("123456789012".into()),
+            session_tags: Vec::new(),
+            attribute_mapping: Vec::new(),
         }
+    }
+
+    /// The here-document written to `file` in `text`, as JSON.
+    fn heredoc_named(
+        text: &str,
+        file: &str,
+    ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+        let start = format!("cat > {file} <<'EOF'\n");
+        let body = text.split_once(&start).ok_or("no such here-document")?.1;
+        let body = body.split_once("\nEOF\n").ok_or("unterminated")?.0;
+        Ok(serde_json::from_str(body)?)
+    }
+
+    /// `--session-tag`/`--attribute-mapping` print the entry claims that
+    /// carry them (accepted as the server checks claims) and the cloud side
+    /// that reads them; bad names and templates are refused by flag.
+    #[test]
+    fn claim_flags_print_both_sides() -> Result<(), Box<dyn std::error::Error>> {
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let mut aws = request(Target::Aws, "spiffe://example.org/web");
+        aws.session_tags = vec![pair("unit", "{{ systemd:unit }}")];
+        let text = render(&aws)?.text;
+        let policy = heredoc_named(&text, "trust-policy.json")?;
+        assert_eq!(
+            policy["Statement"][0]["Action"],
+            json!(["sts:AssumeRoleWithWebIdentity", "sts:TagSession"])
+        );
+        let claims = heredoc_named(&text, "claims.json")?;
+        assert_eq!(
+            claims,
+            json!({"https://aws.amazon.com/tags": {"principal_tags": {"unit": ["{{ systemd:unit }}"]}}})
+        );
+        lanyard_proto::entry_claims::EntryClaims::parse(&claims.to_string())?;
+        assert!(text.contains("aws:PrincipalTag/unit"), "{text}");
+
+        let mut gcp = request(Target::Gcp, "spiffe://example.org/web");
+        gcp.attribute_mapping = vec![pair("unit", "{{ systemd:unit }}")];
+        let text = render(&gcp)?.text;
+        assert!(
+            text.contains(
+                "--attribute-mapping=google.subject=assertion.sub,attribute.unit=assertion.unit"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            heredoc_named(&text, "claims.json")?,
+            json!({"unit": "{{ systemd:unit }}"})
+        );
+        assert!(text.contains("/attribute.unit/VALUE"), "{text}");
+
+        for (target, tags, mapping, reason) in [
+            (
+                Target::Aws,
+                vec![pair("aws:x", "v")],
+                vec![],
+                "not starting with \"aws:\"",
+            ),
+            (
+                Target::Aws,
+                vec![pair("unit", "{{ k8s:ns }}")],
+                vec![],
+                "names nothing the agent knows",
+            ),
+            (
+                Target::Gcp,
+                vec![],
+                vec![pair("Unit", "x")],
+                "a-z, 0-9 and '_'",
+            ),
+            (Target::Gcp, vec![], vec![pair("sub", "x")], "is reserved"),
+            (
+                Target::Gcp,
+                vec![pair("unit", "x")],
+                vec![],
+                "--session-tag is for aws",
+            ),
+            (
+                Target::Aws,
+                vec![],
+                vec![pair("unit", "x")],
+                "--attribute-mapping is for gcp",
+            ),
+        ] {
+            let mut bad = request(target, "spiffe://example.org/web");
+            bad.session_tags = tags;
+            bad.attribute_mapping = mapping;
+            let error = render(&bad).map(|r| r.text).unwrap_err().to_string();
+            assert!(error.contains(reason), "{reason}: {error}");
+        }
+        Ok(())
     }
 
     #[test]

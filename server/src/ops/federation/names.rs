@@ -87,6 +87,35 @@ pub(super) fn gcp_project(value: &str) -> Result<(), FederationError> {
 
 /// Google's rule for workload identity pool IDs: 4 to 32 of `[a-z0-9-]`,
 /// the prefix `gcp-` reserved.
+/// IAM's tag keys: 1 to 128 letters, digits, spaces and `_.:/=+-@`, not
+/// starting with `aws:`.
+pub(super) fn aws_tag_key(value: &str) -> Result<(), FederationError> {
+    check(
+        "--session-tag",
+        value,
+        length_within(value, 1, 128)
+            && value
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c))
+            && !value.to_ascii_lowercase().starts_with("aws:"),
+        "an AWS tag key is 1 to 128 letters, digits, spaces and _.:/=+-@, not starting with \"aws:\"",
+    )
+}
+
+/// GCP's custom attribute names: `[a-z_][a-z0-9_]*`, at most 100 characters.
+pub(super) fn gcp_attribute(value: &str) -> Result<(), FederationError> {
+    check(
+        "--attribute-mapping",
+        value,
+        length_within(value, 1, 100)
+            && value.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+        "a GCP attribute name is 1 to 100 of a-z, 0-9 and '_', not starting with a digit",
+    )
+}
+
 pub(super) fn gcp_pool(value: &str) -> Result<(), FederationError> {
     check(
         "--name",
