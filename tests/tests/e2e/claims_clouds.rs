@@ -254,3 +254,47 @@ async fn each_units_tokens_carry_its_unit_to_aws_and_gcp() -> anyhow::Result<()>
     world.stop().await;
     Ok(())
 }
+
+/// A token whose rendered claims would pass 8 KiB is refused at the mint,
+/// and the workload is told why; entries without such claims still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_token_is_refused_with_the_reason() -> anyhow::Result<()> {
+    let big = "{{spiffe_id}}".repeat(250);
+    let world = World::start(
+        "",
+        &[
+            EntrySpec::mine("/claims/too-big").with_claims(json!({ "big": big })),
+            EntrySpec::mine("/claims/plain"),
+        ],
+    )
+    .await?;
+    let endpoint = world.endpoint();
+    let mut client = lanyard_agent::client::WorkloadClient::new(&endpoint)?;
+    let refused = client
+        .fetch_jwt(
+            vec!["aud".to_owned()],
+            Some(format!("spiffe://{TRUST_DOMAIN}/claims/too-big")),
+        )
+        .await;
+    let error = refused
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("an oversize token was issued"))?;
+    assert_eq!(
+        error.code(),
+        Some(tonic::Code::FailedPrecondition),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("over the 8192-byte limit"),
+        "{error}"
+    );
+    let plain = client
+        .fetch_jwt(
+            vec!["aud".to_owned()],
+            Some(format!("spiffe://{TRUST_DOMAIN}/claims/plain")),
+        )
+        .await?;
+    assert_eq!(plain.len(), 1);
+    world.stop().await;
+    Ok(())
+}
