@@ -256,15 +256,18 @@ async fn each_units_tokens_carry_its_unit_to_aws_and_gcp() -> anyhow::Result<()>
 }
 
 /// A token whose rendered claims would pass 8 KiB is refused at the mint,
-/// and the workload is told why; entries without such claims still work.
+/// and the workload is told why; so is a caller without a value a template
+/// needs; entries without such claims still work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversize_token_is_refused_with_the_reason() -> anyhow::Result<()> {
+async fn oversize_tokens_and_missing_values_are_refused_with_the_reason() -> anyhow::Result<()> {
     let big = "{{spiffe_id}}".repeat(250);
     let world = World::start(
         "",
         &[
             EntrySpec::mine("/claims/too-big").with_claims(json!({ "big": big })),
             EntrySpec::mine("/claims/plain"),
+            EntrySpec::mine("/claims/needs-label")
+                .with_claims(json!({ "team": "{{ container:label:team }}" })),
         ],
     )
     .await?;
@@ -295,6 +298,26 @@ async fn an_oversize_token_is_refused_with_the_reason() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(plain.len(), 1);
+    // A caller with no value for a template gets no token, never an empty claim.
+    let unlabelled = client
+        .fetch_jwt(
+            vec!["aud".to_owned()],
+            Some(format!("spiffe://{TRUST_DOMAIN}/claims/needs-label")),
+        )
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a token without its team claim was issued"))?;
+    assert_eq!(
+        unlabelled.code(),
+        Some(tonic::Code::PermissionDenied),
+        "{unlabelled}"
+    );
+    assert!(
+        unlabelled
+            .to_string()
+            .contains("no container:label:team selector"),
+        "{unlabelled}"
+    );
     world.stop().await;
     Ok(())
 }
