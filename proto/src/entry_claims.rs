@@ -9,13 +9,15 @@
 //!
 //! A reference is `spiffe_id`, `spiffe_id.path`, `spiffe_id.trust_domain`,
 //! or a selector prefix with exactly one value per caller: `unix:uid`,
-//! `unix:gid`, `unix:user`, `unix:group`, `unix:path`, `unix:sha256`,
+//! `unix:gid`, `unix:user`, `unix:group`, `unix:sha256`,
 //! `systemd:unit`, `systemd:slice`, `container:id`, `container:runtime`,
 //! `container:image`, `container:image_id`, `container:name` and
 //! `container:label:<key>`. The server checks a template when the entry is
 //! written; the agent attests the kinds it names and sends their values with
 //! each mint; the server renders from them. There is no escape for a
-//! literal `{{`.
+//! literal `{{`. `unix:path` is not offered: anyone may run a copy of a
+//! binary from a path of their choosing, so it would let the caller write
+//! its own claim.
 
 use serde_json::{Map, Value};
 
@@ -24,8 +26,12 @@ use crate::selector::{
 };
 use crate::spiffe_id::SpiffeId;
 
-/// Claims a JWT-SVID sets itself; an entry may not.
-pub const RESERVED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"];
+/// Claims a JWT-SVID sets itself, and claims relying parties read in place
+/// of or beside those (`azp` for `aud`; `nonce`, `cnf`, `act` for binding
+/// and delegation): an entry may set none of them.
+pub const RESERVED_CLAIMS: [&str; 11] = [
+    "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "azp", "nonce", "cnf", "act",
+];
 
 /// Longest claims text an entry may hold.
 pub const MAX_CLAIMS_BYTES: usize = 4096;
@@ -37,16 +43,17 @@ pub const MAX_TOKEN_BYTES: usize = 8192;
 /// Deepest nesting of objects and arrays in an entry's claims.
 const MAX_DEPTH: usize = 8;
 
-/// Most template references in one entry's claims.
+/// Most template references in one entry's claims, and most places they
+/// are used: each use copies a caller's value into the token.
 const MAX_REFERENCES: usize = 32;
+const MAX_TEMPLATE_USES: usize = 64;
 
 /// Selector prefixes a template may name (plus `container:label:<key>`).
-const SINGLE_VALUED: [(&str, &str); 13] = [
+const SINGLE_VALUED: [(&str, &str); 12] = [
     (UNIX_SELECTOR_TYPE, "uid"),
     (UNIX_SELECTOR_TYPE, "gid"),
     (UNIX_SELECTOR_TYPE, "user"),
     (UNIX_SELECTOR_TYPE, "group"),
-    (UNIX_SELECTOR_TYPE, "path"),
     (UNIX_SELECTOR_TYPE, "sha256"),
     (SYSTEMD_SELECTOR_TYPE, "unit"),
     (SYSTEMD_SELECTOR_TYPE, "slice"),
@@ -68,20 +75,28 @@ pub enum ClaimsError {
     TooLong(usize),
     #[error("claims nest deeper than {MAX_DEPTH} levels")]
     TooDeep,
-    #[error("claim {0:?} is reserved: iss, sub, aud, exp, iat, nbf and jti are set by the server")]
+    #[error(
+        "claim {0:?} is reserved: iss, sub, aud, exp, iat, nbf and jti are the server's, and azp, nonce, cnf and act are read by relying parties in their place"
+    )]
     Reserved(String),
     #[error("claim names may not be empty")]
     EmptyName,
     #[error("template in {0:?} has a '{{{{' without its '}}}}'")]
     Unclosed(String),
     #[error(
-        "template {{{{ {0} }}}} names nothing the agent knows: use spiffe_id, spiffe_id.path, spiffe_id.trust_domain, unix:uid, unix:gid, unix:user, unix:group, unix:path, unix:sha256, systemd:unit, systemd:slice, container:id, container:runtime, container:image, container:image_id, container:name or container:label:<key>"
+        "template {{{{ {0} }}}} names nothing the agent knows: use spiffe_id, spiffe_id.path, spiffe_id.trust_domain, unix:uid, unix:gid, unix:user, unix:group, unix:sha256, systemd:unit, systemd:slice, container:id, container:runtime, container:image, container:image_id, container:name or container:label:<key>"
     )]
     UnknownReference(String),
     #[error("template {{{{ {0} }}}} names a kind with several values per caller")]
     SeveralValues(String),
-    #[error("claims hold more than {MAX_REFERENCES} templates")]
+    #[error(
+        "claims name more than {MAX_REFERENCES} different templates or use templates more than {MAX_TEMPLATE_USES} times"
+    )]
     TooManyReferences,
+    #[error(
+        "template {{{{ unix:path }}}} is not offered: the caller chooses the path it runs a binary from"
+    )]
+    CallerChosen,
     #[error("the caller has no {0} selector, which the entry's claims use")]
     Missing(String),
     #[error("the caller has several {0} selectors, which the entry's claims use as one value")]
@@ -116,6 +131,9 @@ impl Reference {
         }
         if kind == UNIX_SELECTOR_TYPE && key.starts_with("supplementary_") {
             return Err(ClaimsError::SeveralValues(text.to_owned()));
+        }
+        if (kind, key) == (UNIX_SELECTOR_TYPE, "path") {
+            return Err(ClaimsError::CallerChosen);
         }
         match key.split_once(':') {
             Some(("label", label))
@@ -155,12 +173,29 @@ enum Piece {
     Ref(Reference),
 }
 
-/// An entry's claims, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An entry's claims, checked. Two are equal (and hash alike) when their
+/// compact JSON is the same.
+#[derive(Debug, Clone)]
 pub struct EntryClaims {
     claims: Map<String, Value>,
     /// Sorted, without duplicates.
     references: Vec<Reference>,
+    /// The claims as compact JSON.
+    json: String,
+}
+
+impl PartialEq for EntryClaims {
+    fn eq(&self, other: &Self) -> bool {
+        self.json == other.json
+    }
+}
+
+impl Eq for EntryClaims {}
+
+impl std::hash::Hash for EntryClaims {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.json.hash(state);
+    }
 }
 
 impl EntryClaims {
@@ -187,17 +222,25 @@ impl EntryClaims {
         for value in claims.values() {
             collect_references(value, 1, &mut references)?;
         }
+        if references.len() > MAX_TEMPLATE_USES {
+            return Err(ClaimsError::TooManyReferences);
+        }
         references.sort();
         references.dedup();
         if references.len() > MAX_REFERENCES {
             return Err(ClaimsError::TooManyReferences);
         }
-        Ok(Self { claims, references })
+        let json = Value::Object(claims.clone()).to_string();
+        Ok(Self {
+            claims,
+            references,
+            json,
+        })
     }
 
     /// The claims as compact JSON (what is stored and sent to agents).
     pub fn to_json(&self) -> String {
-        Value::Object(self.claims.clone()).to_string()
+        self.json.clone()
     }
 
     pub fn references(&self) -> &[Reference] {
@@ -460,6 +503,9 @@ mod tests {
                 r#"{"a": "{{ unix:supplementary_group }}"}"#,
                 "several values",
             ),
+            (r#"{"a": "{{ unix:path }}"}"#, "the caller chooses"),
+            (r#"{"azp": "x"}"#, "\"azp\" is reserved"),
+            (r#"{"cnf": {}}"#, "\"cnf\" is reserved"),
             (r#"{"a": [[[[[[[[["deep"]]]]]]]]]}"#, "deeper than 8"),
         ];
         for (text, reason) in cases {
@@ -468,6 +514,14 @@ mod tests {
                 Ok(parsed) => panic!("{text} was accepted: {parsed:?}"),
             }
         }
+        let many = format!(
+            r#"{{"a": "{}"}}"#,
+            "{{unix:uid}}".repeat(MAX_TEMPLATE_USES + 1)
+        );
+        assert!(matches!(
+            EntryClaims::parse(&many),
+            Err(ClaimsError::TooManyReferences)
+        ));
         let long = format!(r#"{{"a": "{}"}}"#, "x".repeat(MAX_CLAIMS_BYTES));
         assert!(matches!(
             EntryClaims::parse(&long),

@@ -88,9 +88,12 @@ pub enum SelectorError {
         "unknown node selector {0:?}: known are x509pop:subject:cn, x509pop:subject:ou, x509pop:san:dns, x509pop:ca:sha256, x509pop:serial, sshpop:principal, sshpop:key_id, sshpop:ca:sha256"
     )]
     UnknownNode(String),
-    /// An entry's selectors name a binary but no uid or gid (see [`check_binary_anchored`]).
+    /// An entry's selectors name a binary but no uid or gid (see [`check_anchored`]).
     #[error("{BINARY_WITHOUT_UID_RULE}")]
     BinaryWithoutUid,
+    /// An entry's selectors name a systemd unit or slice but no uid or gid.
+    #[error("{UNIT_WITHOUT_UID_RULE}")]
+    UnitWithoutUid,
 }
 
 /// Why an entry that selects `unix:path` or `unix:sha256` must also select
@@ -99,20 +102,31 @@ pub const BINARY_WITHOUT_UID_RULE: &str = "an entry that selects unix:path or un
      any local user who can run that binary could borrow the identity through an exec race, \
      so a uid or gid must bound who gets it";
 
-/// The one rule over an entry's selectors taken together, applied where an
+/// Why an entry that selects `systemd:*` must also select `unix:uid` or
+/// `unix:gid`, as operators are told.
+pub const UNIT_WITHOUT_UID_RULE: &str = "an entry that selects systemd:unit or systemd:slice must also select unix:uid or unix:gid: \
+     some units run other users' code (cron.service and atd.service run every user's jobs), \
+     so a uid or gid must bound who gets it";
+
+/// The rules over an entry's selectors taken together, applied where an
 /// entry is registered (Admin API, config file) and again by the agent to
-/// what the server sends (entries stored before the rule are not issued): a
-/// selector naming a binary (`unix:path`, `unix:sha256`) needs a `unix:uid`
-/// or `unix:gid` beside it. With one, a process racing an exec of that binary
-/// gains only what its own uid or gid could already reach.
-pub fn check_binary_anchored(selectors: &[Selector]) -> Result<(), SelectorError> {
+/// what the server sends (entries stored before a rule are not issued): a
+/// selector naming a binary (`unix:path`, `unix:sha256`) or a systemd unit or
+/// slice needs a `unix:uid` or `unix:gid` beside it. A process racing an
+/// exec of that binary, or a user's job that a shared unit runs, then gains
+/// only what its own uid or gid could already reach.
+pub fn check_anchored(selectors: &[Selector]) -> Result<(), SelectorError> {
     let has = |keys: &[&str]| {
         selectors
             .iter()
             .any(|s| s.unix_key().is_some_and(|key| keys.contains(&key)))
     };
-    if has(&["path", "sha256"]) && !has(&["uid", "gid"]) {
+    let anchored = has(&["uid", "gid"]);
+    if has(&["path", "sha256"]) && !anchored {
         return Err(SelectorError::BinaryWithoutUid);
+    }
+    if selectors.iter().any(|s| s.kind() == SYSTEMD_SELECTOR_TYPE) && !anchored {
+        return Err(SelectorError::UnitWithoutUid);
     }
     Ok(())
 }
@@ -583,7 +597,7 @@ mod tests {
             // Another attestor's uid bounds nothing here.
             vec!["unix:path:/usr/bin/sleep", "k8s:uid:0"],
         ] {
-            let error = check_binary_anchored(&set(&refused)?);
+            let error = check_anchored(&set(&refused)?);
             assert_eq!(error, Err(SelectorError::BinaryWithoutUid), "{refused:?}");
         }
         for accepted in [
@@ -594,12 +608,23 @@ mod tests {
             vec!["unix:user:www-data"],
             vec![],
         ] {
-            assert_eq!(
-                check_binary_anchored(&set(&accepted)?),
-                Ok(()),
-                "{accepted:?}"
-            );
+            assert_eq!(check_anchored(&set(&accepted)?), Ok(()), "{accepted:?}");
         }
+        for refused in [
+            vec!["systemd:unit:cron.service"],
+            vec!["systemd:slice:batch.slice", "unix:user:batch"],
+        ] {
+            let error = check_anchored(&set(&refused)?);
+            assert_eq!(error, Err(SelectorError::UnitWithoutUid), "{refused:?}");
+        }
+        assert_eq!(
+            check_anchored(&set(&["systemd:unit:billing.service", "unix:uid:990"])?),
+            Ok(())
+        );
+        assert_eq!(
+            check_anchored(&set(&["systemd:slice:batch.slice", "unix:gid:990"])?),
+            Ok(())
+        );
         let message = SelectorError::BinaryWithoutUid.to_string();
         assert!(
             message.contains("unix:path or unix:sha256 must also select unix:uid or unix:gid"),

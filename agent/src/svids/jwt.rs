@@ -21,7 +21,8 @@ use futures::future::{BoxFuture, Shared};
 
 use lanyard_host::rate_limit::{self, KeyedRateLimit, RateLimit};
 use lanyard_host::sync::lock;
-use lanyard_proto::{Selector, SpiffeId};
+use lanyard_proto::Selector;
+use lanyard_proto::entry_claims::EntryClaims;
 use tonic::{Code, Status};
 
 use crate::audit::{self, Caller, Trigger};
@@ -228,23 +229,28 @@ impl MintRequest {
         Self {
             entry_id: entry.id.clone(),
             audience: audience.to_vec(),
-            key: CacheKey::new(&entry.spiffe_id, audience, inputs),
+            key: CacheKey::new(entry, audience, inputs),
         }
     }
 }
 
-/// (SPIFFE ID, sorted and deduplicated audiences, the caller's selectors
-/// that the entry's claims use): the same request in any order hits, and
-/// two callers whose claims would differ never share a token.
+/// (entry, its SPIFFE ID and claims, sorted and deduplicated audiences, the
+/// caller's selectors that the entry's claims use): the same request in any
+/// order hits, and no two callers share a token whose claims would differ —
+/// not two callers of one entry with different values, nor callers of two
+/// entries with one SPIFFE ID, nor a caller before and after an operator
+/// changed the entry's claims.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct CacheKey {
+    entry_id: String,
     spiffe_id: String,
+    claims: Option<Arc<EntryClaims>>,
     audience: Vec<String>,
     inputs: Vec<String>,
 }
 
 impl CacheKey {
-    pub(crate) fn new(spiffe_id: &SpiffeId, audience: &[String], inputs: &[Selector]) -> Self {
+    pub(crate) fn new(entry: &AgentEntry, audience: &[String], inputs: &[Selector]) -> Self {
         let mut audience = audience.to_vec();
         audience.sort();
         audience.dedup();
@@ -252,7 +258,9 @@ impl CacheKey {
         inputs.sort();
         inputs.dedup();
         Self {
-            spiffe_id: spiffe_id.to_string(),
+            entry_id: entry.id.clone(),
+            spiffe_id: entry.spiffe_id.to_string(),
+            claims: entry.claims.clone(),
             audience,
             inputs,
         }
@@ -395,14 +403,21 @@ impl JwtSvidCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lanyard_proto::SpiffeId;
 
-    fn key(audience: &[&str]) -> Result<CacheKey, lanyard_proto::SpiffeIdError> {
+    fn entry(id: &str, claims: Option<&str>) -> Result<AgentEntry, Box<dyn std::error::Error>> {
+        Ok(AgentEntry {
+            id: id.to_owned(),
+            spiffe_id: SpiffeId::parse("spiffe://example.org/w")?,
+            selectors: Vec::new(),
+            hint: String::new(),
+            claims: claims.map(EntryClaims::parse).transpose()?.map(Arc::new),
+        })
+    }
+
+    fn key(audience: &[&str]) -> Result<CacheKey, Box<dyn std::error::Error>> {
         let audience: Vec<String> = audience.iter().map(|a| a.to_string()).collect();
-        Ok(CacheKey::new(
-            &SpiffeId::parse("spiffe://example.org/w")?,
-            &audience,
-            &[],
-        ))
+        Ok(CacheKey::new(&entry("e", None)?, &audience, &[]))
     }
 
     fn svid(token: &str, issued_at: i64, expires_at: i64) -> CachedSvid {
@@ -419,20 +434,36 @@ mod tests {
         assert_eq!(key(&["b", "a", "a"])?, key(&["a", "b"])?);
         assert_ne!(key(&["a"])?, key(&["a", "b"])?);
         // Two callers whose claims would differ never share a token.
-        let id = SpiffeId::parse("spiffe://example.org/w")?;
         let aud = vec!["a".to_owned()];
         let team = |value: &str| -> Result<Vec<Selector>, lanyard_proto::SelectorError> {
             Ok(vec![Selector::parse(&format!(
                 "container:label:team:{value}"
             ))?])
         };
+        let templated = entry("e", Some(r#"{"team": "{{ container:label:team }}"}"#))?;
         assert_ne!(
-            CacheKey::new(&id, &aud, &team("billing")?),
-            CacheKey::new(&id, &aud, &team("search")?)
+            CacheKey::new(&templated, &aud, &team("billing")?),
+            CacheKey::new(&templated, &aud, &team("search")?)
         );
         assert_eq!(
-            CacheKey::new(&id, &aud, &team("billing")?),
-            CacheKey::new(&id, &aud, &team("billing")?)
+            CacheKey::new(&templated, &aud, &team("billing")?),
+            CacheKey::new(&templated, &aud, &team("billing")?)
+        );
+        // Nor do two entries with one SPIFFE ID, nor one entry before and
+        // after its claims changed (review of issue 16, finding 1).
+        let prod = entry("a", Some(r#"{"tier": "prod"}"#))?;
+        let dev = entry("b", Some(r#"{"tier": "dev"}"#))?;
+        let plain = entry("b", None)?;
+        let changed = entry("a", Some(r#"{"tier": "staging"}"#))?;
+        let keys = [&prod, &dev, &plain, &changed].map(|e| CacheKey::new(e, &aud, &[]));
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(
+            CacheKey::new(&prod, &aud, &[]),
+            CacheKey::new(&entry("a", Some(r#"{ "tier" : "prod" }"#))?, &aud, &[])
         );
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use lanyard_host::sync::lock;
 use lanyard_proto::entry_claims::EntryClaims;
-use lanyard_proto::selector::check_binary_anchored;
+use lanyard_proto::selector::check_anchored;
 use lanyard_proto::{Jwks, Selector, SpiffeId};
 use tokio::sync::watch;
 
@@ -200,12 +200,12 @@ impl SyncedState {
         let (upserts, newly_refused) =
             self.refuse_binary_without_uid(response.full, upserts, &response.deleted_entry_ids);
         for entry in newly_refused {
+            let reason = check_anchored(&entry.selectors).err();
             tracing::warn!(
                 entry = entry.id,
                 spiffe_id = %entry.spiffe_id,
-                "not issuing this entry: it selects a binary (unix:path or unix:sha256) without unix:uid or unix:gid, \
-                 which any local user able to run that binary could borrow through an exec race; \
-                 update it to select the uid or gid that runs the binary"
+                reason = reason.map(|r| r.to_string()).unwrap_or_default(),
+                "not issuing this entry: update it to select the uid or gid its workload runs as"
             );
         }
         let entries = if response.full {
@@ -233,7 +233,7 @@ impl SyncedState {
 
     /// Splits what the server sent into the entries to serve and those no
     /// caller may get: entries that select a binary without a uid or gid
-    /// ([`check_binary_anchored`]), stored before the server refused them
+    /// ([`check_anchored`]), stored before the server refused them
     /// (or by an older server). Of the latter, returns only those not refused
     /// before (in this agent's life, and not since served or deleted), to be
     /// logged once each.
@@ -245,7 +245,7 @@ impl SyncedState {
     ) -> (Vec<AgentEntry>, Vec<AgentEntry>) {
         let (kept, refused): (Vec<AgentEntry>, Vec<AgentEntry>) = upserts
             .into_iter()
-            .partition(|e| check_binary_anchored(&e.selectors).is_ok());
+            .partition(|e| check_anchored(&e.selectors).is_ok());
         let mut known = lock(&self.refused);
         if full {
             let now: HashSet<&str> = refused.iter().map(|e| e.id.as_str()).collect();

@@ -402,16 +402,27 @@ impl SpiffeWorkloadApi for WorkloadService {
                 )));
             }
         }
-        // What each entry's claim templates take from this caller; a caller
-        // without a value they use gets a refusal, never an empty claim.
-        let inputs = identities
-            .iter()
-            .map(|entry| {
-                entry
-                    .claim_inputs(&selectors)
-                    .map_err(|e| Status::permission_denied(format!("{}: {e}", entry.spiffe_id)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        // What each entry's claim templates take from this caller. An entry
+        // whose templates need a value the caller lacks gives it no token
+        // (never one with an empty claim): the call fails when that entry was
+        // asked for by name, or when no other identity is left.
+        let mut inputs = Vec::with_capacity(identities.len());
+        let mut refusal = None;
+        identities.retain(|entry| match entry.claim_inputs(&selectors) {
+            Ok(found) => {
+                inputs.push(found);
+                true
+            }
+            Err(e) => {
+                refusal.get_or_insert_with(|| format!("{}: {e}", entry.spiffe_id));
+                false
+            }
+        });
+        if let Some(refusal) = refusal
+            && (identities.is_empty() || !body.spiffe_id.is_empty())
+        {
+            return Err(Status::permission_denied(refusal));
+        }
         let minted =
             futures::future::try_join_all(identities.iter().zip(&inputs).map(|(entry, inputs)| {
                 self.jwt_svids

@@ -129,7 +129,7 @@ impl AdminService {
             .iter()
             .map(|s| parse(s).map_err(|e| Status::invalid_argument(format!("selectors: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
-        lanyard_proto::selector::check_binary_anchored(&selectors)
+        lanyard_proto::selector::check_anchored(&selectors)
             .map_err(|e| Status::invalid_argument(format!("selectors: {e}")))?;
         let ttl = if ttl_seconds == 0 {
             self.policy.default_ttl

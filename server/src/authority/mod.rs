@@ -301,6 +301,14 @@ impl Authority {
         let audience = checked_audience(audience)?;
         let entry = self.entry_of_agent(agent, entry_id).await?;
         let extra = rendered_claims(&entry, inputs)?;
+        // Claims alone past the limit: refused before anything is signed.
+        let claims_bytes = serde_json::Value::Object(extra.clone()).to_string().len();
+        if claims_bytes > entry_claims::MAX_TOKEN_BYTES {
+            return Err(MintError::TokenTooLarge {
+                entry: entry.id,
+                bytes: claims_bytes,
+            });
+        }
         let issued_at = unix_seconds(now);
         let ttl = entry.jwt_svid_ttl.min(self.max_ttl);
         let expires_at = issued_at.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
@@ -353,7 +361,7 @@ impl Authority {
                 |e| matches!(e, MintError::Store(_)),
             )
             .await?;
-        lanyard_proto::selector::check_binary_anchored(&entry.selectors).map_err(|reason| {
+        lanyard_proto::selector::check_anchored(&entry.selectors).map_err(|reason| {
             MintError::Unissuable {
                 entry: entry.id.clone(),
                 reason,
@@ -388,10 +396,10 @@ impl Authority {
     }
 }
 
-/// The audience by the rules the agent applies too (`lanyard_proto::audience`).
 /// Most selectors an agent may send with one mint (an entry's claims use
-/// at most 32).
+/// at most 32), and the longest it may send.
 const MAX_CLAIM_INPUTS: usize = 32;
+const MAX_CLAIM_INPUT_BYTES: usize = 1024;
 
 /// The entry's claims rendered for a caller whose selectors the claims use
 /// are `inputs`; nothing for an entry without claims (which takes no inputs).
@@ -415,6 +423,12 @@ fn rendered_claims(
         return Err(refused(format!(
             "{} selectors were sent, at most {MAX_CLAIM_INPUTS} are taken",
             inputs.len()
+        )));
+    }
+    if let Some(long) = inputs.iter().find(|s| s.len() > MAX_CLAIM_INPUT_BYTES) {
+        return Err(refused(format!(
+            "a selector of {} bytes was sent, at most {MAX_CLAIM_INPUT_BYTES} are taken",
+            long.len()
         )));
     }
     let claims = EntryClaims::parse(&entry.claims)
@@ -449,6 +463,7 @@ fn rendered_claims(
         .map_err(|e| refused(e.to_string()))
 }
 
+/// The audience by the rules the agent applies too (`lanyard_proto::audience`).
 fn checked_audience(audience: &[String]) -> Result<Audience, MintError> {
     Audience::new(audience.to_vec()).map_err(|e| match e {
         AudienceError::Empty => MintError::EmptyAudience,
@@ -788,6 +803,13 @@ mod tests {
                 inputs(&["systemd:unit:no spaces.service", "unix:uid:1000"]),
                 "can never match",
             ),
+            (
+                vec![
+                    format!("systemd:unit:{}.service", "a".repeat(1100)),
+                    "unix:uid:1000".to_owned(),
+                ],
+                "at most 1024 are taken",
+            ),
         ] {
             let refused = authority.mint_jwt_svid(&agent, &id, &aud, &sent, now).await;
             assert!(
@@ -812,13 +834,13 @@ mod tests {
             Duration::from_secs(600),
         );
         long.claims = entries::checked_claims(&format!(
-            r#"{{"paths": "{}"}}"#,
-            "{{ unix:path }}".repeat(4)
+            r#"{{"users": "{}"}}"#,
+            "{{ unix:user }}".repeat(12)
         ))?;
         authority.store.seed_entry(&long, 0).await?;
-        let path = format!("unix:path:/{}", "p".repeat(2000));
+        let user = format!("unix:user:{}", "u".repeat(1000));
         let refused = authority
-            .mint_jwt_svid(&agent, &long.content_id(), &aud, &[path], now)
+            .mint_jwt_svid(&agent, &long.content_id(), &aud, &[user], now)
             .await;
         assert!(
             matches!(&refused, Err(e @ MintError::TokenTooLarge { .. }) if e.to_string().contains("over the 8192-byte limit")),

@@ -697,7 +697,7 @@ impl RawEntry {
             .iter()
             .map(|s| Selector::parse_known(s).map_err(|e| invalid(key("selectors"), e)))
             .collect::<Result<Vec<_>, _>>()?;
-        lanyard_proto::selector::check_binary_anchored(&selectors)
+        lanyard_proto::selector::check_anchored(&selectors)
             .map_err(|e| invalid(key("selectors"), e))?;
         let ttl = self.jwt_svid_ttl_seconds.unwrap_or(default_ttl);
         if ttl == 0 || ttl > max_ttl {
@@ -720,6 +720,13 @@ impl RawEntry {
         }
         if let Some(claims) = self.claims {
             let json = serde_json::to_string(&claims).map_err(|e| invalid(key("claims"), e))?;
+            // TOML dates arrive as serde's private wrapper objects: JSON has no dates.
+            if json.contains("$__toml_private_datetime") {
+                return Err(invalid(
+                    key("claims"),
+                    "TOML dates and times have no JSON form: quote them as strings",
+                ));
+            }
             spec.claims = entries::checked_claims(&json).map_err(|e| invalid(key("claims"), e))?;
         }
         Ok(spec)
@@ -904,6 +911,7 @@ selectors = ["unix:uid:1000"]
         for (claims, reason) in [
             ("sub = \"x\"", "claim \"sub\" is reserved"),
             ("team = \"{{ k8s:ns }}\"", "names nothing the agent knows"),
+            ("since = 2026-01-01", "quote them as strings"),
         ] {
             let error = error_of(&with(claims));
             assert!(error.contains("entries[0].claims"), "{error}");

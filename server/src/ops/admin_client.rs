@@ -366,7 +366,7 @@ fn client(args: &AdminArgs) -> Result<AdminClient<Channel>, AdminCliError> {
 
 /// What `entry list`/`show` say of an entry stored before the rule that a
 /// binary selector needs a uid or gid beside it (see
-/// [`lanyard_proto::selector::check_binary_anchored`]): agents will not issue it.
+/// [`lanyard_proto::selector::check_anchored`]): agents will not issue it.
 pub const BINARY_WITHOUT_UID_WARNING: &str =
     "selects a binary without unix:uid or unix:gid; the agent will not issue it";
 
@@ -378,7 +378,7 @@ fn entry_warnings(entry: &Entry) -> Vec<&'static str> {
         .iter()
         .filter_map(|s| Selector::parse(s).ok())
         .collect();
-    match lanyard_proto::selector::check_binary_anchored(&selectors) {
+    match lanyard_proto::selector::check_anchored(&selectors) {
         Ok(()) => Vec::new(),
         Err(_) => vec![BINARY_WITHOUT_UID_WARNING],
     }

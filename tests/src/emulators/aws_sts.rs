@@ -600,9 +600,9 @@ fn strings(value: &Value) -> Vec<&str> {
 /// some `Allow` statement matches and no `Deny` statement does. A statement
 /// matches when its `Principal.Federated` names the provider, its `Action`
 /// covers `sts:AssumeRoleWithWebIdentity` and every condition holds.
-/// Supported operators: `StringEquals` and `StringLike` (`*`, `?`); a
-/// condition on a key the request lacks, or an operator this emulator does
-/// not know, does not hold.
+/// Supported operators: `StringEquals` and `StringLike` (`*`, `?`), alone or
+/// as `ForAllValues:`; a condition on a key the request lacks (but for
+/// `ForAllValues:`), or an operator this emulator does not know, does not hold.
 pub fn trust_allows(
     policy: &Value,
     provider_arn: &str,
@@ -663,6 +663,12 @@ fn statement_matches(
         let Some(block) = block.as_object() else {
             return false;
         };
+        // `ForAllValues:`: every value of a multivalued key must match (and
+        // a key the request lacks matches); otherwise any value may.
+        let (for_all, operator) = match operator.strip_prefix("ForAllValues:") {
+            Some(inner) => (true, inner),
+            None => (false, operator.as_str()),
+        };
         block.iter().all(|(key, wanted)| {
             // Condition key names are case-insensitive.
             let actual = context
@@ -670,16 +676,21 @@ fn statement_matches(
                 .find(|(k, _)| k.eq_ignore_ascii_case(key))
                 .map(|(_, v)| v);
             let Some(actual) = actual else {
-                return false;
+                return for_all;
             };
             let wanted = strings(wanted);
-            actual.iter().any(|value| {
-                wanted.iter().any(|w| match operator.as_str() {
+            let matches = |value: &String| {
+                wanted.iter().any(|w| match operator {
                     "StringEquals" => w == value,
                     "StringLike" => glob_matches(w, value),
                     _ => false,
                 })
-            })
+            };
+            if for_all {
+                actual.iter().all(matches)
+            } else {
+                actual.iter().any(matches)
+            }
         })
     })
 }

@@ -4,7 +4,7 @@
 
 use lanyard_tests::cgroups::TestSlice;
 use lanyard_tests::probe::SteppedProbe;
-use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World};
+use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_workload-probe");
 const WEB: &str = "/units/web";
@@ -19,15 +19,18 @@ async fn units_and_slices_select_their_own_processes_only() -> anyhow::Result<()
     let Some(slice) = TestSlice::create_or_skip()? else {
         return Ok(());
     };
+    // A unit's entries also name the uid its processes run as (the probes run as ours).
+    let uid = format!("unix:uid:{}", my_uid());
     let world = World::start(
         "",
         &[
-            EntrySpec::new(WEB, &["systemd:unit:web.service"]),
+            EntrySpec::new(WEB, &["systemd:unit:web.service", &uid]),
             EntrySpec::new(
                 IN_SLICE,
                 &[
                     &format!("systemd:slice:{}", slice.name()),
                     "systemd:unit:batch.service",
+                    &uid,
                 ],
             ),
         ],
@@ -53,8 +56,9 @@ async fn units_and_slices_select_their_own_processes_only() -> anyhow::Result<()
             format!("ok spiffe://{TRUST_DOMAIN}{IN_SLICE}")
         );
 
-        // Between its two calls the web probe moves to db.service.
-        slice.move_into("db.service", web.pid())?;
+        // Between its two calls the web probe moves to batch.service, whose
+        // entry it would match: the move, not the unit, is what refuses it.
+        slice.move_into("batch.service", web.pid())?;
         let moved = web.step()?;
         assert!(moved.starts_with("denied "), "{moved}");
         assert!(moved.contains("moved to another cgroup"), "{moved}");

@@ -14,7 +14,7 @@ use lanyard_tests::emulators::aws_sts::{AwsRole, AwsSts, AwsStsConfig};
 use lanyard_tests::emulators::gcp::{Gcp, GcpConfig, GcpServiceAccount};
 use lanyard_tests::emulators::requests::gcp_exchange;
 use lanyard_tests::probe::SteppedProbe;
-use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World};
+use lanyard_tests::{EntrySpec, TRUST_DOMAIN, World, my_uid};
 use serde_json::{Value, json};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_workload-probe");
@@ -130,7 +130,14 @@ async fn each_units_tokens_carry_its_unit_to_aws_and_gcp() -> anyhow::Result<()>
     }
     let world = World::start(
         "/claims",
-        &[EntrySpec::new(PATH, &[&format!("systemd:slice:{}", slice.name())]).with_claims(claims)],
+        &[EntrySpec::new(
+            PATH,
+            &[
+                &format!("systemd:slice:{}", slice.name()),
+                &format!("unix:uid:{}", my_uid()),
+            ],
+        )
+        .with_claims(claims)],
     )
     .await?;
     let endpoint = world.endpoint();
@@ -177,6 +184,10 @@ async fn each_units_tokens_carry_its_unit_to_aws_and_gcp() -> anyhow::Result<()>
     let policy = heredoc(&aws_text, "trust-policy.json")?;
     let mut untagged = policy.clone();
     untagged["Statement"][0]["Action"] = json!("sts:AssumeRoleWithWebIdentity");
+    // The printed policy admits only the tag keys the claims carry.
+    let mut other_keys = policy.clone();
+    other_keys["Statement"][0]["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"] =
+        json!(["team"]);
     let sts = AwsSts::start(AwsStsConfig {
         issuer: world.issuer_trust()?,
         account: ACCOUNT.into(),
@@ -190,6 +201,11 @@ async fn each_units_tokens_carry_its_unit_to_aws_and_gcp() -> anyhow::Result<()>
             AwsRole {
                 name: "untagged".into(),
                 trust_policy: untagged,
+                max_session_seconds: 3600,
+            },
+            AwsRole {
+                name: "other-keys".into(),
+                trust_policy: other_keys,
                 max_session_seconds: 3600,
             },
         ],
@@ -211,6 +227,11 @@ async fn each_units_tokens_carry_its_unit_to_aws_and_gcp() -> anyhow::Result<()>
         .map(|()| String::new())
         .unwrap_or_else(|e| e.to_string());
     assert!(message.contains("sts:TagSession"), "{message}");
+    let refused = assume(&sts, "other-keys", &web.0).await;
+    let message = refused
+        .map(|()| String::new())
+        .unwrap_or_else(|e| e.to_string());
+    assert!(message.contains("AccessDenied"), "{message}");
 
     // GCP: the attribute maps, and a binding on attribute.unit/web.service
     // lets web's federated token impersonate the account, not db's.
@@ -260,11 +281,13 @@ async fn each_units_tokens_carry_its_unit_to_aws_and_gcp() -> anyhow::Result<()>
 /// needs; entries without such claims still work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_tokens_and_missing_values_are_refused_with_the_reason() -> anyhow::Result<()> {
-    let big = "{{spiffe_id}}".repeat(250);
+    // 60 uses of a 250-byte SPIFFE ID: 15 KB of claims from 800 bytes of text.
+    let big = "{{spiffe_id}}".repeat(60);
+    let too_big = format!("/claims/too-big/{}", "x".repeat(234));
     let world = World::start(
         "",
         &[
-            EntrySpec::mine("/claims/too-big").with_claims(json!({ "big": big })),
+            EntrySpec::mine(&too_big).with_claims(json!({ "big": big })),
             EntrySpec::mine("/claims/plain"),
             EntrySpec::mine("/claims/needs-label")
                 .with_claims(json!({ "team": "{{ container:label:team }}" })),
@@ -276,7 +299,7 @@ async fn oversize_tokens_and_missing_values_are_refused_with_the_reason() -> any
     let refused = client
         .fetch_jwt(
             vec!["aud".to_owned()],
-            Some(format!("spiffe://{TRUST_DOMAIN}/claims/too-big")),
+            Some(format!("spiffe://{TRUST_DOMAIN}{too_big}")),
         )
         .await;
     let error = refused

@@ -197,9 +197,17 @@ fn aws(request: &Request, wildcard: bool) -> Result<String, FederationError> {
     } else {
         json!({ "StringEquals": { aud_key: audience, sub_key: request.subject } })
     };
+    let mut conditions = conditions;
     let action = if request.session_tags.is_empty() {
         json!("sts:AssumeRoleWithWebIdentity")
     } else {
+        // Only the tags the entry's claims carry may be set.
+        let keys: Vec<&str> = request
+            .session_tags
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        conditions["ForAllValues:StringEquals"] = json!({ "aws:TagKeys": keys });
         json!(["sts:AssumeRoleWithWebIdentity", "sts:TagSession"])
     };
     let policy = heredoc_json(&json!({
@@ -429,6 +437,10 @@ mod tests {
         assert_eq!(
             policy["Statement"][0]["Action"],
             json!(["sts:AssumeRoleWithWebIdentity", "sts:TagSession"])
+        );
+        assert_eq!(
+            policy["Statement"][0]["Condition"]["ForAllValues:StringEquals"],
+            json!({"aws:TagKeys": ["unit"]})
         );
         let claims = heredoc_named(&text, "claims.json")?;
         assert_eq!(

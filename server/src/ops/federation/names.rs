@@ -85,8 +85,6 @@ pub(super) fn gcp_project(value: &str) -> Result<(), FederationError> {
     )
 }
 
-/// Google's rule for workload identity pool IDs: 4 to 32 of `[a-z0-9-]`,
-/// the prefix `gcp-` reserved.
 /// IAM's tag keys: 1 to 128 letters, digits, spaces and `_.:/=+-@`, not
 /// starting with `aws:`.
 pub(super) fn aws_tag_key(value: &str) -> Result<(), FederationError> {
@@ -116,6 +114,8 @@ pub(super) fn gcp_attribute(value: &str) -> Result<(), FederationError> {
     )
 }
 
+/// Google's rule for workload identity pool IDs: 4 to 32 of `[a-z0-9-]`,
+/// the prefix `gcp-` reserved.
 pub(super) fn gcp_pool(value: &str) -> Result<(), FederationError> {
     check(
         "--name",
