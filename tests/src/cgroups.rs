@@ -1,5 +1,5 @@
 //! Real cgroups for tests, named as systemd names them
-//! (`lanyard-test-<pid>.slice/web.service`), in the hierarchy the agent reads
+//! (`lanyard-test-<pid>-<n>.slice/web.service`), in the hierarchy the agent reads
 //! units from: systemd's named v1 hierarchy where the machine has one
 //! (legacy and hybrid layouts), else the unified one.
 
@@ -24,7 +24,10 @@ impl TestSlice {
     /// A new slice, or why the machine has no writable hierarchy for one.
     pub fn create() -> Result<Self, Unavailable> {
         let root = systemd_hierarchy_mount()?;
-        let name = format!("lanyard-test-{}.slice", std::process::id());
+        // Unique within the process too: tests run in parallel threads.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("lanyard-test-{}-{n}.slice", std::process::id());
         let slice = root.join(&name);
         std::fs::create_dir(&slice).map_err(|e| {
             Unavailable(format!(
@@ -35,9 +38,15 @@ impl TestSlice {
         Ok(Self { root, slice, name })
     }
 
-    /// The slice's name, e.g. `lanyard-test-42.slice`.
+    /// The slice's name, e.g. `lanyard-test-42-0.slice`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The slice's directory, for tests that shape cgroups in it themselves
+    /// (they remove what they make below its units).
+    pub fn dir(&self) -> &Path {
+        &self.slice
     }
 
     /// Creates the unit's cgroup in the slice (once) and moves `pid` into it.

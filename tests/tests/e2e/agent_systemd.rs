@@ -14,14 +14,14 @@ const WEB: &str = "/units/web";
 const IN_SLICE: &str = "/units/batch-in-test-slice";
 
 /// A probe that connects and asks only when told (see `--stdin-steps`).
-struct SteppedProbe {
+pub(crate) struct SteppedProbe {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
 }
 
 impl SteppedProbe {
-    fn spawn(endpoint: &str) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(endpoint: &str) -> anyhow::Result<Self> {
         let mut child = Command::new(PROBE)
             .args(["cgroups", "--stdin-steps"])
             .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
@@ -37,12 +37,12 @@ impl SteppedProbe {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Lets it take its next step; what it printed.
-    fn step(&mut self) -> anyhow::Result<String> {
+    pub(crate) fn step(&mut self) -> anyhow::Result<String> {
         writeln!(self.stdin, "go")?;
         self.stdin.flush()?;
         let mut line = String::new();
