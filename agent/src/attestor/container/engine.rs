@@ -534,7 +534,9 @@ pub(crate) mod tests {
     async fn a_hung_engine_times_out() -> Result<(), Box<dyn std::error::Error>> {
         let fake = FakeEngine::hung()?;
         let started = Instant::now();
-        let error = fake.engine(Duration::from_millis(300)).ask(ID).await;
+        let engine = fake.engine(Duration::from_millis(300));
+        // Bounded here too, so that a client without its timeout fails rather than hangs.
+        let error = tokio::time::timeout(Duration::from_secs(5), engine.ask(ID)).await?;
         assert!(
             matches!(error, Err(EngineError::Timeout { .. })),
             "{error:?}"
