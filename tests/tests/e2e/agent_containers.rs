@@ -196,6 +196,17 @@ fn shared_libraries(binary: &str) -> anyhow::Result<Vec<String>> {
     Ok(paths)
 }
 
+/// Removes these (empty) directories, in order, when dropped.
+struct RemoveDirs(Vec<std::path::PathBuf>);
+
+impl Drop for RemoveDirs {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 struct Service(Child);
 
 impl Drop for Service {
@@ -301,7 +312,8 @@ fn slice_or_skip() -> anyhow::Result<Option<TestSlice>> {
 }
 
 /// With the engine: the containerised workload gets the entries on its
-/// image, its label and its ID (and not the one on a label value it lacks);
+/// image, image ID, name, label and ID (and not the one on a label value it
+/// lacks);
 /// a host process of the same uid gets none of them, nor does one that
 /// root put in a cgroup named after the container, since that is not where
 /// the engine's container runs.
@@ -329,23 +341,35 @@ async fn engine_selectors_reach_the_containers_processes_only() -> anyhow::Resul
     .await?;
     let agent_dir = world.dir.path().join("agent");
     let name = format!("lanyard-e2e-engine-{}", std::process::id());
-    let container = tokio::task::block_in_place(|| {
-        podman.container(&name, &["team=billing", "app=api"], &agent_dir)
+    let (container, image_id) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        let container = podman.container(&name, &["team=billing", "app=api"], &agent_dir)?;
+        let image_id = podman.run(&["image", "inspect", "--format", "{{.Id}}", &podman.image])?;
+        Ok((container, image_id))
     })?;
+    add_entry(&world, "/by-name", &format!("container:name:{name}")).await?;
+    add_entry(
+        &world,
+        "/by-image-id",
+        &format!("container:image_id:sha256:{image_id}"),
+    )
+    .await?;
     add_entry(&world, "/by-id", &format!("container:id:{}", container.id)).await?;
 
     let endpoint = world.endpoint();
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        // /by-id was made last: once it is served, so are the others.
         let inside = container.probe_until(&id("/by-id"))?;
-        assert_eq!(
-            inside,
-            format!(
-                "ok {} {} {}",
-                id("/by-id"),
-                id("/by-image"),
-                id("/by-label")
-            )
-        );
+        let expected: Vec<String> = [
+            "/by-id",
+            "/by-image",
+            "/by-image-id",
+            "/by-label",
+            "/by-name",
+        ]
+        .into_iter()
+        .map(id)
+        .collect();
+        assert_eq!(inside, format!("ok {}", expected.join(" ")));
 
         let host = probe_on_host(&endpoint)?;
         assert!(host.starts_with("denied "), "{host}");
@@ -395,28 +419,25 @@ async fn without_the_engine_ids_come_from_cgroups_root_named() -> anyhow::Result
             return Ok(());
         };
         let delegated = slice.dir().join("user@1000.service");
+        let spoof = delegated.join(format!("libpod-{}.scope", container.id));
+        // Dropped after the probes (declared before them), before the slice.
+        let _cleanup = RemoveDirs(vec![spoof.clone(), delegated.clone()]);
         std::fs::create_dir(&delegated)?;
         std::os::unix::fs::chown(&delegated, Some(1000), Some(1000))?;
-        let spoof = delegated.join(format!("libpod-{}.scope", container.id));
         std::fs::create_dir(&spoof)?;
-        let result = (|| -> anyhow::Result<()> {
-            let mut user_made = SteppedProbe::spawn(&endpoint)?;
-            slice.move_into(
-                &format!("user@1000.service/libpod-{}.scope", container.id),
-                user_made.pid(),
-            )?;
-            let answer = user_made.step()?;
-            assert!(answer.starts_with("denied "), "{answer}");
-            drop(user_made);
 
-            let mut root_made = SteppedProbe::spawn(&endpoint)?;
-            slice.move_into(&format!("libpod-{}", container.id), root_made.pid())?;
-            assert_eq!(root_made.step()?, format!("ok {}", id("/by-id")));
-            Ok(())
-        })();
-        let _ = std::fs::remove_dir(&spoof);
-        let _ = std::fs::remove_dir(&delegated);
-        result
+        let mut user_made = SteppedProbe::spawn(&endpoint)?;
+        slice.move_into(
+            &format!("user@1000.service/libpod-{}.scope", container.id),
+            user_made.pid(),
+        )?;
+        let answer = user_made.step()?;
+        assert!(answer.starts_with("denied "), "{answer}");
+
+        let mut root_made = SteppedProbe::spawn(&endpoint)?;
+        slice.move_into(&format!("libpod-{}", container.id), root_made.pid())?;
+        assert_eq!(root_made.step()?, format!("ok {}", id("/by-id")));
+        Ok(())
     })?;
     drop(container);
     world.stop().await;

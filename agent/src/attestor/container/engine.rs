@@ -107,6 +107,8 @@ pub(crate) enum EngineError {
     TooMuchText { socket: PathBuf, id: String },
     #[error("cannot ask the container engine: {0}")]
     NoRuntime(#[source] tokio::runtime::TryCurrentError),
+    #[error("container engine at {socket}: the lookup's thread failed")]
+    Crashed { socket: PathBuf },
 }
 
 /// What the engine says of a running container.
@@ -171,11 +173,19 @@ impl Engine {
         self.lock().remove(&id.to_owned());
     }
 
-    /// Asks the engine about container `id`, blocking this thread on the
-    /// agent's runtime: call it from a blocking task only.
+    /// Asks the engine about container `id`, blocking this thread (a
+    /// blocking task's) until the agent's runtime (multi-threaded, whose
+    /// workers drive the socket and the timer) has the answer.
     pub(crate) fn ask_blocking(&self, id: &str) -> Result<EngineFacts, EngineError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(EngineError::NoRuntime)?;
-        runtime.block_on(self.ask(id))
+        // On a thread of its own, outside any runtime context: `block_on`
+        // would panic on one of the runtime's worker threads.
+        std::thread::scope(|scope| scope.spawn(|| runtime.block_on(self.ask(id))).join())
+            .unwrap_or_else(|_| {
+                Err(EngineError::Crashed {
+                    socket: self.socket.clone(),
+                })
+            })
     }
 
     /// What the engine says about running container `id` (64 hex digits).
@@ -656,6 +666,16 @@ pub(crate) mod tests {
                 .unwrap_or_default()
                 .contains("container engine at /nonexistent/lanyard/engine.sock: cannot connect")
         );
+    }
+
+    /// Even from one of the runtime's own worker threads (where
+    /// `Handle::block_on` would panic) a blocking lookup just works.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocking_lookup_never_panics() -> Result<(), Box<dyn std::error::Error>> {
+        let fake = FakeEngine::answering(200, podman_answer(ID, 3459))?;
+        let engine = fake.engine(Duration::from_secs(2));
+        assert_eq!(engine.ask_blocking(ID)?.init_pid, 3459);
+        Ok(())
     }
 
     #[test]

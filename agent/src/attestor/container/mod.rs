@@ -97,6 +97,7 @@ impl ContainerError {
                     | EngineError::Malformed { .. }
                     | EngineError::OtherContainer { .. }
                     | EngineError::NoRuntime(_)
+                    | EngineError::Crashed { .. }
             )
         )
     }
