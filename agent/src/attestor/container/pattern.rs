@@ -319,7 +319,7 @@ mod tests {
 ";
 
     /// Real: rootful podman, systemd manager, crun, hybrid host (a public
-    /// markdown file of cgroup talk notes, shortened where marked). The
+    /// markdown file of cgroup talk notes; four of its lines). The
     /// name=systemd line has no `/container` suffix; the others have it.
     const PODMAN_SYSTEMD_HYBRID: &str = "\
 15:name=systemd:/machine.slice/libpod-24fce7291bc6d7f8a5965a5920740b0df25dda9bb4e84ffb889d8ea2927acec5.scope
@@ -358,7 +358,7 @@ mod tests {
             Some(Runtime::Podman),
         );
         assert_none(PODMAN_SYSTEMD_HYBRID_CONMON, NoContainer::Monitor);
-        // Real, https://github.com/containers/podman/issues/10602 (Ubuntu
+        // Real, https://github.com/podman-container-tools/podman/issues/10602 (Ubuntu
         // 20.04, three of its lines): a container running systemd, whose
         // name=systemd line goes on below the scope.
         assert_container(
@@ -368,7 +368,7 @@ mod tests {
             "2521e906f0a0c758c3a7dc4fd68c197e32e96abb4b36807d0b0ede6d014a7c24",
             Some(Runtime::Podman),
         );
-        // Real, https://github.com/containers/podman/issues/20423 (Fedora 38,
+        // Real, https://github.com/podman-container-tools/podman/issues/20423 (Fedora 38,
         // rootful, under root's user manager).
         assert_container(
             "0::/user.slice/user-0.slice/user@0.service/machine.slice/libpod-cf21d19260ace8544fe8b769fc2638bf2c0873dfbfff0b6253f0569b26a1d5eb.scope/container\n",
