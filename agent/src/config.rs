@@ -40,6 +40,30 @@ impl UnixAttestorConfig {
     }
 }
 
+/// Default longest wait for the container engine's answer about one container.
+pub const DEFAULT_CONTAINER_ENGINE_TIMEOUT_SECONDS: u32 = 2;
+
+/// `[workload_attestor.containers]`: the container engine whose Docker
+/// Engine API (served by Docker and by Podman) names a caller's container:
+/// `container:image`, `image_id`, `name` and `label` selectors come from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ContainerEngineConfig {
+    /// The engine's Unix socket, e.g. `/run/podman/podman.sock`.
+    pub api_socket: PathBuf,
+    /// Longest wait for one answer (connect, request and body).
+    pub timeout: Duration,
+}
+
+impl ContainerEngineConfig {
+    pub fn new(api_socket: PathBuf, timeout: Duration) -> Self {
+        Self {
+            api_socket,
+            timeout,
+        }
+    }
+}
+
 impl Default for UnixAttestorConfig {
     fn default() -> Self {
         Self {
@@ -208,6 +232,8 @@ pub struct AgentConfig {
     /// budget, never the server's time for the others.
     pub cache_misses_per_uid: RateLimit,
     pub workload_attestor: UnixAttestorConfig,
+    /// `[workload_attestor.containers]`: the container engine to ask, if any.
+    pub container_engine: Option<ContainerEngineConfig>,
     /// `[telemetry]`: where metrics and health endpoints are served, if anywhere.
     pub telemetry: TelemetryConfig,
     /// `[log]`: format, filter and audit file.
@@ -438,6 +464,45 @@ struct RawWorkloadAttestor {
     path_selectors: Option<bool>,
     sha256_selectors: Option<bool>,
     max_binary_bytes: Option<u64>,
+    containers: Option<RawContainers>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContainers {
+    api_socket: Option<PathBuf>,
+    timeout_seconds: Option<u32>,
+}
+
+impl RawContainers {
+    fn validate(self) -> Result<ContainerEngineConfig, ConfigError> {
+        const KEY: &str = "workload_attestor.containers";
+        let api_socket = self.api_socket.ok_or_else(|| {
+            invalid(
+                format!("{KEY}.api_socket"),
+                "is required in this table: the engine's Unix socket (Docker Engine API), e.g. /run/podman/podman.sock",
+            )
+        })?;
+        if !api_socket.is_absolute() {
+            return Err(invalid(
+                format!("{KEY}.api_socket"),
+                "must be an absolute path",
+            ));
+        }
+        let timeout = self
+            .timeout_seconds
+            .unwrap_or(DEFAULT_CONTAINER_ENGINE_TIMEOUT_SECONDS);
+        if !(1..=60).contains(&timeout) {
+            return Err(invalid(
+                format!("{KEY}.timeout_seconds"),
+                "must be between 1 and 60",
+            ));
+        }
+        Ok(ContainerEngineConfig {
+            api_socket,
+            timeout: Duration::from_secs(timeout.into()),
+        })
+    }
 }
 
 /// Whether `path` reads the same inside `unix://…` as on disk: RFC 3986
@@ -561,6 +626,10 @@ impl AgentConfig {
             ));
         }
         let attestor = raw.workload_attestor;
+        let container_engine = attestor
+            .containers
+            .map(RawContainers::validate)
+            .transpose()?;
         let max_binary_bytes = attestor
             .max_binary_bytes
             .unwrap_or(DEFAULT_MAX_BINARY_BYTES);
@@ -598,6 +667,7 @@ impl AgentConfig {
                 sha256_selectors: attestor.sha256_selectors.unwrap_or(false),
                 max_binary_bytes,
             },
+            container_engine,
             log: raw.log.validate()?,
         })
     }
@@ -840,6 +910,33 @@ mod tests {
     }
 
     #[test]
+    fn container_engine_table_is_read() -> Result<(), ConfigError> {
+        let config = AgentConfig::from_toml(GOOD, "agent.toml")?;
+        assert_eq!(config.container_engine, None);
+        let text = format!(
+            "{GOOD}[workload_attestor.containers]\napi_socket = \"/run/podman/podman.sock\"\n"
+        );
+        let config = AgentConfig::from_toml(&text, "agent.toml")?;
+        assert_eq!(
+            config.container_engine,
+            Some(ContainerEngineConfig {
+                api_socket: PathBuf::from("/run/podman/podman.sock"),
+                timeout: Duration::from_secs(2),
+            })
+        );
+        let text = format!(
+            "{GOOD}[workload_attestor]\npath_selectors = true\n[workload_attestor.containers]\napi_socket = \"/run/docker.sock\"\ntimeout_seconds = 10\n"
+        );
+        let config = AgentConfig::from_toml(&text, "agent.toml")?;
+        assert!(config.workload_attestor.path_selectors);
+        assert_eq!(
+            config.container_engine.map(|e| e.timeout),
+            Some(Duration::from_secs(10))
+        );
+        Ok(())
+    }
+
+    #[test]
     fn bad_keys_are_named() {
         let cases = [
             (
@@ -894,6 +991,30 @@ mod tests {
             (
                 format!("{GOOD}[workload_attestor]\nsha256 = true\n"),
                 "unknown field `sha256`",
+            ),
+            (
+                format!("{GOOD}[workload_attestor.containers]\ntimeout_seconds = 2\n"),
+                "config key `workload_attestor.containers.api_socket`",
+            ),
+            (
+                format!("{GOOD}[workload_attestor.containers]\napi_socket = \"podman.sock\"\n"),
+                "config key `workload_attestor.containers.api_socket`",
+            ),
+            (
+                format!(
+                    "{GOOD}[workload_attestor.containers]\napi_socket = \"/p.sock\"\ntimeout_seconds = 0\n"
+                ),
+                "config key `workload_attestor.containers.timeout_seconds`",
+            ),
+            (
+                format!(
+                    "{GOOD}[workload_attestor.containers]\napi_socket = \"/p.sock\"\ntimeout_seconds = 61\n"
+                ),
+                "config key `workload_attestor.containers.timeout_seconds`",
+            ),
+            (
+                format!("{GOOD}[workload_attestor.containers]\napi_sock = \"/p.sock\"\n"),
+                "unknown field `api_sock`",
             ),
         ];
         for (text, expected) in cases {

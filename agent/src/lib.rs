@@ -182,7 +182,10 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         config.cache_misses_per_uid,
         metrics.clone(),
     );
-    let attestor = Arc::new(WorkloadAttestor::new(config.workload_attestor.clone()));
+    let attestor = Arc::new(WorkloadAttestor::new(
+        config.workload_attestor.clone(),
+        config.container_engine.as_ref(),
+    ));
     let record_exe = config.workload_attestor.needs_connected_exe();
     if record_exe {
         // Every accepted connection inherits it: the kernel labels each read

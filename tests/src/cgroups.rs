@@ -58,6 +58,12 @@ impl TestSlice {
         &self.name
     }
 
+    /// The slice's directory, for tests that shape cgroups in it themselves
+    /// (they remove what they make below its units).
+    pub fn dir(&self) -> &Path {
+        &self.slice
+    }
+
     /// Creates the unit's cgroup in the slice (once) and moves `pid` into it.
     pub fn move_into(&self, unit: &str, pid: u32) -> anyhow::Result<()> {
         let dir = self.slice.join(unit);

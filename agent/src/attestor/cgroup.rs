@@ -114,7 +114,6 @@ pub(crate) struct Membership {
 }
 
 impl Membership {
-    #[cfg(test)]
     pub(crate) fn hierarchies(&self) -> &[Hierarchy] {
         &self.lines
     }

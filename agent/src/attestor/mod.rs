@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub(crate) mod cgroup;
+pub(crate) mod container;
 pub(crate) mod peer;
 pub(crate) mod pin;
 pub(crate) mod systemd;

@@ -8,11 +8,12 @@ use lanyard_proto::selector::{CONTAINER_SELECTOR_TYPE, SYSTEMD_SELECTOR_TYPE, UN
 
 use super::binary::BinaryError;
 use super::cgroup::{CgroupError, CgroupFile, Membership};
+use super::container::ContainerAttestor;
 use super::peer::Peer;
 use super::pin::PinError;
 use super::systemd::SystemdPlacement;
 use super::unix::UnixAttestor;
-use crate::config::UnixAttestorConfig;
+use crate::config::{ContainerEngineConfig, UnixAttestorConfig};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -109,12 +110,17 @@ impl Needs {
 #[derive(Debug, Default)]
 pub(crate) struct WorkloadAttestor {
     unix: UnixAttestor,
+    containers: ContainerAttestor,
 }
 
 impl WorkloadAttestor {
-    pub(crate) fn new(config: UnixAttestorConfig) -> Self {
+    pub(crate) fn new(
+        config: UnixAttestorConfig,
+        container_engine: Option<&ContainerEngineConfig>,
+    ) -> Self {
         Self {
             unix: UnixAttestor::new(config),
+            containers: ContainerAttestor::new(container_engine),
         }
     }
 
@@ -130,6 +136,12 @@ impl WorkloadAttestor {
             let membership = unmoved_membership(peer)?;
             if needs.systemd {
                 selectors.extend(SystemdPlacement::of(&membership).selectors());
+            }
+            if needs.container {
+                selectors.extend(
+                    self.containers
+                        .selectors(&membership, needs.container_engine),
+                );
             }
         }
         // Everything above read /proc/<pid>; it described our caller only if

@@ -3,6 +3,9 @@
 //! `--token` after the audience: `ok <spiffe-id> <token>`) or
 //! `denied <message>`/`error <message>`. Tests run it under other uids.
 //!
+//! With `--all` after the audience it prints every identity it is given,
+//! sorted: `ok <spiffe-id> <spiffe-id>…`.
+//!
 //! With `--stdin-steps` after the audience (as well as or instead of
 //! `--token`) it waits for a line on stdin
 //! before it connects, asks and prints, then waits for another line and asks
@@ -26,6 +29,7 @@ async fn main() -> ExitCode {
     let flags: Vec<String> = std::env::args().skip(2).collect();
     let print_token = flags.iter().any(|f| f == "--token");
     let steps = flags.iter().any(|f| f == "--stdin-steps");
+    let all = flags.iter().any(|f| f == "--all");
     if steps && !next_step() {
         return ExitCode::from(2);
     }
@@ -37,6 +41,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if all {
+        return fetch_all(&client, &audience).await;
+    }
     let first = fetch(&client, &audience, print_token).await;
     if !steps || !next_step() {
         return first;
@@ -49,6 +56,29 @@ fn next_step() -> bool {
     let _ = std::io::stdout().flush();
     let mut line = String::new();
     matches!(std::io::stdin().lock().read_line(&mut line), Ok(n) if n > 0)
+}
+
+async fn fetch_all(client: &WorkloadApiClient, audience: &str) -> ExitCode {
+    match client.fetch_all_jwt_svids([audience], None).await {
+        Ok(svids) => {
+            let mut ids: Vec<String> = svids.iter().map(|s| s.spiffe_id().to_string()).collect();
+            ids.sort();
+            println!("ok {}", ids.join(" "));
+            ExitCode::SUCCESS
+        }
+        Err(WorkloadApiError::PermissionDenied(m)) => {
+            println!("denied {m}");
+            ExitCode::from(1)
+        }
+        Err(WorkloadApiError::NoIdentityIssued) => {
+            println!("denied no identity issued");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            println!("error {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn fetch(client: &WorkloadApiClient, audience: &str, print_token: bool) -> ExitCode {

@@ -10,6 +10,7 @@
 mod admin_cli;
 mod advisories;
 mod agent_cli;
+mod agent_containers;
 mod agent_entry_changes;
 mod agent_handoff;
 mod agent_outage;
