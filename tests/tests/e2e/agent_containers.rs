@@ -225,6 +225,11 @@ struct Container<'a> {
 impl Container<'_> {
     /// The probe, run in the container, asking for every identity it has.
     fn probe(&self) -> anyhow::Result<String> {
+        self.probe_with("--all")
+    }
+
+    /// The probe, run in the container, with `flag` after the audience.
+    fn probe_with(&self, flag: &str) -> anyhow::Result<String> {
         let output = self
             .podman
             .command()
@@ -233,12 +238,7 @@ impl Container<'_> {
                 "-e",
                 "SPIFFE_ENDPOINT_SOCKET=unix:///agent/api.sock",
             ])
-            .args([
-                self.name.as_str(),
-                "/probe/workload-probe",
-                AUDIENCE,
-                "--all",
-            ])
+            .args([self.name.as_str(), "/probe/workload-probe", AUDIENCE, flag])
             .stdin(Stdio::null())
             .output()?;
         let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
@@ -425,6 +425,62 @@ async fn without_the_engine_ids_come_from_cgroups_root_named() -> anyhow::Result
         Ok(())
     })?;
     drop(container);
+    world.stop().await;
+    Ok(())
+}
+
+/// One entry for every container of the image, whose tokens carry each
+/// container's own `team` label (a claim template): two containers with
+/// different labels get different tokens, each with its own team.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_containers_token_carries_its_own_label() -> anyhow::Result<()> {
+    let Some(podman) = podman_or_skip()? else {
+        return Ok(());
+    };
+    let scratch = tempfile::tempdir()?;
+    let socket = scratch.path().join("podman.sock");
+    let _service = tokio::task::block_in_place(|| podman.service(&socket))?;
+    let world = World::start_with_agent_config(
+        "",
+        &[
+            EntrySpec::new("/teams", &[&format!("container:image:{}", podman.image)])
+                .with_claims(serde_json::json!({ "team": "{{ container:label:team }}" })),
+        ],
+        "sync_interval_seconds = 1",
+        &format!(
+            "[workload_attestor.containers]\napi_socket = \"{}\"\n",
+            socket.display()
+        ),
+    )
+    .await?;
+    let agent_dir = world.dir.path().join("agent");
+    let pid = std::process::id();
+    let tokens = tokio::task::block_in_place(|| -> anyhow::Result<Vec<(String, String)>> {
+        let mut tokens = Vec::new();
+        for team in ["billing", "search"] {
+            let container = podman.container(
+                &format!("lanyard-e2e-{team}-{pid}"),
+                &[&format!("team={team}")],
+                &agent_dir,
+            )?;
+            let answer = container.probe_with("--token")?;
+            let token = answer
+                .strip_prefix(&format!("ok {} ", id("/teams")))
+                .with_context(|| format!("container of {team}: {answer}"))?;
+            tokens.push((team.to_owned(), token.to_owned()));
+        }
+        Ok(tokens)
+    })?;
+    assert_ne!(tokens[0].1, tokens[1].1);
+    for (team, token) in &tokens {
+        let payload = token.split('.').nth(1).context("not a JWS")?;
+        let claims: serde_json::Value = serde_json::from_slice(&base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            payload,
+        )?)?;
+        assert_eq!(claims["team"], team.as_str(), "{claims}");
+        assert_eq!(claims["sub"], id("/teams"));
+    }
     world.stop().await;
     Ok(())
 }
