@@ -5,10 +5,12 @@
 //! in between (a process that moved may be acting for another unit).
 //!
 //! The file is parsed strictly rather than with a general /proc reader: a
-//! cgroup name may contain ':' and, made by a user with a delegated
-//! subtree, a newline — so a line that does not parse, or a hierarchy
-//! listed twice, makes the whole membership unknown instead of letting a
-//! forged line pass for the real one.
+//! cgroup name may contain ':' and, on kernels that allow it, a newline (a
+//! user with a delegated subtree names its cgroups) — so a line that does
+//! not parse, a hierarchy listed twice, or a set of hierarchies other than
+//! the agent's own (every process is in every mounted hierarchy) makes the
+//! whole membership unknown instead of letting a forged line pass for the
+//! real one. Paths are only meaningful from the host's cgroup namespace.
 
 /// Longest `/proc/<pid>/cgroup` read (one line per hierarchy; a real one is
 /// well under a page, a delegated subtree can make paths long).
@@ -16,7 +18,7 @@ const MAX_CGROUP_FILE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum CgroupError {
+pub(crate) enum CgroupError {
     #[error("cannot read /proc/{pid}/cgroup: {reason}")]
     Read { pid: i32, reason: String },
     #[error("/proc/{pid}/cgroup is over {MAX_CGROUP_FILE_BYTES} bytes")]
@@ -29,6 +31,47 @@ pub enum CgroupError {
         "the calling process {0} moved to another cgroup after it connected; reconnect to be attested in the new one"
     )]
     Moved(i32),
+    #[error("/proc/{pid}/cgroup lists other hierarchies than the agent's own")]
+    ForeignHierarchies { pid: i32 },
+    #[error(
+        "the agent runs in a cgroup namespace of its own, where callers' cgroup paths say nothing: run it in the host's"
+    )]
+    Namespaced,
+}
+
+/// The inode of the initial cgroup namespace (the kernel's
+/// `PROC_CGROUP_INIT_INO`): the host's, whatever PID 1 is.
+const HOST_CGROUP_NAMESPACE_INODE: u64 = 0xEFFF_FFFB;
+
+/// Whether this process is in the host's cgroup namespace.
+pub(crate) fn in_host_cgroup_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/cgroup").is_ok_and(|m| m.ino() == HOST_CGROUP_NAMESPACE_INODE)
+}
+
+/// Checks that `membership` lists exactly the hierarchies this process is
+/// in, as (id, controllers): a line in a caller's file that the agent's own
+/// lacks can only be forged. Read again once on a mismatch, in case a
+/// hierarchy was mounted since.
+pub(crate) fn check_host_hierarchies(membership: &Membership, pid: i32) -> Result<(), CgroupError> {
+    static OWN: std::sync::Mutex<Option<Vec<(u32, String)>>> = std::sync::Mutex::new(None);
+    let theirs = membership.shape();
+    let own_now = || -> Result<Vec<(u32, String)>, CgroupError> {
+        let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        Ok(CgroupFile::read(me)?.parse(me)?.shape())
+    };
+    let mut own = lanyard_host::sync::lock(&OWN);
+    if own.as_ref() == Some(&theirs) {
+        return Ok(());
+    }
+    let fresh = own_now()?;
+    let same = fresh == theirs;
+    *own = Some(fresh);
+    if same {
+        Ok(())
+    } else {
+        Err(CgroupError::ForeignHierarchies { pid })
+    }
 }
 
 /// The raw membership as read, kept to compare a later read against.
@@ -114,6 +157,17 @@ pub(crate) struct Membership {
 }
 
 impl Membership {
+    /// Its hierarchies as (id, controllers), sorted.
+    fn shape(&self) -> Vec<(u32, String)> {
+        let mut shape: Vec<(u32, String)> = self
+            .lines
+            .iter()
+            .map(|h| (h.id, h.controllers.clone()))
+            .collect();
+        shape.sort();
+        shape
+    }
+
     pub(crate) fn hierarchies(&self) -> &[Hierarchy] {
         &self.lines
     }
@@ -208,6 +262,28 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// Review of issue 16: a forged line with a hierarchy ID no real line
+    /// has is caught by comparing with the agent's own hierarchies.
+    #[test]
+    fn a_hierarchy_the_agent_is_not_in_is_forged() -> Result<(), CgroupError> {
+        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let own = CgroupFile::read(pid)?;
+        check_host_hierarchies(&own.parse(pid)?, pid)?;
+        let forged = CgroupFile::from_text(&format!(
+            "{}99:name=systemd:/system.slice/billing.service\n",
+            own.0
+        ));
+        assert!(matches!(
+            check_host_hierarchies(&forged.parse(pid)?, pid),
+            Err(CgroupError::ForeignHierarchies { .. })
+        ));
+        let missing_one = CgroupFile::from_text(own.0.lines().next().unwrap_or(""));
+        if own.0.lines().count() > 1 {
+            assert!(check_host_hierarchies(&missing_one.parse(pid)?, pid).is_err());
+        }
+        Ok(())
     }
 
     #[test]

@@ -7,7 +7,7 @@ use lanyard_proto::Selector;
 use lanyard_proto::selector::{CONTAINER_SELECTOR_TYPE, SYSTEMD_SELECTOR_TYPE, UNIX_SELECTOR_TYPE};
 
 use super::binary::BinaryError;
-use super::cgroup::{CgroupError, CgroupFile, Membership};
+use super::cgroup::{self, CgroupError, CgroupFile, Membership};
 use super::container::ContainerAttestor;
 use super::peer::Peer;
 use super::pin::PinError;
@@ -26,8 +26,6 @@ pub enum AttestError {
     NoGroups(i32),
     #[error(transparent)]
     Binary(#[from] BinaryError),
-    #[error(transparent)]
-    Cgroup(#[from] CgroupError),
 }
 
 /// Which facts about a caller the entries in force can use. Selectors of a
@@ -107,10 +105,19 @@ impl Needs {
 }
 
 /// Every workload attestor of the agent.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct WorkloadAttestor {
     unix: UnixAttestor,
     containers: ContainerAttestor,
+    /// False when the agent runs in a cgroup namespace of its own: callers'
+    /// cgroup paths are then relative to it and name no unit or container.
+    host_cgroups: bool,
+}
+
+impl Default for WorkloadAttestor {
+    fn default() -> Self {
+        Self::new(UnixAttestorConfig::default(), None)
+    }
 }
 
 impl WorkloadAttestor {
@@ -118,9 +125,14 @@ impl WorkloadAttestor {
         config: UnixAttestorConfig,
         container_engine: Option<&ContainerEngineConfig>,
     ) -> Self {
+        let host_cgroups = cgroup::in_host_cgroup_namespace();
+        if !host_cgroups {
+            tracing::warn!("{}", CgroupError::Namespaced);
+        }
         Self {
             unix: UnixAttestor::new(config),
             containers: ContainerAttestor::new(container_engine),
+            host_cgroups,
         }
     }
 
@@ -132,17 +144,22 @@ impl WorkloadAttestor {
         needs: Needs,
     ) -> Result<Vec<Selector>, AttestError> {
         let mut selectors = self.unix.attest_for(peer, needs)?;
-        if needs.cgroup() {
-            let membership = unmoved_membership(peer)?;
-            if needs.systemd {
-                selectors.extend(SystemdPlacement::of(&membership).selectors());
+        // A cgroup membership that cannot be trusted gives no systemd or
+        // container selectors; the caller keeps what the others give it.
+        match self.membership(peer, needs) {
+            Ok(None) => {}
+            Ok(Some(membership)) => {
+                if needs.systemd {
+                    selectors.extend(SystemdPlacement::of(&membership).selectors());
+                }
+                if needs.container {
+                    selectors.extend(
+                        self.containers
+                            .selectors(&membership, needs.container_engine),
+                    );
+                }
             }
-            if needs.container {
-                selectors.extend(
-                    self.containers
-                        .selectors(&membership, needs.container_engine),
-                );
-            }
+            Err(reason) => tracing::debug!(%reason, "no cgroup selectors for this caller"),
         }
         // Everything above read /proc/<pid>; it described our caller only if
         // the caller still holds that PID now.
@@ -153,13 +170,25 @@ impl WorkloadAttestor {
     }
 }
 
-/// The caller's cgroups now, if they are those it had when it connected.
-fn unmoved_membership(peer: &Peer) -> Result<Membership, CgroupError> {
-    let pid = peer.credentials.pid;
-    let at_connect = peer.cgroups.as_ref().map_err(Clone::clone)?;
-    let now = CgroupFile::read(pid)?;
-    if &now != at_connect {
-        return Err(CgroupError::Moved(pid));
+impl WorkloadAttestor {
+    /// The caller's cgroups when `needs` asks for them: only if they are
+    /// those it had when it connected, parse strictly and list exactly the
+    /// hierarchies the agent is in, seen from the host's cgroup namespace.
+    fn membership(&self, peer: &Peer, needs: Needs) -> Result<Option<Membership>, CgroupError> {
+        if !needs.cgroup() {
+            return Ok(None);
+        }
+        if !self.host_cgroups {
+            return Err(CgroupError::Namespaced);
+        }
+        let pid = peer.credentials.pid;
+        let at_connect = peer.cgroups.as_ref().map_err(Clone::clone)?;
+        let now = CgroupFile::read(pid)?;
+        if &now != at_connect {
+            return Err(CgroupError::Moved(pid));
+        }
+        let membership = now.parse(pid)?;
+        cgroup::check_host_hierarchies(&membership, pid)?;
+        Ok(Some(membership))
     }
-    now.parse(pid)
 }
