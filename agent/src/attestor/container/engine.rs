@@ -43,6 +43,13 @@ pub(crate) const MAX_LABELS: usize = 256;
 pub(crate) const MAX_SELECTOR_BYTES: usize = 64 * 1024;
 /// Most containers whose answers are kept.
 pub(crate) const CACHE_SIZE: usize = 1024;
+/// How long a container the engine did not know stays unknown without
+/// asking again: a user who names cgroups in a delegated subtree after
+/// made-up containers costs the engine one request per name and period.
+pub(crate) const UNKNOWN_FOR: Duration = Duration::from_secs(10);
+/// Most engine requests under way at once; others wait their turn within
+/// the same timeout.
+pub(crate) const MAX_CONCURRENT_LOOKUPS: usize = 8;
 
 /// Why the engine gave no usable answer about a container.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +140,9 @@ pub(crate) struct Engine {
     socket: PathBuf,
     timeout: Duration,
     cache: Mutex<Lru<String, Arc<Known>>>,
+    /// Containers the engine said it did not know, and when.
+    unknown: Mutex<Lru<String, std::time::Instant>>,
+    lookups: tokio::sync::Semaphore,
 }
 
 impl Engine {
@@ -145,6 +155,21 @@ impl Engine {
             socket,
             timeout,
             cache: Mutex::new(Lru::new(CACHE_SIZE)),
+            unknown: Mutex::new(Lru::new(CACHE_SIZE)),
+            lookups: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKUPS),
+        }
+    }
+
+    /// Whether the engine said it did not know `id` within `UNKNOWN_FOR`.
+    fn recently_unknown(&self, id: &str) -> bool {
+        let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+        match unknown.get_mut(&id.to_owned()) {
+            Some(since) if since.elapsed() < UNKNOWN_FOR => true,
+            Some(_) => {
+                unknown.remove(&id.to_owned());
+                false
+            }
+            None => false,
         }
     }
 
@@ -190,8 +215,20 @@ impl Engine {
 
     /// What the engine says about running container `id` (64 hex digits).
     pub(crate) async fn ask(&self, id: &str) -> Result<EngineFacts, EngineError> {
+        let not_known = || EngineError::NotKnown {
+            socket: self.socket.clone(),
+            id: id.to_owned(),
+        };
+        if self.recently_unknown(id) {
+            return Err(not_known());
+        }
         let path = format!("/containers/{id}/json");
-        let (status, body) = tokio::time::timeout(self.timeout, self.get(&path))
+        let asked = async {
+            // Closed never: the semaphore lives as long as the engine.
+            let _turn = self.lookups.acquire().await;
+            self.get(&path).await
+        };
+        let (status, body) = tokio::time::timeout(self.timeout, asked)
             .await
             .map_err(|_| EngineError::Timeout {
                 socket: self.socket.clone(),
@@ -199,10 +236,13 @@ impl Engine {
             })??;
         match status {
             StatusCode::OK => self.facts(id, &body),
-            StatusCode::NOT_FOUND => Err(EngineError::NotKnown {
-                socket: self.socket.clone(),
-                id: id.to_owned(),
-            }),
+            StatusCode::NOT_FOUND => {
+                self.unknown
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id.to_owned(), std::time::Instant::now());
+                Err(not_known())
+            }
             status => Err(EngineError::Status {
                 socket: self.socket.clone(),
                 path,
@@ -523,6 +563,23 @@ pub(crate) mod tests {
             "{message}"
         );
         assert!(message.contains("does not know container"), "{message}");
+        Ok(())
+    }
+
+    /// A made-up container is asked about once per `UNKNOWN_FOR`, however
+    /// often callers in cgroups named after it ask.
+    #[tokio::test]
+    async fn an_unknown_container_is_not_asked_about_again_at_once()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let fake = FakeEngine::answering(404, "{}")?;
+        let engine = fake.engine(Duration::from_secs(2));
+        for _ in 0..5 {
+            assert!(matches!(
+                engine.ask(ID).await,
+                Err(EngineError::NotKnown { .. })
+            ));
+        }
+        assert_eq!(fake.connections.load(Ordering::SeqCst), 1);
         Ok(())
     }
 
