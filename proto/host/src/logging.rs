@@ -147,12 +147,33 @@ pub enum LoggingError {
     AlreadySet(#[source] tracing_subscriber::util::TryInitError),
 }
 
-/// Keeps the audit file's writer thread; dropping it writes out every queued
-/// record (a clean shutdown loses none). Hold it until the daemon has stopped.
+/// Keeps the log's and the audit file's writer threads; dropping it writes
+/// out every queued record (a clean shutdown loses none). Hold it until the
+/// daemon has stopped.
 #[derive(Debug)]
-#[must_use = "dropping the guard stops the audit writer"]
+#[must_use = "dropping the guard stops the log and audit writers"]
 pub struct LoggingGuard {
+    _log: tracing_appender::non_blocking::WorkerGuard,
     _audit: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+/// `writer` behind a thread of its own (named `name`), through a buffer
+/// that the thread writes out whenever it has drained what was queued: the
+/// runtime's threads never wait on a write, a busy daemon writes many lines
+/// per system call, and an idle one writes each line at once. Never drops a
+/// line (callers wait when 128k lines are queued); dropping the guard writes
+/// out everything queued.
+pub fn buffered_writer<W: Write + Send + 'static>(
+    writer: W,
+    name: &str,
+) -> (
+    tracing_appender::non_blocking::NonBlocking,
+    tracing_appender::non_blocking::WorkerGuard,
+) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name(name)
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, writer))
 }
 
 /// The filter in force: `RUST_LOG` when set and valid, else `level`.
@@ -183,10 +204,7 @@ pub fn init(config: &LogConfig) -> Result<LoggingGuard, LoggingError> {
                 }
             })?;
             reopen_on_hangup(Some(reopen))?;
-            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-                .lossy(false)
-                .thread_name("lanyard-audit")
-                .finish(file);
+            let (writer, guard) = buffered_writer(file, "lanyard-audit");
             let layer = tracing_subscriber::fmt::layer()
                 .json()
                 .flatten_event(true)
@@ -208,17 +226,19 @@ pub fn init(config: &LogConfig) -> Result<LoggingGuard, LoggingError> {
     let log_filter = filter.and(filter_fn(move |meta| {
         !(to_file && meta.target() == AUDIT_TARGET)
     }));
+    let ansi = std::io::stderr().is_terminal();
+    let (stderr, log_guard) = buffered_writer(std::io::stderr(), "lanyard-log");
     let log_layer = match config.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_writer(stderr)
             .with_filter(log_filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_ansi(false)
-            .with_writer(std::io::stderr)
+            .with_writer(stderr)
             .with_filter(log_filter)
             .boxed(),
     };
@@ -227,7 +247,10 @@ pub fn init(config: &LogConfig) -> Result<LoggingGuard, LoggingError> {
         .with(audit_layer)
         .try_init()
         .map_err(LoggingError::AlreadySet)?;
-    Ok(LoggingGuard { _audit: guard })
+    Ok(LoggingGuard {
+        _log: log_guard,
+        _audit: guard,
+    })
 }
 
 /// Logging for a short-lived command: text to stderr (colour only on a
@@ -373,6 +396,37 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+    }
+
+    /// Every line handed to a buffered writer is in its file once the guard
+    /// is dropped, however fast they came (issue 17: none lost on a clean
+    /// shutdown), and an idle writer has written each line already.
+    #[test]
+    fn a_buffered_writer_loses_nothing_and_flushes_when_idle() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("log");
+        let (mut writer, guard) = buffered_writer(File::create(&path)?, "test-log");
+        for n in 0..50_000 {
+            writeln!(writer, "line {n}")?;
+        }
+        drop(guard);
+        let text = std::fs::read_to_string(&path)?;
+        assert_eq!(text.lines().count(), 50_000);
+        assert_eq!(text.lines().last(), Some("line 49999"));
+
+        let path = dir.path().join("idle");
+        let (mut writer, _guard) = buffered_writer(File::create(&path)?, "test-idle");
+        writeln!(writer, "alone")?;
+        // The worker writes out as soon as it has drained the queue.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(&path)? != "alone\n" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "an idle line was never written"
+            );
+            std::thread::yield_now();
+        }
+        Ok(())
     }
 
     #[test]

@@ -103,14 +103,16 @@ fn main() -> anyhow::Result<()> {
         dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    // Servers log as the daemons do (info, one line per minted token), to a file.
+    // Servers log as the daemons do (info, one line per minted token, off
+    // the runtime's threads through lanyard_host's buffered writer), to a file.
     let log = std::fs::File::create(dir.path().join("bench.log"))?;
+    let (log, _log_guard) = lanyard_host::logging::buffered_writer(log, "bench-log");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(Arc::new(log))
+        .with_writer(log)
         .with_ansi(false)
         .init();
 
