@@ -23,21 +23,22 @@ use lanyard_host::rate_limit::{self, KeyedRateLimit, RateLimit};
 use lanyard_host::sync::lock;
 use lanyard_proto::Selector;
 use lanyard_proto::entry_claims::EntryClaims;
+use lanyard_proto::node::MintJwtSvidRequest;
 use tonic::{Code, Status};
 
+use super::mint_batch::MintBatcher;
 use crate::audit::{self, Caller, Trigger};
 use crate::lru::Lru;
 use crate::sync::entries::AgentEntry;
 use crate::telemetry::{AgentMetrics, SvidKind, SvidSource};
-use crate::upstream::client::{ServerClient, on_behalf};
+use crate::upstream::client::ServerClient;
 use crate::upstream::reachability::Reachability;
 
 /// The cache front: what the Workload API asks for JWT-SVIDs.
 #[derive(Debug, Clone)]
 pub(crate) struct JwtSvids {
     cache: Arc<JwtSvidCache>,
-    server: ServerClient,
-    timeout: Duration,
+    minter: MintBatcher,
     reachability: Arc<Reachability>,
     /// Calls that must wait for the server, per caller uid.
     misses: Arc<KeyedRateLimit<u32>>,
@@ -61,8 +62,7 @@ impl JwtSvids {
     ) -> Self {
         Self {
             cache: Arc::new(JwtSvidCache::new(cache_size)),
-            server,
-            timeout,
+            minter: MintBatcher::start(server, timeout, reachability.clone()),
             reachability,
             misses: Arc::new(KeyedRateLimit::new(misses_per_uid)),
             metrics,
@@ -191,14 +191,14 @@ impl JwtSvids {
         caller: Option<Caller>,
         trigger: Trigger,
     ) -> Result<CachedSvid, Status> {
-        let minted = on_behalf(
-            &self.reachability,
-            self.timeout,
-            "a JWT-SVID",
-            self.server
-                .mint_jwt_svid(&request.entry_id, &request.audience, &request.key.inputs),
-        )
-        .await?;
+        let minted = self
+            .minter
+            .mint(MintJwtSvidRequest {
+                entry_id: request.entry_id.clone(),
+                audience: request.audience.clone(),
+                selectors: request.key.inputs.clone(),
+            })
+            .await?;
         audit::jwt_svid_minted(
             &minted.spiffe_id,
             request.audience.len(),
@@ -532,8 +532,10 @@ mod tests {
         use lanyard_proto::node::node_server::{Node, NodeServer};
         use lanyard_proto::node::{
             AgentSvidResponse, AttestAgentRequest, AttestRequest, AttestResponse, GetBundleRequest,
-            GetBundleResponse, MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidRequest,
+            GetBundleResponse, MintJwtSvidRequest, MintJwtSvidResponse, MintJwtSvidResult,
+            MintJwtSvidsRequest, MintJwtSvidsResponse, MintRefusal, MintX509SvidRequest,
             MintX509SvidResponse, RenewAgentRequest, SyncEntriesRequest, SyncEntriesResponse,
+            mint_jwt_svid_result,
         };
         use std::pin::Pin;
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -544,12 +546,15 @@ mod tests {
 
         /// Counts MintJwtSvid calls, says when one arrives, and answers it
         /// (a token, or a refusal with `refuse`) once `open` turns true.
+        /// MintJwtSvids is answered the same way per mint (entry "refused"
+        /// refused), its batch sizes recorded.
         #[derive(Clone)]
         struct Gated {
             calls: Arc<AtomicUsize>,
             called: Arc<Notify>,
             open: watch::Receiver<bool>,
             refuse: bool,
+            batches: Arc<Mutex<Vec<usize>>>,
         }
 
         #[tonic::async_trait]
@@ -607,6 +612,39 @@ mod tests {
                 }))
             }
 
+            async fn mint_jwt_svids(
+                &self,
+                request: Request<MintJwtSvidsRequest>,
+            ) -> Result<Response<MintJwtSvidsResponse>, Status> {
+                let mints = request.into_inner().mints;
+                lock(&self.batches).push(mints.len());
+                self.called.notify_one();
+                let mut open = self.open.clone();
+                open.wait_for(|open| *open)
+                    .await
+                    .map_err(|_| Status::aborted("test over"))?;
+                let now = lanyard_host::clock::now();
+                let results = mints
+                    .into_iter()
+                    .map(|mint| MintJwtSvidResult {
+                        result: Some(if mint.entry_id == "refused" {
+                            mint_jwt_svid_result::Result::Refusal(MintRefusal {
+                                code: Code::PermissionDenied as i32,
+                                message: "not this agent's entry".to_owned(),
+                            })
+                        } else {
+                            mint_jwt_svid_result::Result::Svid(MintJwtSvidResponse {
+                                spiffe_id: format!("spiffe://example.org/{}", mint.entry_id),
+                                token: format!("token-for-{}", mint.audience.join(",")),
+                                issued_at: now,
+                                expires_at: now + 300,
+                            })
+                        }),
+                    })
+                    .collect();
+                Ok(Response::new(MintJwtSvidsResponse { results }))
+            }
+
             async fn mint_x509_svid(
                 &self,
                 _: Request<MintX509SvidRequest>,
@@ -622,14 +660,12 @@ mod tests {
             }
         }
 
-        /// `callers` concurrent misses on one key; returns every answer and
-        /// how many mints reached the Node API.
-        async fn misses(
-            callers: usize,
+        /// A gated Node API on a Unix socket in `dir`, and JwtSvids in front of it.
+        fn gated(
+            dir: &std::path::Path,
             refuse: bool,
-        ) -> Result<(Vec<Result<CachedSvid, Status>>, usize), Box<dyn std::error::Error>> {
-            let dir = tempfile::tempdir()?;
-            let socket = dir.path().join("node.sock");
+        ) -> Result<(Gated, watch::Sender<bool>, JwtSvids), Box<dyn std::error::Error>> {
+            let socket = dir.join("node.sock");
             let listener = tokio::net::UnixListener::bind(&socket)?;
             let (open_tx, open) = watch::channel(false);
             let node = Gated {
@@ -637,6 +673,7 @@ mod tests {
                 called: Arc::default(),
                 open,
                 refuse,
+                batches: Arc::default(),
             };
             let incoming = futures::stream::unfold(listener, |listener| async move {
                 let accepted = listener
@@ -652,12 +689,23 @@ mod tests {
             );
             let svids = JwtSvids::new(
                 ServerClient::local(&socket),
-                10,
+                100,
                 Duration::from_secs(30),
                 Arc::new(Reachability::default()),
                 RateLimit::fixed(1_000, 1_000),
                 Arc::default(),
             );
+            Ok((node, open_tx, svids))
+        }
+
+        /// `callers` concurrent misses on one key; returns every answer and
+        /// how many mints reached the Node API.
+        async fn misses(
+            callers: usize,
+            refuse: bool,
+        ) -> Result<(Vec<Result<CachedSvid, Status>>, usize), Box<dyn std::error::Error>> {
+            let dir = tempfile::tempdir()?;
+            let (node, open_tx, svids) = gated(dir.path(), refuse)?;
             let entry = AgentEntry {
                 id: "w".to_owned(),
                 spiffe_id: SpiffeId::parse("spiffe://example.org/w")?,
@@ -678,6 +726,49 @@ mod tests {
             open_tx.send(true)?;
             let answers = all.await;
             Ok((answers, node.calls.load(Ordering::SeqCst)))
+        }
+
+        fn entry(id: &str) -> Result<AgentEntry, lanyard_proto::SpiffeIdError> {
+            Ok(AgentEntry {
+                id: id.to_owned(),
+                spiffe_id: SpiffeId::parse(&format!("spiffe://example.org/{id}"))?,
+                selectors: Vec::new(),
+                hint: String::new(),
+                claims: None,
+            })
+        }
+
+        /// Issue 17: misses on different keys that arrive together reach
+        /// the server as one MintJwtSvids exchange, and each caller gets its
+        /// own answer — a token for its audience, or its entry's refusal.
+        #[tokio::test]
+        async fn concurrent_misses_on_different_keys_share_one_exchange() -> TestResult {
+            let dir = tempfile::tempdir()?;
+            let (node, open_tx, svids) = gated(dir.path(), false)?;
+            let (ok, refused) = (entry("w")?, entry("refused")?);
+            let caller = Caller { uid: 1000, pid: 1 };
+            let audiences: Vec<Vec<String>> = (0..20).map(|n| vec![format!("aud-{n}")]).collect();
+            let mut all = Box::pin(futures::future::join_all(audiences.iter().enumerate().map(
+                |(n, aud)| {
+                    let entry = if n == 7 { &refused } else { &ok };
+                    svids.fetch(entry, aud, &[], caller)
+                },
+            )));
+            assert!(futures::poll!(&mut all).is_pending());
+            node.called.notified().await;
+            open_tx.send(true)?;
+            let answers = all.await;
+            assert_eq!(*lock(&node.batches), vec![20], "one exchange of all 20");
+            assert_eq!(node.calls.load(Ordering::SeqCst), 0, "no single mints");
+            for (n, answer) in answers.into_iter().enumerate() {
+                if n == 7 {
+                    let status = answer.err().ok_or("the refused entry got a token")?;
+                    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+                } else {
+                    assert_eq!(answer?.token, format!("token-for-aud-{n}"));
+                }
+            }
+            Ok(())
         }
 
         #[tokio::test]

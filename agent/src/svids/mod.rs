@@ -3,4 +3,5 @@
 //! the bounded LRU map (`crate::lru`).
 
 pub(crate) mod jwt;
+pub(crate) mod mint_batch;
 pub(crate) mod x509;

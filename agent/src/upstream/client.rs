@@ -15,8 +15,9 @@ use arc_swap::ArcSwap;
 use lanyard_proto::Jwks;
 use lanyard_proto::node::node_client::NodeClient;
 use lanyard_proto::node::{
-    GetBundleRequest, MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidRequest,
-    MintX509SvidResponse, SyncEntriesRequest, SyncEntriesResponse,
+    GetBundleRequest, MintJwtSvidRequest, MintJwtSvidResponse, MintJwtSvidsRequest,
+    MintJwtSvidsResponse, MintX509SvidRequest, MintX509SvidResponse, SyncEntriesRequest,
+    SyncEntriesResponse,
 };
 use tokio::sync::{Notify, watch};
 use tonic::transport::Channel;
@@ -60,6 +61,7 @@ pub(crate) async fn on_behalf<T>(
                     | tonic::Code::PermissionDenied
                     | tonic::Code::ResourceExhausted
                     | tonic::Code::FailedPrecondition
+                    | tonic::Code::Unimplemented
             ) =>
         {
             reachability.mark_up();
@@ -305,6 +307,20 @@ impl ServerClient {
         .await
     }
 
+    /// Several JWT-SVIDs in one exchange: one result per request, in order.
+    pub(crate) async fn mint_jwt_svids(
+        &self,
+        mints: &[MintJwtSvidRequest],
+    ) -> Result<MintJwtSvidsResponse, tonic::Status> {
+        self.call(|mut node| {
+            let request = MintJwtSvidsRequest {
+                mints: mints.to_vec(),
+            };
+            async move { node.mint_jwt_svids(request).await }
+        })
+        .await
+    }
+
     /// `selectors`: the caller's selectors the entry's claims use.
     pub(crate) async fn mint_jwt_svid(
         &self,
@@ -452,6 +468,13 @@ mod tests {
                     })),
                     _ => Err(Status::permission_denied("not this agent's entry")),
                 }
+            }
+
+            async fn mint_jwt_svids(
+                &self,
+                _: Request<lanyard_proto::node::MintJwtSvidsRequest>,
+            ) -> Result<Response<lanyard_proto::node::MintJwtSvidsResponse>, Status> {
+                Err(Status::unimplemented("test"))
             }
 
             async fn mint_x509_svid(

@@ -45,8 +45,8 @@ use lanyard_proto::admin::{
 };
 use lanyard_proto::node::node_client::NodeClient;
 use lanyard_proto::node::{
-    AttestAgentRequest, MintJwtSvidRequest, MintX509SvidRequest, RenewAgentRequest,
-    SyncEntriesRequest,
+    AttestAgentRequest, MintJwtSvidRequest, MintJwtSvidsRequest, MintX509SvidRequest,
+    RenewAgentRequest, SyncEntriesRequest, mint_jwt_svid_result,
 };
 use lanyard_server::RunningServer;
 use lanyard_server::config::ServerConfig;
@@ -229,6 +229,46 @@ async fn others_identities_scenario(datastore_url: &str) -> anyhow::Result<()> {
     assert_eq!(
         theirs.map(|_| ()).map_err(|s| s.code()),
         Err(Code::PermissionDenied)
+    );
+
+    // Batched (issue 17): each mint is checked as if asked alone — A's own
+    // entry is minted, B's refused beside it; an oversize batch is refused.
+    let mint = |entry_id: &str| MintJwtSvidRequest {
+        entry_id: entry_id.to_owned(),
+        audience: vec!["aud".into()],
+        selectors: Vec::new(),
+    };
+    let batch = a
+        .mint_jwt_svids(MintJwtSvidsRequest {
+            mints: vec![mint(&entry_a), mint(&entry_b), mint(&entry_a)],
+        })
+        .await?
+        .into_inner()
+        .results;
+    let outcomes: Vec<Result<String, i32>> = batch
+        .into_iter()
+        .map(|r| match r.result {
+            Some(mint_jwt_svid_result::Result::Svid(svid)) => Ok(svid.spiffe_id),
+            Some(mint_jwt_svid_result::Result::Refusal(refusal)) => Err(refusal.code),
+            None => Err(-1),
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            Ok(web.clone()),
+            Err(Code::PermissionDenied as i32),
+            Ok(web.clone())
+        ]
+    );
+    let oversize = a
+        .mint_jwt_svids(MintJwtSvidsRequest {
+            mints: vec![mint(&entry_a); 65],
+        })
+        .await;
+    assert_eq!(
+        oversize.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::InvalidArgument)
     );
 
     // Entry IDs that are not A's: B's spelled otherwise, none, made up.

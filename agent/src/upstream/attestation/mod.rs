@@ -570,6 +570,13 @@ pub(crate) mod tests {
             Err(Status::unimplemented("test"))
         }
 
+        async fn mint_jwt_svids(
+            &self,
+            _: Request<lanyard_proto::node::MintJwtSvidsRequest>,
+        ) -> Result<Response<lanyard_proto::node::MintJwtSvidsResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+
         async fn mint_x509_svid(
             &self,
             _: Request<MintX509SvidRequest>,

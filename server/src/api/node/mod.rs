@@ -23,8 +23,9 @@ use lanyard_proto::SpiffeId;
 use lanyard_proto::node::node_server::Node;
 use lanyard_proto::node::{
     AgentSvidResponse, AttestAgentRequest, AttestRequest, GetBundleRequest, GetBundleResponse,
-    MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidRequest, MintX509SvidResponse,
-    RenewAgentRequest, SyncEntriesRequest, SyncEntriesResponse,
+    MintJwtSvidRequest, MintJwtSvidResponse, MintJwtSvidResult, MintJwtSvidsRequest,
+    MintJwtSvidsResponse, MintRefusal, MintX509SvidRequest, MintX509SvidResponse,
+    RenewAgentRequest, SyncEntriesRequest, SyncEntriesResponse, mint_jwt_svid_result,
 };
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
@@ -164,6 +165,9 @@ fn mint_status(agent: &SpiffeId, entry_id: &str, error: MintError) -> Status {
     }
 }
 
+/// Most mints one MintJwtSvids may carry.
+const MAX_MINTS_PER_BATCH: usize = 64;
+
 /// An entry as the Node API sends it to agents.
 fn to_node(entry: &RegistrationEntry) -> lanyard_proto::node::Entry {
     lanyard_proto::node::Entry {
@@ -275,9 +279,43 @@ impl Node for NodeService {
         &self,
         request: Request<MintJwtSvidRequest>,
     ) -> Result<Response<MintJwtSvidResponse>, Status> {
-        let minted = self.mint_jwt(request).await;
+        let minted = match self.caller(&request).await {
+            Ok(agent) => self.mint_jwt(&agent, request.into_inner()).await,
+            Err(refused) => Err(refused),
+        };
         self.authority.metrics().mint(SvidKind::Jwt, &minted);
-        minted
+        minted.map(Response::new)
+    }
+
+    /// Each mint as MintJwtSvid answers it (the same checks, rate limit,
+    /// audit and metrics), the caller checked once for all.
+    async fn mint_jwt_svids(
+        &self,
+        request: Request<MintJwtSvidsRequest>,
+    ) -> Result<Response<MintJwtSvidsResponse>, Status> {
+        let agent = self.caller(&request).await?;
+        let mints = request.into_inner().mints;
+        if mints.len() > MAX_MINTS_PER_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} mints in one request; at most {MAX_MINTS_PER_BATCH}",
+                mints.len()
+            )));
+        }
+        let mut results = Vec::with_capacity(mints.len());
+        for mint in mints {
+            let minted = self.mint_jwt(&agent, mint).await;
+            self.authority.metrics().mint(SvidKind::Jwt, &minted);
+            results.push(MintJwtSvidResult {
+                result: Some(match minted {
+                    Ok(svid) => mint_jwt_svid_result::Result::Svid(svid),
+                    Err(refused) => mint_jwt_svid_result::Result::Refusal(MintRefusal {
+                        code: refused.code() as i32,
+                        message: refused.message().to_owned(),
+                    }),
+                }),
+            });
+        }
+        Ok(Response::new(MintJwtSvidsResponse { results }))
     }
 
     async fn mint_x509_svid(
@@ -321,30 +359,30 @@ impl NodeService {
         Ok(remote)
     }
 
+    /// A JWT-SVID for `agent` (already checked), within its mint rate.
     async fn mint_jwt(
         &self,
-        request: Request<MintJwtSvidRequest>,
-    ) -> Result<Response<MintJwtSvidResponse>, Status> {
-        let agent = self.caller(&request).await?;
-        self.limits.mint(&agent)?;
-        let body = request.into_inner();
+        agent: &SpiffeId,
+        body: MintJwtSvidRequest,
+    ) -> Result<MintJwtSvidResponse, Status> {
+        self.limits.mint(agent)?;
         let minted = self
             .authority
             .mint_jwt_svid(
-                &agent,
+                agent,
                 &body.entry_id,
                 &body.audience,
                 &body.selectors,
                 SystemTime::now(),
             )
             .await
-            .map_err(|e| mint_status(&agent, &body.entry_id, e))?;
-        Ok(Response::new(MintJwtSvidResponse {
+            .map_err(|e| mint_status(agent, &body.entry_id, e))?;
+        Ok(MintJwtSvidResponse {
             spiffe_id: minted.spiffe_id.to_string(),
             token: minted.token,
             issued_at: minted.issued_at,
             expires_at: minted.expires_at,
-        }))
+        })
     }
 
     async fn mint_x509(
