@@ -1,6 +1,6 @@
 //! JWT-SVID mints to the server, batched: the misses that arrive while the
 //! agent's earlier exchanges are under way go to the server together in one
-//! MintJwtSvids (at most 64 each, at most 4 exchanges at once), so a burst
+//! MintJwtSvids (at most 64 each, at most 8 exchanges at once), so a burst
 //! of new audiences costs one gRPC exchange and one caller check at the
 //! server per batch instead of per token. An idle agent sends each mint at
 //! once, alone: batching never waits for company. A server without
@@ -20,7 +20,7 @@ use crate::upstream::reachability::Reachability;
 /// Most mints in one exchange (the server takes 64).
 const MAX_BATCH: usize = 64;
 /// Most exchanges under way at once.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 8;
 /// Most mints waiting for an exchange; callers wait for room beyond it.
 const QUEUE: usize = 1024;
 

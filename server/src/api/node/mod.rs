@@ -301,21 +301,25 @@ impl Node for NodeService {
                 mints.len()
             )));
         }
-        let mut results = Vec::with_capacity(mints.len());
-        for mint in mints {
-            let minted = self.mint_jwt(&agent, mint).await;
-            self.authority.metrics().mint(SvidKind::Jwt, &minted);
-            results.push(MintJwtSvidResult {
-                result: Some(match minted {
-                    Ok(svid) => mint_jwt_svid_result::Result::Svid(svid),
-                    Err(refused) => mint_jwt_svid_result::Result::Refusal(MintRefusal {
-                        code: refused.code() as i32,
-                        message: refused.message().to_owned(),
+        // Concurrently: each waits on the datastore on its own.
+        let minted = futures::future::join_all(mints.into_iter().map(|mint| {
+            let agent = &agent;
+            async move {
+                let minted = self.mint_jwt(agent, mint).await;
+                self.authority.metrics().mint(SvidKind::Jwt, &minted);
+                MintJwtSvidResult {
+                    result: Some(match minted {
+                        Ok(svid) => mint_jwt_svid_result::Result::Svid(svid),
+                        Err(refused) => mint_jwt_svid_result::Result::Refusal(MintRefusal {
+                            code: refused.code() as i32,
+                            message: refused.message().to_owned(),
+                        }),
                     }),
-                }),
-            });
-        }
-        Ok(Response::new(MintJwtSvidsResponse { results }))
+                }
+            }
+        }))
+        .await;
+        Ok(Response::new(MintJwtSvidsResponse { results: minted }))
     }
 
     async fn mint_x509_svid(

@@ -282,6 +282,41 @@ fn main() -> anyhow::Result<()> {
         ));
     }
 
+    if wants(15) {
+        eprintln!(
+            "row 15: single flight, {} callers missing one key…",
+            args.callers
+        );
+        let split = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sample = client_rt.block_on(async {
+            let round = workload::SameKeyRound {
+                clients: (0..args.callers)
+                    .map(|_| workload::client(&socket))
+                    .collect(),
+                prefix: "single-flight".to_owned(),
+                split: split.clone(),
+            };
+            stats::run(vec![round], warmup, window).await
+        })?;
+        let split = split.load(std::sync::atomic::Ordering::Relaxed);
+        rows.push(Row {
+            figure: format!(
+                "15. single flight: {} callers missing one (SPIFFE ID, audience) at once, a new one each round",
+                args.callers
+            ),
+            measured: format!(
+                "{} rounds/s (p99 {}), {} callers answered per round",
+                count(sample.per_second()),
+                ms(sample.percentile(99.0)),
+                args.callers
+            ),
+            baseline: format!("rounds in which callers got different tokens: {split}"),
+            ratio: "—".to_owned(),
+            target: "one mint per round".to_owned(),
+            pass: Some(split == 0),
+        });
+    }
+
     if let (true, Some(limits)) = (wants(4), limits) {
         eprintln!("row 4: ValidateJWTSVID…");
         let token = client_rt.block_on(async {

@@ -85,6 +85,32 @@ impl Worker for DistinctFetch {
     }
 }
 
+/// Each call: every client misses on the same new audience at once (issue
+/// 17's single flight); fails unless all got one token, i.e. one mint.
+pub(crate) struct SameKeyRound {
+    pub clients: Vec<Client>,
+    pub prefix: String,
+    /// Rounds in which the callers got more than one token.
+    pub split: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Worker for SameKeyRound {
+    async fn call(&mut self, n: u64) -> anyhow::Result<()> {
+        let audience = format!("{}-{n}", self.prefix);
+        let tokens = futures::future::try_join_all(
+            self.clients
+                .iter_mut()
+                .map(|client| fetch(client, audience.clone())),
+        )
+        .await?;
+        if tokens.iter().any(|t| *t != tokens[0]) {
+            self.split
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
 /// Validates the same token every call.
 pub(crate) struct Validate {
     pub client: Client,
