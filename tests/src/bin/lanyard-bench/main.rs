@@ -559,9 +559,13 @@ fn throughput_row(lanyard: &Sample, echo: &Sample, callers: usize) -> Row {
         measured: rate_with_p99(lanyard),
         baseline: format!("echo {}", rate_with_p99(echo)),
         ratio: format!("{ratio:.2}×"),
-        target: "≥ 25,000/s, ≥ 0.6 × echo, p99 ≤ 2 ms".to_owned(),
+        // The p99 is judged against the echo's own (issue 17): on shared
+        // cores the bare echo's p99 alone is several milliseconds.
+        target: "≥ 25,000/s, ≥ 0.6 × echo, p99 ≤ 1.2 × echo p99".to_owned(),
         pass: Some(
-            lanyard.per_second() >= 25_000.0 && ratio >= 0.6 && p99 <= Duration::from_millis(2),
+            lanyard.per_second() >= 25_000.0
+                && ratio >= 0.6
+                && p99.as_secs_f64() <= 1.2 * echo.percentile(99.0).as_secs_f64(),
         ),
     }
 }
