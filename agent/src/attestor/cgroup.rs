@@ -156,6 +156,17 @@ pub(crate) struct Membership {
     lines: Vec<Hierarchy>,
 }
 
+#[cfg(test)]
+impl Membership {
+    /// A membership from fixture text, which must parse.
+    pub(crate) fn fixture(text: &str) -> Self {
+        match CgroupFile::from_text(text).parse(1) {
+            Ok(membership) => membership,
+            Err(e) => panic!("fixture does not parse: {e}: {text:?}"),
+        }
+    }
+}
+
 impl Membership {
     /// Its hierarchies as (id, controllers), sorted.
     fn shape(&self) -> Vec<(u32, String)> {

@@ -66,18 +66,7 @@ async fn fetch_all(client: &WorkloadApiClient, audience: &str) -> ExitCode {
             println!("ok {}", ids.join(" "));
             ExitCode::SUCCESS
         }
-        Err(WorkloadApiError::PermissionDenied(m)) => {
-            println!("denied {m}");
-            ExitCode::from(1)
-        }
-        Err(WorkloadApiError::NoIdentityIssued) => {
-            println!("denied no identity issued");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            println!("error {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => refused(e),
     }
 }
 
@@ -91,15 +80,22 @@ async fn fetch(client: &WorkloadApiClient, audience: &str, print_token: bool) ->
             println!("ok {}", svid.spiffe_id());
             ExitCode::SUCCESS
         }
-        Err(WorkloadApiError::PermissionDenied(m)) => {
+        Err(e) => refused(e),
+    }
+}
+
+/// Prints a refusal as `denied …` (exit 1) or any other failure as `error …` (exit 2).
+fn refused(error: WorkloadApiError) -> ExitCode {
+    match error {
+        WorkloadApiError::PermissionDenied(m) => {
             println!("denied {m}");
             ExitCode::from(1)
         }
-        Err(WorkloadApiError::NoIdentityIssued) => {
+        WorkloadApiError::NoIdentityIssued => {
             println!("denied no identity issued");
             ExitCode::from(1)
         }
-        Err(e) => {
+        e => {
             println!("error {e}");
             ExitCode::from(2)
         }

@@ -296,6 +296,28 @@ async fn add_entry(world: &World, path: &str, selector: &str) -> anyhow::Result<
     Ok(())
 }
 
+/// A world whose agent asks the Podman API service (started here, on a
+/// socket in the returned directory) about containers, with `entries`.
+async fn with_engine(
+    podman: &Podman,
+    entries: &[EntrySpec],
+) -> anyhow::Result<(World, Service, tempfile::TempDir)> {
+    let scratch = tempfile::tempdir()?;
+    let socket = scratch.path().join("podman.sock");
+    let service = tokio::task::block_in_place(|| podman.service(&socket))?;
+    let world = World::start_with_agent_config(
+        "",
+        entries,
+        "sync_interval_seconds = 1",
+        &format!(
+            "[workload_attestor.containers]\napi_socket = \"{}\"\n",
+            socket.display()
+        ),
+    )
+    .await?;
+    Ok((world, service, scratch))
+}
+
 /// With the engine: the containerised workload gets the entries on its
 /// image, image ID, name, label and ID (and not the one on a label value it
 /// lacks);
@@ -307,21 +329,13 @@ async fn engine_selectors_reach_the_containers_processes_only() -> anyhow::Resul
     let Some(podman) = podman_or_skip()? else {
         return Ok(());
     };
-    let scratch = tempfile::tempdir()?;
-    let socket = scratch.path().join("podman.sock");
-    let _service = tokio::task::block_in_place(|| podman.service(&socket))?;
-    let world = World::start_with_agent_config(
-        "",
+    let (world, _service, _scratch) = with_engine(
+        &podman,
         &[
             EntrySpec::new("/by-image", &[&format!("container:image:{}", podman.image)]),
             EntrySpec::new("/by-label", &["container:label:team:billing"]),
             EntrySpec::new("/other-team", &["container:label:team:payments"]),
         ],
-        "sync_interval_seconds = 1",
-        &format!(
-            "[workload_attestor.containers]\napi_socket = \"{}\"\n",
-            socket.display()
-        ),
     )
     .await?;
     let agent_dir = world.dir.path().join("agent");
@@ -437,20 +451,12 @@ async fn each_containers_token_carries_its_own_label() -> anyhow::Result<()> {
     let Some(podman) = podman_or_skip()? else {
         return Ok(());
     };
-    let scratch = tempfile::tempdir()?;
-    let socket = scratch.path().join("podman.sock");
-    let _service = tokio::task::block_in_place(|| podman.service(&socket))?;
-    let world = World::start_with_agent_config(
-        "",
+    let (world, _service, _scratch) = with_engine(
+        &podman,
         &[
             EntrySpec::new("/teams", &[&format!("container:image:{}", podman.image)])
                 .with_claims(serde_json::json!({ "team": "{{ container:label:team }}" })),
         ],
-        "sync_interval_seconds = 1",
-        &format!(
-            "[workload_attestor.containers]\napi_socket = \"{}\"\n",
-            socket.display()
-        ),
     )
     .await?;
     let agent_dir = world.dir.path().join("agent");

@@ -308,10 +308,7 @@ mod tests {
     use super::engine::tests::{FakeEngine, ID, podman_answer};
 
     fn membership(text: &str) -> Membership {
-        match CgroupFile::from_text(text).parse(1) {
-            Ok(membership) => membership,
-            Err(e) => panic!("fixture does not parse: {e}: {text:?}"),
-        }
+        Membership::fixture(text)
     }
 
     fn texts(selectors: &[Selector]) -> Vec<String> {

@@ -260,13 +260,9 @@ fn describe(container: &ContainerRef) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attestor::cgroup::CgroupFile;
 
     fn membership(text: &str) -> Membership {
-        match CgroupFile::from_text(text).parse(1) {
-            Ok(membership) => membership,
-            Err(e) => panic!("fixture does not parse: {e}: {text:?}"),
-        }
+        Membership::fixture(text)
     }
 
     #[track_caller]
