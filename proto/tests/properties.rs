@@ -561,3 +561,85 @@ proptest! {
         }
     }
 }
+
+/// A claim string: literal text with `{{ … }}` templates over known,
+/// unknown and malformed references.
+fn claim_string() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        "[a-z0-9 .:/{}-]{0,12}",
+        proptest::sample::select(vec![
+            "{{ unix:user }}",
+            "{{unix:uid}}",
+            "{{ systemd:unit }}",
+            "{{ container:label:team }}",
+            "{{ spiffe_id.path }}",
+            "{{ spiffe_id }}",
+            "{{ unix:path }}",
+            "{{ k8s:ns }}",
+            "{{ unix:supplementary_gid }}",
+            "{{ unix:user",
+            "}}",
+            "{{",
+        ])
+        .prop_map(str::to_owned),
+    ];
+    proptest::collection::vec(piece, 0..6).prop_map(|p| p.concat())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Entry claims (issue 16): any text is refused or accepted without a
+    /// panic; accepted claims never set a reserved name, survive their own
+    /// compact JSON, and render — given one value per selector they use —
+    /// to JSON with no `{{` left from a template and no empty value.
+    #[test]
+    fn entry_claims_are_checked_and_render_completely(
+        names in proptest::collection::vec(
+            prop_oneof![
+                "[a-z_]{1,8}",
+                proptest::sample::select(lanyard_proto::entry_claims::RESERVED_CLAIMS.to_vec())
+                    .prop_map(str::to_owned),
+            ],
+            1..4,
+        ),
+        values in proptest::collection::vec(claim_string(), 1..4),
+        garbage in any::<String>(),
+    ) {
+        use lanyard_proto::entry_claims::{EntryClaims, RESERVED_CLAIMS};
+        let object_like = garbage.trim_start().starts_with('{');
+        prop_assert!(EntryClaims::parse(&garbage).is_err() || object_like, "{:?}", garbage);
+        let object: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .zip(values.iter().cycle())
+            .map(|(n, v)| (n.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let text = serde_json::Value::Object(object.clone()).to_string();
+        let Ok(claims) = EntryClaims::parse(&text) else {
+            return Ok(());
+        };
+        prop_assert!(object.keys().all(|k| !RESERVED_CLAIMS.contains(&k.as_str())), "{}", text);
+        prop_assert_eq!(EntryClaims::parse(&claims.to_json()).ok(), Some(claims.clone()));
+        let caller: Vec<Selector> = [
+            "unix:uid:1000",
+            "unix:user:alice",
+            "systemd:unit:web.service",
+            "container:label:team:billing",
+        ]
+        .iter()
+        .filter_map(|s| Selector::parse(s).ok())
+        .collect();
+        let inputs = claims.inputs(&caller).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let id = SpiffeId::parse("spiffe://example.org/w").map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let rendered = claims.render(&id, &inputs).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        for (name, value) in &rendered {
+            let value = value.as_str().unwrap_or_default();
+            let template = object.get(name).and_then(|v| v.as_str()).unwrap_or_default();
+            // What stays of `{{` is what the text had outside templates.
+            prop_assert!(value.matches("{{").count() <= template.matches("{{").count());
+            for reference in ["unix:user", "systemd:unit", "container:label:team", "spiffe_id"] {
+                prop_assert!(!value.contains(&format!("{{{{ {reference} }}}}")), "{}", value);
+            }
+        }
+    }
+}

@@ -297,6 +297,42 @@ mod tests {
         Ok(())
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 256,
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Whatever a cgroup name holds (':', newlines, a forged line), the
+        /// parse never panics, and a membership it accepts lists each
+        /// hierarchy once with an absolute path whose systemd reading is
+        /// the one line chosen for it.
+        #[test]
+        fn any_cgroup_file_parses_strictly_or_not_at_all(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[0-9]{1,2}:[a-z=,]{0,12}:/[a-z0-9.:/\n_@-]{0,30}",
+                    proptest::arbitrary::any::<String>(),
+                ],
+                0..6,
+            )
+        ) {
+            let text = lines.join("\n");
+            if let Ok(membership) = CgroupFile::from_text(&text).parse(1) {
+                let mut ids: Vec<u32> = membership.hierarchies().iter().map(|h| h.id).collect();
+                let count = ids.len();
+                ids.sort();
+                ids.dedup();
+                proptest::prop_assert_eq!(ids.len(), count);
+                proptest::prop_assert!(membership.hierarchies().iter().all(|h| h.path.starts_with('/')));
+                if let Some(path) = membership.systemd_path() {
+                    proptest::prop_assert!(membership.hierarchies().iter().any(|h| h.path == path));
+                }
+            }
+        }
+    }
+
     #[test]
     fn components_unescape_and_refuse_paths_outside_the_namespace() {
         assert_eq!(
