@@ -529,18 +529,15 @@ mod tests {
         //! MintJwtSvid only when the test lets it.
 
         use super::*;
-        use lanyard_proto::node::node_server::{Node, NodeServer};
+        use crate::upstream::test_node::{NodeScript, Scripted};
+        use lanyard_proto::node::node_server::NodeServer;
         use lanyard_proto::node::{
-            AgentSvidResponse, AttestAgentRequest, AttestRequest, AttestResponse, GetBundleRequest,
-            GetBundleResponse, MintJwtSvidRequest, MintJwtSvidResponse, MintJwtSvidResult,
-            MintJwtSvidsRequest, MintJwtSvidsResponse, MintRefusal, MintX509SvidRequest,
-            MintX509SvidResponse, RenewAgentRequest, SyncEntriesRequest, SyncEntriesResponse,
-            mint_jwt_svid_result,
+            MintJwtSvidRequest, MintJwtSvidResponse, MintJwtSvidResult, MintJwtSvidsRequest,
+            MintJwtSvidsResponse, MintRefusal, mint_jwt_svid_result,
         };
-        use std::pin::Pin;
         use std::sync::atomic::{AtomicUsize, Ordering};
         use tokio::sync::{Notify, watch};
-        use tonic::{Request, Response, Streaming};
+        use tonic::{Request, Response};
 
         type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -558,38 +555,7 @@ mod tests {
         }
 
         #[tonic::async_trait]
-        impl Node for Gated {
-            async fn attest_agent(
-                &self,
-                _: Request<AttestAgentRequest>,
-            ) -> Result<Response<AgentSvidResponse>, Status> {
-                Err(Status::unimplemented("test"))
-            }
-
-            type AttestStream =
-                Pin<Box<dyn futures::Stream<Item = Result<AttestResponse, Status>> + Send>>;
-
-            async fn attest(
-                &self,
-                _: Request<Streaming<AttestRequest>>,
-            ) -> Result<Response<Self::AttestStream>, Status> {
-                Err(Status::unimplemented("test"))
-            }
-
-            async fn renew_agent(
-                &self,
-                _: Request<RenewAgentRequest>,
-            ) -> Result<Response<AgentSvidResponse>, Status> {
-                Err(Status::unimplemented("test"))
-            }
-
-            async fn sync_entries(
-                &self,
-                _: Request<SyncEntriesRequest>,
-            ) -> Result<Response<SyncEntriesResponse>, Status> {
-                Err(Status::unimplemented("test"))
-            }
-
+        impl NodeScript for Gated {
             async fn mint_jwt_svid(
                 &self,
                 _: Request<MintJwtSvidRequest>,
@@ -644,20 +610,6 @@ mod tests {
                     .collect();
                 Ok(Response::new(MintJwtSvidsResponse { results }))
             }
-
-            async fn mint_x509_svid(
-                &self,
-                _: Request<MintX509SvidRequest>,
-            ) -> Result<Response<MintX509SvidResponse>, Status> {
-                Err(Status::unimplemented("test"))
-            }
-
-            async fn get_bundle(
-                &self,
-                _: Request<GetBundleRequest>,
-            ) -> Result<Response<GetBundleResponse>, Status> {
-                Err(Status::unimplemented("test"))
-            }
         }
 
         /// A gated Node API on a Unix socket in `dir`, and JwtSvids in front of it.
@@ -684,7 +636,7 @@ mod tests {
             });
             tokio::spawn(
                 tonic::transport::Server::builder()
-                    .add_service(NodeServer::new(node.clone()))
+                    .add_service(NodeServer::new(Scripted(node.clone())))
                     .serve_with_incoming(incoming),
             );
             let svids = JwtSvids::new(

@@ -398,14 +398,10 @@ mod tests {
 
         use super::*;
         use crate::upstream::attestation::tests::serve;
-        use lanyard_proto::node::node_server::Node;
-        use lanyard_proto::node::{
-            AgentSvidResponse, AttestAgentRequest, AttestRequest, AttestResponse,
-            GetBundleResponse, RenewAgentRequest,
-        };
-        use std::pin::Pin;
+        use crate::upstream::test_node::NodeScript;
+        use lanyard_proto::node::{AgentSvidResponse, GetBundleResponse, RenewAgentRequest};
         use std::sync::atomic::{AtomicUsize, Ordering};
-        use tonic::{Request, Response, Status, Streaming};
+        use tonic::{Request, Response, Status};
 
         type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -418,24 +414,7 @@ mod tests {
         }
 
         #[tonic::async_trait]
-        impl Node for Minting {
-            async fn attest_agent(
-                &self,
-                _: Request<AttestAgentRequest>,
-            ) -> Result<Response<AgentSvidResponse>, Status> {
-                Err(Status::unimplemented("test"))
-            }
-
-            type AttestStream =
-                Pin<Box<dyn futures::Stream<Item = Result<AttestResponse, Status>> + Send>>;
-
-            async fn attest(
-                &self,
-                _: Request<Streaming<AttestRequest>>,
-            ) -> Result<Response<Self::AttestStream>, Status> {
-                Err(Status::unimplemented("test"))
-            }
-
+        impl NodeScript for Minting {
             async fn renew_agent(
                 &self,
                 _: Request<RenewAgentRequest>,
@@ -447,13 +426,6 @@ mod tests {
                     bundle: self.authorities.clone(),
                     expires_at: 1,
                 }))
-            }
-
-            async fn sync_entries(
-                &self,
-                _: Request<SyncEntriesRequest>,
-            ) -> Result<Response<SyncEntriesResponse>, Status> {
-                Err(Status::unimplemented("test"))
             }
 
             async fn mint_jwt_svid(
@@ -468,20 +440,6 @@ mod tests {
                     })),
                     _ => Err(Status::permission_denied("not this agent's entry")),
                 }
-            }
-
-            async fn mint_jwt_svids(
-                &self,
-                _: Request<lanyard_proto::node::MintJwtSvidsRequest>,
-            ) -> Result<Response<lanyard_proto::node::MintJwtSvidsResponse>, Status> {
-                Err(Status::unimplemented("test"))
-            }
-
-            async fn mint_x509_svid(
-                &self,
-                _: Request<MintX509SvidRequest>,
-            ) -> Result<Response<MintX509SvidResponse>, Status> {
-                Err(Status::unimplemented("test"))
             }
 
             async fn get_bundle(

@@ -10,6 +10,8 @@ mod identity;
 pub(crate) mod reachability;
 mod renewal;
 mod selection;
+#[cfg(test)]
+pub(crate) mod test_node;
 
 use std::path::PathBuf;
 

@@ -429,18 +429,16 @@ pub(crate) async fn renew_over(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::upstream::test_node::{AttestStream, NodeScript, Scripted};
     use futures::StreamExt as _;
     use lanyard_proto::attestation::{SSHPOP, X509POP};
-    use lanyard_proto::node::node_server::{Node, NodeServer};
+    use lanyard_proto::node::node_server::NodeServer;
     use lanyard_proto::node::{
-        AgentSvidResponse, AttestRequest, AttestResponse, Challenge, GetBundleRequest,
-        GetBundleResponse, MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidRequest,
-        MintX509SvidResponse, SyncEntriesRequest, SyncEntriesResponse, attest_request,
+        AgentSvidResponse, AttestRequest, AttestResponse, Challenge, attest_request,
         attest_response,
     };
     use rcgen::{BasicConstraints, IsCa, Issuer, PublicKeyData};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    use std::pin::Pin;
     use std::sync::Arc;
     use tonic::{Request, Response, Status, Streaming};
 
@@ -492,7 +490,7 @@ pub(crate) mod tests {
     }
 
     #[tonic::async_trait]
-    impl Node for TestNode {
+    impl NodeScript for TestNode {
         async fn attest_agent(
             &self,
             request: Request<AttestAgentRequest>,
@@ -503,13 +501,10 @@ pub(crate) mod tests {
             }
         }
 
-        type AttestStream =
-            Pin<Box<dyn futures::Stream<Item = Result<AttestResponse, Status>> + Send>>;
-
         async fn attest(
             &self,
             request: Request<Streaming<AttestRequest>>,
-        ) -> Result<Response<Self::AttestStream>, Status> {
+        ) -> Result<Response<AttestStream>, Status> {
             if self.old {
                 return Err(Status::unimplemented("no Attest"));
             }
@@ -548,53 +543,11 @@ pub(crate) mod tests {
             });
             Ok(Response::new(Box::pin(stream)))
         }
-
-        async fn renew_agent(
-            &self,
-            _: Request<RenewAgentRequest>,
-        ) -> Result<Response<AgentSvidResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-
-        async fn sync_entries(
-            &self,
-            _: Request<SyncEntriesRequest>,
-        ) -> Result<Response<SyncEntriesResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-
-        async fn mint_jwt_svid(
-            &self,
-            _: Request<MintJwtSvidRequest>,
-        ) -> Result<Response<MintJwtSvidResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-
-        async fn mint_jwt_svids(
-            &self,
-            _: Request<lanyard_proto::node::MintJwtSvidsRequest>,
-        ) -> Result<Response<lanyard_proto::node::MintJwtSvidsResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-
-        async fn mint_x509_svid(
-            &self,
-            _: Request<MintX509SvidRequest>,
-        ) -> Result<Response<MintX509SvidResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-
-        async fn get_bundle(
-            &self,
-            _: Request<GetBundleRequest>,
-        ) -> Result<Response<GetBundleResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
     }
 
     /// Serves `node` over TLS (a certificate for `lanyard-server` from a
     /// new CA) on a local port; the endpoint trusts that CA.
-    pub(crate) async fn serve<N: Node>(
+    pub(crate) async fn serve<N: NodeScript>(
         node: N,
     ) -> Result<ServerEndpoint, Box<dyn std::error::Error>> {
         let ca_key = KeyPair::generate()?;
@@ -631,7 +584,7 @@ pub(crate) mod tests {
             });
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(NodeServer::new(node))
+                .add_service(NodeServer::new(Scripted(node)))
                 .serve_with_incoming(incoming),
         );
         Ok(ServerEndpoint {
