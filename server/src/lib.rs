@@ -268,7 +268,7 @@ async fn open_authority(
     let store = store::Datastore::open(&config.datastore_url).await?;
     let now = lanyard_host::clock::now();
     for spec in &config.entries {
-        if store.seed_entry(spec, now).await? {
+        if store::bounded(store.seed_entry(spec, now)).await? {
             tracing::info!(spiffe_id = %spec.spiffe_id, "registered entry from the config file");
         }
     }

@@ -5,6 +5,7 @@
     reason = "this package also builds the daemons, the examples, the probes and the bench as binaries (so the e2e tests can run them), and they share one dependency list with this support library"
 )]
 
+pub mod blackhole;
 pub mod cgroups;
 pub mod emulators;
 pub mod fleet;

@@ -25,7 +25,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{Mutex, watch};
 
 use super::ca::{self, CertificateAuthority};
-use crate::store::{CaCertificateRow, Datastore, StoreError};
+use crate::store::{self, CaCertificateRow, Datastore, StoreError};
 
 /// How often every server reads the group's CA certificates (and publishes
 /// its own when they changed).
@@ -126,7 +126,7 @@ impl TrustBundle {
         let mut state = self.state.lock().await;
         let now = clock::now();
         if let Some(group) = &self.group {
-            let rows = group.store.ca_certificates(now).await?;
+            let rows = store::bounded(group.store.ca_certificates(now)).await?;
             let mut held = self.ca.held();
             held.retain(|ca| ca.not_after > now);
             let mut mine: Vec<&str> = rows
@@ -150,10 +150,12 @@ impl TrustBundle {
                         not_after: ca.not_after,
                     })
                     .collect();
-                group
-                    .store
-                    .replace_ca_certificates(&group.server_id, &rows, now)
-                    .await?;
+                store::bounded(
+                    group
+                        .store
+                        .replace_ca_certificates(&group.server_id, &rows, now),
+                )
+                .await?;
                 tracing::info!(
                     serials = ?serials,
                     "published this server's CA certificates to the datastore"

@@ -26,7 +26,7 @@ use lanyard_proto::{Jwks, JwtSvidClaims, Selector, SpiffeId, TrustDomain};
 use crate::audit;
 use crate::keys::{KeyError, KeyManager, KeyManagerError};
 use crate::store::RegistrationEntry;
-use crate::store::{Datastore, EntryChange, StoreError};
+use crate::store::{self, Datastore, EntryChange, StoreError};
 use crate::telemetry::{ServerMetrics, StoreOp};
 
 /// How deep entries may nest under an agent through node entries.
@@ -208,9 +208,11 @@ impl Authority {
         since: u64,
     ) -> Result<AgentEntryUpdate, StoreError> {
         self.metrics
-            .datastore(StoreOp::Sync, self.read_entry_update(agent, since), |_| {
-                true
-            })
+            .datastore(
+                StoreOp::Sync,
+                store::bounded(self.read_entry_update(agent, since)),
+                |_| true,
+            )
             .await
     }
 
@@ -357,7 +359,7 @@ impl Authority {
             .metrics
             .datastore(
                 StoreOp::MintLookup,
-                self.owned_entry(agent, entry_id),
+                store::bounded(self.owned_entry(agent, entry_id)),
                 |e| matches!(e, MintError::Store(_)),
             )
             .await?;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use lanyard_host::clock;
 use lanyard_proto::{Selector, SpiffeId, TrustDomain};
 
+use crate::store::{self, Datastore, EntrySpec, RegistrationEntry, StoreError};
 pub(crate) use crate::store::{AgentRecord, EntryFilter, JoinToken, RedeemError};
-use crate::store::{Datastore, EntrySpec, RegistrationEntry, StoreError};
 use crate::telemetry::{ServerMetrics, StoreOp};
 
 /// Why the registry could not do what was asked.
@@ -62,7 +62,9 @@ impl Registry {
         operation: StoreOp,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        self.metrics.datastore(operation, call, is_failure).await
+        self.metrics
+            .datastore(operation, store::bounded(call), is_failure)
+            .await
     }
 
     /// The entry revision, after a round trip to the datastore (health checks).

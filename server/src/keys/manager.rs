@@ -15,7 +15,7 @@ use lanyard_proto::{Jwk, Jwks};
 
 use super::schedule::{self, KeyRecord, RotationPolicy};
 use super::{JwtSigningKey, KeyDir, KeyError, KeyType};
-use crate::store::{Datastore, KeyRecordRow, StoreError};
+use crate::store::{self, Datastore, KeyRecordRow, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -120,15 +120,13 @@ impl KeyManager {
     /// Applies the schedule at `now`. Returns true when the signing key or the
     /// published set changed. Deciding again at the same instant changes nothing.
     pub async fn rotate(&self, now: i64) -> Result<bool, KeyManagerError> {
-        let rows = self.store.list_keys().await?;
+        let rows = store::bounded(self.store.list_keys()).await?;
         let mut everyone: Vec<(String, KeyRecord)> = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut record = to_record(row)?;
             if self.policy.extend_retention(&mut record, now) && row.owner == self.owner {
                 // Kept, so that a later lower max TTL cannot shorten it again.
-                self.store
-                    .set_key_remove_at(&record.kid, record.remove_at)
-                    .await?;
+                store::bounded(self.store.set_key_remove_at(&record.kid, record.remove_at)).await?;
                 tracing::info!(
                     kid = record.kid,
                     remove_at = record.remove_at,
@@ -154,7 +152,7 @@ impl KeyManager {
             };
             let record = plan.record(&key, now);
             let row = to_row(&record, &self.owner).map_err(KeyError::Encode)?;
-            self.store.insert_key(&row).await?;
+            store::bounded(self.store.insert_key(&row)).await?;
             tracing::info!(
                 kid = record.kid,
                 activate_at = record.activate_at,
@@ -166,7 +164,7 @@ impl KeyManager {
         }
         for expired in schedule::expired(&own, now) {
             // Record first, then file: a file without a record is harmless, the reverse is not.
-            self.store.delete_key(&expired.kid).await?;
+            store::bounded(self.store.delete_key(&expired.kid)).await?;
             self.dir.delete(&expired.kid)?;
             tracing::info!(kid = expired.kid, "retired JWT signing key removed");
         }

@@ -54,6 +54,10 @@ pub enum StoreError {
     NotFound { what: &'static str, id: String },
     #[error("{0}")]
     Conflict(String),
+    /// The database did not answer in time: it may be away without having
+    /// closed its connections (a partition, a failover that drops packets).
+    #[error("datastore did not answer within {} s", .0.as_secs())]
+    TimedOut(Duration),
 }
 
 impl StoreError {
@@ -67,6 +71,27 @@ impl StoreError {
 
 /// How long a call waits for a PostgreSQL connection before it fails.
 const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one datastore operation (its connection wait included) may take.
+/// A database that stops answering without closing its connections holds a
+/// query that is already sent until TCP gives up, many minutes later (never,
+/// behind a proxy that keeps the socket open); past this the call fails and
+/// the API answers Unavailable. Generous beside the slowest query measured
+/// (a 1,000-agent full sync, ~100 ms a query).
+pub(crate) const OPERATION_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs one datastore operation, failing it with [`StoreError::TimedOut`]
+/// past [`OPERATION_DEADLINE`]. Dropping the operation drops its connection
+/// mid-query; the pool tests a connection before reuse, so a broken one is
+/// replaced, and a write cut short either committed or did not (each is one
+/// transaction), as with any lost answer.
+pub(crate) async fn bounded<T, E: From<StoreError>>(
+    operation: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    tokio::time::timeout(OPERATION_DEADLINE, operation)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::TimedOut(OPERATION_DEADLINE).into()))
+}
 
 #[derive(Debug, Clone)]
 pub struct Datastore {

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use lanyard_tests::blackhole::Blackhole;
 use lanyard_tests::private_postgres::PrivatePostgres;
 use lanyard_tests::process::{Daemon, admin_json, free_port};
 use lanyard_tests::{https_client_trusting, my_uid, postgres_database};
@@ -294,13 +295,13 @@ fn mint_again(endpoint: &str, since: Instant, budget: Duration) -> anyhow::Resul
     loop {
         round += 1;
         let said = probe(endpoint, &format!("ha-after-{round}"))?;
-        if let Some(token) = token_of(&said) {
-            return Ok(token.to_owned());
-        }
         anyhow::ensure!(
             since.elapsed() < budget,
             "{endpoint}: no mint within {budget:?} of the kill; last: {said}"
         );
+        if let Some(token) = token_of(&said) {
+            return Ok(token.to_owned());
+        }
     }
 }
 
@@ -680,6 +681,99 @@ async fn servers_ride_out_a_database_crash_and_restart_under_load() -> anyhow::R
             false => assert!(copies <= 1, "{id} twice"),
         }
     }
+    Ok(())
+}
+
+/// The address `url` (postgres://user:password@host:port/database) names,
+/// and the same URL through `port` on 127.0.0.1.
+fn through_local_port(url: &str, port: u16) -> anyhow::Result<(std::net::SocketAddr, String)> {
+    let (head, rest) = url
+        .split_once('@')
+        .context("a postgres URL with credentials")?;
+    let (authority, database) = rest
+        .split_once('/')
+        .context("a postgres URL with a database")?;
+    let target = std::net::ToSocketAddrs::to_socket_addrs(authority)?
+        .next()
+        .context("the database's address")?;
+    Ok((target, format!("{head}@127.0.0.1:{port}/{database}")))
+}
+
+/// The database stops answering in the middle of a write without closing
+/// anything (a partition; a failover that drops packets): the write fails
+/// as Unavailable within the server's deadline instead of hanging, as does
+/// the next one, while JWKS and discovery are still served; once the dead
+/// connections are cut and the database answers again, the server writes
+/// again by itself, and the write cut short was not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_mid_write_is_unavailable_not_a_hang() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let Some(url) = postgres_database(dir.path()).await? else {
+        return Ok(());
+    };
+    let marker = "spiffe://example.org/blackholed";
+    let (target, _) = through_local_port(&url, 0)?;
+    let hole = Blackhole::start(target, marker.as_bytes()).await?;
+    let (_, relayed) = through_local_port(&url, hole.port())?;
+    // In clear, so the black hole sees the marker (Debian's PostgreSQL offers TLS).
+    let relayed = format!("{relayed}?sslmode=disable");
+    let mut server = GroupServer::configure(dir.path(), "lanyard-1", &relayed)?;
+    server.start()?;
+    let admin = server.dir.join("admin.sock");
+    assert!(
+        create_entry(&admin, "/before")?,
+        "a write before the outage"
+    );
+
+    // Bounded by the test, not by the server: before the deadline a write
+    // whose query was sent into the black hole never came back.
+    let write = |path: &'static str| {
+        let admin = admin.clone();
+        let (sent, answer) = std::sync::mpsc::channel();
+        std::thread::spawn(move || sent.send(create_entry(&admin, path)));
+        answer
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| anyhow::anyhow!("the write of {path} hung for 60 s"))
+    };
+    let acknowledged = write("/blackholed")??;
+    assert!(hole.frozen(), "the write's query reached the black hole");
+    assert!(
+        !acknowledged,
+        "a write whose query was lost is not acknowledged"
+    );
+    // Every connection is held silent now: the next write fails too, at
+    // its connection check.
+    assert!(!write("/during")??, "a write during the outage");
+    let jwks = jwks_of(&server).await?;
+    assert!(
+        !jwks.keys.is_empty(),
+        "JWKS served from memory during the outage"
+    );
+
+    hole.reopen();
+    let mut round = 0;
+    wait_until(
+        "a write acknowledged after the outage",
+        Duration::from_secs(60),
+        || {
+            round += 1;
+            matches!(create_entry(&admin, &format!("/after/{round}")), Ok(true))
+        },
+    )?;
+
+    let listed = server.admin(&["entry", "list"])?;
+    let ids: Vec<&str> = listed
+        .as_array()
+        .context("a list")?
+        .iter()
+        .filter_map(|entry| entry["spiffe_id"].as_str())
+        .collect();
+    let copies = |id: &str| ids.iter().filter(|listed| **listed == id).count();
+    assert_eq!(copies("spiffe://example.org/before"), 1, "{ids:?}");
+    // Its INSERT never reached PostgreSQL, and the cut rolled its transaction back.
+    assert_eq!(copies(marker), 0, "{ids:?}");
+    assert_eq!(copies("spiffe://example.org/during"), 0, "{ids:?}");
     Ok(())
 }
 
