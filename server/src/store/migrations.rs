@@ -218,8 +218,7 @@ mod tests {
     /// all come up, and each migration is applied (and recorded) once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn servers_starting_together_migrate_once() {
-        let Ok(base) = std::env::var("LANYARD_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: LANYARD_TEST_POSTGRES_URL is not set");
+        let Some(base) = super::super::test_support::postgres_base() else {
             return;
         };
         let url = super::super::test_support::fresh_postgres_url(&base).await;
@@ -305,7 +304,7 @@ mod tests {
             "sqlite://{}?mode=rwc",
             dir.join("db.sqlite").display()
         )];
-        if let Ok(base) = std::env::var("LANYARD_TEST_POSTGRES_URL") {
+        if let Some(base) = super::super::test_support::postgres_base() {
             urls.push(super::super::test_support::fresh_postgres_url(&base).await);
         }
         urls

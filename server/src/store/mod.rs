@@ -193,22 +193,29 @@ pub(crate) mod test_support {
             .await
             .unwrap();
         stores.push((dir, sqlite));
+        if let Some(base) = postgres_base() {
+            let dir = tempfile::tempdir().unwrap();
+            let url = fresh_postgres_url(&base).await;
+            stores.push((dir, Datastore::open(&url).await.unwrap()));
+        }
+        stores
+    }
+
+    /// `LANYARD_TEST_POSTGRES_URL`; without it a PostgreSQL test is skipped
+    /// with a note, except in CI, where it fails.
+    pub(crate) fn postgres_base() -> Option<String> {
         match std::env::var("LANYARD_TEST_POSTGRES_URL") {
-            Ok(base) => {
-                let dir = tempfile::tempdir().unwrap();
-                let url = fresh_postgres_url(&base).await;
-                stores.push((dir, Datastore::open(&url).await.unwrap()));
-            }
+            Ok(base) => Some(base),
             Err(_) if std::env::var_os("CI").is_some() => {
                 panic!(
                     "CI is set but LANYARD_TEST_POSTGRES_URL is not: PostgreSQL tests must run in CI"
                 )
             }
             Err(_) => {
-                eprintln!("PostgreSQL store tests skipped: LANYARD_TEST_POSTGRES_URL is not set")
+                eprintln!("PostgreSQL test skipped: LANYARD_TEST_POSTGRES_URL is not set");
+                None
             }
         }
-        stores
     }
 
     /// The URL of a new, empty database on the server at `base` (a
@@ -245,7 +252,7 @@ mod outage_tests {
     /// An admin connection to the server at `base`, and a fresh database on
     /// it with a `Datastore` open, when PostgreSQL is configured.
     async fn postgres() -> Option<(AnyPool, String, Datastore)> {
-        let base = std::env::var("LANYARD_TEST_POSTGRES_URL").ok()?;
+        let base = test_support::postgres_base()?;
         let url = test_support::fresh_postgres_url(&base).await;
         let store = Datastore::open(&url).await.unwrap();
         let admin = AnyPoolOptions::new()
@@ -281,7 +288,6 @@ mod outage_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_pool_recovers_from_killed_connections() {
         let Some((admin, name, store)) = postgres().await else {
-            eprintln!("skipped: LANYARD_TEST_POSTGRES_URL is not set");
             return;
         };
         store.create_entry("a", &spec("/a"), 1).await.unwrap();
@@ -328,7 +334,6 @@ mod outage_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn calls_fail_promptly_while_the_database_is_away_and_recover() {
         let Some((admin, name, store)) = postgres().await else {
-            eprintln!("skipped: LANYARD_TEST_POSTGRES_URL is not set");
             return;
         };
         store.create_entry("a", &spec("/a"), 1).await.unwrap();

@@ -96,6 +96,38 @@ fn group(root: &Path, datastore_url: &str) -> anyhow::Result<Vec<GroupServer>> {
         .collect()
 }
 
+/// After a newer release migrated the shared database, a server binary of
+/// this release refuses to start and says what to do, rather than running
+/// on a schema it does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_older_than_the_schema_refuses_to_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(url) = postgres_database(dir.path()).await? else {
+        return Ok(());
+    };
+    let mut server = GroupServer::configure(dir.path(), "lanyard-1", &url)?;
+    server.start()?;
+    drop(server.process.take());
+    // What a newer release's migration leaves behind.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await?;
+    sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (1000, 0)")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+
+    let refused = match server.start() {
+        Ok(()) => anyhow::bail!("a server older than the schema started"),
+        Err(refused) => refused.to_string(),
+    };
+    assert!(
+        refused.contains("schema is at version 1000")
+            && refused.contains("upgrade this server to that release"),
+        "{refused}"
+    );
+    Ok(())
+}
+
 /// Starts every server at the same instant and waits until all say they serve.
 fn start_together(servers: &mut [GroupServer]) -> anyhow::Result<()> {
     let handles: Vec<_> = servers
@@ -367,6 +399,19 @@ async fn a_server_killed_mid_load_goes_unnoticed_and_rejoins() -> anyhow::Result
         fetched.iter().all(|done| count(done) >= 3)
     })?;
 
+    // The server to be killed was in use: it signed some of the tokens so far.
+    let killed_kids = kids_of(&url, "lanyard-1").await?;
+    let signed_by_killed = |token: &str| {
+        jsonwebtoken::decode_header(token)
+            .ok()
+            .and_then(|header| header.kid)
+            .is_some_and(|kid| killed_kids.contains(&kid))
+    };
+    assert!(
+        tokens.iter().any(|token| signed_by_killed(token)),
+        "no token before the kill came from lanyard-1"
+    );
+
     // SIGKILL of one server, in the middle of the load.
     let killed = servers[0].process.take().context("the first server runs")?;
     drop(killed);
@@ -442,7 +487,39 @@ async fn a_server_killed_mid_load_goes_unnoticed_and_rejoins() -> anyhow::Result
         let said = probe(endpoint, "ha-rejoined")?;
         assert!(said.starts_with("ok"), "{said}");
     }
+    // And it serves again: the agents stop avoiding it once its pause
+    // (a minute at most) is over, and it signs with the key it had.
+    let mut round = 0;
+    wait_until(
+        "a mint signed by the rejoined server",
+        Duration::from_secs(90),
+        || {
+            round += 1;
+            endpoints.iter().any(|endpoint| {
+                probe(endpoint, &format!("ha-rejoined-{round}"))
+                    .ok()
+                    .as_deref()
+                    .and_then(token_of)
+                    .is_some_and(signed_by_killed)
+            })
+        },
+    )?;
     Ok(())
+}
+
+/// The key IDs of server `owner`'s JWT signing keys.
+async fn kids_of(
+    datastore_url: &str,
+    owner: &str,
+) -> anyhow::Result<std::collections::HashSet<String>> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(datastore_url).await?;
+    let kids: Vec<(String,)> = sqlx::query_as("SELECT kid FROM signing_keys WHERE owner = $1")
+        .bind(owner)
+        .fetch_all(&pool)
+        .await?;
+    pool.close().await;
+    Ok(kids.into_iter().map(|(kid,)| kid).collect())
 }
 
 /// Waits until the workload behind `endpoint` holds a JWT-SVID.
@@ -455,7 +532,7 @@ fn wait_for_identity(endpoint: &str) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_eviction_on_one_server_holds_on_every_server() -> anyhow::Result<()> {
+async fn an_eviction_or_a_ban_on_one_server_holds_on_every_server() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(url) = postgres_database(dir.path()).await? else {
         return Ok(());
@@ -465,28 +542,28 @@ async fn an_eviction_on_one_server_holds_on_every_server() -> anyhow::Result<()>
     start_together(&mut servers)?;
     let (_kept, kept) = start_agent(d, "kept", &servers)?;
     let (_evicted, evicted) = start_agent(d, "gone", &servers)?;
-    wait_for_identity(&kept)?;
-    wait_for_identity(&evicted)?;
+    let (_banned, banned) = start_agent(d, "banned", &servers)?;
+    for endpoint in [&kept, &evicted, &banned] {
+        wait_for_identity(endpoint)?;
+    }
 
-    // Evicted through one server (the agents spread over all three).
+    // Evicted through one server, banned through another (the agents
+    // spread over all three). Every server reads the agent's record at each
+    // call, so from the next call on every server refuses their mints (six
+    // mints in a row go round the whole group twice); the join tokens are
+    // spent, so they cannot attest again.
     servers[2].admin(&["agent", "evict", "spiffe://example.org/node/gone"])?;
-    // Within one sync interval (1 s here) plus a call, every server refuses
-    // its mints; its join token is spent, so it cannot attest again. Six
-    // mints in a row go round the whole group twice.
-    let mut round = 0;
-    wait_until(
-        "the evicted agent's mints refused",
-        Duration::from_secs(10),
-        || {
-            round += 1;
-            probe(&evicted, &format!("gone-{round}")).is_ok_and(|said| !said.starts_with("ok"))
-        },
-    )?;
+    servers[1].admin(&["agent", "ban", "spiffe://example.org/node/banned"])?;
     for n in 0..6 {
         let said = probe(&evicted, &format!("gone-after-{n}"))?;
         assert!(
             said.starts_with("denied") && said.contains("has been evicted"),
             "an evicted agent's mint: {said}"
+        );
+        let said = probe(&banned, &format!("banned-after-{n}"))?;
+        assert!(
+            said.starts_with("denied") && said.contains("is banned"),
+            "a banned agent's mint: {said}"
         );
     }
     // The other agent goes on minting through every server.
