@@ -208,7 +208,9 @@ async fn aws_sdk_default_chain_gets_credentials_through_credential_process() -> 
     // The session name says which workload it was, within STS's rules.
     assert_issued_to_sdk(&setup.sts, &sdk, "example.org+cloud+aws")?;
 
-    // The helper's own output is the documented credential_process form.
+    // The helper's own output is the documented credential_process form,
+    // and nothing else on either stream, whatever RUST_LOG says (the AWS
+    // CLI shows the helper's stderr).
     let output = tokio::task::block_in_place(|| {
         setup.run(
             AGENT,
@@ -222,10 +224,11 @@ async fn aws_sdk_default_chain_gets_credentials_through_credential_process() -> 
                 "--duration",
                 "900",
             ],
-            &[],
+            &[("RUST_LOG", "debug".to_owned())],
         )
     })?;
     let printed = succeeded(&output)?;
+    assert!(output.stderr.is_empty(), "{}", text(&output.stderr));
     let issued = setup.sts.issued();
     let last = issued.last().context("nothing issued")?;
     assert_eq!(printed["Version"], 1);
@@ -285,7 +288,8 @@ async fn aws_sdk_default_chain_gets_credentials_through_a_token_file() -> anyhow
 fn refused(setup: &AwsSetup, args: &[&str]) -> anyhow::Result<String> {
     let mut full = vec!["aws", "credential-process"];
     full.extend_from_slice(args);
-    let output = setup.run(AGENT, &full, &[])?;
+    // Debug logging asked for: still only the one error line.
+    let output = setup.run(AGENT, &full, &[("RUST_LOG", "debug".to_owned())])?;
     anyhow::ensure!(
         !output.status.success(),
         "expected a refusal, got {}",

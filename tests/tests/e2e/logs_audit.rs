@@ -188,6 +188,28 @@ fn the_audit_file_has_one_record_per_event_and_no_log_holds_a_secret() -> anyhow
     })?;
     let listed = admin(d, &["entry", "list"])?;
     anyhow::ensure!(listed.to_string().contains(WORKLOAD_ID), "{listed}");
+    // The rest of the Admin vocabulary: an entry updated and deleted, and
+    // the node banned, unbanned and evicted (its work is done).
+    let extra = admin(
+        d,
+        &[
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/logs/extra",
+            "--selector",
+            "unix:uid:4242",
+        ],
+    )?;
+    let extra_id = extra[0]["id"]
+        .as_str()
+        .context("the entry's id")?
+        .to_owned();
+    admin(d, &["entry", "update", &extra_id, "--hint", "renamed"])?;
+    admin(d, &["entry", "delete", &extra_id])?;
+    admin(d, &["agent", "ban", NODE_ID])?;
+    admin(d, &["agent", "unban", NODE_ID])?;
+    admin(d, &["agent", "evict", NODE_ID])?;
 
     // A clean stop writes out every queued record.
     let (agent_clean, agent_log) = agent.stop()?;
@@ -239,17 +261,40 @@ fn the_audit_file_has_one_record_per_event_and_no_log_holds_a_secret() -> anyhow
         "entry.created",
         &[("uid", uid.clone()), ("spiffe_id", WORKLOAD_ID.into())],
     )?;
-    // Every Admin call, with the caller's uid and the answer.
-    for method in ["GenerateJoinToken", "CreateEntry", "ListEntries"] {
+    for (event, field, value) in [
+        ("entry.updated", "id", extra_id.as_str()),
+        ("entry.deleted", "id", extra_id.as_str()),
+        ("agent.banned", "agent", NODE_ID),
+        ("agent.unbanned", "agent", NODE_ID),
+        ("agent.evicted", "agent", NODE_ID),
+    ] {
         one(
             &trail,
-            "admin.call",
-            &[
-                ("method", method.into()),
-                ("uid", uid.clone()),
-                ("code", "ok".into()),
-            ],
+            event,
+            &[("uid", uid.clone()), (field, value.into())],
         )?;
+    }
+    // Every Admin call, with the caller's uid and the answer.
+    for (method, calls) in [
+        ("GenerateJoinToken", 1),
+        ("CreateEntry", 2),
+        ("ListEntries", 1),
+        ("UpdateEntry", 1),
+        ("DeleteEntry", 1),
+        ("BanAgent", 1),
+        ("UnbanAgent", 1),
+        ("EvictAgent", 1),
+    ] {
+        let fields = [
+            ("method", method.into()),
+            ("uid", uid.clone()),
+            ("code", "ok".into()),
+        ];
+        assert_eq!(
+            records(&trail, "admin.call", &fields).len(),
+            calls,
+            "{method}"
+        );
     }
     // The trail is the audit file's alone: not in the log.
     assert!(

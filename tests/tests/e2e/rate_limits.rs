@@ -205,7 +205,8 @@ async fn attestations_from_one_address_beyond_its_budget_are_refused_first() -> 
     let text = format!(
         "trust_domain = \"example.org\"\nissuer = \"https://127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\
          [node_api]\nlisten = \"127.0.0.1:0\"\n\
-         [rate_limits]\nattestations_per_second_per_address = 1\nattestation_burst_per_address = 2\n",
+         [rate_limits]\nattestations_per_second_per_address = 1\nattestation_burst_per_address = 2\n\
+         [telemetry]\nlisten = \"127.0.0.1:0\"\n",
         dir.path().join("server").display(),
     );
     let server = lanyard_server::start_with_listener(
@@ -246,6 +247,18 @@ async fn attestations_from_one_address_beyond_its_budget_are_refused_first() -> 
             .contains("rate_limits.attestations_per_second_per_address")
     );
     assert!(status.metadata().get(RETRY_PUSHBACK_HEADER).is_some());
+    // Counted by limit: the one refusal, and no mint refusal.
+    let (scrape, _) =
+        crate::telemetry::scrape(server.telemetry_addr.context("server telemetry")?).await?;
+    let limited = "lanyard_server_rate_limited_total";
+    assert_eq!(
+        crate::telemetry::count(&scrape, limited, &[("limit", "attestation")]),
+        1.0
+    );
+    assert_eq!(
+        crate::telemetry::count(&scrape, limited, &[("limit", "mint")]),
+        0.0
+    );
     server.shutdown().await;
     Ok(())
 }
