@@ -106,6 +106,11 @@ async fn metrics_move_with_each_counted_event() -> anyhow::Result<()> {
     );
     let x509 = client.fetch_x509().await?;
     assert_eq!(x509.len(), 1);
+    let again = client.fetch_x509().await?;
+    assert_eq!(
+        again[0].chain, x509[0].chain,
+        "the second X509-SVID came from the cache"
+    );
 
     let (agent_after, agent_text) = scrape(agent).await?;
     let (server_after, server_text) = scrape(server).await?;
@@ -123,7 +128,7 @@ async fn metrics_move_with_each_counted_event() -> anyhow::Result<()> {
         1.0
     );
     let x509_ok = [("method", "FetchX509SVID"), ("code", "ok")];
-    assert_eq!(moved(&agent_before, &agent_after, requests, &x509_ok), 1.0);
+    assert_eq!(moved(&agent_before, &agent_after, requests, &x509_ok), 2.0);
     let latency = "lanyard_agent_workload_request_duration_seconds_count";
     assert_eq!(
         moved(
@@ -164,6 +169,16 @@ async fn metrics_move_with_each_counted_event() -> anyhow::Result<()> {
             "{kind} from {source}"
         );
     }
+    // The second X509-SVID stream was served what the agent held (a stream
+    // may look at what it holds more than once as it opens).
+    assert!(
+        moved(
+            &agent_before,
+            &agent_after,
+            served,
+            &[("kind", "x509"), ("source", "cache")]
+        ) >= 1.0
+    );
     assert_eq!(
         sample(&agent_after, "lanyard_agent_rate_limited_total", &[]),
         Some(0.0)
@@ -241,6 +256,36 @@ async fn metrics_move_with_each_counted_event() -> anyhow::Result<()> {
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "no sync counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // An entry change: the agent is handed its revision at a later sync,
+    // and both gauges show it.
+    let revision = |s: &Scrape, name: &str| sample(s, name, &[]).unwrap_or(0.0);
+    let mut admin = AdminClient::new(unix_channel(&world.server.admin_socket));
+    let created = admin
+        .create_entry(CreateEntryRequest {
+            spiffe_id: "spiffe://example.org/metrics/changed".into(),
+            selectors: vec!["unix:uid:4242".into()],
+            ..CreateEntryRequest::default()
+        })
+        .await?
+        .into_inner();
+    let changed = created.revision as f64;
+    assert!(changed > revision(&agent_after, "lanyard_agent_entry_revision"));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (agent_now, _) = scrape(agent).await?;
+        let (server_now, _) = scrape(server).await?;
+        if revision(&agent_now, "lanyard_agent_entry_revision") == changed
+            && revision(&server_now, "lanyard_server_entry_revision") == changed
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the revision gauges never reached {changed}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     world.stop().await;
