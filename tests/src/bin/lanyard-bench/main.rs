@@ -143,6 +143,8 @@ fn main() -> anyhow::Result<()> {
     ))?;
     let socket = world.agent.socket.clone();
 
+    // Row 1's echo, for row 3's ceiling.
+    let mut echo_of_row_1: Option<Sample> = None;
     if wants(1) || wants(2) {
         eprintln!("rows 1-2: cached FetchJWTSVID vs bare echo…");
         let (token, spiffe_id) = client_rt.block_on(async {
@@ -186,6 +188,7 @@ fn main() -> anyhow::Result<()> {
             let echo32 = cached(&echo.socket, args.callers)?;
             let lanyard32 = cached(&socket, args.callers)?;
             rows.push(throughput_row(&lanyard32, &echo32, args.callers));
+            echo_of_row_1 = Some(echo32);
         }
         if wants(2) {
             let echo1 = cached(&echo.socket, 1)?;
@@ -280,6 +283,12 @@ fn main() -> anyhow::Result<()> {
             0.5,
             " (on 2 cores)",
         ));
+        if let Some(row) = echo_of_row_1
+            .as_ref()
+            .and_then(|echo| mint_ceiling(echo, limits.aws_lc_sign))
+        {
+            rows.push(row);
+        }
     }
 
     if wants(15) {
@@ -524,8 +533,12 @@ fn main() -> anyhow::Result<()> {
 
 /// "N/s (p99 D)" for a measured sample.
 fn rate_with_p99(sample: &Sample) -> String {
+    let cpu = sample
+        .cpu_per_call()
+        .map(|cpu| format!(", {:.0} µs CPU a call", cpu.as_secs_f64() * 1e6))
+        .unwrap_or_default();
     format!(
-        "{}/s (p99 {})",
+        "{}/s (p99 {}{cpu})",
         count(sample.per_second()),
         ms(sample.percentile(99.0))
     )
@@ -549,6 +562,32 @@ fn against_one_core(
         target: format!("≥ {min_ratio} × baseline{target_note}"),
         pass: Some(ratio >= min_ratio),
     }
+}
+
+/// What row 3 could reach on this machine if a mint cost nothing but what
+/// it cannot do without: one Workload API round trip (row 1's echo: the
+/// same gRPC stack and load generator, measured as machine CPU a call) and
+/// one signature, with every core busy.
+fn mint_ceiling(echo: &Sample, signatures_per_second: f64) -> Option<Row> {
+    let round_trip = echo.cpu_per_call()?.as_secs_f64();
+    let signature = 1.0 / signatures_per_second;
+    let cores = std::thread::available_parallelism().ok()?.get() as f64;
+    let ceiling = cores / (round_trip + signature);
+    Some(Row {
+        figure: format!(
+            "3c. row 3's ceiling here: {cores:.0} cores doing only one echo round trip ({:.0} µs CPU) and one signature ({:.0} µs) a mint",
+            round_trip * 1e6,
+            signature * 1e6
+        ),
+        measured: format!("{}/s", count(ceiling)),
+        baseline: format!(
+            "aws-lc-rs ES256 sign, 1 core: {}/s",
+            count(signatures_per_second)
+        ),
+        ratio: format!("{:.2}×", ceiling / signatures_per_second),
+        target: "— (reported)".to_owned(),
+        pass: None,
+    })
 }
 
 fn throughput_row(lanyard: &Sample, echo: &Sample, callers: usize) -> Row {

@@ -21,11 +21,22 @@ pub(crate) struct Sample {
     pub window: Duration,
     /// Sorted, shortest first.
     pub latencies: Vec<Duration>,
+    /// CPU time the whole machine spent busy during the window (every
+    /// process, the load generator's included), when /proc/stat says.
+    pub machine_busy: Option<Duration>,
 }
 
 impl Sample {
     pub(crate) fn per_second(&self) -> f64 {
         self.calls as f64 / self.window.as_secs_f64()
+    }
+
+    /// The machine's busy CPU time per call counted in the window: what one
+    /// call costs on this machine, all its processes and the kernel included.
+    pub(crate) fn cpu_per_call(&self) -> Option<Duration> {
+        let busy = self.machine_busy?;
+        let calls = u32::try_from(self.calls).ok().filter(|&calls| calls > 0)?;
+        Some(busy / calls)
     }
 
     /// The `p`-th percentile (0–100) of the call latencies.
@@ -57,6 +68,12 @@ pub(crate) async fn run<W: Worker>(
     for worker in workers {
         tasks.spawn(drive(worker, measure_from, end));
     }
+    let busy = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let from = machine_busy_so_far()?;
+        tokio::time::sleep_until(end.into()).await;
+        machine_busy_so_far()?.checked_sub(from)
+    });
     let mut calls = 0;
     let mut latencies = Vec::new();
     while let Some(joined) = tasks.join_next().await {
@@ -69,7 +86,22 @@ pub(crate) async fn run<W: Worker>(
         calls,
         window,
         latencies,
+        machine_busy: busy.await?,
     })
+}
+
+/// CPU time every core of the machine has spent busy since boot: user,
+/// nice, system, irq and softirq (not idle, I/O wait or a hypervisor's steal).
+fn machine_busy_so_far() -> Option<Duration> {
+    use procfs::CurrentSI;
+    let total = procfs::KernelStats::current().ok()?.total;
+    let ticks = total.user
+        + total.nice
+        + total.system
+        + total.irq.unwrap_or(0)
+        + total.softirq.unwrap_or(0);
+    let per_second = procfs::ticks_per_second();
+    (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
 async fn drive<W: Worker>(
