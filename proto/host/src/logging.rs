@@ -147,6 +147,12 @@ pub enum LoggingError {
     AlreadySet(#[source] tracing_subscriber::util::TryInitError),
 }
 
+/// How many lines a writer thread's queue holds. Its slots are allocated
+/// and touched up front (tracing-appender's default of 128,000 made 4 MB of
+/// every daemon's resident memory); the thread drains the queue as fast as
+/// the output takes lines, so this only bounds a burst while a write waits.
+const QUEUED_LINES: usize = 8192;
+
 /// Keeps the log's and the audit file's writer threads; dropping it writes
 /// out every queued record (a clean shutdown loses none). Hold it until the
 /// daemon has stopped.
@@ -161,8 +167,8 @@ pub struct LoggingGuard {
 /// that the thread writes out whenever it has drained what was queued: the
 /// runtime's threads never wait on a write, a busy daemon writes many lines
 /// per system call, and an idle one writes each line at once. Never drops a
-/// line (callers wait when 128k lines are queued); dropping the guard writes
-/// out everything queued.
+/// line (callers wait when 8,192 lines are queued); dropping the guard
+/// writes out everything queued.
 pub fn buffered_writer<W: Write + Send + 'static>(
     writer: W,
     name: &str,
@@ -172,6 +178,7 @@ pub fn buffered_writer<W: Write + Send + 'static>(
 ) {
     tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(QUEUED_LINES)
         .thread_name(name)
         .finish(std::io::BufWriter::with_capacity(64 * 1024, writer))
 }

@@ -37,6 +37,17 @@ struct GroupServer {
 
 impl GroupServer {
     fn configure(root: &Path, name: &str, datastore_url: &str) -> anyhow::Result<Self> {
+        Self::configure_with(root, name, datastore_url, "")
+    }
+
+    /// As [`configure`](Self::configure), with `node_api` appended to the
+    /// server's `[node_api]` table.
+    fn configure_with(
+        root: &Path,
+        name: &str,
+        datastore_url: &str,
+        node_api: &str,
+    ) -> anyhow::Result<Self> {
         let (oidc_port, node_port) = (free_port()?, free_port()?);
         let dir = root.join(name);
         let config = root.join(format!("{name}.toml"));
@@ -46,7 +57,7 @@ impl GroupServer {
                 "trust_domain = \"example.org\"\nserver_id = \"{name}\"\n\
                  issuer = \"https://127.0.0.1:{oidc_port}\"\ndata_dir = \"{}\"\n\
                  [oidc]\nlisten = \"127.0.0.1:{oidc_port}\"\n\
-                 [node_api]\nlisten = \"127.0.0.1:{node_port}\"\n\
+                 [node_api]\nlisten = \"127.0.0.1:{node_port}\"\n{node_api}\n\
                  [datastore]\nurl = \"{datastore_url}\"\n",
                 dir.display()
             ),
@@ -571,6 +582,55 @@ async fn an_eviction_or_a_ban_on_one_server_holds_on_every_server() -> anyhow::R
         let said = probe(&kept, &format!("kept-{n}"))?;
         assert!(said.starts_with("ok"), "the kept agent was refused: {said}");
     }
+    Ok(())
+}
+
+/// An agent attested through one server of the group renews its SVID
+/// through another once that one is gone, and goes on minting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_renews_through_another_server_than_it_attested_through() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(url) = postgres_database(dir.path()).await? else {
+        return Ok(());
+    };
+    let d = dir.path();
+    // The shortest agent SVID the config allows: renewed after 30 s.
+    let mut servers = ["lanyard-1", "lanyard-2", "lanyard-3"]
+        .into_iter()
+        .map(|name| GroupServer::configure_with(d, name, &url, "agent_svid_ttl_seconds = 60"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    start_together(&mut servers)?;
+    let (_agent, endpoint) = start_agent(d, "renewing", &servers)?;
+    wait_for_identity(&endpoint)?;
+
+    let logged = |server: &GroupServer, what: &str| {
+        server.process.as_ref().is_some_and(|process| {
+            process
+                .log_lines()
+                .iter()
+                .any(|line| line.contains(what) && line.contains("node/renewing"))
+        })
+    };
+    let attested_by = servers
+        .iter()
+        .position(|server| logged(server, "agent attested"))
+        .context("no server logged the attestation")?;
+    drop(servers[attested_by].process.take());
+
+    wait_until(
+        "the agent's SVID renewed by another server",
+        Duration::from_secs(90),
+        || {
+            servers
+                .iter()
+                .any(|server| logged(server, "agent SVID renewed"))
+        },
+    )?;
+    let said = probe(&endpoint, "renewed-elsewhere")?;
+    assert!(
+        token_of(&said).is_some(),
+        "a mint after the renewal: {said}"
+    );
     Ok(())
 }
 
