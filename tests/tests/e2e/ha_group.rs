@@ -101,9 +101,18 @@ impl GroupServer {
 
 /// Three servers configured on `datastore_url` under `root` (not started).
 fn group(root: &Path, datastore_url: &str) -> anyhow::Result<Vec<GroupServer>> {
+    group_with(root, datastore_url, "")
+}
+
+/// As [`group`], with `node_api` appended to each server's `[node_api]` table.
+fn group_with(
+    root: &Path,
+    datastore_url: &str,
+    node_api: &str,
+) -> anyhow::Result<Vec<GroupServer>> {
     ["lanyard-1", "lanyard-2", "lanyard-3"]
         .into_iter()
-        .map(|name| GroupServer::configure(root, name, datastore_url))
+        .map(|name| GroupServer::configure_with(root, name, datastore_url, node_api))
         .collect()
 }
 
@@ -137,6 +146,21 @@ async fn a_server_older_than_the_schema_refuses_to_start() -> anyhow::Result<()>
         "{refused}"
     );
     Ok(())
+}
+
+/// A group of three servers on a fresh PostgreSQL database under `root`,
+/// each with `node_api` in its `[node_api]` table, started together; None
+/// (the test skips with a note) where PostgreSQL is not configured.
+async fn running_group(
+    root: &Path,
+    node_api: &str,
+) -> anyhow::Result<Option<(String, Vec<GroupServer>)>> {
+    let Some(url) = postgres_database(root).await? else {
+        return Ok(None);
+    };
+    let mut servers = group_with(root, &url, node_api)?;
+    start_together(&mut servers)?;
+    Ok(Some((url, servers)))
 }
 
 /// Starts every server at the same instant and waits until all say they serve.
@@ -351,12 +375,10 @@ fn mint_again(endpoint: &str, since: Instant, budget: Duration) -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_load_goes_unnoticed_and_rejoins() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some(url) = postgres_database(dir.path()).await? else {
+    let d = dir.path();
+    let Some((url, mut servers)) = running_group(d, "").await? else {
         return Ok(());
     };
-    let d = dir.path();
-    let mut servers = group(d, &url)?;
-    start_together(&mut servers)?;
 
     // Three agent processes, each spreading its calls over the whole group,
     // so each is using the server that will be killed.
@@ -545,12 +567,10 @@ fn wait_for_identity(endpoint: &str) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eviction_or_a_ban_on_one_server_holds_on_every_server() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some(url) = postgres_database(dir.path()).await? else {
+    let d = dir.path();
+    let Some((_, servers)) = running_group(d, "").await? else {
         return Ok(());
     };
-    let d = dir.path();
-    let mut servers = group(d, &url)?;
-    start_together(&mut servers)?;
     let (_kept, kept) = start_agent(d, "kept", &servers)?;
     let (_evicted, evicted) = start_agent(d, "gone", &servers)?;
     let (_banned, banned) = start_agent(d, "banned", &servers)?;
@@ -590,18 +610,17 @@ async fn an_eviction_or_a_ban_on_one_server_holds_on_every_server() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_renews_through_another_server_than_it_attested_through() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some(url) = postgres_database(dir.path()).await? else {
-        return Ok(());
-    };
     let d = dir.path();
     // The shortest agent SVID the config allows: renewed after 30 s.
-    let mut servers = ["lanyard-1", "lanyard-2", "lanyard-3"]
-        .into_iter()
-        .map(|name| GroupServer::configure_with(d, name, &url, "agent_svid_ttl_seconds = 60"))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    start_together(&mut servers)?;
-    let (_agent, endpoint) = start_agent(d, "renewing", &servers)?;
+    let Some((_, mut servers)) = running_group(d, "agent_svid_ttl_seconds = 60").await? else {
+        return Ok(());
+    };
+    let (agent, endpoint) = start_agent(d, "renewing", &servers)?;
     wait_for_identity(&endpoint)?;
+    // The agent trusts a server only once it knows that server's CA: it
+    // must have learned the group's union (at a sync) before the one it
+    // knows goes away. Until then the others are refused as impostors.
+    wait_for_one_bundle(&servers, &endpoint).await?;
 
     let logged = |server: &GroupServer, what: &str| {
         server.process.as_ref().is_some_and(|process| {
@@ -625,7 +644,8 @@ async fn an_agent_renews_through_another_server_than_it_attested_through() -> an
                 .iter()
                 .any(|server| logged(server, "agent SVID renewed"))
         },
-    )?;
+    )
+    .with_context(|| format!("the agent said:\n{}", agent.log_lines().join("\n")))?;
     let said = probe(&endpoint, "renewed-elsewhere")?;
     assert!(
         token_of(&said).is_some(),
