@@ -5,7 +5,9 @@
 //!
 //! Outages: the pool re-establishes connections by itself after the database
 //! restarts or fails over, a call that finds no connection within a few
-//! seconds fails (the APIs answer Unavailable), and every write is one
+//! seconds fails (the APIs answer Unavailable), every operation the server
+//! makes is bounded by `bounded` (the registry, the authority's sync and
+//! mint lookups, key rotation and the CA union each wrap theirs), and every write is one
 //! transaction that commits or fails. Creates a client could retry are
 //! idempotent where it matters: a second identical live entry is refused by
 //! a unique index (migration 4), whatever its ID.
