@@ -5,7 +5,7 @@
 //! The pin proves a caller is the process that connected, not that it still
 //! runs the same program: a process may connect, hand the socket to a child
 //! and execve a trusted binary. So which file the caller ran when it was
-//! accepted is recorded ([`ExeIdentity`]), and its path or hash is given only
+//! accepted is recorded (`ExeIdentity`), and its path or hash is given only
 //! while it still runs that file. An execve between `connect` and the
 //! agent's accept is not seen: /proc cannot tell what ran before.
 

@@ -33,7 +33,7 @@ pub enum Command {
         /// environment (LANYARD_JOIN_TOKEN) or server.join_token(_file).
         #[arg(long, env = "LANYARD_JOIN_TOKEN_FILE")]
         join_token_file: Option<PathBuf>,
-        /// Refused: a token on the command line is in /proc/<pid>/cmdline,
+        /// Refused: a token on the command line is in /proc/PID/cmdline,
         /// readable by every local user, who could redeem it first.
         #[arg(long, hide = true)]
         join_token: Option<String>,

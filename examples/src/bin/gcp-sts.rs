@@ -5,10 +5,12 @@
 //! Cloud side (once): `lanyard-server federation gcp --spiffe-id <ID> --account <PROJECT_NUMBER>`
 //! prints the pool, the provider and the impersonation binding.
 //!
-//!     SPIFFE_ENDPOINT_SOCKET=unix:///run/lanyard/agent/api.sock \
-//!       cargo run -p lanyard-examples --bin gcp-sts -- \
-//!         --audience //iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/lanyard-pool/providers/lanyard \
-//!         --service-account web@my-project.iam.gserviceaccount.com
+//! ```sh
+//! SPIFFE_ENDPOINT_SOCKET=unix:///run/lanyard/agent/api.sock \
+//!   cargo run -p lanyard-examples --bin gcp-sts -- \
+//!     --audience //iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/lanyard-pool/providers/lanyard \
+//!     --service-account web@my-project.iam.gserviceaccount.com
+//! ```
 #![allow(
     unused_crate_dependencies,
     reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"

@@ -225,7 +225,7 @@ pub enum EntryCommand {
 pub enum TokenCommand {
     /// Print a single-use join token for attesting an agent.
     Generate {
-        /// The agent ID it grants; default: spiffe://<td>/lanyard/agent/join_token/<hash>.
+        /// The agent ID it grants; default: spiffe://TRUST_DOMAIN/lanyard/agent/join_token/HASH.
         #[arg(long, default_value = "")]
         spiffe_id: String,
         /// Seconds until it expires (default 600, at most 86400).

@@ -4,7 +4,7 @@
 //! `<server-id>`, says hello and prints `ok <reply>`, or `error <message>`
 //! with exit code 2. Tests run it under another uid.
 //!
-//! Usage: mtls-probe <addr> <server-id>
+//! Usage: `mtls-probe <addr> <server-id>`
 #![allow(
     unused_crate_dependencies,
     reason = "a binary shares its package's dependency list with the library and the other targets; the library target is where unused dependencies are caught"

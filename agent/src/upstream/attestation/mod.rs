@@ -336,7 +336,7 @@ async fn attest_with_token(
 /// Attests as `attestation` says: a join token (read now from its file when
 /// it is one), or the host material (read now) answering the server's
 /// challenge for `trust_domain`. Returns the agent's new SVID. No deadline:
-/// see [`attest_within`].
+/// see `attest_within`.
 pub async fn attest_node(
     server: &ServerEndpoint,
     trust_domain: &TrustDomain,
