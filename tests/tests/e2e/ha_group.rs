@@ -6,6 +6,7 @@
 //! (skipped with a note on a machine without it, never in CI); the crash test
 //! runs a cluster of its own.
 
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ struct GroupServer {
     name: String,
     dir: PathBuf,
     config: PathBuf,
-    node_port: u16,
+    node: SocketAddr,
     oidc_port: u16,
     process: Option<Daemon>,
 }
@@ -48,7 +49,19 @@ impl GroupServer {
         datastore_url: &str,
         node_api: &str,
     ) -> anyhow::Result<Self> {
-        let (oidc_port, node_port) = (free_port()?, free_port()?);
+        let node = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        Self::configure_listening(root, name, datastore_url, node, node_api)
+    }
+
+    /// As [`configure_with`](Self::configure_with), its Node API on `node`.
+    fn configure_listening(
+        root: &Path,
+        name: &str,
+        datastore_url: &str,
+        node: SocketAddr,
+        node_api: &str,
+    ) -> anyhow::Result<Self> {
+        let oidc_port = free_port()?;
         let dir = root.join(name);
         let config = root.join(format!("{name}.toml"));
         std::fs::write(
@@ -57,7 +70,7 @@ impl GroupServer {
                 "trust_domain = \"example.org\"\nserver_id = \"{name}\"\n\
                  issuer = \"https://127.0.0.1:{oidc_port}\"\ndata_dir = \"{}\"\n\
                  [oidc]\nlisten = \"127.0.0.1:{oidc_port}\"\n\
-                 [node_api]\nlisten = \"127.0.0.1:{node_port}\"\n{node_api}\n\
+                 [node_api]\nlisten = \"{node}\"\n{node_api}\n\
                  [datastore]\nurl = \"{datastore_url}\"\n",
                 dir.display()
             ),
@@ -66,7 +79,7 @@ impl GroupServer {
             name: name.to_owned(),
             dir,
             config,
-            node_port,
+            node,
             oidc_port,
             process: None,
         })
@@ -95,7 +108,7 @@ impl GroupServer {
     }
 
     fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.node_port)
+        self.node.to_string()
     }
 }
 
@@ -289,6 +302,17 @@ fn start_agent(
     node: &str,
     servers: &[GroupServer],
 ) -> anyhow::Result<(Daemon, String)> {
+    let addresses: Vec<String> = servers.iter().map(GroupServer::address).collect();
+    start_agent_at(root, node, servers, &addresses)
+}
+
+/// As [`start_agent`], the agent knowing the group as `addresses`.
+fn start_agent_at(
+    root: &Path,
+    node: &str,
+    servers: &[GroupServer],
+    addresses: &[String],
+) -> anyhow::Result<(Daemon, String)> {
     let node_id = format!("spiffe://example.org/node/{node}");
     let token = servers[0].admin(&["token", "generate", "--spiffe-id", &node_id])?;
     let token_file = root.join(format!("{node}-join-token"));
@@ -296,10 +320,7 @@ fn start_agent(
         &token_file,
         token["token"].as_str().context("a token")?.as_bytes(),
     )?;
-    let addresses: Vec<String> = servers
-        .iter()
-        .map(|s| format!("\"{}\"", s.address()))
-        .collect();
+    let addresses: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
     let socket = root.join(format!("{node}-socket/api.sock"));
     let agent_toml = root.join(format!("{node}.toml"));
     std::fs::write(
@@ -355,13 +376,18 @@ fn fetch_cached_until(
     Ok(failures)
 }
 
-/// Mints JWT-SVIDs of new audiences through `endpoint` until one succeeds;
+/// Mints JWT-SVIDs of new audiences (`prefix`-1, -2, …) through `endpoint` until one succeeds;
 /// fails when none did within `budget` of `since`.
-fn mint_again(endpoint: &str, since: Instant, budget: Duration) -> anyhow::Result<String> {
+fn mint_again(
+    endpoint: &str,
+    prefix: &str,
+    since: Instant,
+    budget: Duration,
+) -> anyhow::Result<String> {
     let mut round = 0;
     loop {
         round += 1;
-        let said = probe(endpoint, &format!("ha-after-{round}"))?;
+        let said = probe(endpoint, &format!("{prefix}-{round}"))?;
         anyhow::ensure!(
             since.elapsed() < budget,
             "{endpoint}: no mint within {budget:?} of the kill; last: {said}"
@@ -458,7 +484,7 @@ async fn a_server_killed_mid_load_goes_unnoticed_and_rejoins() -> anyhow::Result
         .iter()
         .map(|endpoint| {
             let endpoint = endpoint.clone();
-            std::thread::spawn(move || mint_again(&endpoint, killed_at, budget))
+            std::thread::spawn(move || mint_again(&endpoint, "ha-after", killed_at, budget))
         })
         .collect();
     for minter in minters {
@@ -651,6 +677,65 @@ async fn an_agent_renews_through_another_server_than_it_attested_through() -> an
         token_of(&said).is_some(),
         "a mint after the renewal: {said}"
     );
+    Ok(())
+}
+
+/// A name `.ci/hosts.sh` lists twice in /etc/hosts (127.0.0.2 and 127.0.0.3),
+/// as a DNS name with two A records looks to the resolver.
+const GROUP_NAME: &str = "lanyard-group.test";
+
+/// An agent given one name that resolves to two addresses reaches a server
+/// at each: with either server killed, the other, found through the same
+/// name, signs its mints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_name_with_two_addresses_is_two_servers() -> anyhow::Result<()> {
+    let mut ips: Vec<IpAddr> = (GROUP_NAME, 0)
+        .to_socket_addrs()
+        .map(|found| found.map(|addr| addr.ip()).collect())
+        .unwrap_or_default();
+    ips.sort_unstable();
+    ips.dedup();
+    if ips.len() < 2 {
+        eprintln!(
+            "skipped: {GROUP_NAME} resolves to {ips:?}, not two addresses (.ci/hosts.sh lists it twice in /etc/hosts)"
+        );
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let Some(url) = postgres_database(d).await? else {
+        return Ok(());
+    };
+    // One port, free on the first address (and, in practice, on the second).
+    let port = free_port()?;
+    let mut servers = ["lanyard-1", "lanyard-2"]
+        .iter()
+        .zip(&ips)
+        .map(|(name, ip)| {
+            GroupServer::configure_listening(d, name, &url, SocketAddr::new(*ip, port), "")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    start_together(&mut servers)?;
+    let (_agent, endpoint) =
+        start_agent_at(d, "named", &servers, &[format!("{GROUP_NAME}:{port}")])?;
+    wait_for_identity(&endpoint)?;
+    wait_for_one_bundle(&servers, &endpoint).await?;
+
+    let budget = Duration::from_secs(2 * REQUEST_TIMEOUT_SECONDS);
+    for (down, up) in [(0, 1), (1, 0)] {
+        let kids = kids_of(&url, &servers[up].name).await?;
+        drop(servers[down].process.take());
+        let prefix = format!("named-without-{}", servers[down].name);
+        let token = mint_again(&endpoint, &prefix, Instant::now(), budget)?;
+        let kid = jsonwebtoken::decode_header(&token)?.kid.context("a kid")?;
+        assert!(
+            kids.contains(&kid),
+            "with {} down, the mint was not signed by {}",
+            servers[down].name,
+            servers[up].name
+        );
+        servers[down].start()?;
+    }
     Ok(())
 }
 
